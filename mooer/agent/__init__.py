@@ -1,0 +1,1 @@
+"""Live sessions: voice activity, partial/final results, conversation memory, barge-in."""

@@ -1,0 +1,1 @@
+"""Training, synthetic speech, evaluation and pseudo-labelling."""

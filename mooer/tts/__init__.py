@@ -1,0 +1,1 @@
+"""Speech output: the MooER HiFi-GAN speech head and text-to-speech backends."""
