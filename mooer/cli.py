@@ -1,0 +1,105 @@
+"""The ``mooer`` command: a thin argument layer over the library; errors become one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from mooer.errors import MooerError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint folder or hub id (default: the bundled demo model)")
+    p.add_argument("--llm", help="Qwen2 base model folder (MooER-MTL checkpoints ship without it)")
+    p.add_argument("--variant", choices=["asr", "ast", "asr_ast_mtl"], help="MTL checkpoint folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, musa, mps or auto")
+    p.add_argument("--dtype", default="auto", help="LLM precision: fp32, bf16, fp16 or auto")
+    p.add_argument("--heads", type=int, default=4, help="encoder attention heads (Paraformer: 4)")
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from mooer.llm.decoding import OFFLINE
+    from mooer.model import load_model
+    from mooer.transcribe import read_inputs, transcribe
+
+    pairs = read_inputs(args.audio)
+    options = OFFLINE
+    if args.beam is not None:
+        options = replace(options, num_beams=args.beam)
+    if args.max_new_tokens is not None:
+        options = replace(options, max_new_tokens=args.max_new_tokens)
+    model = load_model(
+        args.model, llm=args.llm, task=args.task, variant=args.variant,
+        device=args.device, dtype=args.dtype, attention_heads=args.heads,
+    )  # fmt: skip
+    results = transcribe(
+        model,
+        [path for _, path in pairs],
+        task=args.task,
+        options=options,
+        batch_size=args.batch_size,
+        names=[name for name, _ in pairs],
+        progress=len(pairs) > 1 and sys.stderr.isatty() or args.progress,
+        keep_going=len(pairs) > 1,
+    )
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            print(f"mooer: error: {r.error}", file=sys.stderr)
+        if args.json:
+            print(r.to_json(), flush=True)
+        elif not r.error:
+            line = f"{r.text}\t{r.translation}" if args.task == "mtl" else r.text
+            print(f"{r.audio}\t{line}" if len(results) > 1 else line, flush=True)
+    return 1 if failed else 0
+
+
+def cmd_fabricate(args: argparse.Namespace) -> int:
+    from mooer.fabricate import LAYOUTS, fabricate
+
+    root = fabricate(args.out, layout=args.layout, seed=args.seed)
+    print(f"wrote a fabricated {LAYOUTS[args.layout]} checkpoint to {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mooer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("transcribe", help="speech to text (asr), to English (ast), or both (mtl)")
+    _add_model_args(p)
+    p.add_argument("audio", nargs="+", help="audio files, Kaldi wav.scp or .jsonl lists")
+    p.add_argument("--task", choices=["asr", "ast", "mtl"], default="asr")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--beam", type=int, help="beam size (default 4)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.set_defaults(func=cmd_transcribe)
+
+    p = sub.add_parser("fabricate", help="write a tiny random checkpoint in a released layout")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--layout", choices=["mtl-5k", "mtl-80k", "omni"], default="mtl-5k")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_fabricate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except MooerError as exc:
+        print(f"mooer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The speech LLM: front end -> frozen SAN-M encoder -> adapter -> Qwen2, loaded once, used by all.
+
+``SpeechLLM`` holds the parts on one device and turns waveforms into LLM input embeddings; decoding
+strategies live in ``mooer.llm.decoding`` and the task logic (which prompt, how to read the answer)
+in ``mooer.transcribe``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mooer import checkpoint
+from mooer.asr.adapter import LinearAdapter, load_adapter
+from mooer.asr.encoder import SANMEncoder, load_encoder
+from mooer.asr.frontend import Cmvn, Frontend
+from mooer.audio import SAMPLE_RATE
+from mooer.devices import resolve_device, resolve_dtype
+from mooer.errors import CheckpointError
+from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
+from mooer.llm.qwen import load_llm
+
+# Shorter inputs are padded with silence: the adapter needs at least one 120 ms token.
+MIN_SAMPLES = SAMPLE_RATE // 5  # 0.2 s
+
+DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"
+
+
+class SpeechLLM(nn.Module):
+    """MooER's model. ``embed`` is the speech path; ``generate`` adds the LLM's decoding."""
+
+    def __init__(
+        self,
+        frontend: Frontend,
+        encoder: SANMEncoder,
+        adapter: LinearAdapter,
+        llm: nn.Module,
+        tokenizer,
+        paths: checkpoint.CheckpointPaths | None = None,
+    ) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.encoder = encoder
+        self.adapter = adapter
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.paths = paths
+        hidden = llm.config.hidden_size
+        if adapter.linear2.out_features != hidden:
+            raise CheckpointError(
+                f"the adapter outputs {adapter.linear2.out_features}-d embeddings but the LLM's "
+                f"hidden size is {hidden}: the --llm folder does not belong to this checkpoint"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self.adapter.linear1.weight.device
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    def _autocast(self):
+        # The encoder is kept in fp32 and run under autocast on accelerators, as the reference does.
+        if self.device.type == "cpu" or self.llm_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.llm_dtype)
+
+    def embed(self, waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """16 kHz float32 waveforms -> LLM input embeddings ``(B, Ta, H)`` and lengths ``(B,)``."""
+        padded = [np.pad(w, (0, max(0, MIN_SAMPLES - len(w)))) for w in waves]
+        feats, lengths = self.frontend.batch(padded)  # (B, T, 560), 60 ms per frame
+        feats, lengths = feats.to(self.device), lengths.to(self.device)
+        with self._autocast():
+            hidden, lengths = self.encoder(feats, lengths)  # (B, T, 512)
+            embeds, lengths = self.adapter(hidden, lengths)  # (B, T // k, H), 120 ms per token
+        return embeds.to(self.llm_dtype), lengths
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        waves: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        options: DecodingOptions = OFFLINE,
+    ) -> list[str]:
+        """One decoded answer per waveform; ``prompts`` are full templated prompts."""
+        embeds, lengths = self.embed(waves)
+        ids = generate_ids(self.llm, self.tokenizer, embeds, lengths, list(prompts), options)
+        return [self.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
+
+
+def load_model(
+    model: str | Path | None = None,
+    llm: str | Path | None = None,
+    task: str = "asr",
+    variant: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    attention_heads: int = 4,
+) -> SpeechLLM:
+    """Load a MooER checkpoint (a folder in a released layout, or a hub id); default: the demo model."""
+    if model is None:
+        if not (DEMO_MODEL_DIR / "adapter_project.pt").exists():
+            raise CheckpointError(
+                f"no --model given and the bundled demo model is missing from {DEMO_MODEL_DIR}"
+            )
+        model = DEMO_MODEL_DIR
+    paths = checkpoint.locate(model, llm=llm, task=task, variant=variant)
+    dev = resolve_device(device)
+    llm_dtype = resolve_dtype(dtype, dev)
+    frontend = Frontend(Cmvn.load(paths.cmvn))
+    encoder = load_encoder(paths.encoder, attention_heads=attention_heads)
+    adapter = load_adapter(paths.adapter, encoder_dim=encoder.config.output_size)
+    lm, tokenizer = load_llm(paths.llm, paths.lora, dtype=llm_dtype, device=str(dev))
+    speech_llm = SpeechLLM(frontend, encoder, adapter, lm, tokenizer, paths)
+    speech_llm.encoder.to(dev).eval()
+    speech_llm.adapter.to(dev).eval()
+    speech_llm.requires_grad_(False)
+    return speech_llm

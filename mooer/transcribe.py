@@ -1,0 +1,194 @@
+"""Offline transcription and translation of files or arrays: tasks, long audio, batching, input lists.
+
+A task decides the prompt and how the answer is read:
+
+========  ==================================  ======================================
+task      prompt                              answer
+========  ==================================  ======================================
+asr       ``Transcribe speech to text.``      the transcript
+ast       ``Translate speech to english...``  the translation (MTL model: ``asr\\nast``)
+mtl       the ``ast`` prompt on asr_ast_mtl/  ``"{transcript}\\n{translation}"``
+========  ==================================  ======================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mooer.audio import SAMPLE_RATE, load_audio
+from mooer.errors import ConfigError, MooerError
+from mooer.llm.decoding import OFFLINE, DecodingOptions
+from mooer.llm.prompts import build_prompt, split_mtl
+from mooer.model import SpeechLLM
+
+TASKS = ("asr", "ast", "mtl")
+PROMPT_OF_TASK = {"asr": "asr", "ast": "ast", "mtl": "ast"}
+
+MAX_SEGMENT_S = 30.0  # longer audio is cut into segments of at most this length
+MIN_CUT_S = 20.0  # ... at the quietest 100 ms between 20 s and 30 s
+_WINDOW = SAMPLE_RATE // 10  # 100 ms energy window
+
+
+@dataclass
+class Result:
+    """What one input gives. ``text`` is the task's main output (transcript, or translation for ast)."""
+
+    audio: str
+    text: str
+    translation: str | None = None
+    duration: float = 0.0
+    segments: list[tuple[float, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        return json.dumps(data, ensure_ascii=False)
+
+
+def split_long(samples: np.ndarray, max_s: float = MAX_SEGMENT_S) -> list[tuple[int, int]]:
+    """Sample ranges covering ``samples``, each at most ``max_s`` long, cut where it is quietest."""
+    max_len = int(max_s * SAMPLE_RATE)
+    min_len = int(min(MIN_CUT_S, max_s * 2 / 3) * SAMPLE_RATE)
+    ranges, start, n = [], 0, len(samples)
+    while n - start > max_len:
+        window = samples[start + min_len : start + max_len]
+        frames = len(window) // _WINDOW
+        energy = (window[: frames * _WINDOW].reshape(frames, _WINDOW) ** 2).sum(axis=1)
+        cut = start + min_len + int(np.argmin(energy)) * _WINDOW + _WINDOW // 2
+        ranges.append((start, cut))
+        start = cut
+    ranges.append((start, n))
+    return ranges
+
+
+def read_inputs(items: Iterable[str]) -> list[tuple[str, str]]:
+    """Expand arguments into ``(name, path)`` pairs: audio files, Kaldi ``wav.scp`` or jsonl lists.
+
+    A ``.scp`` file holds ``key path`` lines; a ``.jsonl`` file holds objects with ``audio`` (or
+    ``path``/``wav``) and optional ``id``/``key``. Relative paths in lists are taken from the list's folder.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        path = Path(item)
+        if path.suffix == ".scp":
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                parts = line.split(maxsplit=1)
+                if len(parts) != 2:
+                    raise ConfigError(f"{path}:{lineno}: expected 'key path', got {line!r}")
+                pairs.append((parts[0], str(_relative_to(path, parts[1].strip()))))
+        elif path.suffix == ".jsonl":
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                    audio = next(obj[k] for k in ("audio", "path", "wav") if k in obj)
+                except (json.JSONDecodeError, StopIteration, TypeError) as exc:
+                    raise ConfigError(
+                        f"{path}:{lineno}: expected a JSON object with an 'audio' field"
+                    ) from exc
+                name = str(obj.get("id", obj.get("key", audio)))
+                pairs.append((name, str(_relative_to(path, audio))))
+        else:
+            pairs.append((item, item))
+    return pairs
+
+
+def _relative_to(listing: Path, entry: str) -> Path:
+    p = Path(entry)
+    return p if p.is_absolute() else listing.parent / p
+
+
+def _read_answer(task: str, answer: str, mtl_model: bool) -> tuple[str, str | None]:
+    if task == "asr":
+        return answer, None
+    if task == "mtl" or mtl_model:
+        transcript, translation = split_mtl(answer)
+        return (transcript if task == "mtl" else translation), translation
+    return answer, answer
+
+
+def _batches(seq: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def transcribe(
+    model: SpeechLLM,
+    inputs: Sequence[np.ndarray | str | Path],
+    task: str = "asr",
+    options: DecodingOptions = OFFLINE,
+    batch_size: int = 4,
+    names: Sequence[str] | None = None,
+    progress: bool = False,
+    keep_going: bool = False,
+) -> list[Result]:
+    """Transcribe (or translate) many inputs: 16 kHz float32 arrays or audio file paths.
+
+    Long inputs are split into segments of at most 30 s whose answers are joined. With
+    ``keep_going`` an unreadable input gives a ``Result`` with ``error`` set instead of raising.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    names = list(names) if names is not None else [
+        x if isinstance(x, (str, Path)) else f"array{i}" for i, x in enumerate(inputs)
+    ]
+    prompt = build_prompt(PROMPT_OF_TASK[task])
+    mtl_model = model.paths is not None and model.paths.variant == "asr_ast_mtl"
+    if task == "mtl" and model.paths is not None and model.paths.layout == "mtl" and not mtl_model:
+        raise ConfigError("task mtl needs the asr_ast_mtl variant of an MTL checkpoint")
+
+    results: list[Result] = []
+    # (result index, segment start) for every segment, decoded in batches across inputs
+    pieces: list[tuple[int, np.ndarray]] = []
+    for i, (name, item) in enumerate(zip(names, inputs)):
+        try:
+            samples = load_audio(item) if isinstance(item, (str, Path)) else item
+            samples = np.asarray(samples, dtype=np.float32)
+            if samples.ndim != 1:
+                raise ConfigError(f"{name}: arrays must be mono 16 kHz (N,), got shape {samples.shape}")
+        except MooerError as exc:
+            if not keep_going:
+                raise
+            results.append(Result(audio=str(name), text="", error=str(exc)))
+            continue
+        ranges = split_long(samples)
+        results.append(
+            Result(
+                audio=str(name),
+                text="",
+                duration=round(len(samples) / SAMPLE_RATE, 3),
+                segments=[(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3)) for a, b in ranges],
+            )
+        )
+        pieces.extend((len(results) - 1, samples[a:b]) for a, b in ranges)
+
+    answers: dict[int, list[str]] = {}
+    bar = tqdm(total=len(pieces), unit="seg", disable=not progress, file=sys.stderr)
+    for batch in _batches(pieces, batch_size):
+        texts = model.generate([w for _, w in batch], [prompt] * len(batch), options)
+        for (idx, _), text in zip(batch, texts):
+            answers.setdefault(idx, []).append(text)
+        bar.update(len(batch))
+    bar.close()
+
+    for idx, parts in answers.items():
+        read = [_read_answer(task, p, mtl_model) for p in parts]
+        joiner = "" if _is_cjk(" ".join(t for t, _ in read)) else " "
+        results[idx].text = joiner.join(t for t, _ in read if t).strip()
+        if task != "asr":
+            results[idx].translation = " ".join(tr for _, tr in read if tr).strip()
+    return results
+
+
+def _is_cjk(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
