@@ -144,9 +144,11 @@ def _get_library() -> _Library:
         return _library
 
 
-def _check_range(name: str, value: int, bounds: tuple[int, int]) -> None:
-    if not bounds[0] <= value <= bounds[1]:
-        raise ConfigError(f"espeak-ng {name} {value} is outside {bounds[0]}..{bounds[1]}")
+def check_rate_and_pitch(rate: int, pitch: int) -> None:
+    """ConfigError unless both are within what espeak-ng accepts (it clamps silently)."""
+    for name, value, (low, high) in (("rate", rate, RATE_RANGE), ("pitch", pitch, PITCH_RANGE)):
+        if not (isinstance(value, int) and low <= value <= high):
+            raise ConfigError(f"espeak-ng {name} {value!r} is not an integer in {low}..{high}")
 
 
 def voice_name(voice: str = "en-us", variant: str | None = None) -> str:
@@ -179,8 +181,7 @@ def synthesize(
     (``m1``..``m8``, ``f1``..``f5``...), ``rate`` words per minute, ``pitch`` 0..100.
     """
     name = voice_name(voice, variant)
-    _check_range("rate", rate, RATE_RANGE)
-    _check_range("pitch", pitch, PITCH_RANGE)
+    check_rate_and_pitch(rate, pitch)
     text = text.replace("\0", " ").strip()
     if not text:
         return np.zeros(0, dtype=np.int16)
