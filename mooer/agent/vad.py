@@ -1,0 +1,423 @@
+"""Voice activity detection for live sessions, on silero-vad's network.
+
+One ``VadModel`` (the weights) is loaded once per process and shared; every session owns a
+``StreamingVad`` whose ``VadState`` holds that stream's recurrent state, context samples and audio.
+The detector turns 16 kHz samples, fed in chunks of any size, into ``SpeechStarted`` and
+``SpeechEnded`` events whose sample offsets count from the start of the stream.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import importlib.util
+import math
+from collections import deque
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mooer.audio import SAMPLE_RATE
+from mooer.errors import AudioError, CheckpointError, ConfigError
+
+WINDOW = 512  # samples the network scores at once: 32 ms at 16 kHz
+CONTEXT = 64  # samples of the previous window prepended to each window: 4 ms
+STATE_SHAPE = (2, 1, 128)  # LSTM (h, c) x batch x hidden
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    """Thresholds on silero's speech probability and the timing rules of a turn.
+
+    A window opens speech at ``threshold`` and counts as silence only below ``off_threshold``
+    (``negative_threshold``, or ``threshold - 0.15`` when unset); the gap between the two keeps
+    a wavering probability from flapping. Override with ``dataclasses.replace``.
+    """
+
+    threshold: float = 0.5
+    negative_threshold: float | None = None
+    min_speech_ms: int = 250  # speech shorter than this is a click, not a turn
+    min_silence_ms: int = 500  # this much silence ends the turn
+    speech_pad_ms: int = 100  # kept either side of the speech in a segment's audio
+    max_segment_s: float = 20.0  # longer speech is cut at its quietest point
+    cut_search_s: float = 3.0  # how far back from max_segment_s that point is looked for
+
+    def __post_init__(self) -> None:
+        _require("threshold", self.threshold, 0 < _number(self.threshold) < 1, "in (0, 1)")
+        off = self.off_threshold
+        _require(
+            "negative_threshold",
+            off,
+            0 < _number(off) < self.threshold,
+            f"in (0, threshold={self.threshold}); unset it means threshold - 0.15",
+        )
+        for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms"):
+            value = getattr(self, name)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            _require(name, value, ok, "a whole number of milliseconds >= 0")
+        _require("min_silence_ms", self.min_silence_ms, self.min_silence_ms > 0, "above 0")
+        _require("max_segment_s", self.max_segment_s, _number(self.max_segment_s) >= 1, ">= 1")
+        _require(
+            "cut_search_s",
+            self.cut_search_s,
+            0 < _number(self.cut_search_s) < self.max_segment_s,
+            f"in (0, max_segment_s={self.max_segment_s})",
+        )
+
+    @property
+    def off_threshold(self) -> float:
+        """Probability below which a window counts as silence."""
+        if self.negative_threshold is None:
+            return self.threshold - 0.15
+        return self.negative_threshold
+
+
+def _number(value: object) -> float:
+    """``value`` as a finite float, or NaN (which fails every range check) if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def _require(name: str, value: object, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"VadConfig.{name}={value!r}: expected {expected}")
+
+
+def _ms(milliseconds: float) -> int:
+    return int(round(milliseconds * SAMPLE_RATE / 1000))
+
+
+class VadModel:
+    """Silero's 16 kHz network as a pure function of (window, state).
+
+    The wheel's TorchScript module keeps the LSTM state and the last context samples as
+    attributes of the outer module, so an instance could serve one stream only. Its ``_model``
+    submodule is stateless: ``(windows with context (B, 576), state (2, B, 128)) ->
+    (probability (B, 1), state)``. Calling it directly lets every session carry its own state
+    while all sessions share one set of weights, with no lock and no state swapping.
+    """
+
+    def __init__(self, network: torch.jit.ScriptModule, source: str = "<module>") -> None:
+        self.network = network
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> VadModel:
+        """Load the TorchScript model shipped in the silero-vad wheel (or the file at ``path``).
+
+        The file is located without importing ``silero_vad``: importing it calls
+        ``torch.set_num_threads(1)`` for the whole process.
+        """
+        path = Path(path) if path is not None else _wheel_model_path()
+        if not path.is_file():
+            raise CheckpointError(f"silero-vad model {path} does not exist")
+        try:
+            outer = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"silero-vad model {path} cannot be loaded: {exc}") from exc
+        network = getattr(outer, "_model", None)
+        if network is None or getattr(network, "context_size_samples", None) != CONTEXT:
+            raise CheckpointError(
+                f"silero-vad model {path} has no 16 kHz submodule '_model' with "
+                f"{CONTEXT} context samples; expected the silero-vad 5/6 TorchScript file"
+            )
+        model = cls(network.eval(), source=str(path))
+        probability, state = model(torch.zeros(1, CONTEXT + WINDOW), model.initial_state())
+        if probability.shape != (1,) or state.shape != STATE_SHAPE:
+            raise CheckpointError(
+                f"silero-vad model {path} returned shapes {tuple(probability.shape)} and "
+                f"{tuple(state.shape)}; expected (1,) and {STATE_SHAPE}"
+            )
+        return model
+
+    @staticmethod
+    def initial_state() -> torch.Tensor:
+        return torch.zeros(STATE_SHAPE)
+
+    @torch.inference_mode()
+    def __call__(
+        self, windows: torch.Tensor, state: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech probability of each window: (B, 64 + 512), (2, B, 128) -> (B,), (2, B, 128)."""
+        probability, state = self.network(windows, state)  # (B, 1), (2, B, 128)
+        return probability[:, 0], state
+
+
+def _wheel_model_path() -> Path:
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError("silero-vad is not installed: pip install 'mooer[vad]'")
+    return Path(spec.submodule_search_locations[0]) / "data" / "silero_vad.jit"
+
+
+@functools.cache
+def shared_vad_model() -> VadModel:
+    """The process-wide model every ``StreamingVad`` uses unless given another."""
+    return VadModel.load()
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Speech began at ``sample`` (padding included); sent once the speech lasted min_speech_ms."""
+
+    sample: int
+
+
+@dataclass(frozen=True, eq=False)
+class SpeechEnded:
+    """A finished segment: samples ``[start, end)`` of the stream, padding included.
+
+    ``forced`` is True when the segment was closed by ``max_segment_s`` rather than by
+    ``min_silence_ms`` of silence: the speaker may still be talking, and when they are a
+    ``SpeechStarted(end)`` follows at once.
+    """
+
+    start: int
+    end: int
+    audio: np.ndarray  # float32 (end - start,)
+    forced: bool = False
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end - self.start) / SAMPLE_RATE
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SpeechEnded):
+            return NotImplemented
+        return (self.start, self.end, self.forced) == (
+            other.start,
+            other.end,
+            other.forced,
+        ) and np.array_equal(self.audio, other.audio)
+
+    __hash__ = None  # type: ignore[assignment]  # holds an array
+
+
+VadEvent = SpeechStarted | SpeechEnded
+
+
+class Phase(enum.Enum):
+    SILENCE = "silence"
+    ONSET = "onset"  # speech heard, not yet for min_speech_ms
+    SPEECH = "speech"  # inside a segment (SpeechStarted sent)
+
+
+class SampleTape:
+    """The stream's recent samples, addressed by absolute offset, with amortised O(1) appends."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(WINDOW * 64, dtype=np.float32)
+        self._first = 0  # absolute offset of _data[_head]
+        self._head = 0
+        self._tail = 0  # _data[_head:_tail] holds the samples kept
+
+    @property
+    def end(self) -> int:
+        """Absolute offset just past the last sample received."""
+        return self._first + self._tail - self._head
+
+    def append(self, samples: np.ndarray) -> None:
+        if self._tail + samples.size > self._data.size:
+            kept = self._data[self._head : self._tail]
+            size = max(self._data.size, 2 * (kept.size + samples.size))
+            data = self._data if size == self._data.size else np.empty(size, dtype=np.float32)
+            data[: kept.size] = kept  # numpy copies overlapping ranges correctly
+            self._data, self._head, self._tail = data, 0, kept.size
+        self._data[self._tail : self._tail + samples.size] = samples
+        self._tail += samples.size
+
+    def slice(self, start: int, end: int) -> np.ndarray:
+        """A copy of samples ``[start, end)``; they must not have been dropped."""
+        if start < self._first:
+            raise AssertionError(f"samples from {start} were dropped (kept from {self._first})")
+        head = self._head + start - self._first
+        return self._data[head : head + end - start].copy()
+
+    def window(self, start: int) -> np.ndarray:
+        """A view of the WINDOW samples from ``start``."""
+        head = self._head + start - self._first
+        return self._data[head : head + WINDOW]
+
+    def drop_before(self, sample: int) -> None:
+        sample = min(sample, self.end)
+        if sample > self._first:
+            self._head += sample - self._first
+            self._first = sample
+
+
+@dataclass
+class VadState:
+    """One stream's state; everything a session must not share with another."""
+
+    rnn: torch.Tensor = field(default_factory=VadModel.initial_state)  # (2, 1, 128)
+    context: torch.Tensor = field(default_factory=lambda: torch.zeros(1, CONTEXT))
+    tape: SampleTape = field(default_factory=SampleTape)
+    analysed: int = 0  # samples scored so far; a multiple of WINDOW
+    probability: float = 0.0  # of the last window scored
+    phase: Phase = Phase.SILENCE
+    onset: int = 0  # first sample of the window that began ONSET
+    segment_start: int = 0  # of the open segment (SPEECH)
+    silence_start: int | None = None  # first sample of the current run of silent windows
+    last_end: int = 0  # end of the last segment: the next one starts no earlier
+    recent: deque[tuple[int, float, float]] = field(default_factory=deque)
+    """(centre sample, probability, RMS) of the windows of the open segment, most recent last."""
+
+    def reset(self) -> None:
+        fresh = VadState()
+        for f in fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
+
+
+class StreamingVad:
+    """Streaming detector for one session: ``feed`` samples, get turn events.
+
+    Every window of 512 samples gets a speech probability. A run of speech windows lasting
+    ``min_speech_ms`` opens a segment (``SpeechStarted``); ``min_silence_ms`` of silence closes
+    it (``SpeechEnded``). Results do not depend on how the stream is chunked.
+    """
+
+    def __init__(self, config: VadConfig | None = None, model: VadModel | None = None) -> None:
+        self.config = config or VadConfig()
+        self.model = model or shared_vad_model()
+        self.state = VadState()
+        self._pad = _ms(self.config.speech_pad_ms)
+        self._min_speech = _ms(self.config.min_speech_ms)
+        self._min_silence = _ms(self.config.min_silence_ms)
+        self._max_segment = _ms(self.config.max_segment_s * 1000)
+        self._cut_search = max(_ms(self.config.cut_search_s * 1000), WINDOW)
+
+    def reset(self) -> None:
+        """Forget the stream: the next sample fed is sample 0 of a new one."""
+        self.state.reset()
+
+    @property
+    def speech_probability(self) -> float:
+        """Probability of speech in the last 32 ms window scored (for barge-in)."""
+        return self.state.probability
+
+    @property
+    def in_speech(self) -> bool:
+        return self.state.phase is Phase.SPEECH
+
+    @property
+    def samples_received(self) -> int:
+        return self.state.tape.end
+
+    def current_segment(self) -> np.ndarray:
+        """Samples of the open segment so far (empty outside one), for partial results."""
+        s = self.state
+        if s.phase is not Phase.SPEECH:
+            return np.zeros(0, dtype=np.float32)
+        return s.tape.slice(s.segment_start, s.tape.end)
+
+    def feed(self, samples: np.ndarray) -> list[VadEvent]:
+        """Take float samples in [-1, 1] at 16 kHz, (N,) for any N; return the events they end."""
+        s = self.state
+        s.tape.append(_stream_chunk(samples))
+        events: list[VadEvent] = []
+        while s.analysed + WINDOW <= s.tape.end:
+            events += self._score(s.tape.window(s.analysed))
+            s.tape.drop_before(self._keep_from())
+        return events
+
+    def flush(self) -> list[VadEvent]:
+        """End of stream: close the open segment at the last sample received (or its silence)."""
+        s = self.state
+        events: list[VadEvent] = []
+        if s.phase is Phase.SPEECH:
+            end = s.tape.end
+            if s.silence_start is not None:
+                end = min(end, s.silence_start + self._pad)
+            events.append(self._close(min(end, s.segment_start + self._max_segment), False))
+        s.phase = Phase.SILENCE
+        s.tape.drop_before(self._keep_from())
+        return events
+
+    def _score(self, window: np.ndarray) -> list[VadEvent]:
+        s = self.state
+        x = torch.cat([s.context, torch.from_numpy(window)[None]], dim=1)  # (1, 64 + 512)
+        probability, s.rnn = self.model(x, s.rnn)
+        s.context = x[:, -CONTEXT:]
+        s.probability = p = float(probability[0])
+        start = s.analysed
+        s.analysed += WINDOW
+        if s.phase is Phase.SPEECH:
+            rms = math.sqrt(float(np.dot(window, window)) / WINDOW)
+            s.recent.append((start + WINDOW // 2, p, rms))
+            if len(s.recent) > self._cut_search // WINDOW + 1:
+                s.recent.popleft()
+        return self._advance(p, start, s.analysed)
+
+    def _advance(self, p: float, start: int, end: int) -> list[VadEvent]:
+        """Move the turn state machine on by the window ``[start, end)`` of probability ``p``."""
+        s, config = self.state, self.config
+        if s.phase is Phase.SILENCE and p >= config.threshold:
+            s.phase, s.onset = Phase.ONSET, start
+        if s.phase is Phase.ONSET:
+            if p < config.off_threshold:
+                s.phase = Phase.SILENCE
+            elif end - s.onset >= self._min_speech:
+                return [self._open(max(s.onset - self._pad, s.last_end))]
+            return []
+        if s.phase is Phase.SILENCE:
+            return []
+        if p >= config.threshold:
+            s.silence_start = None
+        elif p < config.off_threshold and s.silence_start is None:
+            s.silence_start = start
+        if s.silence_start is not None and end - s.silence_start >= self._min_silence:
+            return [self._close(min(s.silence_start + self._pad, end), False)]
+        if end + WINDOW // 2 - s.segment_start > self._max_segment:
+            return self._cut(end)
+        return []
+
+    def _cut(self, end: int) -> list[VadEvent]:
+        """Close a segment that reached max_segment_s, at its quietest recent point."""
+        s = self.state
+        limit = s.segment_start + self._max_segment
+        if s.silence_start is not None:  # speech has stopped, though not for min_silence_ms yet
+            return [self._close(min(s.silence_start + self._pad, end, limit), True)]
+        candidates = [
+            w for w in s.recent if w[0] > s.segment_start and w[0] >= end - self._cut_search
+        ]
+        # Lowest probability first (in steps of 0.05, below which it is noise), then least energy.
+        cut = min(candidates, key=lambda w: (round(w[1] * 20), w[2]))[0]
+        return [self._close(cut, True), self._open(cut)]
+
+    def _open(self, start: int) -> SpeechStarted:
+        s = self.state
+        s.phase, s.segment_start, s.silence_start = Phase.SPEECH, start, None
+        s.recent.clear()
+        return SpeechStarted(start)
+
+    def _close(self, end: int, forced: bool) -> SpeechEnded:
+        s = self.state
+        s.phase, s.silence_start, s.last_end = Phase.SILENCE, None, end
+        return SpeechEnded(s.segment_start, end, s.tape.slice(s.segment_start, end), forced)
+
+    def _keep_from(self) -> int:
+        """First sample a future segment may still need."""
+        s = self.state
+        if s.phase is Phase.SPEECH:
+            return s.segment_start
+        first = s.onset if s.phase is Phase.ONSET else s.analysed
+        return min(max(first - self._pad, s.last_end), s.analysed)
+
+
+def _stream_chunk(samples: np.ndarray) -> np.ndarray:
+    x = np.asarray(samples)
+    if x.ndim != 1:
+        raise AudioError(f"VAD input must be mono samples of shape (N,), got shape {x.shape}")
+    if x.dtype.kind != "f":
+        raise AudioError(
+            f"VAD input must be float samples in [-1, 1] at 16 kHz, got dtype {x.dtype}"
+            " (scale int16 PCM by 1/32768)"
+        )
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise AudioError(f"VAD input holds a NaN or infinite sample at index {bad} of the chunk")
+    return x
