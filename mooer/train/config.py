@@ -1,0 +1,304 @@
+"""The training configuration: typed dataclasses, read from YAML and validated once.
+
+A run is described by one YAML file (``mooer train CONFIG``)::
+
+    output_dir: runs/demo
+    data:
+      train: [data/train/manifest.jsonl]      # .jsonl manifests, or shard lists of WeNet tars
+      valid: [data/heldout/manifest.jsonl]
+      max_frames_in_batch: 6000               # 60 ms LFR frames, padding included
+    model:
+      encoder: {output_size: 192, linear_units: 512, num_blocks: 6}   # from scratch ...
+      llm_scratch: {hidden_size: 256, num_layers: 4}
+      full_llm: true
+      # ... or start from a release:  checkpoint: path/to/MooER-MTL-5K  (+ llm: path/to/Qwen2)
+    optim: {lr: 1.0e-3, warmup_steps: 500, max_steps: 20000}
+
+Every field has a default here; an unknown key, a wrong type or a value out of range raises
+``ConfigError`` naming the dotted field, e.g. ``optim.lr: expected a positive number, got -1``.
+The resolved config is stored with checkpoints and exported models (``mooer.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mooer.asr.encoder import EncoderConfig
+from mooer.errors import ConfigError
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")
+SCHEDULES = ("cosine", "linear", "constant")
+Check = Callable[[Any], str | None]  # returns what was expected, or None when the value is fine
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "a positive number"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "a number >= 0"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "a number in [0, 1)"
+
+
+def _unit(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "a number in [0, 1]"
+
+
+def _one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"one of {', '.join(choices)}"
+
+    return check
+
+
+def _betas(v: tuple[float, float]) -> str | None:
+    return None if all(0 <= b < 1 for b in v) else "two numbers in [0, 1)"
+
+
+def _checked(default: Any = dataclasses.MISSING, check: Check | None = None, **kw: Any) -> Any:
+    """A dataclass field whose value ``check`` validates when the config is loaded."""
+    return field(default=default, metadata={"check": check} if check else {}, **kw)
+
+
+@dataclass
+class DataConfig:
+    """Where the audio comes from and how it is batched."""
+
+    train: list[str] = field(default_factory=list)  # manifests (.jsonl) or shard lists (.list)
+    valid: list[str] = field(default_factory=list)
+    min_duration: float = _checked(0.2, _non_negative)  # seconds; shorter utterances are skipped
+    max_duration: float = _checked(20.0, _positive)
+    max_frames_in_batch: int = _checked(6000, _positive)  # LFR frames (60 ms), padded batch size
+    max_utts_in_batch: int = _checked(256, _positive)
+    shuffle_buffer: int = _checked(2000, _positive)  # 1 disables shuffling
+    num_workers: int = _checked(2, _non_negative)  # DataLoader processes computing features
+    tasks: list[str] = field(default_factory=list)  # keep only these tasks (empty: all)
+
+
+@dataclass
+class LlmScratchConfig:
+    """A randomly initialised Qwen2 with the real Qwen tokenizer, for small demo models."""
+
+    hidden_size: int = _checked(256, _positive)
+    num_layers: int = _checked(4, _positive)
+    num_heads: int = _checked(4, _positive)
+    num_kv_heads: int = _checked(2, _positive)
+    intermediate_size: int = _checked(768, _positive)
+    tokenizer: str | None = None  # a tokenizer dir (mooer.train.tokenizer); default: Qwen's own
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train and which of its parts learn.
+
+    Start either from a checkpoint folder in a released layout (``checkpoint``, plus ``llm`` for the
+    MTL layout), or from parts: ``encoder`` dims (random) or ``encoder_init`` (a
+    ``paraformer-encoder.pth``), ``cmvn`` (an ``am.mvn``; computed from the training data when
+    absent), and ``llm`` (a Hugging Face Qwen2 dir) or ``llm_scratch`` dims.
+    """
+
+    checkpoint: str | None = None
+    llm: str | None = None
+    llm_scratch: LlmScratchConfig | None = None
+    encoder: EncoderConfig | None = None
+    encoder_init: str | None = None
+    cmvn: str | None = None
+    adapter_downsample: int = _checked(2, _positive)  # encoder frames per LLM token (2: 120 ms)
+    adapter_hidden: int = _checked(2048, _positive)
+    train_encoder: bool = False  # released models keep it frozen
+    gradient_checkpointing: bool = False  # of the trainable encoder's blocks
+    full_llm: bool = False  # train every LLM weight (small models) instead of a LoRA
+    lora_r: int = _checked(64, _positive)
+    lora_alpha: int = _checked(16, _positive)
+    lora_dropout: float = _checked(0.05, _fraction)
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    ctc_weight: float = _checked(0.0, _unit)  # 1.0 trains the encoder + CTC head alone, no LLM
+    llm_dtype: str = _checked("auto", _one_of("auto", "fp32", "bf16"))
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then decay; steps count optimizer updates, not micro-batches."""
+
+    lr: float = _checked(1e-4, _positive)
+    betas: tuple[float, float] = _checked((0.9, 0.999), _betas)
+    weight_decay: float = _checked(0.01, _non_negative)
+    warmup_steps: int = _checked(1000, _non_negative)
+    schedule: str = _checked("cosine", _one_of(*SCHEDULES))
+    min_lr_ratio: float = _checked(0.0, _unit)  # the decay ends at lr * min_lr_ratio
+    grad_accum: int = _checked(1, _positive)
+    clip_norm: float = _checked(1.0, _non_negative)  # 0 disables clipping
+    max_steps: int | None = _checked(None, _positive)
+    max_epochs: int | None = _checked(None, _positive)
+    seed: int = _checked(42, _non_negative)
+    bf16: bool = True  # autocast on cuda/musa; the CPU always trains in fp32
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output_dir: str = "runs/mooer"
+    device: str = "auto"
+    log_interval: int = _checked(10, _positive)  # optimizer steps between log lines
+    save_interval: int = _checked(1000, _positive)  # optimizer steps between checkpoints
+    valid_interval: int = _checked(1000, _positive)
+    keep_checkpoints: int = _checked(2, _positive)
+    resume: bool = True  # continue from the newest checkpoint in output_dir
+    deepspeed: dict[str, Any] | None = None  # a DeepSpeed config (ZeRO-2); needs deepspeed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML training config; relative paths stay relative to the cwd."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    return config_from_dict(raw or {}, source=str(path))
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    """Build a ``TrainConfig`` from plain data (the parsed YAML), validating every field."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {_show(raw)}")
+    cfg = _build(TrainConfig, raw, "")
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: TrainConfig) -> None:
+    """Rules that involve more than one field."""
+    m, o, d = cfg.model, cfg.optim, cfg.data
+    if o.max_steps is None and o.max_epochs is None:
+        raise ConfigError("optim.max_steps: set max_steps or max_epochs, or the run never ends")
+    if o.schedule != "constant" and o.max_steps is None:
+        raise ConfigError(
+            f"optim.max_steps: required by schedule {o.schedule!r} (the decay needs an end); "
+            "use schedule: constant to train by epochs alone"
+        )
+    if d.min_duration >= d.max_duration:
+        raise ConfigError(
+            f"data.min_duration: expected less than data.max_duration ({d.max_duration}), "
+            f"got {d.min_duration}"
+        )
+    if not d.train:
+        raise ConfigError("data.train: expected at least one manifest or shard list")
+    if m.checkpoint is None and m.encoder is None and m.encoder_init is None:
+        raise ConfigError(
+            "model.checkpoint: give a checkpoint folder, or model.encoder dims / model.encoder_init"
+        )
+    if m.checkpoint is None and m.ctc_weight < 1 and m.llm is None and m.llm_scratch is None:
+        raise ConfigError(
+            "model.llm: give a Qwen2 folder (or model.llm_scratch dims) to train with"
+        )
+    if m.llm is not None and m.llm_scratch is not None:
+        raise ConfigError("model.llm_scratch: give either model.llm or model.llm_scratch, not both")
+    unknown = sorted(set(m.lora_targets) - set(LORA_TARGETS))
+    if unknown:
+        raise ConfigError(
+            f"model.lora_targets: expected names among {', '.join(LORA_TARGETS)}, got {unknown}"
+        )
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known keys: {', '.join(fields)})")
+    values = {}
+    for name, value in raw.items():
+        where = f"{prefix}{name}"
+        value = _convert(hints[name], value, where)
+        check = fields[name].metadata.get("check")
+        if check is not None and value is not None:
+            expected = check(value)
+            if expected:
+                raise ConfigError(f"{where}: expected {expected}, got {_show(value)}")
+        values[name] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError, ConfigError) as err:  # a nested dataclass's own validation
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {err}") from err
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """Coerce a YAML value to the annotated type, or say what was expected."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{where}.")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
+    if hint in (int, float):
+        return _number(hint, value, where)
+    if hint is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {_show(value)}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [value]  # a single path where a list is expected
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {_show(value)}")
+        if origin is tuple and len(args) == 2 and args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {_show(value)}")
+            return tuple(
+                _convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))
+            )
+        return origin(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {_show(value)}")
+        return dict(value)
+    raise ConfigError(f"{where}: unsupported config type {hint}")  # a bug here, not in the YAML
+
+
+def _number(kind: type, value: Any, where: str) -> int | float:
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {what}, got {_show(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: expected {what}, got {_show(value)}")
+    if kind is int:
+        if value != int(value):
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+        return int(value)
+    return float(value)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)

@@ -1,0 +1,486 @@
+"""Training data: manifests and WeNet-style tar shards -> filtered, shuffled, frame-budgeted batches.
+
+Every DataLoader worker runs the whole pipeline on its share of the data, so audio decoding and
+features happen beside the training process, which only moves ready tensors to the device::
+
+    entries (manifest lines, tar members) -> split by rank and worker
+      -> read audio (a missing or corrupt file is warned about, counted and skipped)
+      -> length filter -> shuffle -> batches of at most max_frames_in_batch padded frames
+      -> Frontend features -> Batch
+
+Manifest: a ``.jsonl`` file, one utterance per line: ``id``, ``audio`` (a path relative to the
+manifest), optional ``start``/``end`` (seconds within the file), ``duration``, ``lang``, ``task``
+(asr | ast | mtl | chat, default asr), ``text`` (what is spoken), ``translation``, ``target`` (the
+LLM's answer; derived from text/translation for asr, ast and mtl) and ``history`` (chat: prior
+``[question, answer]`` turns). Manifests are permuted as a whole every epoch.
+
+Shards: a ``.tar`` holding ``{key}.wav`` (or .flac/.mp3/.ogg) + ``{key}.txt`` members, optionally
+``{key}.json`` with the manifest fields above; data.train names a shard list file (one tar per
+line, relative to the list) or a tar itself. Shards are read in streaming order and shuffled by
+a buffer of ``shuffle_buffer`` utterances.
+
+Training streams repeat forever (each epoch reshuffled from ``seed`` and the epoch number); the
+trainer decides when to stop. Batch order depends only on the seed, the worker count and the data,
+so a resumed run can skip the batches it has already used without computing their features.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import tarfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mooer.asr.frontend import Cmvn, Frontend, fbank, lfr, num_frames
+from mooer.audio import SAMPLE_RATE, load_audio
+from mooer.errors import AudioError, ConfigError
+from mooer.train.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+TASKS = ("asr", "ast", "mtl", "chat")
+AUDIO_SUFFIXES = ("wav", "flac", "mp3", "ogg", "opus")
+MANIFEST_SUFFIXES = (".jsonl", ".json")
+
+
+@dataclass
+class Entry:
+    """One utterance before its audio is read."""
+
+    id: str
+    audio: str  # a file path, or "tar:member" for audio whose bytes are in ``data``
+    task: str = "asr"
+    text: str = ""  # what is spoken (also the CTC target)
+    translation: str = ""
+    target: str = ""  # the LLM's answer
+    history: list[tuple[str, str]] = field(default_factory=list)
+    lang: str = ""
+    duration: float | None = None  # seconds, when the manifest says
+    start: float = 0.0
+    end: float | None = None
+    data: bytes | None = None
+
+
+@dataclass
+class Batch:
+    """A padded batch; ``feats`` or (for a frozen, cached encoder) ``encoder_out`` is set."""
+
+    ids: list[str]
+    tasks: list[str]
+    texts: list[str]
+    targets: list[str]
+    histories: list[list[tuple[str, str]]]
+    feats: torch.Tensor | None  # (B, T, 560) normalised LFR features, zero-padded
+    feat_lengths: torch.Tensor  # (B,) valid frames
+    audio_seconds: float = 0.0
+    epoch: int = 0
+    skipped: int = 0  # bad entries this worker skipped since its previous batch
+    filtered: int = 0  # entries outside the length limits, likewise
+    encoder_out: torch.Tensor | None = None  # (B, T, D) precomputed encoder outputs
+    encoder_lengths: torch.Tensor | None = None  # (B,)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return replace(
+            self,
+            feats=move(self.feats),
+            feat_lengths=move(self.feat_lengths),
+            encoder_out=move(self.encoder_out),
+            encoder_lengths=move(self.encoder_lengths),
+        )
+
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return replace(
+            self,
+            feats=pin(self.feats),
+            feat_lengths=pin(self.feat_lengths),
+            encoder_out=pin(self.encoder_out),
+            encoder_lengths=pin(self.encoder_lengths),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading entries
+
+
+def default_target(task: str, text: str, translation: str) -> str:
+    """The LLM's answer when a manifest gives none: asr text, ast translation, mtl both."""
+    if task == "asr":
+        return text
+    if task == "ast":
+        return translation
+    if task == "mtl":
+        return f"{text}\n{translation}"
+    return ""
+
+
+def parse_entry(record: Any, base: Path, where: str) -> Entry:
+    """A manifest record (parsed JSON) -> ``Entry``; ``where`` names it in errors (file:line)."""
+    if not isinstance(record, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if not isinstance(record.get("audio"), str) or not record["audio"]:
+        raise ConfigError(f"{where}: missing field 'audio' (a path relative to the manifest)")
+    task = record.get("task", "asr")
+    if task not in TASKS:
+        raise ConfigError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
+    strings = {}
+    for name in ("id", "text", "translation", "target", "lang"):
+        value = record.get(name, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: field {name!r} must be a string, got {value!r}")
+        strings[name] = value
+    target = strings["target"] or default_target(task, strings["text"], strings["translation"])
+    if not target:
+        raise ConfigError(f"{where}: task {task!r} needs a non-empty 'target' (the answer)")
+    history = record.get("history") or []
+    if not isinstance(history, list) or not all(
+        isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(s, str) for s in turn)
+        for turn in history
+    ):
+        raise ConfigError(f"{where}: 'history' must be a list of [question, answer] strings")
+    times = {}
+    for name in ("duration", "start", "end"):
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}: field {name!r} must be a number of seconds, got {value!r}")
+        times[name] = value
+    audio = record["audio"]
+    return Entry(
+        id=strings["id"] or Path(audio).stem,
+        audio=audio if audio.startswith("tar:") else str(base / audio),
+        task=task,
+        text=strings["text"],
+        translation=strings["translation"],
+        target=target,
+        history=[(q, a) for q, a in history],
+        lang=strings["lang"],
+        duration=times["duration"],
+        start=float(times["start"] or 0.0),
+        end=None if times["end"] is None else float(times["end"]),
+    )
+
+
+def read_manifest(path: str | Path) -> list[Entry]:
+    """All entries of a jsonl manifest; a malformed line raises ``ConfigError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"manifest not found: {path}")
+    entries = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{where}: not valid JSON: {err}") from err
+            entries.append(parse_entry(record, path.parent, where))
+    return entries
+
+
+def read_shard_list(path: str | Path) -> list[Path]:
+    """Tar paths of a shard list (one per line, relative to the list); a ``.tar`` is itself."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"shard list not found: {path}")
+    if path.suffix == ".tar" or path.name.endswith((".tar.gz", ".tgz")):
+        return [path]
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return [path.parent / line.strip() for line in lines if line.strip()]
+
+
+def iter_tar(path: Path) -> Iterator[Entry]:
+    """Entries of one WeNet shard, in member order; a corrupt tar ends early with a warning."""
+    group: dict[str, bytes] = {}
+    key = None
+    try:
+        with tarfile.open(path, mode="r|*") as tar:  # streaming: tars may sit on slow storage
+            for member in tar:
+                if not member.isfile():
+                    continue
+                prefix, _, suffix = member.name.rpartition(".")
+                if key is not None and prefix != key:
+                    yield from _tar_entry(path, key, group)
+                    group = {}
+                key = prefix
+                handle = tar.extractfile(member)
+                group[suffix.lower()] = handle.read() if handle else b""
+    except (tarfile.TarError, OSError, EOFError) as err:
+        log.warning("shard %s is unreadable from here on: %s", path, err)
+    if key is not None:
+        yield from _tar_entry(path, key, group)
+
+
+def _tar_entry(path: Path, key: str, group: dict[str, bytes]) -> Iterator[Entry]:
+    audio = next((s for s in AUDIO_SUFFIXES if s in group), None)
+    where = f"{path}:{key}"
+    if audio is None:
+        log.warning("skipping %s: no audio member (.%s)", where, ", .".join(AUDIO_SUFFIXES))
+        return
+    record: dict[str, Any] = {}
+    try:
+        if "json" in group:
+            record = json.loads(group["json"].decode("utf-8"))
+        if "txt" in group:
+            record.setdefault("text", group["txt"].decode("utf-8").strip())
+        record.setdefault("id", Path(key).name)
+        record["audio"] = f"tar:{key}.{audio}"
+        entry = parse_entry(record, path.parent, where)
+    except (ConfigError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log.warning("skipping %s: %s", where, err)
+        return
+    entry.data = group[audio]
+    yield entry
+
+
+def is_manifest(source: str | Path) -> bool:
+    return str(source).endswith(MANIFEST_SUFFIXES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclass
+class _Utt:
+    entry: Entry
+    samples: np.ndarray  # (N,) float32 16 kHz
+    frames: int  # LFR frames of the features
+
+
+@dataclass
+class _Counters:
+    skipped: int = 0
+    filtered: int = 0
+
+    def take(self) -> tuple[int, int]:
+        counts = (self.skipped, self.filtered)
+        self.skipped = self.filtered = 0
+        return counts
+
+
+def read_audio(entry: Entry) -> np.ndarray:
+    """The entry's samples (its start..end segment); ``AudioError`` for missing or corrupt audio."""
+    samples = load_audio(entry.data if entry.data is not None else entry.audio)
+    if entry.start or entry.end is not None:
+        first = int(round(entry.start * SAMPLE_RATE))
+        last = len(samples) if entry.end is None else int(round(entry.end * SAMPLE_RATE))
+        samples = samples[first:last]
+        if len(samples) == 0:
+            raise AudioError(
+                f"{entry.audio}: segment {entry.start}..{entry.end} s is outside the audio"
+            )
+    return samples
+
+
+class SpeechDataset(IterableDataset):
+    """Batches of one rank; under a DataLoader each worker makes every n-th batch.
+
+    ``train`` shuffles and repeats forever; otherwise one pass in manifest order.
+    ``start_batch`` (of this rank's batch sequence) skips batches already trained on.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str | Path],
+        frontend: Frontend,
+        cfg: DataConfig,
+        *,
+        train: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ConfigError("data: no manifest or shard list given")
+        self.entries: list[Entry] = []
+        self.shards: list[Path] = []
+        for source in sources:
+            if is_manifest(source):
+                self.entries.extend(read_manifest(source))
+            else:
+                self.shards.extend(read_shard_list(source))
+        if cfg.tasks:
+            self.entries = [e for e in self.entries if e.task in cfg.tasks]
+        self.frontend = frontend
+        self.cfg = cfg
+        self.train = train
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        shard, num_shards = self.rank * workers + worker, self.world_size * workers
+        # The DataLoader takes batches from its workers in turn: global batch i is worker i % n's.
+        skip = max(0, math.ceil((self.start_batch - worker) / workers))
+        counters = _Counters()
+        for epoch in itertools.count() if self.train else (0,):
+            rng = np.random.default_rng([self.seed, epoch, shard])
+            utts = self._read(self._epoch_entries(epoch, shard, num_shards), counters)
+            made = 0
+            for group in self._batches(utts, rng):
+                made += 1
+                if skip:
+                    skip -= 1
+                    counters.take()  # counted in the run that trained on this batch
+                    continue
+                yield self._collate(group, epoch, counters)
+            if made == 0:
+                if self.train:
+                    log.warning("data shard %d/%d has no usable utterances", shard, num_shards)
+                return
+
+    def _epoch_entries(self, epoch: int, shard: int, num_shards: int) -> Iterator[Entry]:
+        order = np.arange(len(self.entries))
+        shards = list(self.shards)
+        if self.train:
+            shared = np.random.default_rng([self.seed, epoch])  # the same on every worker
+            order = shared.permutation(len(self.entries))
+            shards = [shards[i] for i in shared.permutation(len(shards))]
+        for i in order[shard::num_shards]:
+            yield self.entries[i]
+        if len(shards) >= num_shards:  # whole tars per worker
+            for path in shards[shard::num_shards]:
+                yield from self._keep_tasks(iter_tar(path))
+        else:  # fewer tars than workers: every worker reads all, keeps every n-th member
+            members = itertools.chain.from_iterable(iter_tar(p) for p in shards)
+            yield from itertools.islice(self._keep_tasks(members), shard, None, num_shards)
+
+    def _keep_tasks(self, entries: Iterable[Entry]) -> Iterator[Entry]:
+        return (e for e in entries if not self.cfg.tasks or e.task in self.cfg.tasks)
+
+    def _read(self, entries: Iterable[Entry], counters: _Counters) -> Iterator[_Utt]:
+        lo, hi = self.cfg.min_duration, self.cfg.max_duration
+        for entry in entries:
+            if entry.duration is not None and not lo <= entry.duration <= hi:
+                counters.filtered += 1
+                continue
+            try:
+                samples = read_audio(entry)
+            except AudioError as err:
+                counters.skipped += 1
+                log.warning("skipping utterance %s: %s", entry.id, err)
+                continue
+            seconds = len(samples) / SAMPLE_RATE
+            frames = num_frames(len(samples))
+            if not lo <= seconds <= hi or frames == 0:
+                counters.filtered += 1
+                continue
+            yield _Utt(replace(entry, data=None), samples, frames)
+
+    def _batches(self, utts: Iterator[_Utt], rng: np.random.Generator) -> Iterator[list[_Utt]]:
+        """Groups whose padded size (longest x count) fits ``max_frames_in_batch``."""
+        if self.train and self.shards and self.cfg.shuffle_buffer > 1:
+            utts = shuffle_buffer(utts, self.cfg.shuffle_buffer, rng)
+        group: list[_Utt] = []
+        longest = 0
+        for utt in utts:
+            wider = max(longest, utt.frames)
+            if group and (
+                wider * (len(group) + 1) > self.cfg.max_frames_in_batch
+                or len(group) >= self.cfg.max_utts_in_batch
+            ):
+                yield group
+                group, wider = [], utt.frames
+            group.append(utt)
+            longest = wider
+        if group:
+            yield group
+
+    def _collate(self, group: list[_Utt], epoch: int, counters: _Counters) -> Batch:
+        feats, lengths = self.frontend.batch([u.samples for u in group])  # (B, T, 560), (B,)
+        skipped, filtered = counters.take()
+        return Batch(
+            ids=[u.entry.id for u in group],
+            tasks=[u.entry.task for u in group],
+            texts=[u.entry.text for u in group],
+            targets=[u.entry.target for u in group],
+            histories=[list(u.entry.history) for u in group],
+            feats=feats,
+            feat_lengths=lengths,
+            audio_seconds=sum(len(u.samples) for u in group) / SAMPLE_RATE,
+            epoch=epoch,
+            skipped=skipped,
+            filtered=filtered,
+        )
+
+
+def shuffle_buffer(items: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Yield ``items`` in a random order drawn from a window of ``size`` (streaming shuffle)."""
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = int(rng.integers(size))
+        buffer[i], item = item, buffer[i]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
+def make_loader(dataset: SpeechDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader passing the dataset's ready batches through (features made in its workers)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        collate_fn=_as_is,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def estimate_cmvn(sources: Sequence[str | Path], max_utts: int = 500, seed: int = 0) -> Cmvn:
+    """CMVN statistics (shift = -mean, rescale = 1/std of LFR features) from a sample of the data.
+
+    For models trained from scratch, which have no released ``am.mvn`` to use.
+    """
+    cfg = DataConfig(train=[str(s) for s in sources], shuffle_buffer=1, max_utts_in_batch=1)
+    dataset = SpeechDataset(sources, Frontend(Cmvn.identity()), cfg, train=False, seed=seed)
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(dataset.entries))[:max_utts]
+    entries = itertools.chain(
+        (dataset.entries[i] for i in chosen),
+        itertools.chain.from_iterable(iter_tar(p) for p in dataset.shards),
+    )
+    total = np.zeros(Cmvn.identity().dim, np.float64)
+    squares = np.zeros_like(total)
+    count = 0
+    for utt in itertools.islice(dataset._read(entries, _Counters()), max_utts):
+        feats = lfr(fbank(utt.samples)).astype(np.float64)  # (T, 560)
+        total += feats.sum(0)
+        squares += (feats**2).sum(0)
+        count += len(feats)
+    if count == 0:
+        raise ConfigError(f"no readable audio in {', '.join(map(str, sources))} to estimate CMVN")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return Cmvn(shift=-mean, rescale=1.0 / np.maximum(std, 1e-2))
