@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from mooer.errors import ConfigError
+from mooer.train import corpus
+from mooer.train.corpus import (
+    TASK_MIX,
+    build_corpus,
+    chat_dialogues,
+    chinese_number,
+    english_number,
+    english_ordinal,
+    english_sentences,
+    is_heldout,
+    mandarin_pairs,
+)
+
+WORD_VALUE = {english_number(n): n for n in range(100)}
+DAY_NAMES = [en for _, en in corpus.DAYS]
+
+
+@pytest.fixture(scope="module")
+def split():
+    return build_corpus(3000, 600, seed=7)
+
+
+@pytest.mark.parametrize(
+    ("n", "words"),
+    [(0, "zero"), (13, "thirteen"), (20, "twenty"), (21, "twenty one"), (99, "ninety nine")],
+)
+def test_english_number(n, words):
+    assert english_number(n) == words
+
+
+@pytest.mark.parametrize(
+    ("n", "words"),
+    [(1, "first"), (3, "third"), (12, "twelfth"), (13, "thirteenth"), (20, "twentieth")]
+    + [(22, "twenty second"), (30, "thirtieth"), (31, "thirty first")],
+)
+def test_english_ordinal(n, words):
+    assert english_ordinal(n) == words
+
+
+@pytest.mark.parametrize(
+    ("n", "counting", "numeral"),
+    [(0, False, "零"), (2, False, "二"), (2, True, "两"), (10, False, "十"), (12, True, "十二")]
+    + [(20, False, "二十"), (22, True, "二十二"), (99, False, "九十九")],
+)
+def test_chinese_number(n, counting, numeral):
+    assert chinese_number(n, counting) == numeral
+
+
+def test_numbers_out_of_range_are_refused():
+    with pytest.raises(ConfigError, match="100"):
+        english_number(100)
+    with pytest.raises(ConfigError, match="-1"):
+        chinese_number(-1)
+
+
+def test_pairs_are_aligned_translations():
+    pairs = dict(mandarin_pairs())
+    assert pairs["今天星期三"] == "today is wednesday"
+    assert pairs["我要买两个苹果"] == "i want to buy two apples"
+    assert pairs["我要买一个鸡蛋"] == "i want to buy one egg"
+    assert pairs["现在两点半"] == "it is half past two"
+    assert pairs["今天是五月十二号"] == "today is may twelfth"
+    assert pairs["我想要一个橙色的杯子"] == "i want an orange cup"
+    assert pairs["二加三等于五"] == "two plus three is five"
+
+
+def test_text_conventions():
+    for sentence in english_sentences():
+        assert re.fullmatch(r"[a-z]+( [a-z]+)*", sentence), sentence
+    for zh, _ in mandarin_pairs():
+        assert re.fullmatch(r"[\u4e00-\u9fff]+", zh), zh
+    for dialogue in chat_dialogues():
+        for question, answer in dialogue:
+            assert re.fullmatch(r"[a-z]+( [a-z]+)*", question), question
+            assert re.fullmatch(r"[a-z]+( [a-z]+)*", answer), answer
+
+
+def test_vocabulary_is_small():
+    texts = english_sentences() + [q for d in chat_dialogues() for turn in d for q in turn]
+    words = {w for text in texts for w in text.split()}
+    characters = {c for zh, _ in mandarin_pairs() for c in zh}
+    assert 150 < len(words) < 400
+    assert 100 < len(characters) < 300
+
+
+def test_chat_answers_are_right():
+    for dialogue in chat_dialogues():
+        question, answer = dialogue[0]
+        if m := re.fullmatch(r"what is (.+) (plus|minus|times) (.+)", question):
+            a, op, b = WORD_VALUE[m[1]], m[2], WORD_VALUE[m[3]]
+            assert WORD_VALUE[answer] == {"plus": a + b, "minus": a - b, "times": a * b}[op]
+        if m := re.fullmatch(r"what day comes (after|before) (\w+)", question):
+            step = 1 if m[1] == "after" else -1
+            assert answer == DAY_NAMES[(DAY_NAMES.index(m[2]) + step) % 7]
+
+
+def test_follow_ups_depend_on_the_first_answer():
+    follow_ups = [d for d in chat_dialogues() if len(d) == 2]
+    kinds = Counter()
+    for (_, first), (question, answer) in follow_ups:
+        if m := re.fullmatch(r"and (plus|minus) (\w+)", question):
+            k = WORD_VALUE[m[2]] * (1 if m[1] == "plus" else -1)
+            assert WORD_VALUE[answer] == WORD_VALUE[first] + k
+            kinds["arithmetic"] += 1
+        elif question == "what about the day after that":
+            assert answer == DAY_NAMES[(DAY_NAMES.index(first) + 1) % 7]
+            kinds["day"] += 1
+        elif question == "and the opposite of that":
+            assert (first, answer) in corpus.OPPOSITES or (answer, first) in corpus.OPPOSITES
+            kinds["opposite"] += 1
+    assert kinds["arithmetic"] > 100 and kinds["day"] == 7 and kinds["opposite"] == 40
+
+
+def test_same_seed_same_corpus_other_seed_other_corpus(split):
+    train, heldout = split
+    again = build_corpus(3000, 600, seed=7)
+    assert (train, heldout) == again
+    other = build_corpus(3000, 600, seed=8)
+    assert [u.text for u in other[0]] != [u.text for u in train]
+
+
+def test_sizes_ids_and_task_mix(split):
+    train, heldout = split
+    assert len(train) == 3000 and len(heldout) == 600
+    assert len({u.id for u in train + heldout}) == 3600
+    mix = Counter((u.task, u.lang) for u in train)
+    assert mix == {kind: round(3000 * share) for kind, share in TASK_MIX.items()}
+    mix = Counter((u.task, u.lang) for u in heldout)
+    assert mix == {kind: round(600 * share) for kind, share in TASK_MIX.items()}
+
+
+def test_mix_counts_add_up_for_awkward_sizes():
+    for n in (1, 7, 13):
+        train, heldout = build_corpus(n, n, seed=0)
+        assert len(train) == n and len(heldout) == n
+
+
+def test_targets_follow_the_task(split):
+    for u in split[0] + split[1]:
+        expected = {
+            "asr": u.text,
+            "ast": u.translation,
+            "mtl": f"{u.text}\n{u.translation}",
+        }.get(u.task, u.target)
+        assert u.target == expected
+        assert (u.translation != "") == (u.lang == "zh")
+        assert u.history == [] or u.task == "chat"
+    assert any(u.history for u in split[0])
+
+
+def test_heldout_sentences_never_occur_in_training(split):
+    train, heldout = split
+    seen = {u.text for u in train} | {u.translation for u in train} | {u.target for u in train}
+    for u in heldout:
+        if u.task == "chat":
+            root = u.history[0][0] if u.history else u.text
+            assert root not in seen
+        else:
+            assert u.text not in seen and (u.translation or u.text) not in seen
+
+
+def test_heldout_split_is_stable_and_about_ten_percent():
+    keys = english_sentences()
+    share = sum(map(is_heldout, keys)) / len(keys)
+    assert 0.07 < share < 0.13
+    assert is_heldout("today is wednesday") == is_heldout("today is wednesday")
+
+
+def test_heldout_has_little_repetition(split):
+    _, heldout = split
+    distinct = {(u.task, u.text, tuple(u.history)) for u in heldout}
+    assert len(distinct) > 0.9 * len(heldout)
+
+
+@pytest.mark.parametrize(("n_train", "n_heldout"), [(-1, 10), (10, 2.5)])
+def test_bad_sizes(n_train, n_heldout):
+    with pytest.raises(ConfigError, match="n_"):
+        build_corpus(n_train, n_heldout, seed=0)
