@@ -1,0 +1,127 @@
+"""Audio in: any file or array -> float32 mono 16 kHz in [-1, 1], with the time units the model uses.
+
+Every layer (CLI, server, agent, training) goes through here, so bad audio is rejected once,
+with an ``AudioError`` naming the source, before it can turn into NaN features or a torch traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from mooer.errors import AudioError
+
+SAMPLE_RATE = 16000  # Hz, the only rate the front end accepts
+HOP_MS = 10  # fbank frame shift
+WINDOW_MS = 25  # fbank analysis window
+HOP_LENGTH = SAMPLE_RATE * HOP_MS // 1000  # 160 samples
+WINDOW_LENGTH = SAMPLE_RATE * WINDOW_MS // 1000  # 400 samples
+N_MELS = 80  # fbank bins
+LFR_M = 7  # fbank frames stacked into one low-frame-rate (LFR) frame
+LFR_N = 6  # fbank frames advanced per LFR frame
+FEATURE_DIM = N_MELS * LFR_M  # 560 values per LFR frame (the encoder input)
+FRAME_MS = HOP_MS * LFR_N  # 60 ms per LFR / encoder frame
+ADAPTER_DOWNSAMPLE = 2  # encoder frames merged into one LLM audio token
+TOKEN_MS = FRAME_MS * ADAPTER_DOWNSAMPLE  # 120 ms per LLM audio token
+SAMPLES_PER_TOKEN = SAMPLE_RATE * TOKEN_MS // 1000  # 1920 samples
+
+MAX_CHANNELS = 32  # a wider (N, C) array is almost surely a transposed (C, N) one
+
+AudioSource = str | os.PathLike | bytes | BinaryIO
+
+
+def load_audio(source: AudioSource) -> np.ndarray:
+    """Decode a path, raw file bytes or a binary stream (wav/flac/ogg/mp3...) to (N,) float32 16 kHz.
+
+    Channels are averaged and the rate converted with soxr. Raises ``AudioError`` naming the
+    source if it is missing, not audio, corrupt, empty, or holds NaN/inf samples.
+    """
+    name, handle = _open(source)
+    try:
+        samples, rate = sf.read(handle, dtype="float32", always_2d=True)  # (N, C)
+    except (sf.SoundFileError, RuntimeError, ValueError, EOFError) as err:
+        raise AudioError(f"cannot decode audio from {name}: {err}") from err
+    return _to_mono_16k(samples, rate, name)
+
+
+def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """An array from an API user, (N,) or (N, C) at any rate -> (N',) float32 16 kHz in [-1, 1].
+
+    Integer arrays are scaled to full scale (int16 by 1/32768). Raises ``AudioError`` for an empty,
+    non-finite, non-numeric or wrongly shaped array and for a non-positive rate.
+    """
+    return _to_mono_16k(samples, sample_rate, "audio array")
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """(N,) or (N, C) float samples at ``from_rate`` -> the same at ``to_rate`` (soxr, high quality)."""
+    from_rate, to_rate = _check_rate(from_rate), _check_rate(to_rate)
+    if from_rate == to_rate:
+        return samples
+    return soxr.resample(samples, from_rate, to_rate)
+
+
+def _check_rate(rate: int) -> int:
+    numeric = isinstance(rate, (int, float, np.number)) and not isinstance(rate, bool)
+    if not (numeric and np.isfinite(rate) and rate > 0 and int(rate) == rate):
+        raise AudioError(f"sample rate must be a positive integer, got {rate!r}")
+    return int(rate)
+
+
+def _open(source: AudioSource) -> tuple[str, str | BinaryIO]:
+    """A display name for errors plus something soundfile can read."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>", io.BytesIO(bytes(source))
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise AudioError(f"audio file not found: {path}")
+        return path, path
+    if hasattr(source, "read"):
+        name = str(getattr(source, "name", "<stream>"))
+        seekable = getattr(source, "seekable", None)
+        if seekable is None or not seekable():
+            return name, io.BytesIO(source.read())  # soundfile needs to seek to read headers
+        return name, source
+    raise AudioError(
+        f"cannot read audio from a {type(source).__name__}: expected a path, bytes or file"
+    )
+
+
+def _to_mono_16k(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
+    x = _as_float(samples, name)
+    if x.ndim == 2:
+        if x.shape[1] > MAX_CHANNELS:
+            raise AudioError(
+                f"{name} has shape {x.shape}: expected (N,) or (N, C) with C <= {MAX_CHANNELS}; "
+                "transpose a (C, N) array"
+            )
+        x = x.mean(axis=1, dtype=np.float32)  # (N, C) -> (N,)
+    elif x.ndim != 1:
+        raise AudioError(f"{name} has shape {x.shape}: expected (N,) or (N, C)")
+    if x.size == 0:
+        raise AudioError(f"{name} has no samples")
+    if not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise AudioError(f"{name} holds {bad} NaN or infinite samples")
+    x = resample(x, sample_rate, SAMPLE_RATE)
+    # Float files and the resampler may overshoot full scale; clip as a 16-bit recording would.
+    return np.clip(np.ascontiguousarray(x, dtype=np.float32), -1.0, 1.0)  # a new array
+
+
+def _as_float(samples: np.ndarray, name: str) -> np.ndarray:
+    """Any numeric array -> float32, integer types scaled so full scale is 1.0."""
+    x = np.asarray(samples)
+    if x.dtype.kind == "f":
+        return x.astype(np.float32, copy=False)
+    if x.dtype.kind == "i":
+        return x.astype(np.float32) / float(2 ** (8 * x.dtype.itemsize - 1))
+    if x.dtype.kind == "u":
+        half = float(2 ** (8 * x.dtype.itemsize - 1))
+        return (x.astype(np.float32) - half) / half
+    raise AudioError(f"{name} has dtype {x.dtype}: expected float or integer samples")
