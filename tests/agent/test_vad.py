@@ -19,6 +19,7 @@ from mooer.agent.vad import (
     VadEvent,
     VadModel,
     shared_vad_model,
+    silero_model_path,
 )
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import AudioError, CheckpointError, ConfigError
@@ -257,3 +258,29 @@ def test_model_file_that_is_not_silero_raises_checkpoint_error(tmp_path):
         VadModel.load(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         VadModel.load(tmp_path / "missing.jit")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_model_matches_silero_own_stateful_wrapper():
+    """Our per-session state reproduces what silero's module does with its internal state."""
+    silero = torch.jit.load(str(silero_model_path()))  # the outer module keeps state inside
+    model = shared_vad_model()
+    state, context = model.initial_state(), torch.zeros(1, 64)
+    clip = torch.from_numpy(CLIPS[0][: 40 * 512])
+    for window in clip.reshape(40, 1, 512):
+        expected = silero(window, SAMPLE_RATE)[0, 0]
+        x = torch.cat([context, window], dim=1)
+        probability, state = model(x, state)
+        context = x[:, -64:]
+        assert probability[0] == expected
+
+
+def test_model_scores_a_batch_of_streams_like_one_at_a_time():
+    model = shared_vad_model()
+    windows = torch.from_numpy(np.stack([CLIPS[0][9000:9576], CLIPS[1][20000:20576]]))
+    state = torch.randn(2, 2, 128) * 0.1
+    batched, batched_state = model(windows, state)
+    for b in range(2):
+        alone, alone_state = model(windows[b : b + 1], state[:, b : b + 1].contiguous())
+        torch.testing.assert_close(batched[b : b + 1], alone)
+        torch.testing.assert_close(batched_state[:, b : b + 1], alone_state)
