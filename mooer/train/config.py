@@ -25,7 +25,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,8 +162,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML training config; relative paths stay relative to the cwd."""
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read and validate a YAML training config; relative paths stay relative to the cwd.
+
+    ``overrides`` are ``section.key=value`` assignments (values parsed as YAML) applied first.
+    """
     import yaml
 
     path = Path(path)
@@ -173,7 +176,27 @@ def load_config(path: str | Path) -> TrainConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    return config_from_dict(raw or {}, source=str(path))
+    raw = raw or {}
+    for assignment in overrides:
+        _override(raw, assignment)
+    return config_from_dict(raw, source=str(path))
+
+
+def _override(raw: Any, assignment: str) -> None:
+    import yaml
+
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. optim.lr=1e-4")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        if not isinstance(node, dict):
+            break
+        node = node.setdefault(part, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {assignment!r}: {key.rpartition('.')[0]} is not a section")
+    node[leaf] = yaml.safe_load(value)
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pytest
+
+from mooer.asr.encoder import EncoderConfig
+from mooer.errors import ConfigError
+from mooer.train.config import LORA_TARGETS, config_from_dict, load_config
+
+MINIMAL = {
+    "data": {"train": ["train.jsonl"]},
+    "model": {"encoder": {"output_size": 32, "num_blocks": 2}, "llm": "llm"},
+    "optim": {"max_steps": 10},
+}
+
+
+def _with(section: str, **values) -> dict:
+    raw = {key: dict(value) for key, value in MINIMAL.items()}
+    raw[section] = {**raw.get(section, {}), **values}
+    return raw
+
+
+def test_yaml_file_with_defaults_and_nested_encoder(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "output_dir: runs/x\n"
+        "data: {train: a.jsonl, max_frames_in_batch: 3000}\n"
+        "model:\n  encoder: {output_size: 64, num_blocks: 3}\n  llm_scratch: {hidden_size: 64}\n"
+        "optim: {lr: 1e-3, betas: [0.9, 0.98], max_steps: 100}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.output_dir == "runs/x"
+    assert cfg.data.train == ["a.jsonl"]  # a single path becomes a list
+    assert cfg.data.max_frames_in_batch == 3000
+    assert cfg.model.encoder == EncoderConfig(output_size=64, num_blocks=3)
+    assert cfg.model.llm_scratch.hidden_size == 64 and cfg.model.llm_scratch.num_layers == 4
+    assert cfg.optim.lr == pytest.approx(1e-3)  # YAML 1.1 reads "1e-3" as a string
+    assert cfg.optim.betas == (0.9, 0.98)
+    # the release's LoRA unless told otherwise
+    assert (cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout) == (64, 16, 0.05)
+    assert tuple(cfg.model.lora_targets) == LORA_TARGETS
+    assert cfg.model.train_encoder is False
+
+
+def test_overrides_apply_before_validation(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {train: a.jsonl}\nmodel: {encoder: {}, llm: x}\noptim: {max_steps: 5}\n")
+    cfg = load_config(path, overrides=["optim.lr=0.5", "model.full_llm=true"])
+    assert cfg.optim.lr == 0.5 and cfg.model.full_llm is True
+    with pytest.raises(ConfigError, match="optim.lr: expected a positive number, got -1"):
+        load_config(path, overrides=["optim.lr=-1"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (_with("optim", lr=-1), "optim.lr: expected a positive number, got -1"),
+        (_with("optim", lrate=1), "optim.lrate: unknown key"),
+        (_with("optim", grad_accum=1.5), "optim.grad_accum: expected an integer, got 1.5"),
+        (_with("optim", schedule="step"), "optim.schedule: expected one of cosine, linear"),
+        (_with("optim", betas=[0.9]), "optim.betas: expected 2 values"),
+        (_with("optim", bf16="yes"), "optim.bf16: expected true or false, got 'yes'"),
+        (_with("model", lora_dropout=1.0), "model.lora_dropout: expected a number in \\[0, 1\\)"),
+        (_with("model", lora_targets=["qkv"]), "model.lora_targets: expected names among"),
+        (_with("model", encoder={"output_size": 30}), "model.encoder: .*not divisible"),
+        (_with("model", encoder={"blocks": 3}), "model.encoder.blocks: unknown key"),
+        (_with("data", max_frames_in_batch="many"), "data.max_frames_in_batch: expected an int"),
+        (_with("data", min_duration=30), "data.min_duration: expected less than"),
+        (_with("optim", max_steps=None), "optim.max_steps: set max_steps or max_epochs"),
+        (
+            _with("optim", max_steps=None, max_epochs=1),
+            "optim.max_steps: required by schedule 'cosine'",
+        ),
+        ({**MINIMAL, "data": {}}, "data.train: expected at least one"),
+        ({**MINIMAL, "model": {"llm": "x"}}, "model.checkpoint: give a checkpoint folder"),
+        ({**MINIMAL, "logging": 1}, "logging: unknown key"),
+    ],
+)
+def test_bad_values_name_the_field(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_epochs_alone_need_a_constant_schedule():
+    raw = _with("optim", max_steps=None, max_epochs=2, schedule="constant")
+    assert config_from_dict(raw).optim.max_epochs == 2
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("data: {train: a.jsonl}\nmodel: {encoder: {}, llm: x}\noptim: {max_steps: 5}\n")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(good, overrides=["lr"])
