@@ -147,7 +147,7 @@ def parse_entry(record: Any, base: Path, where: str) -> Entry:
             raise ConfigError(f"{where}: field {name!r} must be a string, got {value!r}")
         strings[name] = value
     target = strings["target"] or default_target(task, strings["text"], strings["translation"])
-    if not target:
+    if not target and task != "asr":  # an empty transcript (silence) is a valid asr answer
         raise ConfigError(f"{where}: task {task!r} needs a non-empty 'target' (the answer)")
     history = record.get("history") or []
     if not isinstance(history, list) or not all(
@@ -333,9 +333,12 @@ class SpeechDataset(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        shard, num_shards = self.rank * workers + worker, self.world_size * workers
-        # The DataLoader takes batches from its workers in turn: global batch i is worker i % n's.
-        skip = max(0, math.ceil((self.start_batch - worker) / workers))
+        # The DataLoader takes batches from its workers in turn, starting with worker 0, so batch
+        # i of a stream is made by the worker playing role i % n. A stream resumed at batch k
+        # hands worker w the role (w + k) % n and lets it skip that role's first batches.
+        role = (worker + self.start_batch) % workers
+        shard, num_shards = self.rank * workers + role, self.world_size * workers
+        skip = max(0, math.ceil((self.start_batch - role) / workers))
         counters = _Counters()
         for epoch in itertools.count() if self.train else (0,):
             rng = np.random.default_rng([self.seed, epoch, shard])
