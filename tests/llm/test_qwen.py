@@ -87,10 +87,10 @@ def test_lora_merge_changes_outputs_and_equals_the_unmerged_peft_forward(
     llm_dir: Path, lora_dir: Path, base_llm, merged_llm
 ) -> None:
     merged = logits(merged_llm[0])
-    assert not torch.allclose(merged, logits(base_llm[0]), atol=1e-3)
+    assert (merged - logits(base_llm[0])).abs().max() > 0.1
     assert type(merged_llm[0]).__name__ == "Qwen2ForCausalLM"  # merged and unwrapped
     unmerged = PeftModel.from_pretrained(load_llm(llm_dir)[0], lora_dir).eval()
-    torch.testing.assert_close(merged, logits(unmerged), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merged, logits(unmerged), atol=1e-4, rtol=1e-4)
 
 
 def test_safetensors_lora_loads_like_the_bin(tmp_path: Path, llm_dir: Path, merged_llm) -> None:
