@@ -77,12 +77,12 @@ def detect_layout(root: Path) -> str:
 def resolve_variant(root: Path, task: str, variant: str | None) -> str:
     present = [v for v in MTL_VARIANTS if (root / v).is_dir()]
     if not present:
-        raise CheckpointError(f"{root} has no variant folder: expected one of {', '.join(MTL_VARIANTS)}")
+        raise CheckpointError(
+            f"{root} has no variant folder: expected one of {', '.join(MTL_VARIANTS)}"
+        )
     if variant is not None:
         if variant not in present:
-            raise CheckpointError(
-                f"variant {variant!r} not in {root}: it has {', '.join(present)}"
-            )
+            raise CheckpointError(f"variant {variant!r} not in {root}: it has {', '.join(present)}")
         return variant
     for candidate in VARIANT_FOR_TASK.get(task, (task,)):
         if candidate in present:
@@ -162,7 +162,9 @@ def download(repo_id: str) -> Path:
         try:
             return Path(snapshot_download(repo_id))
         except Exception as exc:  # network, auth, missing repo: all reported the same way
-            errors.append(f"huggingface_hub: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            errors.append(
+                f"huggingface_hub: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            )
     try:
         from modelscope import snapshot_download as ms_download
     except ImportError:

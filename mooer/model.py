@@ -115,7 +115,7 @@ def load_model(
     llm_dtype = resolve_dtype(dtype, dev)
     frontend = Frontend(Cmvn.load(paths.cmvn))
     encoder = load_encoder(paths.encoder, attention_heads=attention_heads)
-    adapter = load_adapter(paths.adapter, encoder_dim=encoder.config.output_size)
+    adapter = load_adapter(paths.adapter, encoder_dim=encoder.cfg.output_size)
     lm, tokenizer = load_llm(paths.llm, paths.lora, dtype=llm_dtype, device=str(dev))
     speech_llm = SpeechLLM(frontend, encoder, adapter, lm, tokenizer, paths)
     speech_llm.encoder.to(dev).eval()

@@ -139,23 +139,27 @@ def transcribe(
     """
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
-    names = list(names) if names is not None else [
-        x if isinstance(x, (str, Path)) else f"array{i}" for i, x in enumerate(inputs)
-    ]
+    names = (
+        list(names)
+        if names is not None
+        else [x if isinstance(x, (str, Path)) else f"array{i}" for i, x in enumerate(inputs)]
+    )
     prompt = build_prompt(PROMPT_OF_TASK[task])
     mtl_model = model.paths is not None and model.paths.variant == "asr_ast_mtl"
     if task == "mtl" and model.paths is not None and model.paths.layout == "mtl" and not mtl_model:
         raise ConfigError("task mtl needs the asr_ast_mtl variant of an MTL checkpoint")
 
     results: list[Result] = []
-    # (result index, segment start) for every segment, decoded in batches across inputs
+    # (result index, samples) for every segment, decoded in batches across inputs
     pieces: list[tuple[int, np.ndarray]] = []
-    for i, (name, item) in enumerate(zip(names, inputs)):
+    for name, item in zip(names, inputs):
         try:
             samples = load_audio(item) if isinstance(item, (str, Path)) else item
             samples = np.asarray(samples, dtype=np.float32)
             if samples.ndim != 1:
-                raise ConfigError(f"{name}: arrays must be mono 16 kHz (N,), got shape {samples.shape}")
+                raise ConfigError(
+                    f"{name}: arrays must be mono 16 kHz (N,), got shape {samples.shape}"
+                )
         except MooerError as exc:
             if not keep_going:
                 raise
@@ -167,7 +171,9 @@ def transcribe(
                 audio=str(name),
                 text="",
                 duration=round(len(samples) / SAMPLE_RATE, 3),
-                segments=[(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3)) for a, b in ranges],
+                segments=[
+                    (round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3)) for a, b in ranges
+                ],
             )
         )
         pieces.extend((len(results) - 1, samples[a:b]) for a, b in ranges)

@@ -1,0 +1,59 @@
+"""The command line as a user runs it: a real subprocess on fabricated checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mooer.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_transcribe_mtl5k_json(fabricated, speech_wav, tmp_path):
+    root = fabricated("mtl-5k")
+    stereo = tmp_path / "stereo44k.wav"
+    t = np.arange(5 * 44100) / 44100
+    sf.write(
+        stereo, np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], 1) * 0.3, 44100
+    )
+    proc = run(
+        "transcribe", "--model", str(root), "--llm", str(root.parent / "llm"), "--task", "mtl",
+        "--device", "cpu", "--json", "--max-new-tokens", "6", str(speech_wav), str(stereo),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["audio"] for d in lines] == [str(speech_wav), str(stereo)]
+    assert all("text" in d and "translation" in d for d in lines)
+    assert lines[1]["duration"] == 5.0
+
+
+def test_transcribe_plain_omni(fabricated, speech_wav):
+    proc = run("transcribe", "--model", str(fabricated("omni")), "--beam", "1",
+               "--max-new-tokens", "4", str(speech_wav))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+
+
+def test_errors_are_one_clear_line(fabricated, tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello")
+    proc = run("transcribe", "--model", str(fabricated("omni")), str(junk))
+    assert proc.returncode == 2
+    assert "notes.txt" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("transcribe", "--model", str(tmp_path / "missing"), str(junk))
+    assert proc.returncode == 2 and "model directory not found" in proc.stderr
+
+
+def test_fabricate_command(tmp_path):
+    proc = run("fabricate", str(tmp_path / "x"), "--layout", "mtl-80k")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        tmp_path / "x" / "MooER-MTL-80K" / "asr" / "lora_weights" / "adapter_model.bin"
+    ).exists()

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mooer.audio import SAMPLE_RATE
+from mooer.errors import AudioError, ConfigError
+from mooer.llm.decoding import OFFLINE
+from mooer.llm.prompts import build_prompt
+from mooer.model import load_model
+from mooer.transcribe import read_inputs, split_long, transcribe
+
+GREEDY = replace(OFFLINE, num_beams=1, max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def omni_model(fabricated):
+    return load_model(fabricated("omni"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mtl_model(fabricated):
+    root = fabricated("mtl-5k")
+    return load_model(root, llm=root.parent / "llm", task="mtl", device="cpu")
+
+
+def test_split_long_cuts_at_the_quietest_point():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0, 0.1, 70 * SAMPLE_RATE).astype(np.float32)
+    samples[25 * SAMPLE_RATE : 25 * SAMPLE_RATE + 1600] = 0.0  # a 100 ms silence at 25 s
+    ranges = split_long(samples)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(samples)
+    assert all(a == b for (_, a), (b, _) in zip(ranges, ranges[1:]))  # contiguous
+    assert all(b - a <= 30 * SAMPLE_RATE for a, b in ranges)
+    assert abs(ranges[0][1] - int(25.05 * SAMPLE_RATE)) <= SAMPLE_RATE // 10
+    assert split_long(samples[: 10 * SAMPLE_RATE]) == [(0, 10 * SAMPLE_RATE)]
+
+
+def test_read_inputs_scp_and_jsonl(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
+    (tmp_path / "wav.scp").write_text("utt1 a.wav\nutt2 /abs/b.wav\n\n")
+    (tmp_path / "list.jsonl").write_text('{"id": "x", "audio": "a.wav"}\n{"path": "c.wav"}\n')
+    pairs = read_inputs([str(tmp_path / "wav.scp"), str(tmp_path / "list.jsonl"), "plain.wav"])
+    assert pairs == [
+        ("utt1", str(tmp_path / "a.wav")),
+        ("utt2", "/abs/b.wav"),
+        ("x", str(tmp_path / "a.wav")),
+        ("c.wav", str(tmp_path / "c.wav")),
+        ("plain.wav", "plain.wav"),
+    ]
+    (tmp_path / "bad.scp").write_text("onlykey\n")
+    with pytest.raises(ConfigError, match="bad.scp:1"):
+        read_inputs([str(tmp_path / "bad.scp")])
+    (tmp_path / "bad.jsonl").write_text('{"id": 1}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:1"):
+        read_inputs([str(tmp_path / "bad.jsonl")])
+
+
+def test_batched_equals_one_by_one(omni_model):
+    rng = np.random.default_rng(1)
+    waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (8000, 24000, 16000)]
+    together = transcribe(omni_model, waves, options=GREEDY, batch_size=3)
+    alone = [transcribe(omni_model, [w], options=GREEDY)[0] for w in waves]
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert [r.duration for r in together] == [0.5, 1.5, 1.0]
+
+
+def test_long_audio_is_split_not_truncated(omni_model):
+    samples = np.random.default_rng(2).normal(0, 0.05, 65 * SAMPLE_RATE).astype(np.float32)
+    (result,) = transcribe(omni_model, [samples], options=GREEDY)
+    assert len(result.segments) == 3
+    assert result.segments[-1][1] == 65.0
+
+
+def test_mtl_answer_gives_transcript_and_translation(mtl_model):
+    wave = np.random.default_rng(3).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)
+    (r,) = transcribe(mtl_model, [wave], task="mtl", options=GREEDY)
+    assert r.translation is not None
+    raw = mtl_model.generate([wave], [build_prompt("ast")], GREEDY)[0]
+    transcript, translation = raw.split("\n", 1) if "\n" in raw else (raw, "")
+    assert r.text == transcript.strip() and r.translation == translation.strip()
+    assert json.loads(r.to_json())["translation"] == r.translation
+
+
+def test_bad_inputs(omni_model, tmp_path):
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"definitely not audio" * 10)
+    with pytest.raises(AudioError, match="junk.wav"):
+        transcribe(omni_model, [junk])
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    results = transcribe(omni_model, [junk, silent], options=GREEDY, keep_going=True)
+    assert results[0].error and "junk.wav" in results[0].error
+    assert results[1].error is None and results[1].duration == 1.0
+    with pytest.raises(ConfigError, match="unknown task"):
+        transcribe(omni_model, [silent], task="dictation")
+    tiny = transcribe(omni_model, [np.zeros(100, np.float32)], options=GREEDY)
+    assert tiny[0].error is None
