@@ -62,10 +62,10 @@ def resample_pcm16(chunk: np.ndarray, from_rate: int, to_rate: int) -> np.ndarra
         raise AudioError(
             f"PCM16 chunk must be a 1-D int16 array, got {chunk.dtype} with shape {chunk.shape}"
         )
-    return _to_pcm16(resample(chunk.astype(np.float32) / 32768.0, from_rate, to_rate))
+    return float_to_pcm16(resample(chunk.astype(np.float32) / 32768.0, from_rate, to_rate))
 
 
-def _to_pcm16(audio: np.ndarray) -> np.ndarray:
+def float_to_pcm16(audio: np.ndarray) -> np.ndarray:
     """Float samples in [-1, 1] -> int16, clipped rather than wrapped."""
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
@@ -161,7 +161,9 @@ class CosyVoiceBackend:
             else:
                 outputs = self._model.inference_sft(sentence, speaker, stream=False)
             for output in outputs:
-                yield _to_pcm16(output["tts_speech"].squeeze(0).float().cpu().numpy())  # (1, N)
+                yield float_to_pcm16(
+                    output["tts_speech"].squeeze(0).float().cpu().numpy()
+                )  # (1, N)
 
 
 _BACKENDS: dict[str, type] = {"espeak": EspeakBackend, "cosyvoice": CosyVoiceBackend}
