@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from transformers import (
-    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
@@ -179,9 +178,9 @@ def generate_ids(
         output = model.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            generation_config=_generation_config(options, eos_id, pad_id),
             logits_processor=processors,
             streamer=streamer,
+            **_generation_kwargs(options, eos_id, pad_id),
         )  # (B, N) new tokens only: no input ids were given
     return [_answer(row, eos_id, pad_id) for row in output.tolist()]
 
@@ -199,23 +198,25 @@ def generate(
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def _generation_config(options: DecodingOptions, eos_id: int, pad_id: int) -> GenerationConfig:
+def _generation_kwargs(options: DecodingOptions, eos_id: int, pad_id: int) -> dict:
     # Every knob the chosen mode reads is set, so that the model dir's generation_config.json
     # (Qwen2-Instruct's samples with top_k 20, top_p 0.8, repetition_penalty 1.05) cannot leak in.
+    # Passed as keywords, not a GenerationConfig, so transformers knows which values are ours and
+    # does not warn about the sampling values it inherits for a greedy search.
     knobs = {}
     if options.num_beams > 1:
         knobs["length_penalty"] = options.length_penalty
     if options.do_sample:
         knobs.update(top_p=options.top_p, temperature=options.temperature, top_k=0)
-    return GenerationConfig(
-        num_beams=options.num_beams,
-        max_new_tokens=options.max_new_tokens,
-        do_sample=options.do_sample,
-        repetition_penalty=options.repetition_penalty,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
+    return {
+        "num_beams": options.num_beams,
+        "max_new_tokens": options.max_new_tokens,
+        "do_sample": options.do_sample,
+        "repetition_penalty": options.repetition_penalty,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
         **knobs,
-    )
+    }
 
 
 def _answer(row: list[int], eos_id: int, pad_id: int) -> list[int]:
