@@ -121,8 +121,9 @@ def _merge(
     return peft_model.merge_and_unload()
 
 
-def read_lora_config(lora_dir: Path) -> LoraConfig:
+def read_lora_config(lora_dir: str | Path) -> LoraConfig:
     """The LoRA config of a PEFT dir; keys the installed PEFT does not know are dropped."""
+    lora_dir = Path(lora_dir)
     path = lora_dir / LORA_CONFIG_FILE
     if not lora_dir.is_dir():
         raise CheckpointError(f"LoRA dir {lora_dir} does not exist")
@@ -148,8 +149,9 @@ def read_lora_config(lora_dir: Path) -> LoraConfig:
         raise CheckpointError(f"{path} is not a usable LoRA config: {exc}") from exc
 
 
-def read_lora_weights(lora_dir: Path) -> dict[str, torch.Tensor]:
+def read_lora_weights(lora_dir: str | Path) -> dict[str, torch.Tensor]:
     """The adapter tensors of a PEFT dir (safetensors, or the torch pickle PEFT 0.5.0 wrote)."""
+    lora_dir = Path(lora_dir)
     for name in LORA_WEIGHT_FILES:
         path = lora_dir / name
         if not path.is_file():
