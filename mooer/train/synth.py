@@ -32,7 +32,7 @@ from mooer.audio import SAMPLE_RATE, resample
 from mooer.errors import AudioError, ConfigError
 from mooer.train.corpus import Utterance, build_corpus
 from mooer.tts import espeak
-from mooer.tts.backend import float_to_pcm16
+from mooer.tts.backend import LANGUAGE_VOICES, float_to_pcm16
 
 MANIFEST_FIELDS = (
     "id",
@@ -62,8 +62,8 @@ class VoiceSpec:
 
     @property
     def lang(self) -> str:
-        """The corpus language this voice speaks: "zh" for Mandarin, else "en"."""
-        return "zh" if self.voice == "cmn" else "en"
+        """The corpus language this voice speaks: "zh" for Mandarin (cmn), else "en"."""
+        return "zh" if self.voice == LANGUAGE_VOICES["zh"] else "en"
 
     @property
     def name(self) -> str:
