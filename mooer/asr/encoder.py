@@ -1,8 +1,8 @@
 """Paraformer-large's SAN-M encoder, key-compatible with the released ``paraformer-encoder.pth``.
 
 SAN-M = self-attention plus a memory block: a depthwise convolution over time (the FSMN) on the
-values, added to the attention output. The first block widens nothing but narrows 560 -> 512 and
-has no residual. Numerically this is FunASR's ``SANMEncoder`` (input_layer "pe", pre-norm);
+values, added to the attention output. The first block maps 560 -> 512 dims, so it has no
+attention residual. Numerically this is FunASR's ``SANMEncoder`` (input_layer "pe", pre-norm);
 inference uses fused attention and skips masking when no frame is padding.
 """
 

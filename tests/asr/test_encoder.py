@@ -5,7 +5,13 @@ import dataclasses
 import pytest
 import torch
 
-from mooer.asr.encoder import EncoderConfig, SANMEncoder, config_from_state_dict, load_encoder
+from mooer.asr.encoder import (
+    EncoderConfig,
+    SANMEncoder,
+    config_from_state_dict,
+    load_encoder,
+    sinusoidal_positions,
+)
 from mooer.errors import CheckpointError, ConfigError
 
 TINY = EncoderConfig(
@@ -53,6 +59,15 @@ def test_matches_funasr_on_a_padded_batch(sanm_shift):
     assert ys_lengths.tolist() == expected_lengths.tolist() == [30, 17, 5]
     for i, n in enumerate(lengths):
         torch.testing.assert_close(ys[i, :n], expected[i, :n], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_frames", [1, 167, 3000])
+def test_positions_equal_funasr_bit_for_bit(num_frames):
+    from funasr.models.transformer.embedding import SinusoidalPositionEncoder
+
+    positions = torch.arange(1, num_frames + 1)[None]
+    expected = SinusoidalPositionEncoder().encode(positions, 560, torch.float32)[0]
+    assert torch.equal(sinusoidal_positions(num_frames, 560), expected)
 
 
 def test_padding_does_not_change_valid_frames():
