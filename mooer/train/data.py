@@ -458,6 +458,9 @@ def make_loader(dataset: SpeechDataset, num_workers: int, pin_memory: bool = Fal
         collate_fn=_as_is,
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,
+        # Its own generator: seeding workers must not draw from the global RNG, or a resumed
+        # run's dropout masks would differ from the unbroken run's.
+        generator=torch.Generator(),
     )
 
 

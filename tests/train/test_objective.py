@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mooer.asr.adapter import LinearAdapter
+from mooer.asr.encoder import EncoderConfig, SANMEncoder
+from mooer.asr.frontend import Cmvn
+from mooer.errors import ConfigError
+from mooer.llm.fabricate import write_tiny_llm
+from mooer.llm.prompts import build_prompt, build_prompt_text
+from mooer.llm.qwen import load_llm
+from mooer.train.ctc import CtcVocab
+from mooer.train.data import Batch
+from mooer.train.objective import (
+    CHAT_INSTRUCTION,
+    IGNORE,
+    SpeechObjective,
+    answer_loss,
+    build_inputs,
+    chat_prompt,
+    training_prompt,
+)
+
+ANSWERS = ["hello world", "今天星期三\ntoday is wednesday", "four"]
+PROMPTS = [training_prompt("asr"), training_prompt("mtl"), chat_prompt([("two plus two", "four")])]
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    model, tokenizer = load_llm(write_tiny_llm(tmp_path_factory.mktemp("llm"), seed=0))
+    return model, tokenizer
+
+
+def test_chat_prompt_holds_prior_turns_in_qwen_chat_format():
+    assert chat_prompt([("what is two plus two", "four"), ("and plus one", "five")]) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nwhat is two plus two<|im_end|>\n<|im_start|>assistant\nfour<|im_end|>\n"
+        "<|im_start|>user\nand plus one<|im_end|>\n<|im_start|>assistant\nfive<|im_end|>\n"
+        "<|im_start|>user\nAnswer my question. <|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert chat_prompt([]) == build_prompt_text(CHAT_INSTRUCTION)
+
+
+def test_tasks_use_the_released_prompts():
+    assert training_prompt("asr") == build_prompt("asr")
+    assert training_prompt("ast") == training_prompt("mtl") == build_prompt("ast")
+    with pytest.raises(ConfigError, match="unknown training task 'tts'"):
+        training_prompt("tts")
+
+
+def test_labels_count_exactly_the_answer_and_its_end_token(llm):
+    model, tokenizer = llm
+    audio = torch.randn(3, 5, model.config.hidden_size)
+    lengths = torch.tensor([5, 2, 3])
+    inputs = build_inputs(model, tokenizer, audio, lengths, PROMPTS, ANSWERS)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    table = model.get_input_embeddings()
+    for b, (prompt, answer) in enumerate(zip(PROMPTS, ANSWERS)):
+        n = int(lengths[b])
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]
+        row = inputs.labels[b]
+        assert int((row != IGNORE).sum()) == len(a)
+        assert row[n + len(p) : n + len(p) + len(a)].tolist() == a
+        used = n + len(p) + len(a)
+        assert inputs.attention_mask[b].tolist() == [1] * used + [0] * (row.numel() - used)
+        assert torch.equal(inputs.inputs_embeds[b, :n], audio[b, :n])  # audio first
+        text = torch.tensor(p + a)
+        assert torch.equal(inputs.inputs_embeds[b, n:used], table(text))
+        assert torch.equal(
+            inputs.inputs_embeds[b, used:],
+            table(torch.tensor([pad])).expand(row.numel() - used, -1),
+        )  # right padding with <|endoftext|>
+
+
+def test_right_padding_does_not_change_an_items_logits(llm):
+    model, tokenizer = llm
+    audio = torch.randn(3, 5, model.config.hidden_size)
+    lengths = torch.tensor([5, 2, 3])
+    batch = build_inputs(model, tokenizer, audio, lengths, PROMPTS, ANSWERS)
+    with torch.no_grad():
+        together = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask)
+        for b in range(3):
+            alone = build_inputs(
+                model, tokenizer, audio[b : b + 1], lengths[b : b + 1], PROMPTS[b : b + 1],
+                ANSWERS[b : b + 1],
+            )  # fmt: skip
+            logits = model(inputs_embeds=alone.inputs_embeds).logits[0]
+            width = logits.shape[0]
+            assert torch.allclose(together.logits[b, :width], logits, atol=1e-4)
+
+
+def test_answer_loss_and_accuracy():
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 1, IGNORE], [IGNORE, 2, 2, IGNORE, IGNORE]])
+    logits = torch.zeros(2, 5, 4)
+    for b, t in (labels[:, 1:] != IGNORE).nonzero().tolist():
+        logits[b, t, labels[b, t + 1]] = 30.0  # position t predicts label t + 1
+    loss, accuracy, count = answer_loss(logits, labels)
+    assert count == 4 and accuracy.item() == 1.0 and loss.item() < 1e-6
+    logits[0, 1] = torch.tensor([0.0, 0.0, 0.0, -30.0])  # now the 3 is missed
+    loss, accuracy, _ = answer_loss(logits, labels)
+    assert accuracy.item() == 0.75 and loss.item() > 1.0
+
+
+def _objective(llm, ctc_weight: float = 0.0) -> SpeechObjective:
+    model, tokenizer = llm
+    torch.manual_seed(0)
+    encoder = SANMEncoder(
+        EncoderConfig(output_size=32, attention_heads=4, linear_units=64, num_blocks=2)
+    )
+    adapter = LinearAdapter(32, model.config.hidden_size, downsample=2, hidden=64)
+    vocab = CtcVocab.build(ANSWERS)
+    return SpeechObjective(
+        Cmvn.identity(), encoder, adapter, model, tokenizer, ctc_vocab=vocab, ctc_weight=ctc_weight
+    )
+
+
+def _batch(feats: torch.Tensor, lengths: torch.Tensor) -> Batch:
+    return Batch(
+        ids=["a", "b", "c"],
+        tasks=["asr", "mtl", "chat"],
+        texts=ANSWERS,
+        targets=ANSWERS,
+        histories=[[], [], [("two plus two", "four")]],
+        feats=feats,
+        feat_lengths=lengths,
+    )
+
+
+def test_frozen_encoder_gets_no_gradient_and_cached_outputs_give_the_same_loss(llm):
+    objective = _objective(llm).train()
+    assert not objective.encoder.training  # frozen: eval mode even in a training loop
+    feats, lengths = torch.randn(3, 12, 560), torch.tensor([12, 7, 9])
+    loss, stats = objective(_batch(feats, lengths))
+    loss.backward()
+    assert all(p.grad is None for p in objective.encoder.parameters())
+    assert objective.adapter.linear1.weight.grad is not None
+    assert stats["tokens"] > 0 and 0.0 <= stats["acc"] <= 1.0
+    with torch.no_grad():
+        cached, cached_lengths = objective.encoder(feats, lengths)
+    batch = _batch(None, lengths)
+    batch.encoder_out, batch.encoder_lengths = cached, cached_lengths
+    assert objective(batch)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_ctc_weight_mixes_the_losses(llm):
+    feats, lengths = torch.randn(3, 12, 560), torch.tensor([12, 7, 9])
+    _, answer = _objective(llm, 0.0)(_batch(feats, lengths))
+    loss, mixed = _objective(llm, 0.25)(_batch(feats, lengths))
+    assert "ctc" in mixed and "ctc" not in answer
+    assert loss.item() == pytest.approx(0.25 * mixed["ctc"] + 0.75 * mixed["answer"], rel=1e-5)
+    assert mixed["answer"] == pytest.approx(answer["answer"], rel=1e-5)

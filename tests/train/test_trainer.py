@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from mooer.asr.frontend import Frontend
+from mooer.audio import SAMPLE_RATE
+from mooer.errors import CheckpointError, ConfigError
+from mooer.llm.decoding import STREAMING
+from mooer.llm.fabricate import write_tiny_llm
+from mooer.model import load_model
+from mooer.train.config import config_from_dict
+from mooer.train.data import SpeechDataset, make_loader
+from mooer.train.export import export_model
+from mooer.train.objective import build_objective, training_prompt
+from mooer.train.tokenizer import train_tokenizer
+from mooer.train.trainer import LOG_FILE, Trainer, lr_factor, main, seed_everything
+
+# Three "words", each a tone chord the tiny model can tell apart, each with a fixed answer.
+PHRASES = {"red": (300,), "green light": (500, 1250), "blue sky": (800, 1900, 2700)}
+TINY_ENCODER = {"output_size": 32, "attention_heads": 4, "linear_units": 64, "num_blocks": 2}
+
+
+def _tone(freqs: tuple[int, ...], seconds: float, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    wave = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in freqs) / len(freqs)
+    return (rng.uniform(0.2, 0.5) * wave + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """12 utterances (4 per phrase), a tokenizer trained on the phrases and a tiny Qwen2."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(4):
+        for text, freqs in PHRASES.items():
+            name = f"{text.split()[0]}{i}"
+            sf.write(root / f"{name}.wav", _tone(freqs, rng.uniform(0.5, 0.9), rng), SAMPLE_RATE)
+            lines.append(json.dumps({"id": name, "audio": f"{name}.wav", "text": text}))
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    tokenizer = train_tokenizer(PHRASES, root / "tokenizer", vocab_size=300)
+    # Until mooer.train.tokenizer writes it: a Qwen2Tokenizer otherwise defaults unk to the pad.
+    config = tokenizer / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "unk_token": None}))
+    llm = write_tiny_llm(root / "llm", hidden_size=32, tokenizer_dir=tokenizer, seed=0)
+    return {"manifest": root / "train.jsonl", "llm": llm, "root": root}
+
+
+def _raw_config(corpus, out: Path, **optim) -> dict:
+    return {
+        "output_dir": str(out),
+        "device": "cpu",
+        "log_interval": 1,
+        "data": {
+            "train": [str(corpus["manifest"])],
+            "max_frames_in_batch": 400,
+            "num_workers": 0,
+        },
+        "model": {
+            "encoder": TINY_ENCODER,
+            "llm": str(corpus["llm"]),
+            "adapter_hidden": 64,
+            "full_llm": True,
+        },
+        "optim": {"lr": 5e-3, "warmup_steps": 5, "max_steps": 60, "weight_decay": 0.0, **optim},
+    }
+
+
+def _losses(out: Path) -> dict[int, float]:
+    lines = (out / LOG_FILE).read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def test_lr_warms_up_then_decays():
+    optim = config_from_dict(
+        {"data": {"train": "x"}, "model": {"encoder": {}, "llm": "x"}, "optim": {"max_steps": 110}}
+    ).optim
+    optim = replace(optim, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, optim) == pytest.approx(0.1)
+    assert lr_factor(9, optim) == pytest.approx(1.0)
+    assert lr_factor(60, optim) == pytest.approx(0.55)  # half way down the cosine
+    assert lr_factor(110, optim) == pytest.approx(0.1)
+    assert lr_factor(60, replace(optim, schedule="linear")) == pytest.approx(0.55)
+    assert lr_factor(500, replace(optim, schedule="constant")) == 1.0
+
+
+def test_training_smoke_loss_falls_and_the_export_loads_and_decodes(corpus, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(_raw_config(corpus, tmp_path / "run")))
+    assert main([str(path), "--set", f"data.valid=[{corpus['manifest']}]"]) == 0
+
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 60
+    assert np.mean([losses[s] for s in range(56, 61)]) < 0.2 * np.mean([losses[s] for s in (1, 2)])
+    final = tmp_path / "run" / "final"
+    assert sorted(p.name for p in final.iterdir()) == [
+        "adapter_project.pt",
+        "am.mvn",
+        "llm",
+        "mooer.json",
+        "paraformer-encoder.pth",
+    ]  # fmt: skip  (the whole LLM was trained: no lora/)
+    model = load_model(final)
+    waves, texts = [], []
+    for line in corpus["manifest"].read_text().splitlines()[:6]:
+        item = json.loads(line)
+        waves.append(sf.read(corpus["root"] / item["audio"], dtype="float32")[0])
+        texts.append(item["text"])
+    decoded = model.generate(waves, [training_prompt("asr")] * len(waves), STREAMING)
+    assert decoded == texts
+
+
+def test_resume_continues_the_same_trajectory(corpus, tmp_path):
+    """LoRA (with dropout) + frozen encoder; 6 unbroken steps vs 3 steps, restart, 3 more."""
+    raw = _raw_config(corpus, tmp_path / "x", max_steps=6, warmup_steps=2)
+    raw["model"].update(full_llm=False, lora_r=4)
+    raw.update(save_interval=100)
+
+    def session(out: Path, stop_after: int | None = None) -> Trainer:
+        cfg = config_from_dict({**raw, "output_dir": str(out)})
+        seed_everything(cfg.optim.seed)
+        objective = build_objective(cfg, torch.device("cpu"))
+        trainer = Trainer(objective, cfg, torch.device("cpu"))
+        trainer.resume()
+        frontend = Frontend(objective.cmvn)
+
+        def stream(start: int):
+            dataset = SpeechDataset(cfg.data.train, frontend, cfg.data, seed=0, start_batch=start)
+            batches = make_loader(dataset, 0)
+            return batches if stop_after is None else islice(batches, stop_after - start)
+
+        trainer.fit(stream)
+        return trainer
+
+    unbroken = session(tmp_path / "a")
+    session(tmp_path / "b", stop_after=3)  # an interrupted run: saves at step 3
+    resumed = session(tmp_path / "b")
+    assert resumed.state.step == 6 and resumed.state.batches == 6
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert [b[s] for s in (4, 5, 6)] == pytest.approx([a[s] for s in (4, 5, 6)], rel=1e-6)
+    for (name, p), q in zip(
+        unbroken.model.named_parameters(), resumed.model.parameters(), strict=True
+    ):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+    # Checkpoints hold the trainable parameters only: LoRA and adapter, not the frozen parts.
+    saved = torch.load(resumed.latest_checkpoint(), weights_only=False)["model"]
+    assert saved and all("lora_" in k or k.startswith("adapter.") for k in saved)
+    trainable = [p for p in resumed.model.parameters() if p.requires_grad]
+    in_optimizer = [p for g in resumed.optimizer.param_groups for p in g["params"]]
+    assert len(in_optimizer) == len(trainable) == len(saved)
+
+    # The LoRA layout exports and loads with the released loader (merged into the base).
+    final = export_model(resumed.model, tmp_path / "final")
+    assert (final / "lora" / "adapter_config.json").exists()
+    loaded = load_model(final)
+    wave = sf.read(corpus["root"] / "red0.wav", dtype="float32")[0]
+    trained = resumed.model.eval()
+    with torch.no_grad():
+        embeds, _ = loaded.embed([wave])
+        feats = Frontend(trained.cmvn)(wave)[None]  # (1, T, 560)
+        expected, _ = trained.adapter(*trained.encoder(feats, torch.tensor([feats.shape[1]])))
+        assert torch.allclose(embeds, expected, atol=1e-5)
+        merged = loaded.llm(inputs_embeds=embeds).logits
+        assert torch.allclose(merged, trained.llm(inputs_embeds=expected).logits, atol=1e-4)
+
+
+def test_a_checkpoint_from_another_config_is_refused(corpus, tmp_path):
+    cfg = config_from_dict(_raw_config(corpus, tmp_path, max_steps=1, warmup_steps=0))
+    objective = build_objective(cfg, torch.device("cpu"))
+    trainer = Trainer(objective, cfg, torch.device("cpu"))
+    path = trainer.save()
+    other = config_from_dict(
+        {**_raw_config(corpus, tmp_path, max_steps=1), "model": {
+            **_raw_config(corpus, tmp_path)["model"], "full_llm": False, "lora_r": 2,
+        }}
+    )  # fmt: skip
+    stranger = Trainer(build_objective(other, torch.device("cpu")), other, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        stranger.resume(path)
+
+
+def test_deepspeed_without_the_package_is_a_config_error(corpus, tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("deepspeed is installed")
+    cfg = config_from_dict(
+        {**_raw_config(corpus, tmp_path), "deepspeed": {"zero_optimization": {}}}
+    )
+    with pytest.raises(ConfigError, match="deepspeed: .*pip install deepspeed"):
+        Trainer(build_objective(cfg, torch.device("cpu")), cfg, torch.device("cpu"))
+
+
+def test_ctc_stage_trains_the_encoder_and_export_drops_the_head(corpus, tmp_path):
+    raw = _raw_config(corpus, tmp_path / "ctc", max_steps=40, lr=1e-2)
+    raw["model"] = {"encoder": TINY_ENCODER, "train_encoder": True, "ctc_weight": 1.0}
+    cfg = config_from_dict(raw)
+    seed_everything(0)
+    objective = build_objective(cfg, torch.device("cpu"))
+    assert objective.llm is None and objective.adapter is None
+    trainer = Trainer(objective, cfg, torch.device("cpu"))
+    frontend = Frontend(objective.cmvn)
+    trainer.fit(lambda start: make_loader(SpeechDataset(cfg.data.train, frontend, cfg.data), 0))
+    losses = _losses(tmp_path / "ctc")
+    assert losses[40] < 0.3 * losses[1]
+    batch = next(iter(SpeechDataset(cfg.data.train, frontend, cfg.data, train=False)))
+    objective.eval()
+    hits = sum(h == t for h, t in zip(objective.ctc_transcribe(batch), batch.texts))
+    assert hits >= len(batch) // 2
+
+    final = export_model(objective, tmp_path / "encoder", cfg)
+    assert sorted(p.name for p in final.iterdir()) == [
+        "am.mvn", "mooer.json", "paraformer-encoder.pth",
+    ]  # fmt: skip
+    state = torch.load(final / "paraformer-encoder.pth", weights_only=True)
+    assert not any("ctc" in k for k in state)
+    assert state.keys() == objective.encoder.state_dict().keys()
+    # the next stage starts from it
+    raw["model"] = {"encoder_init": str(final / "paraformer-encoder.pth"), "cmvn": str(final / "am.mvn"),
+                    "llm": str(corpus["llm"]), "adapter_hidden": 64}  # fmt: skip
+    staged = build_objective(config_from_dict(raw), torch.device("cpu"))
+    for name, tensor in staged.encoder.state_dict().items():
+        assert torch.equal(tensor, state[name])
+    assert not any(p.requires_grad for p in staged.encoder.parameters())
