@@ -67,7 +67,9 @@ def cmd_fabricate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mooer", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mooer", description="LLM-based speech recognition, translation and spoken chat."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("transcribe", help="speech to text (asr), to English (ast), or both (mtl)")
@@ -81,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.set_defaults(func=cmd_transcribe)
 
+    for name, module in DELEGATED.items():
+        if " " not in name:
+            sub.add_parser(name, help=f"see `mooer {name} --help` ({module})", add_help=False)
+
     p = sub.add_parser("fabricate", help="write a tiny random checkpoint in a released layout")
     p.add_argument("out", help="output folder")
     p.add_argument("--layout", choices=["mtl-5k", "mtl-80k", "omni"], default="mtl-5k")
@@ -89,10 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose module owns its arguments: ``mooer NAME ...`` calls ``module.main(rest)``.
+# ``mooer train`` also takes a sub-command (synth, demo) before falling back to CONFIG.
+DELEGATED = {
+    "train": "mooer.train.trainer",
+    "train synth": "mooer.train.synth",
+}
+
+
+def _delegate(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if len(argv) >= words and name in DELEGATED:
+            return DELEGATED[name], list(argv[words:])
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = _delegate(argv)
     try:
+        if delegated is not None:
+            import importlib
+
+            module, rest = delegated
+            return importlib.import_module(module).main(rest)
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except MooerError as exc:
         print(f"mooer: error: {exc}", file=sys.stderr)
