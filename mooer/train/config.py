@@ -151,6 +151,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     output_dir: str = "runs/mooer"
     device: str = "auto"
+    threads: int | None = _checked(None, _positive)  # torch CPU threads (tiny models: 1 is best)
     log_interval: int = _checked(10, _positive)  # optimizer steps between log lines
     save_interval: int = _checked(1000, _positive)  # optimizer steps between checkpoints
     valid_interval: int = _checked(1000, _positive)

@@ -488,6 +488,8 @@ def train(cfg: TrainConfig) -> Path | None:
     if dist.world_size > 1 and device.type != "cpu":
         device = torch.device(device.type, dist.local_rank)
         getattr(torch, device.type).set_device(device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.optim.seed + dist.rank)
     objective = build_objective(cfg, device)
     trainer = Trainer(objective, cfg, device, dist)

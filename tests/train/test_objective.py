@@ -26,6 +26,15 @@ ANSWERS = ["hello world", "今天星期三\ntoday is wednesday", "four"]
 PROMPTS = [training_prompt("asr"), training_prompt("mtl"), chat_prompt([("two plus two", "four")])]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory):
     model, tokenizer = load_llm(write_tiny_llm(tmp_path_factory.mktemp("llm"), seed=0))
