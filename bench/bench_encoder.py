@@ -9,6 +9,7 @@ FunASR's ``SANMEncoder`` with the same weights is timed beside ours for the rati
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import time
@@ -103,6 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
 
     frontend = Frontend(Cmvn.identity())
     encoder = SANMEncoder(EncoderConfig()).eval()
@@ -144,6 +146,8 @@ def main() -> None:
             f"{rtf:>7.4f} {ref}"
         )
     print(f"peak RSS (ours only): {rss:.0f} MB")
+    # Other processes on a shared machine distort timings, most of all with several threads.
+    print(f"1-min load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
 
 
 if __name__ == "__main__":
