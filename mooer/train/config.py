@@ -83,6 +83,7 @@ class DataConfig:
     shuffle_buffer: int = _checked(2000, _positive)  # 1 disables shuffling
     num_workers: int = _checked(2, _non_negative)  # DataLoader processes computing features
     tasks: list[str] = field(default_factory=list)  # keep only these tasks (empty: all)
+    cache_encoder: bool = False  # run a frozen encoder once and train on its cached outputs
 
 
 @dataclass
@@ -224,6 +225,8 @@ def _check_consistency(cfg: TrainConfig) -> None:
             f"data.min_duration: expected less than data.max_duration ({d.max_duration}), "
             f"got {d.min_duration}"
         )
+    if d.cache_encoder and m.train_encoder:
+        raise ConfigError("data.cache_encoder: needs a frozen encoder (model.train_encoder: false)")
     if not d.train:
         raise ConfigError("data.train: expected at least one manifest or shard list")
     if m.checkpoint is None and m.encoder is None and m.encoder_init is None:

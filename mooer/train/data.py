@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mooer.asr.frontend import Cmvn, Frontend, fbank, lfr, num_frames
-from mooer.audio import SAMPLE_RATE, load_audio
+from mooer.audio import FRAME_MS, SAMPLE_RATE, load_audio
 from mooer.errors import AudioError, ConfigError
 from mooer.train.config import DataConfig
 
@@ -262,8 +262,10 @@ def is_manifest(source: str | Path) -> bool:
 @dataclass
 class _Utt:
     entry: Entry
-    samples: np.ndarray  # (N,) float32 16 kHz
-    frames: int  # LFR frames of the features
+    frames: int  # LFR (= encoder) frames
+    seconds: float
+    samples: np.ndarray | None = None  # (N,) float32 16 kHz
+    hidden: torch.Tensor | None = None  # (frames, D) cached encoder output
 
 
 @dataclass
@@ -392,43 +394,112 @@ class SpeechDataset(IterableDataset):
             if not lo <= seconds <= hi or frames == 0:
                 counters.filtered += 1
                 continue
-            yield _Utt(replace(entry, data=None), samples, frames)
+            yield _Utt(replace(entry, data=None), frames, seconds, samples=samples)
 
     def _batches(self, utts: Iterator[_Utt], rng: np.random.Generator) -> Iterator[list[_Utt]]:
-        """Groups whose padded size (longest x count) fits ``max_frames_in_batch``."""
         if self.train and self.shards and self.cfg.shuffle_buffer > 1:
             utts = shuffle_buffer(utts, self.cfg.shuffle_buffer, rng)
-        group: list[_Utt] = []
-        longest = 0
-        for utt in utts:
-            wider = max(longest, utt.frames)
-            if group and (
-                wider * (len(group) + 1) > self.cfg.max_frames_in_batch
-                or len(group) >= self.cfg.max_utts_in_batch
-            ):
-                yield group
-                group, wider = [], utt.frames
-            group.append(utt)
-            longest = wider
-        if group:
-            yield group
+        return frame_batches(utts, self.cfg)
 
     def _collate(self, group: list[_Utt], epoch: int, counters: _Counters) -> Batch:
         feats, lengths = self.frontend.batch([u.samples for u in group])  # (B, T, 560), (B,)
         skipped, filtered = counters.take()
-        return Batch(
-            ids=[u.entry.id for u in group],
-            tasks=[u.entry.task for u in group],
-            texts=[u.entry.text for u in group],
-            targets=[u.entry.target for u in group],
-            histories=[list(u.entry.history) for u in group],
-            feats=feats,
-            feat_lengths=lengths,
-            audio_seconds=sum(len(u.samples) for u in group) / SAMPLE_RATE,
-            epoch=epoch,
-            skipped=skipped,
-            filtered=filtered,
-        )
+        return _batch(group, epoch, feats=feats, feat_lengths=lengths, skipped=skipped,
+                      filtered=filtered)  # fmt: skip
+
+
+def frame_batches(utts: Iterable[_Utt], cfg: DataConfig) -> Iterator[list[_Utt]]:
+    """Groups whose padded size (longest x count) fits ``max_frames_in_batch``."""
+    group: list[_Utt] = []
+    longest = 0
+    for utt in utts:
+        wider = max(longest, utt.frames)
+        if group and (
+            wider * (len(group) + 1) > cfg.max_frames_in_batch
+            or len(group) >= cfg.max_utts_in_batch
+        ):
+            yield group
+            group, wider = [], utt.frames
+        group.append(utt)
+        longest = wider
+    if group:
+        yield group
+
+
+def _batch(group: list[_Utt], epoch: int, **tensors: Any) -> Batch:
+    return Batch(
+        ids=[u.entry.id for u in group],
+        tasks=[u.entry.task for u in group],
+        texts=[u.entry.text for u in group],
+        targets=[u.entry.target for u in group],
+        histories=[list(u.entry.history) for u in group],
+        audio_seconds=sum(u.seconds for u in group),
+        epoch=epoch,
+        **tensors,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cached encoder outputs
+
+
+def encode_corpus(
+    batches: Iterable[Batch], encode: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
+) -> list[_Utt]:
+    """Run a frozen encoder once over a pass of ``batches``; keep each output (T, D) in fp16."""
+    utts = []
+    for batch in batches:
+        hidden, lengths = encode(batch)  # (B, T, D), (B,)
+        for b, n in enumerate(lengths.tolist()):
+            entry = Entry(
+                id=batch.ids[b],
+                audio="",
+                task=batch.tasks[b],
+                text=batch.texts[b],
+                target=batch.targets[b],
+                history=batch.histories[b],
+            )
+            seconds = n * FRAME_MS / 1000  # to within one 60 ms frame
+            utts.append(_Utt(entry, n, seconds, hidden=hidden[b, :n].detach().half().cpu()))
+    return utts
+
+
+class EncodedDataset(IterableDataset):
+    """Cached encoder outputs, reshuffled and batched every epoch like ``SpeechDataset``.
+
+    For small recipes with a frozen encoder (memory: T x D fp16 per utterance). Runs in the
+    training process; ``start_batch`` skips batches already trained on.
+    """
+
+    def __init__(
+        self, utts: Sequence[_Utt], cfg: DataConfig, *, seed: int = 0, start_batch: int = 0
+    ) -> None:
+        super().__init__()
+        if not utts:
+            raise ConfigError("data.cache_encoder: no utterances to train on")
+        self.utts = list(utts)
+        self.cfg = cfg
+        self.seed = seed
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        skip = self.start_batch
+        for epoch in itertools.count():
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.utts))
+            for group in frame_batches((self.utts[i] for i in order), self.cfg):
+                if skip:
+                    skip -= 1
+                    continue
+                hidden = [u.hidden.float() for u in group]
+                lengths = torch.tensor([u.frames for u in group])
+                yield _batch(
+                    group,
+                    epoch,
+                    feats=None,
+                    feat_lengths=lengths,
+                    encoder_out=torch.nn.utils.rnn.pad_sequence(hidden, batch_first=True),
+                    encoder_lengths=lengths,
+                )  # encoder_out (B, T, D)
 
 
 def shuffle_buffer(items: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -449,7 +520,7 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
-def make_loader(dataset: SpeechDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
+def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader passing the dataset's ready batches through (features made in its workers)."""
     return DataLoader(
         dataset,

@@ -2,24 +2,14 @@
 
 Each training item is laid out as at inference (``mooer.llm.decoding.splice``), then right-padded::
 
-    [ audio embeds (Ta) | templated prompt tokens (P) | answer tokens (A) + <|im_end|> | padding ]
-    labels: -100 ...       -100 ...                    answer ids        + eos id     -100 ...
+    [ prefix (F) | audio embeds (Ta) | prompt tokens (P) | answer tokens (A) + <|im_end|> | padding ]
+    labels: -100   -100 ...            -100 ...            answer ids        + eos id     -100 ...
 
 so exactly A + 1 labels per item count. Prompts per task: asr -> the released ``asr`` prompt;
-ast and mtl -> the released ``ast`` prompt (the MTL model answers ``"{asr}\\n{ast}"``); chat -> the
-chat prompt below.
-
-Chat format (the live session builds the same string for each turn). The audio of the current
-question goes first, as for every task; prior turns are text turns between the system turn and
-the current user turn, the question as transcribed and the answer as given::
-
-    <audio embeds><|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
-    <|im_start|>user\\n{question 1}<|im_end|>\\n<|im_start|>assistant\\n{answer 1}<|im_end|>\\n
-    ...
-    <|im_start|>user\\nAnswer my question. <|im_end|>\\n<|im_start|>assistant\\n
-
-(line breaks after ``\\n`` added here for reading only). Without history it is
-``build_prompt_text(CHAT_INSTRUCTION)``.
+ast and mtl -> the released ``ast`` prompt (the MTL model answers ``"{asr}\\n{ast}"``); these
+have no prefix, the audio goes first as in the release. Chat items follow the live session's
+layout (``mooer.llm.conversation``): the system turn and the prior turns as text are the prefix,
+the audio of the current question follows, then the user suffix ``Answer my question.``.
 """
 
 from __future__ import annotations
@@ -40,8 +30,9 @@ from mooer.asr.encoder import SANMEncoder, load_encoder
 from mooer.asr.frontend import Cmvn
 from mooer.devices import DTYPES
 from mooer.errors import ConfigError
+from mooer.llm.conversation import history_prefix, question_suffix
 from mooer.llm.decoding import token_id
-from mooer.llm.prompts import IM_END, PAD, TEMPLATE, build_prompt
+from mooer.llm.prompts import IM_END, PAD, build_prompt
 from mooer.train.config import ModelConfig, TrainConfig
 from mooer.train.ctc import CtcHead, CtcVocab
 from mooer.train.data import Batch, estimate_cmvn
@@ -49,29 +40,22 @@ from mooer.train.data import Batch, estimate_cmvn
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label of a position without loss (torch's cross-entropy ignore_index)
-CHAT_INSTRUCTION = "Answer my question. "
-_USER_TURN = "<|im_start|>user"
-_SYSTEM_TURN, _, _CURRENT_TURN = TEMPLATE.partition(_USER_TURN)
-
-
-def chat_prompt(history: Sequence[tuple[str, str]], instruction: str = CHAT_INSTRUCTION) -> str:
-    """The templated chat prompt with prior ``(question, answer)`` turns (format: module doc)."""
-    turns = "".join(
-        f"{_USER_TURN}\n{question}{IM_END}\n<|im_start|>assistant\n{answer}{IM_END}\n"
-        for question, answer in history
-    )
-    return _SYSTEM_TURN + turns + _USER_TURN + _CURRENT_TURN.format(instruction)
 
 
 def training_prompt(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
-    """The prompt a training item of ``task`` is answered under."""
+    """The text after the audio of a training item of ``task``: its templated prompt."""
     if task == "asr":
         return build_prompt("asr")
     if task in ("ast", "mtl"):
         return build_prompt("ast")
     if task == "chat":
-        return chat_prompt(history)
+        return question_suffix()
     raise ConfigError(f"unknown training task {task!r}: expected asr, ast, mtl or chat")
+
+
+def prompt_prefix(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """The text before the audio: the system turn and prior turns for chat, nothing otherwise."""
+    return history_prefix(list(history)) if task == "chat" else ""
 
 
 @dataclass
@@ -88,40 +72,58 @@ def build_inputs(
     audio_lengths: torch.Tensor,
     prompts: Sequence[str],
     answers: Sequence[str],
+    prefixes: Sequence[str] | None = None,
 ) -> LMInputs:
-    """Audio, prompt and answer of each item, right-padded with ``<|endoftext|>`` (layout above).
+    """Prefix, audio, prompt and answer of each item, right-padded with ``<|endoftext|>``.
 
     audio_embeds (B, Ta, H) with the first ``audio_lengths[b]`` rows valid -> ``LMInputs`` (B, L).
+    ``prefixes`` (default: none) is text placed before the audio (chat history, layout above).
     """
     embed = llm.get_input_embeddings()
     device = embed.weight.device
     batch = audio_embeds.shape[0]
-    if not len(prompts) == len(answers) == batch == audio_lengths.shape[0]:
+    prefixes = [""] * batch if prefixes is None else list(prefixes)
+    if not len(prompts) == len(answers) == len(prefixes) == batch == audio_lengths.shape[0]:
         raise ConfigError(
-            f"{batch} audio items, {audio_lengths.shape[0]} lengths, {len(prompts)} prompts and "
-            f"{len(answers)} answers: expected one of each per item"
+            f"{batch} audio items, {audio_lengths.shape[0]} lengths, {len(prompts)} prompts, "
+            f"{len(prefixes)} prefixes and {len(answers)} answers: expected one of each per item"
         )
     eos, pad = token_id(tokenizer, IM_END), token_id(tokenizer, PAD)
+    prefix_ids = [
+        tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in prefixes
+    ]
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
     audio = audio_lengths.tolist()
     texts = [p + a + [eos] for p, a in zip(prompt_ids, answer_ids)]
-    width = max(n + len(t) for n, t in zip(audio, texts))
+    width = max(len(f) + n + len(t) for f, n, t in zip(prefix_ids, audio, texts))
 
     ids = torch.full((batch, width), pad, dtype=torch.long)
     labels = torch.full((batch, width), IGNORE, dtype=torch.long)
     mask = torch.zeros((batch, width), dtype=torch.long)
-    for b, (n, text, prompt) in enumerate(zip(audio, texts, prompt_ids)):
-        ids[b, n : n + len(text)] = torch.tensor(text)
-        labels[b, n + len(prompt) : n + len(text)] = torch.tensor(text[len(prompt) :])
-        mask[b, : n + len(text)] = 1
+    audio_at = torch.zeros((batch, width), dtype=torch.long)  # row of audio_embeds per position
+    is_audio = torch.zeros((batch, width), dtype=torch.bool)
+    for b, (before, n, text, prompt) in enumerate(zip(prefix_ids, audio, texts, prompt_ids)):
+        f = len(before)
+        ids[b, :f] = torch.tensor(before, dtype=torch.long)
+        ids[b, f + n : f + n + len(text)] = torch.tensor(text)
+        labels[b, f + n + len(prompt) : f + n + len(text)] = torch.tensor(text[len(prompt) :])
+        mask[b, : f + n + len(text)] = 1
+        audio_at[b, f : f + n] = torch.arange(n)
+        is_audio[b, f : f + n] = True
     ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+    audio_at, is_audio = audio_at.to(device), is_audio.to(device)
 
     text_embeds = embed(ids)  # (B, L, H); pad embeddings where audio goes
-    audio_embeds = audio_embeds[:, : max(audio, default=0)].to(text_embeds.dtype)
-    audio_embeds = F.pad(audio_embeds, (0, 0, 0, width - audio_embeds.shape[1]))  # (B, L, H)
-    is_audio = torch.arange(width, device=device)[None, :] < audio_lengths.to(device)[:, None]
-    inputs = torch.where(is_audio[..., None], audio_embeds, text_embeds)  # (B, L, H)
+    audio_embeds = audio_embeds.to(device, text_embeds.dtype)
+    placed = (
+        torch.gather(  # (B, Ta, H) -> (B, L, H): audio row audio_at[b, t] at position t
+            audio_embeds, 1, audio_at[..., None].expand(-1, -1, audio_embeds.shape[-1])
+        )
+        if audio_embeds.shape[1]
+        else torch.zeros_like(text_embeds)
+    )
+    inputs = torch.where(is_audio[..., None], placed, text_embeds)  # (B, L, H)
     return LMInputs(inputs_embeds=inputs, attention_mask=mask, labels=labels)
 
 
@@ -202,9 +204,15 @@ class SpeechObjective(nn.Module):
             stats["ctc"] = float(ctc.detach())
         if self.ctc_weight < 1:
             embeds, embed_lengths = self.adapter(hidden, lengths)  # (B, T // k, H)
-            prompts = [training_prompt(t, h) for t, h in zip(batch.tasks, batch.histories)]
+            pairs = list(zip(batch.tasks, batch.histories))
             inputs = build_inputs(
-                self.llm, self.tokenizer, embeds, embed_lengths, prompts, batch.targets
+                self.llm,
+                self.tokenizer,
+                embeds,
+                embed_lengths,
+                [training_prompt(t, h) for t, h in pairs],
+                batch.targets,
+                [prompt_prefix(t, h) for t, h in pairs],
             )
             logits = self.llm(
                 inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask

@@ -477,9 +477,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def train(cfg: TrainConfig) -> Path | None:
     """Run the training ``cfg`` describes; returns the exported model dir (on the main rank)."""
+    from tqdm import tqdm
+
     from mooer.asr.frontend import Frontend
     from mooer.devices import resolve_device
-    from mooer.train.data import SpeechDataset, make_loader
+    from mooer.train.data import EncodedDataset, SpeechDataset, encode_corpus, make_loader
     from mooer.train.export import export_model
     from mooer.train.objective import build_objective
 
@@ -497,18 +499,24 @@ def train(cfg: TrainConfig) -> Path | None:
         trainer.resume()
     frontend = Frontend(objective.cmvn)
     pin = device.type == "cuda"
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
 
     def stream(start: int) -> Iterable[Any]:
         dataset = SpeechDataset(
-            cfg.data.train,
-            frontend,
-            cfg.data,
-            seed=cfg.optim.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            start_batch=start,
+            cfg.data.train, frontend, cfg.data, seed=cfg.optim.seed, start_batch=start, **shard
         )
         return make_loader(dataset, cfg.data.num_workers, pin)
+
+    if cfg.data.cache_encoder:
+        once = SpeechDataset(cfg.data.train, frontend, cfg.data, train=False, **shard)
+        with torch.no_grad(), autocast(device, cfg.optim.bf16):
+            cached = encode_corpus(
+                tqdm(make_loader(once, cfg.data.num_workers), desc="encoding", file=sys.stderr),
+                lambda batch: objective.encode(batch.to(device)),
+            )
+
+        def stream(start: int) -> Iterable[Any]:  # noqa: F811 (the cached variant)
+            return EncodedDataset(cached, cfg.data, seed=cfg.optim.seed, start_batch=start)
 
     valid_set = None
     if cfg.data.valid:

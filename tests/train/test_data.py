@@ -187,3 +187,35 @@ def test_estimated_cmvn_normalises_the_data(manifest):
     feats = torch.cat([b.feats[i, :n] for b in batches for i, n in enumerate(b.feat_lengths)])
     assert feats.mean(0).abs().max() < 1e-3  # (N, 560) -> (560,)
     assert (feats.std(0) - 1).abs().max() < 1e-2
+
+
+def test_cached_encoder_outputs_are_rebatched_each_epoch(manifest):
+    from mooer.asr.encoder import EncoderConfig, SANMEncoder
+    from mooer.train.data import EncodedDataset, encode_corpus
+
+    torch.manual_seed(0)
+    encoder = SANMEncoder(EncoderConfig(output_size=16, linear_units=32, num_blocks=1)).eval()
+    cfg = _cfg()
+    with torch.no_grad():
+        utts = encode_corpus(
+            SpeechDataset([manifest], FRONTEND, cfg, train=False),
+            lambda b: encoder(b.feats, b.feat_lengths),
+        )
+    assert sorted(u.entry.id for u in utts) == sorted(GOOD)
+    dataset = EncodedDataset(utts, cfg, seed=2)
+    batches = list(islice(dataset, 12))
+    assert sorted(uid for b in batches if b.epoch == 0 for uid in b.ids) == sorted(GOOD)
+    batch = batches[0]
+    assert batch.feats is None and batch.encoder_out.shape[:2] == (
+        len(batch),
+        max(batch.encoder_lengths),
+    )
+    # the cache holds what the encoder gives for each utterance alone (fp16)
+    (uid, *_), n = batch.ids, int(batch.encoder_lengths[0])
+    (alone,) = [b for b in SpeechDataset([manifest], FRONTEND, cfg, train=False) if uid in b.ids]
+    i = alone.ids.index(uid)
+    with torch.no_grad():
+        expected = encoder(alone.feats[i : i + 1, :n], alone.feat_lengths[i : i + 1])[0][0]
+    assert torch.allclose(batch.encoder_out[0, :n], expected, atol=1e-2)
+    resumed = list(islice(EncodedDataset(utts, cfg, seed=2, start_batch=5), 7))
+    assert [b.ids for b in resumed] == [b.ids for b in batches[5:]]

@@ -7,23 +7,26 @@ from mooer.asr.adapter import LinearAdapter
 from mooer.asr.encoder import EncoderConfig, SANMEncoder
 from mooer.asr.frontend import Cmvn
 from mooer.errors import ConfigError
+from mooer.llm.conversation import SYSTEM_TURN, history_prefix, question_suffix
 from mooer.llm.fabricate import write_tiny_llm
-from mooer.llm.prompts import build_prompt, build_prompt_text
+from mooer.llm.prompts import build_prompt
 from mooer.llm.qwen import load_llm
 from mooer.train.ctc import CtcVocab
 from mooer.train.data import Batch
 from mooer.train.objective import (
-    CHAT_INSTRUCTION,
     IGNORE,
     SpeechObjective,
     answer_loss,
     build_inputs,
-    chat_prompt,
+    prompt_prefix,
     training_prompt,
 )
 
 ANSWERS = ["hello world", "今天星期三\ntoday is wednesday", "four"]
-PROMPTS = [training_prompt("asr"), training_prompt("mtl"), chat_prompt([("two plus two", "four")])]
+TASKS = ["asr", "mtl", "chat"]
+HISTORIES = [[], [], [("two plus two", "four")]]
+PROMPTS = [training_prompt(t, h) for t, h in zip(TASKS, HISTORIES)]
+PREFIXES = [prompt_prefix(t, h) for t, h in zip(TASKS, HISTORIES)]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,14 +44,20 @@ def llm(tmp_path_factory):
     return model, tokenizer
 
 
-def test_chat_prompt_holds_prior_turns_in_qwen_chat_format():
-    assert chat_prompt([("what is two plus two", "four"), ("and plus one", "five")]) == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\nwhat is two plus two<|im_end|>\n<|im_start|>assistant\nfour<|im_end|>\n"
-        "<|im_start|>user\nand plus one<|im_end|>\n<|im_start|>assistant\nfive<|im_end|>\n"
-        "<|im_start|>user\nAnswer my question. <|im_end|>\n<|im_start|>assistant\n"
+def test_chat_items_follow_the_live_sessions_layout():
+    history = [("what is two plus two", "four"), ("and plus one", "five")]
+    assert (
+        prompt_prefix("chat", history)
+        == history_prefix(history)
+        == (
+            SYSTEM_TURN + "<|im_start|>user\nwhat is two plus two<|im_end|>\n"
+            "<|im_start|>assistant\nfour<|im_end|>\n<|im_start|>user\nand plus one<|im_end|>\n"
+            "<|im_start|>assistant\nfive<|im_end|>\n"
+        )
     )
-    assert chat_prompt([]) == build_prompt_text(CHAT_INSTRUCTION)
+    assert training_prompt("chat", history) == question_suffix()
+    assert prompt_prefix("chat", []) == SYSTEM_TURN
+    assert prompt_prefix("asr") == prompt_prefix("mtl") == ""  # released tasks: audio first
 
 
 def test_tasks_use_the_released_prompts():
@@ -62,39 +71,41 @@ def test_labels_count_exactly_the_answer_and_its_end_token(llm):
     model, tokenizer = llm
     audio = torch.randn(3, 5, model.config.hidden_size)
     lengths = torch.tensor([5, 2, 3])
-    inputs = build_inputs(model, tokenizer, audio, lengths, PROMPTS, ANSWERS)
+    inputs = build_inputs(model, tokenizer, audio, lengths, PROMPTS, ANSWERS, PREFIXES)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     table = model.get_input_embeddings()
-    for b, (prompt, answer) in enumerate(zip(PROMPTS, ANSWERS)):
+    for b, (prefix, prompt, answer) in enumerate(zip(PREFIXES, PROMPTS, ANSWERS)):
         n = int(lengths[b])
+        f = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]
         row = inputs.labels[b]
+        start = len(f) + n + len(p)  # the answer's first position
         assert int((row != IGNORE).sum()) == len(a)
-        assert row[n + len(p) : n + len(p) + len(a)].tolist() == a
-        used = n + len(p) + len(a)
+        assert row[start : start + len(a)].tolist() == a
+        used = start + len(a)
         assert inputs.attention_mask[b].tolist() == [1] * used + [0] * (row.numel() - used)
-        assert torch.equal(inputs.inputs_embeds[b, :n], audio[b, :n])  # audio first
-        text = torch.tensor(p + a)
-        assert torch.equal(inputs.inputs_embeds[b, n:used], table(text))
-        assert torch.equal(
-            inputs.inputs_embeds[b, used:],
-            table(torch.tensor([pad])).expand(row.numel() - used, -1),
-        )  # right padding with <|endoftext|>
+        got = inputs.inputs_embeds[b]
+        if f:
+            assert torch.equal(got[: len(f)], table(torch.tensor(f)))  # chat: history first
+        assert torch.equal(got[len(f) : len(f) + n], audio[b, :n])  # then the audio
+        assert torch.equal(got[len(f) + n : used], table(torch.tensor(p + a)))
+        padding = table(torch.tensor([pad])).expand(row.numel() - used, -1)
+        assert torch.equal(got[used:], padding)  # right padding with <|endoftext|>
 
 
 def test_right_padding_does_not_change_an_items_logits(llm):
     model, tokenizer = llm
     audio = torch.randn(3, 5, model.config.hidden_size)
     lengths = torch.tensor([5, 2, 3])
-    batch = build_inputs(model, tokenizer, audio, lengths, PROMPTS, ANSWERS)
+    batch = build_inputs(model, tokenizer, audio, lengths, PROMPTS, ANSWERS, PREFIXES)
     with torch.no_grad():
         together = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask)
         for b in range(3):
             alone = build_inputs(
                 model, tokenizer, audio[b : b + 1], lengths[b : b + 1], PROMPTS[b : b + 1],
-                ANSWERS[b : b + 1],
+                ANSWERS[b : b + 1], PREFIXES[b : b + 1],
             )  # fmt: skip
             logits = model(inputs_embeds=alone.inputs_embeds).logits[0]
             width = logits.shape[0]
@@ -129,10 +140,10 @@ def _objective(llm, ctc_weight: float = 0.0) -> SpeechObjective:
 def _batch(feats: torch.Tensor, lengths: torch.Tensor) -> Batch:
     return Batch(
         ids=["a", "b", "c"],
-        tasks=["asr", "mtl", "chat"],
+        tasks=TASKS,
         texts=ANSWERS,
         targets=ANSWERS,
-        histories=[[], [], [("two plus two", "four")]],
+        histories=HISTORIES,
         feats=feats,
         feat_lengths=lengths,
     )

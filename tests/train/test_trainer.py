@@ -105,10 +105,13 @@ def test_lr_warms_up_then_decays():
 def test_training_smoke_loss_falls_and_the_export_loads_and_decodes(corpus, tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_raw_config(corpus, tmp_path / "run")))
-    assert main([str(path), "--set", f"data.valid=[{corpus['manifest']}]"]) == 0
+    overrides = [f"data.valid=[{corpus['manifest']}]", "data.cache_encoder=true"]
+    assert main([str(path), *(arg for o in overrides for arg in ("--set", o))]) == 0
 
     losses = _losses(tmp_path / "run")
     assert len(losses) == 60
+    log = [json.loads(line) for line in (tmp_path / "run" / LOG_FILE).read_text().splitlines()]
+    assert log[-1]["valid_acc"] > 0.9  # the validation pass (features, not the cache) agrees
     assert np.mean([losses[s] for s in range(56, 61)]) < 0.2 * np.mean([losses[s] for s in (1, 2)])
     final = tmp_path / "run" / "final"
     assert sorted(p.name for p in final.iterdir()) == [
