@@ -1,0 +1,65 @@
+"""Append-only text streams built from revisable partials, for protocols that cannot take back text.
+
+The engine's partial transcripts may change their unstable tail; the Translation API's
+transcript deltas and FunASR's online results are appended by the client as they come. So
+only text that will not change is sent: the stable prefix while an utterance goes on, the
+rest when its final arrives. Utterances are joined with a space where both sides are words
+written with spaces (not between Chinese characters).
+"""
+
+from __future__ import annotations
+
+
+def _spaced(ch: str) -> bool:
+    """Whether a character belongs to a script written with spaces between words."""
+    return ch.isalnum() and not ("\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af")
+
+
+def separator(before: str, after: str) -> str:
+    """What goes between two utterances' texts: a space between words, nothing after CJK."""
+    last, first = before[-1:], after.lstrip()[:1]
+    if not last or not first or last.isspace():
+        return ""
+    return " " if _spaced(first) and (_spaced(last) or last in ".,!?;:") else ""
+
+
+def join_texts(texts: list[str]) -> str:
+    """Utterances' texts as one text, spaced as ``separator`` says."""
+    joined = ""
+    for text in (t.strip() for t in texts):
+        if text:
+            joined += separator(joined, text) + text
+    return joined
+
+
+class AppendOnlyText:
+    """One stream of text made of utterances; ``advance`` returns only the new piece to send."""
+
+    def __init__(self) -> None:
+        self.sent = ""  # everything sent, all utterances
+        self._utterance = ""  # what was sent of the current utterance
+        self._item: str | None = None
+
+    def current(self, item_id: str) -> str:
+        """What was sent of utterance ``item_id`` so far ('' if it is not the current one)."""
+        return self._utterance if item_id == self._item else ""
+
+    def advance(self, item_id: str, text: str, final: bool = False) -> str:
+        """``text`` is the utterance's settled text so far (stable prefix, or the final).
+
+        Returns what to append, '' if nothing new. Text that contradicts what was already
+        sent cannot be taken back: only its part past the sent length would be wrong, so
+        nothing is sent for it.
+        """
+        if item_id != self._item:
+            self._item, self._utterance = item_id, ""
+        piece = ""
+        if text.startswith(self._utterance) and len(text) > len(self._utterance):
+            piece = text[len(self._utterance) :]
+            if not self._utterance:
+                piece = separator(self.sent, piece) + piece
+            self._utterance = text
+        if final:
+            self._item = None
+        self.sent += piece
+        return piece
