@@ -1,0 +1,128 @@
+"""What a live session tells its owner: typed events, the only thing a server consumes.
+
+Ids are strings unique within an engine (``item_<session>_<n>``, ``resp_<session>_<n>``). Times
+count from the first sample the session was fed. For one session, events arrive in the order
+they happened and never concurrently; see ``Engine`` for the threads they arrive on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every session event."""
+
+
+@dataclass(frozen=True)
+class SpeechStarted(Event):
+    """The voice activity detector opened an utterance (padding included)."""
+
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped(Event):
+    """The utterance ended: enough silence, or max_segment_s reached (a new one starts at once)."""
+
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class Committed(Event):
+    """The utterance's audio is final; its Transcript/Translation (and chat reply) follow."""
+
+    item_id: str
+
+
+@dataclass(frozen=True)
+class TranscriptDelta(Event):
+    """A partial result while the utterance goes on.
+
+    ``delta`` is append-only: the deltas of an item concatenate to ``stable_text``, text that
+    later partials no longer change. ``text`` is the whole current hypothesis (``stable_text``
+    followed by a tail that may still change), for live captions. The final ``Transcript`` is
+    decoded afresh with the offline settings and is the authoritative text.
+    """
+
+    item_id: str
+    delta: str
+    stable_text: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript(Event):
+    """The final transcript of an utterance; ``language`` is "zh" or "en" as guessed from it."""
+
+    item_id: str
+    text: str
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class TranslationDelta(Event):
+    """Append-only translation text (live interpretation); ``Translation`` is authoritative."""
+
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class Translation(Event):
+    """The final translation of an utterance."""
+
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ResponseStarted(Event):
+    """A chat reply to the user turn ``item_id`` begins."""
+
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True)
+class ResponseTextDelta(Event):
+    """Reply text as it is generated; the deltas concatenate to ``ResponseDone.text``."""
+
+    response_id: str
+    delta: str
+
+
+ResponseStatus = Literal["completed", "cancelled", "failed"]
+
+
+@dataclass(frozen=True)
+class ResponseDone(Event):
+    """The reply ended: ``completed``, ``cancelled`` (barge-in or cancel_response, ``text`` is
+    what was said so far) or ``failed`` (an Error event says why)."""
+
+    response_id: str
+    text: str
+    status: ResponseStatus
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    """Something the session could not do; it goes on working.
+
+    Codes: ``empty_commit`` (commit with no audio), ``no_input`` (create_response with no user
+    turn to answer), ``model_error`` (model work failed; message says why).
+    """
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SessionClosed(Event):
+    """The last event of a session, after ``close()`` (and the finals it flushed)."""
+
+    session_id: str
