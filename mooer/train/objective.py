@@ -34,7 +34,7 @@ from mooer.llm.conversation import history_prefix, question_suffix
 from mooer.llm.decoding import token_id
 from mooer.llm.prompts import IM_END, PAD, build_prompt
 from mooer.train.config import ModelConfig, TrainConfig
-from mooer.train.ctc import CtcHead, CtcVocab
+from mooer.train.ctc import CtcHead, CtcVocab, greedy_decode
 from mooer.train.data import Batch, estimate_cmvn
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,6 @@ class SpeechObjective(nn.Module):
         """Greedy CTC transcripts: a quick check of an encoder trained from scratch."""
         if self.ctc is None:
             raise ConfigError("model.ctc_weight: this model has no CTC head")
-        from mooer.train.ctc import greedy_decode
-
         hidden, lengths = self.encode(batch)
         return [self.ctc_vocab.decode(ids) for ids in greedy_decode(self.ctc(hidden), lengths)]
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -370,8 +371,6 @@ class Trainer:
         for path in old:
             for stale in path.parent.glob(f"{path.stem}*"):
                 if stale.is_dir():
-                    import shutil
-
                     shutil.rmtree(stale, ignore_errors=True)
                 else:
                     stale.unlink(missing_ok=True)
