@@ -482,7 +482,6 @@ def train(cfg: TrainConfig) -> Path | None:
     from mooer.devices import resolve_device
     from mooer.train.data import EncodedDataset, SpeechDataset, encode_corpus, make_loader
     from mooer.train.export import export_model
-    from mooer.train.objective import build_objective
 
     dist = init_distributed()
     device = resolve_device(cfg.device)
@@ -492,7 +491,7 @@ def train(cfg: TrainConfig) -> Path | None:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.optim.seed + dist.rank)
-    objective = build_objective(cfg, device)
+    objective = _build_on_rank0_first(cfg, device, dist)
     trainer = Trainer(objective, cfg, device, dist)
     if cfg.resume:
         trainer.resume()
@@ -524,6 +523,22 @@ def train(cfg: TrainConfig) -> Path | None:
     if not dist.is_main:
         return None
     return export_model(objective, Path(cfg.output_dir) / "final", cfg)
+
+
+def _build_on_rank0_first(cfg: TrainConfig, device: torch.device, dist: Distributed) -> nn.Module:
+    """The model; rank 0 writes the files it is built from (CMVN, LLM, vocabulary) first."""
+    from mooer.train.objective import build_objective
+
+    if dist.world_size == 1:
+        return build_objective(cfg, device)
+    import torch.distributed
+
+    if not dist.is_main:
+        torch.distributed.barrier()  # until rank 0 has written them
+    objective = build_objective(cfg, device)
+    if dist.is_main:
+        torch.distributed.barrier()
+    return objective
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -247,3 +247,32 @@ def test_ctc_stage_trains_the_encoder_and_export_drops_the_head(corpus, tmp_path
     for name, tensor in staged.encoder.state_dict().items():
         assert torch.equal(tensor, state[name])
     assert not any(p.requires_grad for p in staged.encoder.parameters())
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_two_cpu_processes(corpus, tmp_path):
+    """``mooer train`` under torchrun: gloo DDP, data split by rank, rank 0 exports."""
+    import os
+    import subprocess
+    import sys
+
+    raw = _raw_config(corpus, tmp_path / "ddp", max_steps=4, warmup_steps=1, grad_accum=2)
+    raw["model"].update(full_llm=False, lora_r=4)
+    raw.update(threads=1)
+    raw["data"]["max_frames_in_batch"] = 100  # several batches per rank
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", "29533", "-m", "mooer.cli", "train", str(path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "ddp"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_00000004.pt", "step_00000004.rng0", "step_00000004.rng1",
+    ]  # fmt: skip
+    assert list(_losses(out)) == [1, 2, 3, 4]
+    (answer,) = load_model(out / "final").generate(
+        [np.zeros(SAMPLE_RATE, np.float32)], [training_prompt("asr")], STREAMING
+    )  # the exported LoRA model loads and decodes
+    assert isinstance(answer, str)
