@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mooer.asr.state_dict import describe_keys, read_state_dict
 from mooer.audio import ADAPTER_DOWNSAMPLE
 from mooer.errors import CheckpointError, ConfigError
+from mooer.state_dict import describe_keys, read_state_dict
 
 PREFIX = "encoder_projector."  # the adapter's key prefix inside adapter_project.pt
 ZERO_MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's per-rank module weights

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mooer.asr.state_dict import describe_keys, read_state_dict
 from mooer.errors import CheckpointError, ConfigError
+from mooer.state_dict import check_state_dict, describe_keys, read_state_dict
 
 LAYER_NORM_EPS = 1e-12  # as trained; the torch default 1e-5 would shift every activation
 CHECKPOINTING_SEGMENT = ".module_fn."  # inserted in keys by gradient-checkpointing wrappers
@@ -226,21 +226,7 @@ def load_encoder(path: str | os.PathLike, attention_heads: int = 4) -> SANMEncod
         raise CheckpointError(f"{path}: {err}") from err
     with torch.device("meta"):  # no memory until the file's tensors are assigned
         model = SANMEncoder(cfg)
-    expected = model.state_dict()
-    problems = []
-    if missing := sorted(set(expected) - set(state_dict)):
-        problems.append(f"missing keys {describe_keys(missing)}")
-    if unexpected := sorted(set(state_dict) - set(expected)):
-        problems.append(f"unexpected keys {describe_keys(unexpected)}")
-    shapes = [
-        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if shapes:
-        problems.append(f"wrong shapes {describe_keys(shapes)}")
-    if problems:
-        raise CheckpointError(f"encoder checkpoint {path}: " + "; ".join(problems))
+    check_state_dict(model.state_dict(), state_dict, f"encoder checkpoint {path}")
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, assign=True)
     return model.eval()
 

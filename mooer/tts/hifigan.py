@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mooer.errors import CheckpointError, ConfigError
+from mooer.state_dict import load_strict, read_checkpoint, state_dict_of
 
 SAMPLE_RATE = 22050  # Hz, the released head's output rate
 LRELU_SLOPE = 0.1
@@ -178,59 +179,6 @@ class HifiganGenerator(nn.Module):
 # --- checkpoints --------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | os.PathLike, key: str) -> dict:
-    """``torch.load(path)`` checked to hold a state dict of tensors under ``key``.
-
-    Every failure (missing, truncated, foreign pickle, wrong layout) is a ``CheckpointError``.
-    """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, not a torch file, pickled foreign objects, ...
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        ) from exc
-    if not isinstance(blob, dict) or key not in blob:
-        found = sorted(map(str, blob)) if isinstance(blob, dict) else type(blob).__name__
-        raise CheckpointError(f"{path} has no {key!r} entry (found {found})")
-    state = blob[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: {key!r} is not a state dict of tensors")
-    return blob
-
-
-def load_state_strict(
-    module: nn.Module, state: dict[str, torch.Tensor], path: str | os.PathLike
-) -> None:
-    """Load every key and shape exactly, naming what is missing, unexpected or mis-shaped."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_abbrev(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_abbrev(unexpected)}")
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if shapes:
-        problems.append(f"shape mismatch {_abbrev(shapes)}")
-    if problems:
-        raise CheckpointError(
-            f"{path} does not fit {type(module).__name__}: " + "; ".join(problems)
-        )
-    module.load_state_dict(state, strict=True)
-
-
-def _abbrev(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}, ... {len(items) - limit} more]" if len(items) > limit else f"[{shown}]"
-
-
 # Weight-norm spellings: torch.nn.utils.weight_norm (the release) and the parametrization API.
 _WEIGHT_NORM_NAMES = (
     ("weight_g", "weight_v"),
@@ -262,12 +210,12 @@ def load_generator(path: str | os.PathLike, cfg: HifiganConfig | None = None) ->
     Without ``cfg``: the config stored by :func:`save_generator`, else the released one with the
     input width read from ``conv_pre`` (it is the LLM's hidden size, 3584 for Qwen2-7B).
     """
-    blob = read_checkpoint(path, "generator")
-    state = fold_weight_norm(blob["generator"], path)
+    blob = read_checkpoint(path)
+    state = fold_weight_norm(state_dict_of(blob, path, "generator"), path)
     if cfg is None:
         cfg = _stored_config(blob.get("config"), state, path)
     generator = HifiganGenerator(cfg)
-    load_state_strict(generator, state, path)
+    load_strict(generator, state, f"generator checkpoint {path}")
     return generator.eval()
 
 

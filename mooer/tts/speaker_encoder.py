@@ -20,7 +20,7 @@ from torch import nn
 
 from mooer.audio import SAMPLE_RATE, load_audio, to_mono_16k
 from mooer.errors import AudioError, ConfigError
-from mooer.tts.hifigan import load_state_strict, read_checkpoint
+from mooer.state_dict import load_strict, read_state_dict
 
 MIN_PROMPT_SECONDS = 0.5  # shorter prompts leave the pooling only a few frames
 SILENCE_PEAK = 1e-3  # -60 dBFS: a prompt whose loudest sample is quieter carries no voice
@@ -232,9 +232,9 @@ def load_speaker_encoder(
     path: str | os.PathLike, cfg: SpeakerEncoderConfig | None = None
 ) -> ResNetSpeakerEncoder:
     """Load ``torch.load(path)["speaker_encoder"]`` strictly, in eval mode."""
-    blob = read_checkpoint(path, "speaker_encoder")
+    state = read_state_dict(path, "speaker_encoder")
     encoder = ResNetSpeakerEncoder(cfg)
-    load_state_strict(encoder, blob["speaker_encoder"], path)
+    load_strict(encoder, state, f"speaker encoder checkpoint {path}")
     return encoder.eval()
 
 

@@ -162,7 +162,7 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     path = tmp_path / "g"
     torch.save({"generator": state}, path)
     with pytest.raises(
-        CheckpointError, match=r"missing keys \[conds\.2\.bias\].*unexpected keys \[extra\.weight\]"
+        CheckpointError, match=r"missing keys conds\.2\.bias; unexpected keys extra\.weight"
     ):
         load_generator(path, TINY)
 
@@ -172,7 +172,7 @@ def test_wrong_input_width_is_a_shape_error(tmp_path):
     torch.save({"generator": release_state(tiny_generator())}, path)
     wider = HifiganConfig(input_channels=16, initial_channels=16, speaker_channels=6)
     with pytest.raises(
-        CheckpointError, match=r"conv_pre\.weight: checkpoint \(16, 12, 7\) vs model \(16, 16, 7\)"
+        CheckpointError, match=r"conv_pre\.weight \(16, 12, 7\) \(expected \(16, 16, 7\)\)"
     ):
         load_generator(path, wider)
 
@@ -189,7 +189,7 @@ def test_input_width_comes_from_the_checkpoint(tmp_path):
 def test_release_config_rejects_a_tiny_checkpoint(tmp_path):
     path = tmp_path / "g"
     torch.save({"generator": release_state(tiny_generator())}, path)  # no stored config
-    with pytest.raises(CheckpointError, match="shape mismatch"):
+    with pytest.raises(CheckpointError, match="wrong shapes"):
         load_generator(path)
 
 

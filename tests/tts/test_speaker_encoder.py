@@ -166,14 +166,12 @@ def test_load_errors_name_the_fault(encoder, tmp_path):
     del state["torch_spec.1.mel_scale.fb"]
     path = tmp_path / "spk"
     torch.save({"speaker_encoder": state}, path)
-    with pytest.raises(CheckpointError, match=r"missing keys \[torch_spec\.1\.mel_scale\.fb\]"):
+    with pytest.raises(CheckpointError, match=r"missing keys torch_spec\.1\.mel_scale\.fb"):
         load_speaker_encoder(path, TINY)
     state = encoder.state_dict()
     state["fc.weight"] = torch.zeros(24, 100)
     torch.save({"speaker_encoder": state}, path)
-    with pytest.raises(
-        CheckpointError, match=r"fc\.weight: checkpoint \(24, 100\) vs model \(24, 256\)"
-    ):
+    with pytest.raises(CheckpointError, match=r"fc\.weight \(24, 100\) \(expected \(24, 256\)\)"):
         load_speaker_encoder(path, TINY)
     torch.save({"generator": {}}, path)
     with pytest.raises(CheckpointError, match="no 'speaker_encoder' entry"):

@@ -5,8 +5,8 @@ import argparse
 import pytest
 import torch
 
-from mooer.asr.state_dict import describe_keys, read_state_dict
 from mooer.errors import CheckpointError
+from mooer.state_dict import describe_keys, read_state_dict
 
 
 def test_reads_a_plain_state_dict_and_drops_metadata(tmp_path):
