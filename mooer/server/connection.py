@@ -1,0 +1,316 @@
+"""One websocket connection: admission, the receive loop, the send queue, and the engine bridge.
+
+Each protocol (OpenAI Realtime, Realtime Translation, FunASR) is a ``WireProtocol``: it turns
+client messages into calls on an engine ``Session`` and engine events into messages. Its
+handlers are plain methods that run on the event loop and never block; what they send goes
+through one queue, so messages leave in the order they were produced. Engine events arrive
+on the engine's worker thread and are handed to the loop with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from mooer.agent.events import SessionClosed
+from mooer.audio import SAMPLE_RATE
+from mooer.errors import MooerError
+
+if TYPE_CHECKING:
+    from mooer.agent.session import Session, SessionConfig
+    from mooer.server.hub import Hub
+
+log = logging.getLogger("mooer.server")
+
+# Websocket close codes (RFC 6455 section 7.4.1)
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # server shutdown
+CLOSE_POLICY = 1008  # refused: bad key, bad origin, a limit reached
+CLOSE_TRY_AGAIN = 1013  # refused: too many sessions
+
+
+def new_id(prefix: str) -> str:
+    """An id like OpenAI's: ``event_3f1c...``."""
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+class ProtocolError(Exception):
+    """A client message the protocol cannot act on; becomes an error message, not a disconnect."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        event_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.kind = kind
+        self.event_id = event_id  # of the client message at fault, when it had one
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """A text frame -> a JSON object, or a ``ProtocolError`` saying what is wrong with it."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            "invalid_json", f"the message is not valid JSON: {exc.msg} at char {exc.pos}"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            "invalid_json", f"the message must be a JSON object, got {type(obj).__name__}"
+        )
+    return obj
+
+
+class Link:
+    """What a protocol may do with its connection: send, close, open engine sessions."""
+
+    def __init__(self, websocket: WebSocket, hub: Hub, protocol_name: str) -> None:
+        self.websocket = websocket
+        self.hub = hub
+        self.protocol_name = protocol_name
+        self.loop = asyncio.get_running_loop()
+        self.outbox: asyncio.Queue[dict[str, Any] | tuple[int, str] | None] = asyncio.Queue()
+        self.closing = False
+        self.audio_s = 0.0  # received so far, all engine sessions together
+        self._closed: dict[int, asyncio.Future] = {}  # by id(session): set by SessionClosed
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(self.websocket.query_params)
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a JSON message; dropped once the connection is closing for good."""
+        if not self.closing:
+            self.outbox.put_nowait(message)
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Close after everything queued so far has been sent."""
+        if not self.closing:
+            self.closing = True
+            self.outbox.put_nowait((code, reason[:120]))
+
+    def open_session(self, config: SessionConfig, on_event: Callable[[Any], None]) -> Session:
+        """An engine session whose events run ``on_event`` on this connection's event loop."""
+        closed = self.loop.create_future()
+
+        def deliver(event: Any) -> None:  # on the engine's worker thread
+            self.loop.call_soon_threadsafe(self._dispatch, on_event, event, closed)
+
+        session = self.hub.engine.open(config, deliver)
+        self._closed[id(session)] = closed
+        return session
+
+    async def close_session(self, session: Session) -> None:
+        """Close ``session`` with its pending finals and wait until its last event was handled."""
+        closed = self._closed.pop(id(session), None)
+        session.close(flush=True)
+        if closed is None:  # closed before
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(closed), self.hub.config.shutdown_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("%s: session did not flush within the shutdown timeout", self.protocol_name)
+
+    def count_audio(self, seconds: float) -> bool:
+        """Add received audio; False once the session's audio allowance is used up."""
+        self.audio_s += seconds
+        self.hub.metrics.audio_seconds.inc(seconds, protocol=self.protocol_name)
+        return self.audio_s <= self.hub.config.max_session_audio_s
+
+    def _dispatch(
+        self, on_event: Callable[[Any], None], event: Any, closed: asyncio.Future
+    ) -> None:
+        try:
+            on_event(event)
+        except Exception:  # a bug in a mapping must not take the connection's loop down
+            log.exception("%s: failed to handle engine event %r", self.protocol_name, event)
+        if isinstance(event, SessionClosed) and not closed.done():
+            closed.set_result(None)
+
+
+class WireProtocol(ABC):
+    """A protocol's side of one connection. Subclasses name themselves for metrics and logs."""
+
+    name: ClassVar[str]
+    subprotocols: ClassVar[tuple[str, ...]] = ()  # accepted when the client offers them
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._ending: asyncio.Future | None = None
+
+    @abstractmethod
+    def start(self) -> None:
+        """The connection was accepted: greet the client, open the engine session."""
+
+    @abstractmethod
+    def on_text(self, text: str) -> None:
+        """One text frame. Raise ``ProtocolError`` for a bad message."""
+
+    @abstractmethod
+    def on_binary(self, data: bytes) -> None:
+        """One binary frame. Raise ``ProtocolError`` for a bad message."""
+
+    @abstractmethod
+    def error_message(self, error: ProtocolError) -> dict[str, Any]:
+        """The protocol's way of reporting ``error`` to the client."""
+
+    async def finish(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
+        """End the session gracefully, once however often asked: finals first, then close."""
+        if self._ending is None:
+            self._ending = asyncio.ensure_future(self.end(reason, code))
+        await asyncio.shield(self._ending)
+
+    @property
+    def ending(self) -> bool:
+        return self._ending is not None
+
+    @abstractmethod
+    async def end(self, reason: str, code: int) -> None:
+        """Flush the engine session (pending utterances get their finals), then close."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """The client is gone: drop the engine session without waiting for anything."""
+
+    def report(self, error: ProtocolError) -> None:
+        self.link.hub.metrics.errors.inc(code=error.code)
+        self.link.send(self.error_message(error))
+
+    def refuse(self, error: ProtocolError, code: int) -> None:
+        """Report ``error`` and close: used for refusals."""
+        self.report(error)
+        self.link.close(code, error.message)
+
+    def finish_soon(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
+        """``finish`` from a handler that cannot wait."""
+        asyncio.ensure_future(self.finish(reason, code))
+
+    def admit_audio(self, samples: int) -> bool:
+        """Count received audio (16 kHz samples); past the allowance, report and end the session."""
+        if self.link.count_audio(samples / SAMPLE_RATE):
+            return True
+        limit = self.link.hub.config.max_session_audio_s
+        self.report(
+            ProtocolError(
+                "session_audio_limit",
+                f"this session has sent more than the server's limit of {limit:g} s of audio",
+            )
+        )
+        self.finish_soon("audio limit", CLOSE_POLICY)
+        return False
+
+
+async def serve_connection(
+    websocket: WebSocket, hub: Hub, make: Callable[[Link], WireProtocol]
+) -> None:
+    """Run one websocket connection from handshake to close."""
+    link = Link(websocket, hub, "pending")
+    protocol = make(link)
+    link.protocol_name = protocol.name
+    offered = websocket.scope.get("subprotocols") or []
+    chosen = next((p for p in offered if p in protocol.subprotocols), None)
+    await websocket.accept(subprotocol=chosen)
+
+    refusal = hub.admission_error(websocket)
+    if refusal is not None:
+        error, reason = refusal
+        hub.metrics.sessions_refused.inc(reason=reason)
+        log.info("%s: refused a connection (%s): %s", protocol.name, reason, error.message)
+        protocol.refuse(error, CLOSE_TRY_AGAIN if reason in ("limit", "shutdown") else CLOSE_POLICY)
+        await _write(websocket, link)
+        return
+
+    hub.connections.add(protocol)
+    hub.metrics.sessions_total.inc(protocol=protocol.name)
+    hub.metrics.sessions_active.inc(protocol=protocol.name)
+    writer = asyncio.create_task(_write(websocket, link))
+    try:
+        protocol.start()
+        await _read(websocket, link, protocol, writer)
+    finally:
+        hub.connections.discard(protocol)
+        hub.metrics.sessions_active.dec(protocol=protocol.name)
+        if not writer.done():
+            link.close(CLOSE_NORMAL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(writer, timeout=hub.config.shutdown_timeout_s)
+        protocol.abort()
+        writer.cancel()
+
+
+async def _read(websocket: WebSocket, link: Link, protocol: WireProtocol, writer) -> None:
+    limit = link.hub.config.max_message_bytes
+    idle = link.hub.config.idle_timeout_s
+    receive = asyncio.ensure_future(websocket.receive())
+    try:
+        while True:
+            done, _ = await asyncio.wait(
+                {receive, writer}, timeout=idle, return_when="FIRST_COMPLETED"
+            )
+            if writer in done:  # closed by us (or the socket broke while sending)
+                return
+            if not done:
+                protocol.report(
+                    ProtocolError("idle_timeout", f"no message for {idle:g} s: closing the session")
+                )
+                await protocol.finish("idle timeout")
+                return
+            message = receive.result()
+            if message["type"] == "websocket.disconnect":
+                return
+            receive = asyncio.ensure_future(websocket.receive())
+            data = message.get("bytes")
+            text = message.get("text")
+            size = len(data) if data is not None else len((text or "").encode())
+            try:
+                if size > limit:
+                    raise ProtocolError(
+                        "message_too_large",
+                        f"a message of {size} bytes is over this server's limit of {limit} bytes; "
+                        "send audio in smaller chunks",
+                    )
+                if data is not None:
+                    protocol.on_binary(data)
+                else:
+                    protocol.on_text(text or "")
+            except ProtocolError as error:
+                protocol.report(error)
+            except MooerError as error:  # bad audio or settings found below the protocol
+                protocol.report(ProtocolError("invalid_value", str(error)))
+            if link.closing:
+                await asyncio.wait({receive, writer}, timeout=link.hub.config.shutdown_timeout_s)
+                return
+    finally:
+        receive.cancel()
+
+
+async def _write(websocket: WebSocket, link: Link) -> None:
+    """Send queued messages in order until a close request (or a dead socket)."""
+    while True:
+        item = await link.outbox.get()
+        if websocket.application_state != WebSocketState.CONNECTED:
+            return
+        try:
+            if isinstance(item, tuple):
+                code, reason = item
+                await websocket.close(code, reason)
+                return
+            await websocket.send_text(json.dumps(item, ensure_ascii=False))
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:  # the client went away
+            log.debug("%s: send failed: %s", link.protocol_name, exc)
+            return

@@ -1,0 +1,136 @@
+"""What all connections share: the model and engine, the limits, metrics, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import TYPE_CHECKING, TypeVar
+
+from starlette.requests import HTTPConnection
+
+from mooer.agent.session import SessionConfig
+from mooer.server.config import ServerConfig
+from mooer.server.connection import ProtocolError
+from mooer.server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from mooer.agent.engine import Engine
+    from mooer.model import SpeechLLM
+    from mooer.server.connection import WireProtocol
+
+log = logging.getLogger("mooer.server")
+
+T = TypeVar("T")
+
+KEY_SUBPROTOCOL = "openai-insecure-api-key."  # how browsers pass a key (they cannot set headers)
+
+
+def presented_key(conn: HTTPConnection) -> str | None:
+    """The API key a client sent: bearer header, ``api_key`` query parameter or subprotocol."""
+    header = conn.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if conn.query_params.get("api_key"):
+        return conn.query_params["api_key"]
+    for offered in conn.scope.get("subprotocols") or []:
+        if offered.startswith(KEY_SUBPROTOCOL):
+            return offered[len(KEY_SUBPROTOCOL) :]
+    return None
+
+
+class Hub:
+    """The model is loaded once and shared; each connection registers here while it lives."""
+
+    def __init__(
+        self,
+        model: SpeechLLM,
+        engine: Engine,
+        config: ServerConfig,
+        session_defaults: SessionConfig | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.model = model
+        self.engine = engine
+        self.config = config
+        # Decoding options, VAD and partial interval of every session; protocols set the rest.
+        self.session_defaults = session_defaults or SessionConfig()
+        self.metrics = metrics or Metrics()
+        self.connections: set[WireProtocol] = set()
+        self.draining = False
+        # Offline (HTTP) requests run one at a time beside the engine's worker thread.
+        self._offline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mooer-http")
+
+    def auth_error(self, conn: HTTPConnection) -> ProtocolError | None:
+        """Why this request may not use the API, or None."""
+        if self.config.api_key is None:
+            return None
+        key = presented_key(conn)
+        if key is None:
+            return ProtocolError(
+                "missing_api_key",
+                "this server needs an API key: send 'Authorization: Bearer KEY' "
+                "(browsers: the api_key query parameter)",
+            )
+        if not secrets.compare_digest(key.encode(), self.config.api_key.encode()):
+            return ProtocolError("invalid_api_key", "the API key is not valid for this server")
+        return None
+
+    def admission_error(self, conn: HTTPConnection) -> tuple[ProtocolError, str] | None:
+        """Why a new websocket session may not start, with the reason label for metrics."""
+        if self.draining:
+            return ProtocolError(
+                "server_shutting_down", "the server is shutting down", kind="server_error"
+            ), "shutdown"
+        error = self.auth_error(conn)
+        if error is not None:
+            return error, "auth"
+        origin = conn.headers.get("origin")
+        if not self.config.origin_allowed(origin, conn.headers.get("host")):
+            return ProtocolError(
+                "origin_not_allowed",
+                f"pages from origin {origin!r} may not connect; start the server with "
+                "--allow-origin to allow them",
+            ), "origin"
+        if len(self.connections) >= self.config.max_sessions:
+            return ProtocolError(
+                "session_limit_reached",
+                f"the server is at its limit of {self.config.max_sessions} live sessions; "
+                "try again later",
+                kind="server_error",
+            ), "limit"
+        return None
+
+    async def run_offline(self, fn: Callable[..., T], *args: object) -> T:
+        """Run blocking model work for an HTTP request off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._offline, fn, *args)
+
+    async def drain(self) -> None:
+        """Refuse new sessions and let every live one finish (finals first), within the timeout."""
+        self.draining = True
+        live = list(self.connections)
+        if not live:
+            return
+        log.info("waiting for %d session(s) to finish", len(live))
+        done, pending = await asyncio.wait(
+            [asyncio.ensure_future(p.finish("the server is shutting down")) for p in live],
+            timeout=self.config.shutdown_timeout_s,
+        )
+        for task in done:
+            if task.exception() is not None:
+                log.error("a session failed to finish: %r", task.exception())
+        if pending:
+            log.warning("%d session(s) did not finish in time", len(pending))
+
+    def session_config(self, **changes: object) -> SessionConfig:
+        """The server's session defaults with a protocol's ``changes``."""
+        return replace(self.session_defaults, **changes)
+
+    def close(self) -> None:
+        """Stop the engine (it finishes queued finals first) and the offline worker."""
+        self.engine.close(timeout=self.config.shutdown_timeout_s)
+        self._offline.shutdown(wait=True)

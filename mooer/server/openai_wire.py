@@ -1,0 +1,134 @@
+"""What OpenAI's two websocket APIs share: event framing, the error event, audio in, the ending."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mooer.server.connection import (
+    CLOSE_POLICY,
+    Link,
+    ProtocolError,
+    WireProtocol,
+    new_id,
+    parse_json_object,
+)
+from mooer.server.pcm import WireDecoder, WireFormat
+
+# Engine error codes a client caused (the rest are the server's own failures)
+CLIENT_ERRORS = frozenset({"empty_commit", "no_input"})
+
+
+def error_kind(code: str) -> str:
+    """OpenAI's error ``type`` for an engine error code."""
+    return "invalid_request_error" if code in CLIENT_ERRORS else "server_error"
+
+
+def json_object(value: object, param: str) -> dict[str, Any]:
+    """An optional object field of an event: ``{}`` when absent, ``ProtocolError`` if not one."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError("invalid_value", f"{param} must be an object", param)
+    return value
+
+
+class OpenAIWire(WireProtocol):
+    """Events are JSON objects with ``type`` and ``event_id``; audio feeds one engine session."""
+
+    unsupported: ClassVar[frozenset[str]] = frozenset()  # known events this server does not serve
+
+    def __init__(self, link: Link, fmt: WireFormat) -> None:
+        super().__init__(link)
+        self.session = None  # the engine session, opened by start()
+        self.decoder = WireDecoder(fmt)
+        self.samples_fed = 0  # at 16 kHz, all engine sessions of this connection
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self.link.send({"type": kind, "event_id": new_id("event"), **fields})
+
+    def error_message(self, error: ProtocolError) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "event_id": new_id("event"),
+            "error": {
+                "type": error.kind,
+                "code": error.code,
+                "message": error.message,
+                "param": error.param,
+                "event_id": error.event_id,
+            },
+        }
+
+    def on_text(self, text: str) -> None:
+        event = parse_json_object(text)
+        kind = event.get("type")
+        client_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+        try:
+            if not isinstance(kind, str):
+                raise ProtocolError("invalid_event", "the event has no 'type' string", "type")
+            if self.ending:
+                raise ProtocolError("session_closing", f"the session is closing: {kind} ignored")
+            if kind in self.unsupported:
+                raise ProtocolError(
+                    "unsupported_event", f"mooer does not serve {kind!r} events", "type"
+                )
+            if kind not in self.handlers:
+                raise ProtocolError(
+                    "unknown_event",
+                    f"unknown event type {kind!r}: this endpoint takes "
+                    f"{', '.join(sorted(self.handlers))} (see docs/protocol.md)",
+                    "type",
+                )
+            self.handlers[kind](event)
+        except ProtocolError as error:
+            error.event_id = error.event_id or client_id
+            raise
+
+    def on_binary(self, data: bytes) -> None:
+        """Binary frames carry raw audio in the session's input format (a mooer extension)."""
+        self.feed(self.decoder.decode(data))
+
+    def append(self, event: dict[str, Any]) -> None:
+        if "audio" not in event:
+            raise ProtocolError(
+                "missing_required_parameter", f"{event['type']} needs 'audio'", "audio"
+            )
+        self.feed(self.decoder.decode_base64(event["audio"]))
+
+    def feed(self, samples: np.ndarray) -> None:
+        if self.ending or samples.size == 0 or not self.admit_audio(samples.size):
+            return
+        self.samples_fed += samples.size
+        self.session.feed(samples)
+
+    def reopen(self, config) -> None:
+        """Replace the engine session (its config is fixed): the old one still sends its finals."""
+        self.session.close(flush=True)
+        self.session = self.link.open_session(config, self.on_event)
+
+    @abstractmethod
+    def on_event(self, event: object) -> None:
+        """An engine event, on the event loop."""
+
+    async def end(self, reason: str, code: int) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            tail = self.decoder.flush()
+            if tail.size and code != CLOSE_POLICY:
+                session.feed(tail)
+            await self.link.close_session(session)
+        self.closing_message()
+        self.link.close(code, reason)
+
+    def closing_message(self) -> None:
+        """Sent after the last final, before the websocket closes."""
+
+    def abort(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.close(flush=False)

@@ -1,0 +1,377 @@
+"""OpenAI's Realtime API (GA) at ``/v1/realtime``, for the part of it a speech LLM can serve.
+
+``AsyncOpenAI(base_url="http://HOST:PORT/v1").realtime.connect(model=...)`` connects unchanged.
+Client events: ``session.update``, ``input_audio_buffer.append|commit|clear``,
+``response.create|cancel``; binary frames carry raw audio in the session's input format.
+Server events: ``session.created|updated``, ``input_audio_buffer.speech_started|speech_stopped|
+committed|cleared``, ``conversation.item.added|done``,
+``conversation.item.input_audio_transcription.delta|completed``, the ``response.*`` text
+sequence, and ``error``. docs/protocol.md describes every message.
+
+Which stream carries what, by task (``session.mooer.task``):
+asr and chat put the transcript in ``input_audio_transcription``; ast puts the English
+translation there (it is the session's transcript, in English); asr+ast adds the translation
+as ``conversation.item.input_audio_translation.delta|completed`` (a mooer event). chat answers
+each turn as a response.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mooer.agent import events as ev
+from mooer.audio import SAMPLE_RATE
+from mooer.server.connection import Link, ProtocolError, new_id
+from mooer.server.openai_wire import OpenAIWire, error_kind, json_object
+from mooer.server.pcm import WireDecoder
+from mooer.server.realtime_session import RealtimeSettings, apply_update
+
+# Known client events mooer does not serve (audio output comes later).
+UNSUPPORTED = frozenset(
+    {
+        "conversation.item.delete",
+        "conversation.item.retrieve",
+        "conversation.item.truncate",
+        "output_audio_buffer.clear",
+    }
+)
+MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
+# Engine error codes that have an OpenAI name
+OPENAI_CODES = {"empty_commit": "input_audio_buffer_commit_empty"}
+
+
+@dataclass
+class _Utterance:
+    """What the server tracks about one user item between speech start and its final."""
+
+    start_ms: int = 0
+    end_ms: int = 0
+    ended_at: float | None = None  # monotonic time the turn ended (speech stopped or commit)
+    transcript: str | None = None
+
+
+@dataclass
+class _Response:
+    response_id: str
+    item_id: str  # the assistant message's id
+    text: str = ""
+
+
+class RealtimeProtocol(OpenAIWire):
+    """One ``/v1/realtime`` connection."""
+
+    name = "realtime"
+    subprotocols = ("realtime",)
+    unsupported = UNSUPPORTED
+
+    def __init__(self, link: Link) -> None:
+        kind = "transcription" if link.query.get("intent") == "transcription" else "realtime"
+        self.defaults = link.hub.session_defaults
+        self.settings = RealtimeSettings.initial(kind, self.defaults)
+        super().__init__(link, self.settings.format)
+        self.session_id = new_id("sess")
+        self.commit_mark = 0  # samples_fed at the last commit or clear
+        self.commit_requested_at: float | None = None
+        self.items: dict[str, _Utterance] = {}
+        self.last_item_id: str | None = None
+        self.response: _Response | None = None
+        self.cancel_requested = False
+        self.handlers = {
+            "session.update": self._session_update,
+            "transcription_session.update": self._session_update,  # beta name
+            "input_audio_buffer.append": self.append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+        }
+
+    def start(self) -> None:
+        self.session = self.link.open_session(
+            self.settings.engine_config(self.defaults), self.on_event
+        )
+        self.emit("session.created", session=self._describe())
+
+    def _describe(self) -> dict[str, Any]:
+        return self.settings.describe(self.session_id, self.link.hub.config.model_name)
+
+    # -- client events ---------------------------------------------------------------------
+
+    def _session_update(self, event: dict[str, Any]) -> None:
+        new = apply_update(self.settings, event.get("session"))
+        if new.format != self.settings.format:
+            self.feed(self.decoder.flush())
+            self.decoder = WireDecoder(new.format)
+        if new.engine_config(self.defaults) != self.settings.engine_config(self.defaults):
+            self.reopen(new.engine_config(self.defaults))
+            self.commit_mark = self.samples_fed
+        self.settings = new
+        self.emit("session.updated", session=self._describe())
+
+    def _commit(self, event: dict[str, Any]) -> None:
+        self.feed(self.decoder.flush())
+        pending = self.samples_fed - self.commit_mark
+        if pending * 1000 < MIN_COMMIT_MS * SAMPLE_RATE:
+            raise ProtocolError(
+                "input_audio_buffer_commit_empty",
+                f"buffer too small: expected at least {MIN_COMMIT_MS} ms of audio, "
+                f"but the buffer only has {pending * 1000 // SAMPLE_RATE} ms",
+            )
+        self.commit_mark = self.samples_fed
+        self.commit_requested_at = time.monotonic()
+        self.session.commit()
+
+    def _clear(self, event: dict[str, Any]) -> None:
+        self.decoder.flush()
+        self.commit_mark = self.samples_fed
+        self.session.clear()
+        self.emit("input_audio_buffer.cleared")
+
+    def _require_chat(self, kind: str) -> None:
+        if self.settings.task != "chat":
+            raise ProtocolError(
+                "unsupported_for_task",
+                f"{kind} needs session.mooer.task 'chat'; this session's task is "
+                f"{self.settings.task!r}",
+                "type",
+            )
+
+    def _item_create(self, event: dict[str, Any]) -> None:
+        """A typed user message (chat): answered by the next ``response.create``."""
+        self._require_chat("conversation.item.create")
+        item = json_object(event.get("item"), "item")
+        if item.get("type", "message") != "message" or item.get("role") != "user":
+            raise ProtocolError(
+                "unsupported_value", "mooer takes user messages with input_text only", "item"
+            )
+        parts = item.get("content") if isinstance(item.get("content"), list) else []
+        texts = [
+            p.get("text") for p in parts if isinstance(p, dict) and p.get("type") == "input_text"
+        ]
+        text = " ".join(t.strip() for t in texts if isinstance(t, str) and t.strip())
+        if not text:
+            raise ProtocolError(
+                "invalid_value", "item.content needs an input_text part with text", "item.content"
+            )
+        item_id = self.session.add_text(text)
+        added = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_text", "text": text}],
+        }
+        self.emit("conversation.item.added", previous_item_id=self.last_item_id, item=added)
+        self.emit("conversation.item.done", item=added)
+        self.last_item_id = item_id
+
+    def _response_create(self, event: dict[str, Any]) -> None:
+        self._require_chat("response.create")
+        if self.response is not None:
+            raise ProtocolError(
+                "conversation_already_has_active_response",
+                f"response {self.response.response_id} is still in progress",
+            )
+        self.session.create_response()
+
+    def _response_cancel(self, event: dict[str, Any]) -> None:
+        wanted = event.get("response_id")
+        if self.response is None or wanted not in (None, self.response.response_id):
+            raise ProtocolError(
+                "response_cancel_not_active",
+                "there is no active response to cancel"
+                + (f" with id {wanted!r}" if wanted else ""),
+                "response_id" if wanted else None,
+            )
+        self.cancel_requested = True
+        self.session.cancel_response()
+
+    # -- engine events ---------------------------------------------------------------------
+
+    def on_event(self, event: object) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_SpeechStarted(self, e: ev.SpeechStarted) -> None:
+        self.items[e.item_id] = _Utterance(start_ms=e.audio_start_ms)
+        self.emit(
+            "input_audio_buffer.speech_started", item_id=e.item_id, audio_start_ms=e.audio_start_ms
+        )
+
+    def _on_SpeechStopped(self, e: ev.SpeechStopped) -> None:
+        item = self.items.setdefault(e.item_id, _Utterance())
+        item.end_ms, item.ended_at = e.audio_end_ms, time.monotonic()
+        self.emit(
+            "input_audio_buffer.speech_stopped", item_id=e.item_id, audio_end_ms=e.audio_end_ms
+        )
+
+    def _on_Committed(self, e: ev.Committed) -> None:
+        item = self.items.setdefault(e.item_id, _Utterance())
+        if item.ended_at is None:
+            item.ended_at = self.commit_requested_at or time.monotonic()
+        self.commit_requested_at = None
+        self.commit_mark = self.samples_fed
+        self.emit(
+            "input_audio_buffer.committed", item_id=e.item_id, previous_item_id=self.last_item_id
+        )
+        self.emit(
+            "conversation.item.added",
+            previous_item_id=self.last_item_id,
+            item=_user_item(e.item_id, None),
+        )
+        self.last_item_id = e.item_id
+
+    def _on_TranscriptDelta(self, e: ev.TranscriptDelta) -> None:
+        self._transcription_delta(e.item_id, e.delta, stable_text=e.stable_text, text=e.text)
+
+    def _on_Transcript(self, e: ev.Transcript) -> None:
+        self._transcription_done(e.item_id, e.text)
+
+    def _on_TranslationDelta(self, e: ev.TranslationDelta) -> None:
+        if self.settings.task == "ast":
+            self._transcription_delta(e.item_id, e.delta)
+        else:
+            self.emit(
+                "conversation.item.input_audio_translation.delta",
+                item_id=e.item_id,
+                content_index=0,
+                delta=e.delta,
+            )
+
+    def _on_Translation(self, e: ev.Translation) -> None:
+        if self.settings.task == "ast":
+            self._transcription_done(e.item_id, e.text)
+        else:
+            self.emit(
+                "conversation.item.input_audio_translation.completed",
+                item_id=e.item_id,
+                content_index=0,
+                translation=e.text,
+            )
+
+    def _transcription_delta(self, item_id: str, delta: str, **extra: Any) -> None:
+        self.emit(
+            "conversation.item.input_audio_transcription.delta",
+            item_id=item_id,
+            content_index=0,
+            delta=delta,
+            **extra,
+        )
+
+    def _transcription_done(self, item_id: str, text: str) -> None:
+        item = self.items.pop(item_id, _Utterance())
+        if item.ended_at is not None:
+            self.link.hub.metrics.final_latency.observe(
+                time.monotonic() - item.ended_at, protocol=self.name
+            )
+        seconds = max(0, item.end_ms - item.start_ms) / 1000
+        self.emit(
+            "conversation.item.input_audio_transcription.completed",
+            item_id=item_id,
+            content_index=0,
+            transcript=text,
+            usage={"type": "duration", "seconds": seconds},
+        )
+        self.emit("conversation.item.done", item=_user_item(item_id, text))
+
+    def _on_ResponseStarted(self, e: ev.ResponseStarted) -> None:
+        self.response = _Response(e.response_id, new_id("item"))
+        item = _assistant_item(self.response.item_id, "in_progress", "")
+        self.emit("response.created", response=self._response_object("in_progress", []))
+        self.emit(
+            "response.output_item.added", response_id=e.response_id, output_index=0, item=item
+        )
+        self.emit("conversation.item.added", previous_item_id=self.last_item_id, item=item)
+        self.emit(
+            "response.content_part.added",
+            **self._text_position(),
+            part={"type": "output_text", "text": ""},
+        )
+        self.last_item_id = self.response.item_id
+
+    def _on_ResponseTextDelta(self, e: ev.ResponseTextDelta) -> None:
+        if self.response is None or e.response_id != self.response.response_id:
+            return
+        self.response.text += e.delta
+        self.emit("response.output_text.delta", **self._text_position(), delta=e.delta)
+
+    def _on_ResponseDone(self, e: ev.ResponseDone) -> None:
+        if self.response is None or e.response_id != self.response.response_id:
+            return
+        text = e.text
+        status = e.status if e.status in ("completed", "cancelled", "failed") else "failed"
+        item = _assistant_item(
+            self.response.item_id, "completed" if status == "completed" else "incomplete", text
+        )
+        self.emit("response.output_text.done", **self._text_position(), text=text)
+        self.emit(
+            "response.content_part.done",
+            **self._text_position(),
+            part={"type": "output_text", "text": text},
+        )
+        self.emit("response.output_item.done", response_id=e.response_id, output_index=0, item=item)
+        self.emit("conversation.item.done", item=item)
+        details: dict[str, Any] | None = None
+        if status == "cancelled":
+            reason = "client_cancelled" if self.cancel_requested else "turn_detected"
+            details = {"type": "cancelled", "reason": reason}
+        elif status == "failed":
+            details = {"type": "failed", "error": {"type": "server_error", "code": "failed"}}
+        self.emit("response.done", response=self._response_object(status, [item], details))
+        self.response, self.cancel_requested = None, False
+
+    def _on_Error(self, e: ev.Error) -> None:
+        code = OPENAI_CODES.get(e.code, e.code)
+        self.report(ProtocolError(code, e.message, kind=error_kind(e.code)))
+
+    def _text_position(self) -> dict[str, Any]:
+        assert self.response is not None
+        return {
+            "response_id": self.response.response_id,
+            "item_id": self.response.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
+
+    def _response_object(
+        self, status: str, output: list[dict[str, Any]], details: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        assert self.response is not None
+        return {
+            "id": self.response.response_id,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": details,
+            "output": output,
+            "conversation_id": self.session_id,
+            "output_modalities": ["text"],
+            "max_output_tokens": "inf",
+            "usage": None,
+        }
+
+
+def _user_item(item_id: str, transcript: str | None) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "user",
+        "status": "completed",
+        "content": [{"type": "input_audio", "transcript": transcript}],
+    }
+
+
+def _assistant_item(item_id: str, status: str, text: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text}],
+    }

