@@ -1,0 +1,669 @@
+"""One live session: audio in; turns, partial and final results, chat replies and barge-in out.
+
+The calls (``feed``, ``commit``, ``clear``, ``create_response``...) return at once: they run the
+voice activity detector inline (about 0.3 ms of one core per 32 ms of audio) and queue any work
+for the speech LLM on the engine's single worker thread as a job. A session's jobs run in order:
+
+- partial: re-decode the growing utterance greedily every ``partial_interval_ms``; a newer
+  partial replaces one still queued, and the utterance's final drops both;
+- final: decode the whole utterance with the offline settings (equal to ``transcribe()``), and
+  in chat mode go on to the reply, generated one token per step so that the worker can serve
+  other sessions between tokens and a barge-in stops it before the next token.
+
+Results arrive as ``mooer.agent.events`` through the ``on_event`` callback given to
+``Engine.open``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mooer.agent import events as ev
+from mooer.agent.vad import SpeechEnded, SpeechStarted, StreamingVad, VadConfig, VadEvent
+from mooer.agent.vad import _stream_chunk as check_chunk
+from mooer.audio import SAMPLE_RATE
+from mooer.errors import ConfigError
+from mooer.llm.conversation import CHAT, Conversation, Reply
+from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids
+from mooer.llm.prompts import build_prompt
+from mooer.transcribe import MAX_SEGMENT_S, transcribe
+
+if TYPE_CHECKING:
+    from mooer.agent.engine import Engine
+
+log = logging.getLogger(__name__)
+
+MODES = ("asr", "ast", "asr+ast", "chat")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """What a session does with its audio. Override with ``dataclasses.replace``.
+
+    ``mode``: ``asr`` transcripts, ``ast`` translations, ``asr+ast`` both, ``chat`` transcripts
+    and spoken-question replies. ``turn_detection`` False means the client ends each utterance
+    with ``commit()`` (no VAD, no barge-in). ``max_segment_s`` caps an utterance (the VAD cuts
+    longer speech at its quietest point; it overrides ``vad.max_segment_s``); in manual mode
+    partials stop there and the final takes everything. ``auto_response``: chat replies follow
+    each utterance without ``create_response()``.
+    """
+
+    mode: str = "asr"
+    vad: VadConfig = field(default_factory=VadConfig)
+    turn_detection: bool = True
+    partial_interval_ms: int = 480  # 0: no partial results
+    max_segment_s: float = 20.0
+    max_context_tokens: int = 2048  # chat memory, in LLM tokens
+    partial_options: DecodingOptions = STREAMING  # greedy
+    final_options: DecodingOptions = OFFLINE
+    chat_options: DecodingOptions = CHAT
+    auto_response: bool = True
+    barge_in: bool = True  # chat: speech during a reply cancels it
+
+    def __post_init__(self) -> None:
+        _require("mode", self.mode in MODES, f"one of {', '.join(MODES)}")
+        _require("vad", isinstance(self.vad, VadConfig), "a VadConfig")
+        for name in ("turn_detection", "auto_response", "barge_in"):
+            _require(name, isinstance(getattr(self, name), bool), "True or False")
+        interval = self.partial_interval_ms
+        _require(
+            "partial_interval_ms",
+            _is_int(interval) and (interval == 0 or interval >= 100),
+            "0 (no partials) or a whole number of milliseconds >= 100",
+        )
+        seconds = self.max_segment_s
+        _require(
+            "max_segment_s",
+            _is_number(seconds) and self.vad.cut_search_s < seconds <= MAX_SEGMENT_S,
+            f"a number of seconds in ({self.vad.cut_search_s} (vad.cut_search_s), {MAX_SEGMENT_S}]",
+        )
+        _require(
+            "max_context_tokens",
+            _is_int(self.max_context_tokens) and self.max_context_tokens >= 64,
+            "an int >= 64",
+        )
+        for name in ("partial_options", "final_options", "chat_options"):
+            _require(name, isinstance(getattr(self, name), DecodingOptions), "a DecodingOptions")
+        _require(
+            "chat_options",
+            self.chat_options.num_beams == 1,
+            "num_beams 1 (replies are generated token by token)",
+        )
+
+
+def _require(name: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"SessionConfig.{name}: expected {expected}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+@dataclass
+class SessionStats:
+    """Counters of one session, for monitoring and benchmarks."""
+
+    audio_s: float = 0.0  # fed so far
+    utterances: int = 0
+    partials: int = 0  # partial decodes run
+    partials_skipped: int = 0  # replaced by a newer one, or made useless by the final, unrun
+    finals: int = 0
+    responses: int = 0
+    responses_cancelled: int = 0
+    errors: int = 0
+    final_latency_s: list[float] = field(default_factory=list)
+    """From the end of each utterance (endpoint or commit) to its final result being sent."""
+
+
+# -- stable partial text ----------------------------------------------------------------------
+
+# Characters that are whole units by themselves: CJK ideographs and CJK/full-width punctuation.
+_UNIT_CHAR = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def _in_word(ch: str) -> bool:
+    """Part of a multi-character unit (a Latin word, number...)."""
+    return not ch.isspace() and _UNIT_CHAR.match(ch) is None
+
+
+def agreed_prefix(a: str, b: str) -> str:
+    """The longest common prefix of two hypotheses that ends between whole words or characters.
+
+    A word counts only when both hypotheses go on past it: "hello wor" and "hello world"
+    agree on "hello ", "你好吗" and "你好呀" on "你好".
+    """
+    n = 0
+    limit = min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    if n and _in_word(a[n - 1]):
+        finished = n < len(a) and n < len(b) and not _in_word(a[n]) and not _in_word(b[n])
+        if not finished:
+            while n and _in_word(a[n - 1]):
+                n -= 1
+    return a[:n]
+
+
+class StableText:
+    """Successive partial hypotheses of one utterance -> append-only stable text.
+
+    The stable text grows to the agreed prefix of the last two hypotheses and never shrinks;
+    a hypothesis that contradicts it is shown only up to the stable text.
+    """
+
+    def __init__(self) -> None:
+        self.stable = ""
+        self.shown = ""
+        self._last: str | None = None
+
+    def update(self, hypothesis: str) -> str:
+        """Take a new partial; return the text it adds to ``stable`` (often "")."""
+        delta = ""
+        if self._last is not None:
+            agreed = agreed_prefix(self._last, hypothesis)
+            if len(agreed) > len(self.stable) and agreed.startswith(self.stable):
+                delta, self.stable = agreed[len(self.stable) :], agreed
+        self._last = hypothesis
+        self.shown = hypothesis if hypothesis.startswith(self.stable) else self.stable
+        return delta
+
+    def finish(self, final: str) -> str:
+        """Take the final text; return what it adds to ``stable`` ("" if it revised it)."""
+        delta = final[len(self.stable) :] if final.startswith(self.stable) else ""
+        self.stable = self.shown = final
+        return delta
+
+
+@dataclass
+class _Track:
+    """The partial state of the utterance being decoded (worker thread only)."""
+
+    item_id: str
+    transcript: StableText = field(default_factory=StableText)
+    translation: StableText = field(default_factory=StableText)
+
+
+# -- replies ----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Response:
+    """A chat reply that was asked for; ``cancelled`` is set from any thread."""
+
+    response_id: str
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False)
+class _UserTurn:
+    """A user turn waiting for its reply: spoken (audio embeds) or typed (embeds None)."""
+
+    item_id: str
+    question: str
+    audio_embeds: torch.Tensor | None  # (Ta, H)
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """The VAD's tiny windows run fastest on one thread (see ``VadModel``)."""
+    threads = torch.get_num_threads()
+    if threads != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads != 1:
+            torch.set_num_threads(threads)
+
+
+def _language(text: str) -> str | None:
+    if _UNIT_CHAR.search(text):
+        return "zh"
+    return "en" if text else None
+
+
+def _ms(samples: int) -> int:
+    return samples * 1000 // SAMPLE_RATE
+
+
+class Session:
+    """One live audio stream. Made by ``Engine.open``; see the module docstring.
+
+    ``feed``, ``commit``, ``clear``, ``create_response``, ``cancel_response``, ``reset`` and
+    ``close`` may be called from any thread (one at a time is the usual case); ``on_event`` is
+    called from the thread that calls them (speech started/stopped, committed) and from the
+    engine's worker (results), never concurrently for one session. It must return quickly and
+    must not call back into the session.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: SessionConfig,
+        on_event: Callable[[ev.Event], None],
+        session_id: str,
+    ) -> None:
+        self.id = session_id
+        self.config = config
+        self.engine = engine
+        self.model = engine.model
+        self.stats = SessionStats()
+        self._on_event = on_event
+        self._emit_lock = threading.Lock()
+        self._lock = threading.RLock()  # the caller-side state below
+        self._vad = (
+            StreamingVad(replace(config.vad, max_segment_s=config.max_segment_s), engine.vad_model)
+            if config.turn_detection
+            else None
+        )
+        self._offset = 0  # stream samples before the VAD's current stream (clear() restarts it)
+        self._buffer: list[np.ndarray] = []  # manual turns: audio since the last commit
+        self._buffered = 0
+        self._item: str | None = None  # the open utterance
+        self._item_start = 0  # its first sample, in the VAD's stream
+        self._next_partial = 0  # utterance length (samples) at which the next partial is due
+        self._items = itertools.count(1)
+        self._response_ids = itertools.count(1)
+        self._responses: list[_Response] = []  # asked for and not yet done
+        self._closed = False  # no more input accepted
+        self._muted = False  # no more events, but SessionClosed
+        self._finished = threading.Event()
+        # Worker-thread state.
+        self._mtl = model_is_mtl(self.model)
+        self.conversation = (
+            Conversation(self.model, config.max_context_tokens) if config.mode == "chat" else None
+        )
+        self._track: _Track | None = None
+        self._unanswered: _UserTurn | None = None
+
+    # -- input (caller's thread) ------------------------------------------------------------
+
+    def feed(self, samples: np.ndarray) -> None:
+        """Take 16 kHz mono float32 samples in [-1, 1], any number at a time.
+
+        Raises AudioError for a chunk that is not (N,) floats or holds NaN/inf; the chunk is
+        dropped and the session goes on.
+        """
+        chunk = check_chunk(samples)
+        with self._lock:
+            self._check_open("feed")
+            self.stats.audio_s += chunk.size / SAMPLE_RATE
+            if self._vad is None:
+                self._buffer_audio(chunk)
+            else:
+                with _one_torch_thread():
+                    found = self._vad.feed(chunk)
+                self._on_vad(found)
+            self._partial_if_due()
+
+    def commit(self) -> str | None:
+        """End the current utterance now; its id, or None (and an Error) if there is none."""
+        with self._lock:
+            self._check_open("commit")
+            item = self._end_utterance()
+            if item is None:
+                self._emit(ev.Error("empty_commit", f"session {self.id}: no speech to commit"))
+            return item
+
+    def clear(self) -> None:
+        """Drop the audio of the utterance in progress (it gets no results)."""
+        with self._lock:
+            self._check_open("clear")
+            if self._vad is not None:
+                self._offset += self._vad.samples_received
+                self._vad.reset()
+            self._buffer, self._buffered, self._item = [], 0, None
+            self.engine.discard(self, partials_only=True)
+
+    def add_text(self, text: str) -> str:
+        """Chat: a typed user turn, answered by the next ``create_response()``; its item id."""
+        self._require_chat("add_text")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"session {self.id}: add_text needs a non-empty string")
+        with self._lock:
+            self._check_open("add_text")
+            item = self._new_item()
+            turn = _UserTurn(item, text.strip(), None)
+            self.engine.submit(self, "control", lambda: self._await_reply(turn))
+            return item
+
+    def create_response(self) -> str:
+        """Chat: reply to the last user turn not yet answered; returns the response id.
+
+        With no such turn when the reply's turn comes, an Error ``no_input`` is sent instead.
+        """
+        self._require_chat("create_response")
+        with self._lock:
+            self._check_open("create_response")
+            response = self._new_response()
+            self.engine.submit(self, "response", self._respond_to_pending(response))
+            return response.response_id
+
+    def cancel_response(self) -> bool:
+        """Chat: stop the reply being generated (and any queued); False if there was none."""
+        with self._lock:
+            return self._cancel_responses()
+
+    def reset(self) -> None:
+        """Chat: forget the conversation (replies in progress are cancelled)."""
+        with self._lock:
+            self._check_open("reset")
+            self._cancel_responses()
+            self.engine.submit(self, "control", self._forget)
+
+    def close(self, flush: bool = True) -> None:
+        """End the session. ``flush``: the utterance in progress still gets its final results
+        (no reply); otherwise queued work is dropped. ``SessionClosed`` is the last event."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._cancel_responses()
+            if flush:
+                self._end_utterance()
+            else:
+                self._muted = True
+                self.engine.discard(self, partials_only=False)
+            self.engine.submit(self, "control", self._finish)
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Block until ``SessionClosed`` was sent; False on timeout."""
+        return self._finished.wait(timeout)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until the worker has no queued work of this session; False on timeout."""
+        return self.engine.wait_idle(self, timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- caller-side helpers (hold self._lock) ----------------------------------------------
+
+    def _check_open(self, action: str) -> None:
+        if self._closed:
+            raise ConfigError(f"session {self.id} is closed: cannot {action}")
+
+    def _require_chat(self, action: str) -> None:
+        if self.conversation is None:
+            raise ConfigError(
+                f"session {self.id}: {action} needs mode 'chat', the session's mode is "
+                f"{self.config.mode!r}"
+            )
+
+    def _new_item(self) -> str:
+        return f"item_{self.id}_{next(self._items)}"
+
+    def _new_response(self) -> _Response:
+        response = _Response(f"resp_{self.id}_{next(self._response_ids)}")
+        self._responses.append(response)
+        return response
+
+    def _cancel_responses(self) -> bool:
+        live = [r for r in self._responses if not r.cancelled.is_set()]
+        for response in live:
+            response.cancelled.set()
+        return bool(live)
+
+    def _buffer_audio(self, chunk: np.ndarray) -> None:
+        if self._item is None:
+            self._item = self._new_item()
+            self._next_partial = self._interval()
+        self._buffer.append(chunk)
+        self._buffered += chunk.size
+
+    def _on_vad(self, found: list[VadEvent]) -> None:
+        for event in found:
+            if isinstance(event, SpeechStarted):
+                self._item, self._item_start = self._new_item(), event.sample
+                self._next_partial = self._interval()
+                self.stats.utterances += 1
+                self._emit(ev.SpeechStarted(self._item, _ms(self._offset + event.sample)))
+                if self.config.barge_in:
+                    self._cancel_responses()
+            elif isinstance(event, SpeechEnded) and self._item is not None:
+                item, self._item = self._item, None
+                self._emit(ev.SpeechStopped(item, _ms(self._offset + event.end)))
+                self._commit_audio(item, event.audio)
+
+    def _end_utterance(self) -> str | None:
+        """Close the utterance in progress, if any; its id."""
+        if self._vad is not None:
+            item = self._item
+            self._on_vad(self._vad.flush())
+            return item if item is not None and self._item is None else None
+        if not self._buffered:
+            return None
+        item, audio = self._item, np.concatenate(self._buffer)
+        self._buffer, self._buffered, self._item = [], 0, None
+        self.stats.utterances += 1
+        assert item is not None
+        self._commit_audio(item, audio)
+        return item
+
+    def _commit_audio(self, item: str, audio: np.ndarray) -> None:
+        self._emit(ev.Committed(item))
+        endpoint = time.perf_counter()
+        response = None
+        if self.conversation is not None and self.config.auto_response and not self._closed:
+            response = self._new_response()
+        self.engine.submit(self, "final", self._final(item, audio, endpoint, response))
+
+    def _interval(self) -> int:
+        return self.config.partial_interval_ms * SAMPLE_RATE // 1000
+
+    def _partial_if_due(self) -> None:
+        if self._item is None or not self.config.partial_interval_ms:
+            return
+        if self._vad is None:
+            length = self._buffered
+            if length > self.config.max_segment_s * SAMPLE_RATE:
+                return
+        else:
+            length = self._vad.samples_received - self._item_start
+        if length < self._next_partial:
+            return
+        if self._vad is None:
+            self._buffer = [np.concatenate(self._buffer)]
+            audio = self._buffer[0]
+        else:
+            audio = self._vad.current_segment()
+        self._next_partial = length + self._interval()
+        item = self._item
+        self.engine.submit(self, "partial", lambda: self._partial(item, audio))
+
+    # -- model work (worker thread) ---------------------------------------------------------
+
+    def _decode(self, audio: np.ndarray, options: DecodingOptions) -> tuple[str | None, str | None]:
+        """(transcript, translation) of ``audio`` as the mode wants them (None: not wanted)."""
+        mode = self.config.mode
+
+        def run(task: str):
+            return transcribe(self.model, [audio], task=task, options=options)[0]
+
+        if mode in ("asr", "chat"):
+            return run("asr").text, None
+        if mode == "ast":
+            return None, run("ast").translation
+        if self._mtl:  # one decode answers "{transcript}\n{translation}"
+            both = run("mtl")
+            return both.text, both.translation
+        return run("asr").text, run("ast").translation
+
+    def _track_of(self, item: str) -> _Track:
+        if self._track is None or self._track.item_id != item:
+            self._track = _Track(item)
+        return self._track
+
+    def _partial(self, item: str, audio: np.ndarray) -> None:
+        if item != self._item:
+            return  # cleared, or ended since: its final says more
+        transcript, translation = self._decode(audio, self.config.partial_options)
+        self.stats.partials += 1
+        if item != self._item:
+            return
+        track = self._track_of(item)
+        if transcript is not None:
+            shown = track.transcript.shown
+            delta = track.transcript.update(transcript)
+            if delta or track.transcript.shown != shown:
+                stable = track.transcript.stable
+                self._emit(ev.TranscriptDelta(item, delta, stable, track.transcript.shown))
+        if translation is not None:
+            delta = track.translation.update(translation)
+            if delta:
+                self._emit(ev.TranslationDelta(item, delta))
+
+    def _final(
+        self, item: str, audio: np.ndarray, endpoint: float, response: _Response | None
+    ) -> Iterator[None]:
+        track = self._track_of(item)
+        try:
+            if self.conversation is None:
+                transcript, translation = self._decode(audio, self.config.final_options)
+                question = None
+            else:
+                embeds, lengths = self.model.embed([audio])  # (1, Ta, H), (1,)
+                ids = generate_ids(
+                    self.model.llm,
+                    self.model.tokenizer,
+                    embeds,
+                    lengths,
+                    [build_prompt("asr")],
+                    self.config.final_options,
+                )
+                transcript = self.model.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+                translation = None
+                question = _UserTurn(item, transcript, embeds[0, : int(lengths[0])])
+            if transcript is not None:
+                delta = track.transcript.finish(transcript)
+                if delta:
+                    self._emit(ev.TranscriptDelta(item, delta, transcript, transcript))
+                self._emit(ev.Transcript(item, transcript, _language(transcript)))
+            if translation is not None:
+                delta = track.translation.finish(translation)
+                if delta:
+                    self._emit(ev.TranslationDelta(item, delta))
+                self._emit(ev.Translation(item, translation))
+            self.stats.finals += 1
+            self.stats.final_latency_s.append(time.perf_counter() - endpoint)
+            if question is not None:
+                if response is None:
+                    self._await_reply(question)
+                else:
+                    yield from self._respond(response, question)
+        finally:
+            if response is not None:
+                self._retire(response)  # never started (a failure above): nothing was sent
+
+    def _respond_to_pending(self, response: _Response) -> Iterator[None]:
+        question, self._unanswered = self._unanswered, None
+        if question is None:
+            self._retire(response)
+            self._emit(ev.Error("no_input", f"session {self.id}: no user turn to answer"))
+            return
+        yield from self._respond(response, question)
+
+    def _respond(self, response: _Response, question: _UserTurn) -> Iterator[None]:
+        """Generate the reply one token per step; stop when cancelled."""
+        assert self.conversation is not None
+        self._emit(ev.ResponseStarted(response.response_id, question.item_id))
+        self.stats.responses += 1
+        reply: Reply | None = None
+        status: ev.ResponseStatus = "cancelled"
+        try:
+            if response.cancelled.is_set():  # before it began: the question still counts
+                self.conversation.append(question.question, "", interrupted=True)
+            elif question.audio_embeds is None:
+                reply = self.conversation.reply_text(question.question, self.config.chat_options)
+            else:
+                reply = self.conversation.reply(
+                    question.audio_embeds,
+                    question=question.question,
+                    options=self.config.chat_options,
+                )
+            while reply is not None and not response.cancelled.is_set():
+                step = next(reply, None)
+                if step is None:
+                    break
+                if step[1]:
+                    self._emit(ev.ResponseTextDelta(response.response_id, step[1]))
+                yield  # other sessions' work may run here
+            if reply is not None:
+                reply.stop()
+                assert reply.turn is not None
+                status = "cancelled" if reply.turn.interrupted else "completed"
+        except Exception as exc:  # the Error says why; the session goes on
+            status = "failed"
+            self.report_error(exc)
+        finally:
+            if reply is not None:
+                reply.stop()  # remember what was said, even on failure
+            self._retire(response)
+            if status == "cancelled":
+                self.stats.responses_cancelled += 1
+            text = reply.text if reply is not None else ""
+            self._emit(ev.ResponseDone(response.response_id, text, status))
+
+    def _retire(self, response: _Response) -> None:
+        with self._lock:
+            if response in self._responses:
+                self._responses.remove(response)
+
+    def _await_reply(self, question: _UserTurn) -> None:
+        self._unanswered = question
+
+    def _forget(self) -> None:
+        assert self.conversation is not None
+        self.conversation.reset()
+        self._unanswered = None
+
+    def _finish(self) -> None:
+        with self._emit_lock:
+            self._call(ev.SessionClosed(self.id))
+            self._muted = True
+        self._finished.set()
+        self.engine.forget(self)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def report_error(self, exc: BaseException) -> None:
+        """A failure of model work (the engine reports its jobs' here): an Error event; the
+        session goes on."""
+        self.stats.errors += 1
+        log.warning("session %s: %s", self.id, exc, exc_info=exc)
+        self._emit(ev.Error("model_error", f"{type(exc).__name__}: {exc}"))
+
+    def _emit(self, event: ev.Event) -> None:
+        with self._emit_lock:
+            if not self._muted:
+                self._call(event)
+
+    def _call(self, event: ev.Event) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # the owner's bug must not stop the engine or the session
+            log.exception("session %s: on_event failed on %r", self.id, event)
+
+
+def model_is_mtl(model) -> bool:
+    """Whether the model answers the ast prompt with ``"{transcript}\\n{translation}"``."""
+    paths = getattr(model, "paths", None)
+    return paths is not None and paths.variant == "asr_ast_mtl"

@@ -1,0 +1,151 @@
+"""The engine's scheduling: round-robin by session, stale partials replaced, failures contained.
+
+Jobs here are small Python functions queued on real sessions of a real (fabricated) model, so
+that the order in which the worker runs them can be recorded exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from mooer.agent import events as ev
+from mooer.agent.engine import Engine
+from mooer.agent.session import SessionConfig
+from mooer.errors import ConfigError
+from mooer.model import load_model
+
+MANUAL = SessionConfig(turn_detection=False)  # no VAD: the sessions only own jobs here
+
+
+@pytest.fixture(scope="module")
+def model(fabricated):
+    return load_model(fabricated("omni"), device="cpu")
+
+
+@pytest.fixture
+def engine(model):
+    engine = Engine(model, threads=1)
+    yield engine
+    engine.close(timeout=10)
+
+
+def _hold(engine: Engine, session) -> threading.Event:
+    """Keep the worker busy until the returned event is set, so that jobs pile up."""
+    release, started = threading.Event(), threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait(10)
+
+    engine.submit(session, "control", block)
+    assert started.wait(10)
+    return release
+
+
+def _steps(log: list[str], name: str, count: int):
+    for i in range(count):
+        log.append(f"{name}{i}")
+        yield
+
+
+def test_sessions_take_turns_one_step_at_a_time(engine):
+    a, b, c = (engine.open(MANUAL) for _ in range(3))
+    log: list[str] = []
+    release = _hold(engine, c)
+    engine.submit(a, "response", _steps(log, "a", 3))
+    engine.submit(a, "final", _steps(log, "A", 1))
+    engine.submit(b, "response", _steps(log, "b", 2))
+    release.set()
+    assert engine.wait_idle(timeout=10)
+    # a's jobs run in order; b is served between a's steps, not after all of them.
+    assert log == ["a0", "b0", "a1", "b1", "a2", "A0"]
+
+
+def test_a_newer_partial_replaces_a_queued_one_and_a_final_drops_them(engine):
+    a, b = engine.open(MANUAL), engine.open(MANUAL)
+    log: list[str] = []
+    release = _hold(engine, b)
+    for i in range(3):
+        engine.submit(a, "partial", lambda i=i: log.append(f"partial{i}"))
+    engine.submit(a, "final", lambda: log.append("final0"))
+    engine.submit(a, "partial", lambda: log.append("partial3"))
+    engine.submit(a, "partial", lambda: log.append("partial4"))
+    engine.submit(a, "final", lambda: log.append("final1"))
+    release.set()
+    assert engine.wait_idle(timeout=10)
+    assert log == ["final0", "final1"]
+    assert a.stats.partials_skipped == 5
+
+    release = _hold(engine, b)
+    engine.submit(a, "partial", lambda: log.append("partial5"))
+    engine.submit(a, "partial", lambda: log.append("partial6"))
+    engine.submit(a, "response", lambda: log.append("response"))
+    release.set()
+    assert engine.wait_idle(timeout=10)
+    assert log[2:] == ["partial6", "response"]  # only finals make partials useless
+
+
+def test_a_failing_job_is_reported_and_the_others_go_on(engine):
+    seen: list[ev.Event] = []
+    a = engine.open(MANUAL, seen.append)
+    b = engine.open(MANUAL)
+    log: list[str] = []
+    release = _hold(engine, b)
+
+    def broken() -> None:
+        raise RuntimeError("decoder exploded")
+
+    engine.submit(a, "final", broken)
+    engine.submit(a, "final", lambda: log.append("a after"))
+    engine.submit(b, "final", lambda: log.append("b"))
+    release.set()
+    assert engine.wait_idle(timeout=10)
+    assert sorted(log) == ["a after", "b"]
+    assert seen == [ev.Error("model_error", "RuntimeError: decoder exploded")]
+    assert a.stats.errors == 1
+
+
+def test_discard_drops_queued_work_but_not_the_running_job(engine):
+    a, b = engine.open(MANUAL), engine.open(MANUAL)
+    log: list[str] = []
+    release = _hold(engine, a)
+    engine.submit(a, "final", lambda: log.append("final"))
+    engine.submit(a, "partial", lambda: log.append("partial"))
+    engine.discard(a, partials_only=True)
+    engine.submit(b, "final", lambda: log.append("b"))
+    engine.discard(b, partials_only=False)
+    release.set()
+    assert engine.wait_idle(timeout=10)
+    assert log == ["final"]
+
+
+def test_the_worker_has_its_own_torch_threads(model):
+    engine = Engine(model, threads=2)
+    caller = torch.get_num_threads()
+    seen: list[int] = []
+    session = engine.open(MANUAL)
+    engine.submit(session, "control", lambda: seen.append(torch.get_num_threads()))
+    assert engine.wait_idle(timeout=10)
+    assert seen == [2] and torch.get_num_threads() == caller
+    engine.close()
+
+
+def test_close_finishes_queued_work_then_refuses_sessions(model):
+    engine = Engine(model, threads=1)
+    events: list[ev.Event] = []
+    session = engine.open(MANUAL, events.append)
+    log: list[str] = []
+    release = _hold(engine, session)
+    engine.submit(session, "final", lambda: log.append("final"))
+    threading.Timer(0.2, release.set).start()
+    assert engine.close(timeout=10)
+    assert log == ["final"]
+    assert events == [ev.SessionClosed(session.id)] and session.wait_closed(0)
+    assert engine.sessions == []
+    with pytest.raises(ConfigError, match="closed"):
+        engine.open(MANUAL)
+    with pytest.raises(ConfigError, match="threads"):
+        Engine(model, threads=0)

