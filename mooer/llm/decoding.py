@@ -85,10 +85,10 @@ class EosBias(LogitsProcessor):
 
 def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     """The id of a token that must be a single entry of the vocabulary."""
-    ids = tokenizer.convert_tokens_to_ids([token])
-    if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
+    vocab = tokenizer.get_vocab()  # added special tokens included
+    if token not in vocab:
         raise CheckpointError(f"the tokenizer has no {token} token")
-    return int(ids[0])
+    return int(vocab[token])
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:

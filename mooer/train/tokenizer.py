@@ -7,6 +7,7 @@ text round-trips), and carries the same special tokens, so prompts, eos and padd
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,4 +41,10 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     )
     out = Path(out_dir)
     fast.save_pretrained(out)
+    # Byte-level BPE needs no unknown token, and Qwen's config says so: without this,
+    # Qwen2Tokenizer (which an LLM folder loads it as) would make <|endoftext|> the unknown.
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["unk_token"] = None
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     return out
