@@ -144,6 +144,7 @@ class Engine:
 
     def submit(self, session: Session, kind: JobKind, work: Work) -> None:
         """Queue ``work`` (a callable, or an iterator of steps) behind the session's jobs."""
+        job = Job(session, kind, _steps(work))
         with self._cond:
             if self._stopped:
                 raise ConfigError("the engine is stopped")
@@ -151,7 +152,6 @@ class Engine:
             if queue is None:
                 queue = self._queues[session] = deque()
                 self._ready.append(session)
-            job = Job(session, kind, _steps(work))
             if kind == "partial":
                 for i, queued in enumerate(queue):
                     if queued.kind == "partial" and queued is not self._running:
@@ -167,12 +167,19 @@ class Engine:
         """Drop the session's queued jobs (not the one running), or only its partials."""
         with self._cond:
             queue = self._queues.get(session)
-            if queue is not None:
-                self._drop(session, queue, lambda job: not partials_only or job.kind == "partial")
-                if not queue:
-                    del self._queues[session]
-                    self._ready.remove(session)
-                    self._cond.notify_all()
+            if queue is None:
+                return
+            dropped = self._drop(
+                session, queue, lambda job: not partials_only or job.kind == "partial"
+            )
+            if not queue:
+                del self._queues[session]
+                self._ready.remove(session)
+                self._cond.notify_all()
+        for job in dropped:  # a started job's cleanup (its finally) runs, outside the lock
+            close = getattr(job.steps, "close", None)
+            if close is not None:
+                close()
 
     def wait_idle(self, session: Session | None = None, timeout: float | None = None) -> bool:
         """Block until no work of ``session`` (default: any) is queued or running."""
@@ -188,17 +195,15 @@ class Engine:
         with self._cond:
             self._sessions.pop(session.id, None)
 
-    def _drop(self, session: Session, queue: deque[Job], doomed: Callable[[Job], bool]) -> None:
-        keep = [job for job in queue if job is self._running or not doomed(job)]
-        for job in queue:
-            if job not in keep:
-                if job.kind == "partial":
-                    session.stats.partials_skipped += 1
-                close = getattr(job.steps, "close", None)
-                if close is not None:
-                    close()  # a generator's cleanup (finally) runs now
-        queue.clear()
-        queue.extend(keep)
+    def _drop(
+        self, session: Session, queue: deque[Job], doomed: Callable[[Job], bool]
+    ) -> list[Job]:
+        """Remove the doomed jobs that are not running from ``queue``; the removed ones."""
+        dropped = [job for job in queue if job is not self._running and doomed(job)]
+        for job in dropped:
+            queue.remove(job)
+        session.stats.partials_skipped += sum(job.kind == "partial" for job in dropped)
+        return dropped
 
     # -- the worker --------------------------------------------------------------------------
 
