@@ -81,16 +81,18 @@ def offline(model, session_defaults):
 
 @pytest.fixture(scope="session")
 def start_server(model, session_defaults) -> Iterator[Callable[..., object]]:
-    """``start_server(**ServerConfig fields) -> RunningServer`` on a free loopback port."""
+    """``start_server(defaults=None, **ServerConfig fields) -> RunningServer`` on a free loopback
+    port; ``defaults`` replaces the session defaults."""
     from mooer.agent.engine import Engine
     from mooer.server.app import start
     from mooer.server.hub import Hub
 
     running = []
 
-    def make(**config):
+    def make(defaults=None, **config):
         engine = Engine(model, threads=1)
-        server = start(Hub(model, engine, ServerConfig(port=0, **config), session_defaults))
+        hub = Hub(model, engine, ServerConfig(port=0, **config), defaults or session_defaults)
+        server = start(hub)
         running.append(server)
         return server
 

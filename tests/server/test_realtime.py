@@ -91,7 +91,7 @@ def test_sdk_session_streams_partials_then_the_final(server, offline, speech):
                 await conn.input_audio_buffer.append(
                     audio=base64.b64encode(pcm[i : i + 4800]).decode()
                 )
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.04)  # 2.5x real time: partials have time to run
             async for event in conn:
                 events.append(event)
                 if event.type == FINAL:
