@@ -74,7 +74,7 @@ class WireFormat:
 
 
 class WireDecoder:
-    """One stream's bytes -> 16 kHz float32 samples, carrying partial samples and resampler state."""
+    """One stream's bytes -> 16 kHz float32 samples; keeps split samples and resampler state."""
 
     def __init__(self, fmt: WireFormat) -> None:
         self.format = fmt

@@ -134,7 +134,7 @@ class RealtimeSettings:
 
 
 def apply_update(settings: RealtimeSettings, session: object) -> RealtimeSettings:
-    """``settings`` changed by a ``session.update``'s ``session`` object; ``ProtocolError`` if bad."""
+    """``settings`` changed by a ``session.update``'s ``session``; ``ProtocolError`` if bad."""
     if not isinstance(session, dict):
         raise ProtocolError("invalid_value", "'session' must be an object", param="session")
     new = settings

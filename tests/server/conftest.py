@@ -71,7 +71,7 @@ def session_defaults():
 
 @pytest.fixture(scope="session")
 def offline(model, session_defaults):
-    """``offline(waves, task) -> [Result]``: what ``transcribe()`` gives with the server's options."""
+    """``offline(waves, task) -> [Result]``: ``transcribe()`` with the server's final options."""
 
     def run(waves, task="asr"):
         return transcribe(model, waves, task=task, options=session_defaults.final_options)

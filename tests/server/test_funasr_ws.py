@@ -17,8 +17,16 @@ from mooer.server.funasr_ws import FunasrSettings, apply_frame
 from mooer.server.http_api import speech_segments
 from mooer.server.pcm import encode_pcm16
 
-CONFIG = {"chunk_size": [5, 10, 5], "chunk_interval": 10, "wav_name": "demo", "is_speaking": True,
-          "hotwords": "", "itn": True, "audio_fs": 16000, "wav_format": "pcm"}  # fmt: skip
+CONFIG = {
+    "chunk_size": [5, 10, 5],
+    "chunk_interval": 10,
+    "wav_name": "demo",
+    "is_speaking": True,
+    "hotwords": "",
+    "itn": True,
+    "audio_fs": 16000,
+    "wav_format": "pcm",
+}
 STRIDE = 2 * 600 * SAMPLE_RATE // 1000  # 600 ms of PCM16, FunASR's client chunk for [5, 10, 5]
 
 
@@ -78,8 +86,9 @@ def test_2pass_gives_partials_then_each_final(server, speech, session_defaults, 
 
 
 @pytest.mark.parametrize("mode", ["offline", "online"])
-def test_offline_and_online_results_are_the_finals(finals_only, speech, session_defaults,
-                                                   offline, mode):  # fmt: skip
+def test_offline_and_online_results_are_the_finals(
+    finals_only, speech, session_defaults, offline, mode
+):
     wave = np.concatenate(speech)
     url = f"ws://{finals_only.host}:{finals_only.port}/funasr"
 
@@ -96,8 +105,9 @@ def test_offline_and_online_results_are_the_finals(finals_only, speech, session_
         assert [r["text"] for r in replies] == finals
 
 
-def test_own_port_whole_file_and_two_files_on_one_connection(funasr_server, speech, speech_file,
-                                                            session_defaults, offline):  # fmt: skip
+def test_own_port_whole_file_and_two_files_on_one_connection(
+    funasr_server, speech, speech_file, session_defaults, offline
+):
     url = f"ws://{funasr_server.host}:{funasr_server.funasr_port}"  # FunASR clients use "/"
     encoded = speech_file.read_bytes()
 
@@ -114,8 +124,9 @@ def test_own_port_whole_file_and_two_files_on_one_connection(funasr_server, spee
         load_audio(speech_file), session_defaults, offline
     )
     assert first[-1]["wav_name"] == "f1"
-    assert second == [{"mode": "offline", "wav_name": "silent", "text": "", "is_final": True,
-                       "is_end": True}]  # fmt: skip
+    assert second == [
+        {"mode": "offline", "wav_name": "silent", "text": "", "is_final": True, "is_end": True}
+    ]
 
 
 def test_bad_frames_get_error_replies(server, speech):

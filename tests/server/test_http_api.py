@@ -37,8 +37,12 @@ def expected(two_utterances, session_defaults, offline):
 
 def _post(server, route: str, path, **fields) -> httpx.Response:
     with open(path, "rb") as f:
-        return httpx.post(f"{server.url}/v1/audio/{route}", files={"file": (path.name, f)},
-                          data={"model": "mooer", **fields}, timeout=120)  # fmt: skip
+        return httpx.post(
+            f"{server.url}/v1/audio/{route}",
+            files={"file": (path.name, f)},
+            data={"model": "mooer", **fields},
+            timeout=120,
+        )
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the SDK marks translations so

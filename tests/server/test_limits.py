@@ -13,8 +13,11 @@ import websockets
 from mooer.audio import SAMPLE_RATE
 from mooer.server.pcm import encode_pcm16
 
-MANUAL = {"type": "transcription", "mooer": {"task": "asr"},
-          "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}}}  # fmt: skip
+MANUAL = {
+    "type": "transcription",
+    "mooer": {"task": "asr"},
+    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}, "turn_detection": None}},
+}
 
 
 def _url(server, query: str = "intent=transcription") -> str:
@@ -52,10 +55,21 @@ def test_api_key(start_server, speech_file):
             return json.loads(await ws.recv())["type"]
 
     assert asyncio.run(accepted(uri=_url(server, "api_key=s3cret"))) == "session.created"
-    assert asyncio.run(accepted(uri=_url(server),
-                                additional_headers={"Authorization": "Bearer s3cret"})) == "session.created"  # fmt: skip
-    assert asyncio.run(accepted(uri=_url(server),  # a browser's way: the key in a subprotocol
-                                subprotocols=["realtime", "openai-insecure-api-key.s3cret"])) == "session.created"  # fmt: skip
+    assert (
+        asyncio.run(
+            accepted(uri=_url(server), additional_headers={"Authorization": "Bearer s3cret"})
+        )
+        == "session.created"
+    )
+    assert (
+        asyncio.run(
+            accepted(
+                uri=_url(server),  # a browser's way: the key in a subprotocol
+                subprotocols=["realtime", "openai-insecure-api-key.s3cret"],
+            )
+        )
+        == "session.created"
+    )
 
     from openai import AsyncOpenAI
 

@@ -68,9 +68,13 @@ def test_base64_errors_name_the_problem():
 
 @pytest.mark.parametrize(
     ("encoding", "rate", "match"),
-    [("pcm16", 7999, "from 8000 to 192000"), ("pcm16", True, "sample rate True"),
-     ("pcmu", 16000, "8000 Hz"), ("opus", 48000, "not supported")],
-)  # fmt: skip
+    [
+        ("pcm16", 7999, "from 8000 to 192000"),
+        ("pcm16", True, "sample rate True"),
+        ("pcmu", 16000, "8000 Hz"),
+        ("opus", 48000, "not supported"),
+    ],
+)
 def test_bad_formats_are_refused(encoding, rate, match):
     with pytest.raises(AudioError, match=match):
         WireFormat(encoding, rate)

@@ -51,8 +51,9 @@ class Client:
             if binary:
                 await self.ws.send(pcm[i : i + step])
             else:
-                await self.send("input_audio_buffer.append",
-                                audio=base64.b64encode(pcm[i : i + step]).decode())  # fmt: skip
+                await self.send(
+                    "input_audio_buffer.append", audio=base64.b64encode(pcm[i : i + step]).decode()
+                )
 
 
 def manual_16k(task: str, kind: str = "transcription") -> dict:
@@ -84,7 +85,7 @@ def test_sdk_session_streams_partials_then_the_final(server, offline, speech):
         events = []
         async with client.realtime.connect(model="mooer") as conn:
             await conn.session.update(
-                session={"type": "transcription", "mooer": {"task": "asr"}}  # type: ignore[typeddict-unknown-key]
+                session={"type": "transcription", "mooer": {"task": "asr"}}  # type: ignore
             )
             pcm = encode_pcm16(at_24k)
             for i in range(0, len(pcm), 4800):  # 100 ms at 24 kHz
@@ -101,9 +102,15 @@ def test_sdk_session_streams_partials_then_the_final(server, offline, speech):
     events = asyncio.run(run())
     kinds = [e.type for e in events]
     assert kinds[0] == "session.created" and "session.updated" in kinds
-    order = [kinds.index(k) for k in (
-        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed", FINAL)]  # fmt: skip
+    order = [
+        kinds.index(k)
+        for k in (
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            FINAL,
+        )
+    ]
     assert order == sorted(order)
     updated = next(e for e in events if e.type == "session.updated")
     assert updated.session.type == "transcription"
@@ -176,9 +183,14 @@ def test_chat_turns_spoken_and_typed_get_responses(server, speech):
         await client.send("input_audio_buffer.commit")
         await client.send("response.create")  # no turn detection: the client asks for replies
         spoken = await client.until("response.done")
-        await client.send("conversation.item.create", item={
-            "type": "message", "role": "user",
-            "content": [{"type": "input_text", "text": "What is the weather?"}]})  # fmt: skip
+        await client.send(
+            "conversation.item.create",
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is the weather?"}],
+            },
+        )
         await client.send("response.create")
         typed = await client.until("response.done")
         await client.ws.close()
@@ -186,8 +198,14 @@ def test_chat_turns_spoken_and_typed_get_responses(server, speech):
 
     spoken, typed = asyncio.run(run())
     kinds = [e["type"] for e in spoken]
-    for kind in ("response.created", "response.output_item.added", "response.content_part.added",
-                 "response.output_text.done", "response.output_item.done", FINAL):  # fmt: skip
+    for kind in (
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.done",
+        "response.output_item.done",
+        FINAL,
+    ):
         assert kind in kinds
     assert kinds.index(FINAL) < kinds.index("response.created") < kinds.index("response.done")
     for events in (spoken, typed):
@@ -212,15 +230,35 @@ def test_bad_messages_get_errors_and_the_session_goes_on(server, offline, speech
             ("unsupported", json.dumps({"type": "conversation.item.truncate"})),
             ("no_audio", json.dumps({"type": "input_audio_buffer.append"})),
             ("base64", json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"})),
-            ("rate", json.dumps({"type": "session.update", "session": {
-                "audio": {"input": {"format": {"type": "audio/pcm", "rate": 44100}}}}})),
-            ("vad", json.dumps({"type": "session.update", "session": {
-                "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 2}}}}})),
+            (
+                "rate",
+                json.dumps(
+                    {
+                        "type": "session.update",
+                        "session": {
+                            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 44100}}}
+                        },
+                    }
+                ),
+            ),
+            (
+                "vad",
+                json.dumps(
+                    {
+                        "type": "session.update",
+                        "session": {
+                            "audio": {
+                                "input": {"turn_detection": {"type": "server_vad", "threshold": 2}}
+                            }
+                        },
+                    }
+                ),
+            ),
             ("task", json.dumps({"type": "session.update", "session": {"mooer": {"task": "tts"}}})),
             ("empty_commit", json.dumps({"type": "input_audio_buffer.commit"})),
             ("response", json.dumps({"type": "response.create"})),
             ("cancel", json.dumps({"type": "response.cancel"})),
-        ]:  # fmt: skip
+        ]:
             await client.ws.send(message)
             reply = await client.recv()
             assert reply["type"] == "error", (name, reply)
@@ -260,8 +298,14 @@ def test_oversize_frames_are_refused_without_dropping_the_connection(start_serve
         client = await _connect(server)
         await client.ws.send(b"\x00" * 10000)
         error = await client.recv()
-        await client.ws.send(json.dumps({"type": "input_audio_buffer.append",
-                                         "audio": base64.b64encode(b"\0" * 9000).decode()}))  # fmt: skip
+        await client.ws.send(
+            json.dumps(
+                {
+                    "type": "input_audio_buffer.append",
+                    "audio": base64.b64encode(b"\0" * 9000).decode(),
+                }
+            )
+        )
         error2 = await client.recv()
         session = await client.configure(**manual_16k("asr"))
         await client.ws.close()
@@ -277,9 +321,10 @@ def test_beta_field_names_are_understood(server):
     async def run():
         client = await _connect(server)
         session = await client.configure(
-            input_audio_format="g711_ulaw", turn_detection=None,
+            input_audio_format="g711_ulaw",
+            turn_detection=None,
             input_audio_transcription={"model": "whisper-1"},
-        )  # fmt: skip
+        )
         await client.ws.close()
         return session
 

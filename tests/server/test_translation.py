@@ -42,8 +42,14 @@ def test_sdk_translation_session_streams_both_transcripts(
         client = AsyncOpenAI(base_url=f"{finals_only.url}/v1", api_key="unused")
         events = []
         async with client.realtime.translations.connect(model="mooer-translate") as conn:
-            await conn.session.update(session={"audio": {
-                "input": {"transcription": {"model": "mooer"}}, "output": {"language": "en"}}})  # fmt: skip
+            await conn.session.update(
+                session={
+                    "audio": {
+                        "input": {"transcription": {"model": "mooer"}},
+                        "output": {"language": "en"},
+                    }
+                }
+            )
             for i in range(0, len(pcm), 2 * FRAME):
                 chunk = base64.b64encode(pcm[i : i + 2 * FRAME]).decode()
                 await conn.session.input_audio_buffer.append(audio=chunk)
@@ -92,8 +98,12 @@ def test_translation_errors_and_close(server, speech):
     assert created["session"]["audio"]["output"]["language"] == "en"
     assert [r["type"] for r in replies] == ["error"] * 4
     codes = [r["error"]["code"] for r in replies]
-    assert codes == ["unsupported_language", "invalid_value", "unknown_event",
-                     "missing_required_parameter"]  # fmt: skip
+    assert codes == [
+        "unsupported_language",
+        "invalid_value",
+        "unknown_event",
+        "missing_required_parameter",
+    ]
     assert "session.input_audio_buffer.append" in replies[2]["error"]["message"]
     assert rest[-1]["type"] == "session.closed"
     assert any(e["type"] == "session.output_transcript.delta" for e in rest)
