@@ -1,0 +1,244 @@
+"""``mooer eval --model DIR TESTSET.jsonl``: decode a test set and score it.
+
+Each utterance is scored by what its task asks for, on normalised text (``mooer.train.metrics``):
+
+=====  ==========================================  =======================================
+task   decoded with                                scored as
+=====  ==========================================  =======================================
+asr    the ``asr`` prompt                          WER (English) / CER (Mandarin) of text
+ast    the ``ast`` prompt                          BLEU of the translation
+mtl    the ``ast`` prompt, answer ``asr\\nast``      CER/WER of the transcript + BLEU
+chat   history as text, audio, ``Answer my...``    exact match of the normalised answer
+=====  ==========================================  =======================================
+
+Writes ``hyps.jsonl`` (one line per utterance), ``summary.json`` and ``summary.txt`` (a table)
+into ``--out``; the real-time factor is decoding time (features to text) over audio time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mooer.errors import ConfigError, MooerError
+from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
+from mooer.llm.prompts import build_prompt, split_mtl
+from mooer.train.data import Entry, read_audio, read_manifest
+from mooer.train.metrics import bleu, char_errors, normalize_en, word_errors
+
+PROMPT_OF_TASK = {"asr": "asr", "ast": "ast", "mtl": "ast"}
+
+
+@dataclass
+class Scored:
+    """One decoded utterance: its references, what the model said, and its edit counts."""
+
+    id: str
+    task: str
+    lang: str
+    ref: str  # the transcript (asr, mtl) or the expected answer (chat); "" for ast
+    hyp: str
+    ref_translation: str = ""  # ast, mtl
+    hyp_translation: str = ""
+    errors: int = 0  # word (en) or character (zh) edits of the transcript
+    ref_len: int = 0
+    correct: bool | None = None  # chat: the answer matches exactly
+
+
+def score_entry(entry: Entry, answer: str) -> Scored:
+    """Compare one decoded ``answer`` with the entry's references."""
+    answer = answer.strip()
+    scored = Scored(entry.id, entry.task, entry.lang, "", answer)
+    transcript = answer
+    if entry.task in ("ast", "mtl"):
+        if entry.task == "mtl":
+            transcript, translation = split_mtl(answer)
+        else:
+            translation = answer
+        scored.ref_translation, scored.hyp_translation = entry.translation, translation
+    if entry.task in ("asr", "mtl"):
+        scored.ref, scored.hyp = entry.text, transcript
+        counts = (word_errors if entry.lang == "en" else char_errors)(entry.text, transcript)
+        scored.errors, scored.ref_len = counts.errors, counts.ref_len
+    if entry.task == "chat":
+        scored.ref = entry.target
+        scored.correct = normalize_en(answer) == normalize_en(entry.target)
+    return scored
+
+
+def summarize(scored: Sequence[Scored], audio_s: float = 0.0, decode_s: float = 0.0) -> dict:
+    """Corpus scores: WER (en) and CER (zh) in %, BLEU (0..100), chat exact match in %, RTF.
+
+    A metric with no utterances to score is left out.
+    """
+    summary: dict[str, float | int] = {"utterances": len(scored)}
+    for lang, name in (("en", "wer_en"), ("zh", "cer_zh")):
+        items = [s for s in scored if s.task in ("asr", "mtl") and s.lang == lang]
+        ref_len = sum(s.ref_len for s in items)
+        if ref_len:
+            summary[name] = round(100 * sum(s.errors for s in items) / ref_len, 2)
+            summary[f"{name}_utterances"] = len(items)
+    translated = [s for s in scored if s.task in ("ast", "mtl")]
+    if translated:
+        refs = [s.ref_translation for s in translated]
+        summary["bleu_zh_en"] = round(bleu(refs, [s.hyp_translation for s in translated]), 2)
+        summary["bleu_zh_en_utterances"] = len(translated)
+    chats = [s for s in scored if s.task == "chat"]
+    if chats:
+        summary["chat_exact_match"] = round(
+            100 * sum(bool(s.correct) for s in chats) / len(chats), 2
+        )
+        summary["chat_exact_match_utterances"] = len(chats)
+    if audio_s > 0:
+        summary["audio_seconds"] = round(audio_s, 2)
+        summary["decode_seconds"] = round(decode_s, 2)
+        summary["rtf"] = round(decode_s / audio_s, 4)
+    return summary
+
+
+_LABELS = {
+    "wer_en": "English WER %",
+    "cer_zh": "Mandarin CER %",
+    "bleu_zh_en": "zh->en BLEU",
+    "chat_exact_match": "chat exact match %",
+    "rtf": "real-time factor",
+}
+
+
+def format_table(summary: dict) -> str:
+    """The summary as an aligned text table: metric, value, utterances scored."""
+    rows = [("metric", "value", "utterances")]
+    for key, label in _LABELS.items():
+        if key in summary:
+            count = summary.get(f"{key}_utterances", summary["utterances"])
+            rows.append((label, f"{summary[key]:g}", str(count)))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows)
+
+
+def prompt_parts(entry: Entry) -> tuple[str, str]:
+    """(text before the audio, text after it) of an entry's task (chat: ``conversation``)."""
+    from mooer.llm.conversation import history_prefix, question_suffix
+
+    if entry.task == "chat":
+        return history_prefix(entry.history), question_suffix()
+    if entry.task not in PROMPT_OF_TASK:
+        raise ConfigError(f"{entry.id}: unknown task {entry.task!r}")
+    return "", build_prompt(PROMPT_OF_TASK[entry.task])
+
+
+@torch.inference_mode()
+def decode(
+    model,
+    waves: Sequence[np.ndarray],
+    prefixes: Sequence[str],
+    suffixes: Sequence[str],
+    options: DecodingOptions = OFFLINE,
+) -> list[str]:
+    """Answers for a batch laid out as ``prefix text | audio | suffix text``.
+
+    The prefix embeddings are joined to the audio embeddings, so the splicing and left padding of
+    ``mooer.llm.decoding`` place both before the suffix prompt.
+    """
+    audio, lengths = model.embed(waves)  # (B, Ta, H), (B,)
+    embed = model.llm.get_input_embeddings()
+    items = []
+    for b, prefix in enumerate(prefixes):
+        ids = model.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        head = embed(torch.tensor(ids, dtype=torch.long, device=audio.device)).to(audio.dtype)
+        items.append(torch.cat([head, audio[b, : int(lengths[b])]]))  # (F_b + Ta_b, H)
+    joined = torch.nn.utils.rnn.pad_sequence(items, batch_first=True)  # (B, F + Ta, H)
+    joined_lengths = torch.tensor([len(x) for x in items], device=audio.device)
+    ids = generate_ids(model.llm, model.tokenizer, joined, joined_lengths, list(suffixes), options)
+    return [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
+
+
+def evaluate(
+    model,
+    entries: Sequence[Entry],
+    batch_size: int = 8,
+    options: DecodingOptions = OFFLINE,
+    progress: bool = False,
+) -> tuple[list[Scored], dict]:
+    """Decode and score ``entries`` -> (per-utterance results, summary)."""
+    if not entries:
+        raise ConfigError("the test set is empty")
+    waves = [read_audio(e) for e in entries]
+    audio_s = sum(len(w) for w in waves) / 16000
+    # Similar lengths together: less padding, and prefixes of similar size
+    order = sorted(range(len(entries)), key=lambda i: (entries[i].task, len(waves[i])))
+    answers: dict[int, str] = {}
+    started = time.perf_counter()
+    bar = tqdm(total=len(entries), unit="utt", disable=not progress, file=sys.stderr)
+    for first in range(0, len(order), batch_size):
+        chunk = order[first : first + batch_size]
+        parts = [prompt_parts(entries[i]) for i in chunk]
+        decoded = decode(
+            model, [waves[i] for i in chunk], [p for p, _ in parts], [s for _, s in parts], options
+        )
+        answers.update(zip(chunk, decoded))
+        bar.update(len(chunk))
+    bar.close()
+    decode_s = time.perf_counter() - started
+    scored = [score_entry(e, answers[i]) for i, e in enumerate(entries)]
+    return scored, summarize(scored, audio_s, decode_s)
+
+
+def write_report(scored: Sequence[Scored], summary: dict, out_dir: str | Path) -> Path:
+    """hyps.jsonl, summary.json and summary.txt into ``out_dir``; returns it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "hyps.jsonl").open("w", encoding="utf-8") as f:
+        for s in scored:
+            f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "summary.txt").write_text(format_table(summary) + "\n", encoding="utf-8")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mooer eval``: decode a test-set manifest and report WER/CER/BLEU/chat accuracy/RTF."""
+    from dataclasses import replace
+
+    from mooer.model import load_model
+
+    parser = argparse.ArgumentParser(prog="mooer eval", description=main.__doc__)
+    parser.add_argument("testset", help="a jsonl manifest (id, audio, task, text, ...)")
+    parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
+    parser.add_argument("--llm", help="the Qwen2 folder of an MTL-layout checkpoint")
+    parser.add_argument("--out", type=Path, help="folder for hyps.jsonl and summary.{json,txt}")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--beams", type=int, default=OFFLINE.num_beams)
+    parser.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
+    parser.add_argument("--tasks", nargs="+", help="score only these tasks")
+    parser.add_argument("--limit", type=int, help="score only the first N utterances")
+    args = parser.parse_args(argv)
+    try:
+        entries = read_manifest(args.testset)
+        if args.tasks:
+            entries = [e for e in entries if e.task in args.tasks]
+        entries = entries[: args.limit] if args.limit else entries
+        model = load_model(args.model, llm=args.llm, device=args.device)
+        options = replace(OFFLINE, num_beams=args.beams)
+        scored, summary = evaluate(model, entries, args.batch_size, options, progress=True)
+    except MooerError as err:
+        print(f"mooer eval: {err}", file=sys.stderr)
+        return 1
+    if args.out is not None:
+        write_report(scored, summary, args.out)
+    print(format_table(summary))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
