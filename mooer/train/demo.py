@@ -431,6 +431,50 @@ def _stage_eval(cfg: DemoConfig) -> None:
     eval_main(["--model", str(model), str(_manifest(cfg, "heldout")), "--out", str(model / "eval")])
 
 
+@dataclass(frozen=True)
+class Example:
+    """A bundled example recording: a held-out sentence spoken by a held-out voice."""
+
+    name: str  # examples/audio/{name}.wav
+    voice: str  # "en-us+m7", "cmn+f4": only HELDOUT_VOICES
+    task: str
+    text: str
+    translation: str = ""
+    answer: str = ""  # chat
+
+
+EXAMPLES = (
+    Example("zh_weather", "cmn+f4", "asr", "星期一会下雨", "it will rain on monday"),
+    Example("en_directions", "en-us+m7", "asr", "how do i get to the school"),
+    Example("zh_translate", "cmn+m7", "ast", "我想要一个蓝色的包", "i want a blue bag"),
+    Example("en_chat", "en-us+f4", "chat", "what is three plus two", answer="five"),
+)
+
+
+def write_examples(out_dir: str | Path, seed: int = 0) -> list[Path]:
+    """Speak ``EXAMPLES`` into ``out_dir/{name}.wav`` (clean, 16 kHz), as the corpus does."""
+    import tempfile
+
+    from mooer.train.corpus import Utterance
+    from mooer.train.synth import HELDOUT_VOICES, synthesize_corpus
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ex in EXAMPLES:
+        voices = [v for v in HELDOUT_VOICES if v.name == ex.voice]
+        if not voices:
+            raise ConfigError(f"example {ex.name}: {ex.voice} is not a held-out voice")
+        lang = voices[0].lang
+        target = ex.answer or (ex.translation if ex.task == "ast" else ex.text)
+        utt = Utterance(ex.name, lang, ex.text, ex.translation, ex.task, target)
+        with tempfile.TemporaryDirectory() as tmp:
+            synthesize_corpus([utt], tmp, voices, seed, workers=1, augmented=False)
+            shutil.copyfile(Path(tmp) / "wavs" / f"{ex.name}.wav", out / f"{ex.name}.wav")
+        written.append(out / f"{ex.name}.wav")
+    return written
+
+
 _STAGE_DONE = {
     "data": lambda c: _manifest(c, "heldout").exists(),
     "tokenizer": lambda c: (c.out / "tokenizer" / "tokenizer.json").exists(),
@@ -483,8 +527,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--install", type=Path, help="copy the exported model here at the end")
+    parser.add_argument(
+        "--write-examples", type=Path, metavar="DIR", help="only speak the example wavs into DIR"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.write_examples is not None:
+        for path in write_examples(args.write_examples, args.seed):
+            print(path)
+        return 0
     cfg = dataclasses.replace(
         defaults,
         out_dir=args.out,

@@ -1,0 +1,168 @@
+"""``mooer pseudo-label``: label unlabelled audio with a model and write a training manifest.
+
+Every input gets an ``asr`` entry whose target is the model's transcript. With ``--translate``
+the Mandarin ones also get an ``ast`` entry (same audio, the translation as target), translated
+either by the LLM in text mode from the transcript (``text``: any instruction-following LLM) or
+from the audio with the ``ast`` prompt (``speech``: models trained for speech translation, like
+the demo model, whose LLM has never read text instructions).
+
+The manifest is the one ``mooer.train.data`` reads: audio paths relative to the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from mooer.errors import ConfigError, MooerError
+from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
+from mooer.llm.prompts import build_prompt_text
+from mooer.transcribe import Result, read_inputs, transcribe
+
+TRANSLATE_MODES = ("text", "speech")
+TEXT_INSTRUCTION = "Translate the following text to english: {} "
+
+
+@dataclass
+class Label:
+    """One manifest line (the fields ``mooer.train.data.parse_entry`` reads)."""
+
+    id: str
+    audio: str  # relative to the manifest's folder
+    duration: float
+    lang: str
+    task: str
+    text: str
+    translation: str
+    target: str
+
+
+def spoken_language(text: str) -> str:
+    """ "zh" when the transcript holds CJK characters, else "en"."""
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+@torch.inference_mode()
+def translate_text(
+    model, texts: Sequence[str], options: DecodingOptions = OFFLINE, batch_size: int = 8
+) -> list[str]:
+    """English translations of ``texts`` by the LLM alone (no audio), one instruction each."""
+    out: list[str] = []
+    hidden = model.llm.config.hidden_size
+    for first in range(0, len(texts), batch_size):
+        chunk = texts[first : first + batch_size]
+        no_audio = torch.zeros(len(chunk), 0, hidden, device=model.device, dtype=model.llm_dtype)
+        lengths = torch.zeros(len(chunk), dtype=torch.long, device=model.device)
+        prompts = [build_prompt_text(TEXT_INSTRUCTION.format(t)) for t in chunk]
+        ids = generate_ids(model.llm, model.tokenizer, no_audio, lengths, prompts, options)
+        out += [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
+    return out
+
+
+def pseudo_label(
+    model,
+    inputs: Sequence[tuple[str, str]],
+    manifest: str | Path,
+    translate: str | None = None,
+    batch_size: int = 4,
+    options: DecodingOptions = OFFLINE,
+    progress: bool = False,
+) -> list[Label]:
+    """Label ``(name, audio path)`` pairs and write ``manifest`` (jsonl); returns its lines.
+
+    Inputs that cannot be read or give an empty transcript are left out (warned on stderr).
+    """
+    if translate is not None and translate not in TRANSLATE_MODES:
+        raise ConfigError(
+            f"translate must be one of {', '.join(TRANSLATE_MODES)}, got {translate!r}"
+        )
+    names = [n for n, _ in inputs]
+    paths = [p for _, p in inputs]
+    kwargs = dict(options=options, batch_size=batch_size, names=names, keep_going=True)
+    results = transcribe(model, paths, "asr", progress=progress, **kwargs)
+    kept: list[tuple[str, Result]] = []
+    for path, result in zip(paths, results):
+        if result.error or not result.text:
+            print(f"skipping {result.audio}: {result.error or 'empty transcript'}", file=sys.stderr)
+            continue
+        kept.append((path, result))
+    zh = [(p, r) for p, r in kept if spoken_language(r.text) == "zh"]
+    translations: dict[str, str] = {}
+    if translate == "text":
+        texts = translate_text(model, [r.text for _, r in zh], options, batch_size)
+        translations = {p: t for (p, _), t in zip(zh, texts)}
+    elif translate == "speech":
+        spoken = transcribe(model, [p for p, _ in zh], "ast", **{**kwargs, "names": None})
+        translations = {p: r.translation or r.text for (p, _), r in zip(zh, spoken)}
+
+    out = Path(manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels: list[Label] = []
+    for index, (path, result) in enumerate(kept):
+        audio = os.path.relpath(Path(path).resolve(), out.parent.resolve())
+        lang = spoken_language(result.text)
+        uid = Path(result.audio).stem or f"utt{index:06d}"
+        labels.append(Label(uid, audio, result.duration, lang, "asr", result.text, "", result.text))
+        translation = translations.get(path, "")
+        if translation:
+            labels.append(
+                Label(
+                    f"{uid}-ast",
+                    audio,
+                    result.duration,
+                    lang,
+                    "ast",
+                    result.text,
+                    translation,
+                    translation,
+                )
+            )
+    with out.open("w", encoding="utf-8") as f:
+        for label in labels:
+            f.write(json.dumps(asdict(label), ensure_ascii=False) + "\n")
+    return labels
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mooer pseudo-label``: transcribe (and translate) unlabelled audio into a manifest."""
+    from mooer.model import load_model
+
+    parser = argparse.ArgumentParser(prog="mooer pseudo-label", description=main.__doc__)
+    parser.add_argument("inputs", nargs="+", help="audio files, wav.scp or jsonl lists")
+    parser.add_argument("--out", required=True, type=Path, help="the manifest to write (.jsonl)")
+    parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
+    parser.add_argument("--llm", help="the Qwen2 folder of an MTL-layout checkpoint")
+    parser.add_argument(
+        "--translate",
+        choices=TRANSLATE_MODES,
+        help="add ast entries for Mandarin: from the transcript (text) or the audio (speech)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
+    args = parser.parse_args(argv)
+    try:
+        model = load_model(args.model, llm=args.llm, device=args.device)
+        labels = pseudo_label(
+            model,
+            read_inputs(args.inputs),
+            args.out,
+            args.translate,
+            args.batch_size,
+            progress=True,
+        )
+    except MooerError as err:
+        print(f"mooer pseudo-label: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(labels)} entries to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
