@@ -5,7 +5,8 @@ on a CPU or a single accelerator parallel decodes only slow each other down, and
 sessions round-robin, one step of one job at a time: a step is one decode (a partial or a
 final) or one token of a chat reply. A session that talks for long therefore delays the others
 by at most one step per turn of the round, a partial still queued is replaced by its session's
-newer one (finals are never dropped), and an utterance's final drops its queued partials.
+newer one (finals are never dropped), and an utterance's final drops its queued partials and
+jumps the round (it is what a user waits for at the end of a turn).
 
 Threads: ``on_event`` callbacks of results run on the worker thread; a server bridges them to
 its event loop with ``loop.call_soon_threadsafe``. The worker uses ``threads`` torch threads;
@@ -45,6 +46,7 @@ class Job:
     session: Session
     kind: JobKind
     steps: Iterator[None]
+    started: bool = False
 
 
 def _steps(work: Work) -> Iterator[None]:
@@ -58,6 +60,20 @@ def _call(fn: Callable[[], object]) -> Iterator[None]:
     yield from ()
 
 
+SMALL_MODEL_PARAMS = 100_000_000
+
+
+def default_threads(model: SpeechLLM) -> int:
+    """Torch threads for the worker: every core for a real model, one for a small one.
+
+    A small model's matrices are too small to split: extra threads only add synchronisation,
+    and on a busy machine they wait for one another (a fabricated model's final decode took
+    0.34 s on one thread and 6.3 s on two, on two cores shared with other work).
+    """
+    params = sum(p.numel() for p in model.parameters())
+    return 1 if params < SMALL_MODEL_PARAMS else available_cores()
+
+
 def available_cores() -> int:
     """CPU cores this process may run on."""
     try:
@@ -69,8 +85,8 @@ def available_cores() -> int:
 class Engine:
     """Owns the model and the worker; ``open`` makes sessions that share them.
 
-    ``threads``: torch intra-op threads of the worker (default: every core available; tiny
-    models on a busy machine do better with 1). ``vad_model``: default, the silero model
+    ``threads``: torch intra-op threads of the worker (default: ``default_threads``).
+    ``vad_model``: default, the silero model
     shared by the process, loaded on the first session with turn detection.
     """
 
@@ -83,7 +99,7 @@ class Engine:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"Engine threads must be an int >= 1, got {threads!r}")
         self.model = model
-        self.threads = threads or available_cores()
+        self.threads = threads or default_threads(model)
         self._vad_model = vad_model
         self._cond = threading.Condition()
         self._queues: dict[Session, deque[Job]] = {}  # sessions with queued work
@@ -215,8 +231,9 @@ class Engine:
                     if self._stopped:
                         return
                     self._cond.wait()
-                session = self._ready.popleft()
+                session = self._next_session()
                 job = self._queues[session][0]
+                job.started = True
                 self._running = job
             more = self._step(job)
             with self._cond:
@@ -229,6 +246,16 @@ class Engine:
                 else:
                     del self._queues[session]
                 self._cond.notify_all()
+
+    def _next_session(self) -> Session:
+        """The next session in the round, except that a final not yet begun goes first: the
+        end of an utterance is when a user waits; partials can wait a step."""
+        for session in self._ready:
+            head = self._queues[session][0]
+            if head.kind == "final" and not head.started:
+                self._ready.remove(session)
+                return session
+        return self._ready.popleft()
 
     def _step(self, job: Job) -> bool:
         """Run one step; False when the job is done (or failed: the session reports it)."""

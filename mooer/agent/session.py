@@ -35,10 +35,10 @@ from mooer.agent.vad import SpeechEnded, SpeechStarted, StreamingVad, VadConfig,
 from mooer.agent.vad import _stream_chunk as check_chunk
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError
-from mooer.llm.conversation import CHAT, Conversation, Reply
-from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids
+from mooer.llm.conversation import CHAT, Conversation, Generation, Reply
+from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids, splice
 from mooer.llm.prompts import build_prompt
-from mooer.transcribe import MAX_SEGMENT_S, transcribe
+from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, _read_answer, transcribe
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine
@@ -66,7 +66,7 @@ class SessionConfig:
     partial_interval_ms: int = 480  # 0: no partial results
     max_segment_s: float = 20.0
     max_context_tokens: int = 2048  # chat memory, in LLM tokens
-    partial_options: DecodingOptions = STREAMING  # greedy
+    partial_options: DecodingOptions = STREAMING  # token by token: num_beams 1
     final_options: DecodingOptions = OFFLINE
     chat_options: DecodingOptions = CHAT
     auto_response: bool = True
@@ -96,11 +96,12 @@ class SessionConfig:
         )
         for name in ("partial_options", "final_options", "chat_options"):
             _require(name, isinstance(getattr(self, name), DecodingOptions), "a DecodingOptions")
-        _require(
-            "chat_options",
-            self.chat_options.num_beams == 1,
-            "num_beams 1 (replies are generated token by token)",
-        )
+        for name in ("partial_options", "chat_options"):
+            _require(
+                name,
+                getattr(self, name).num_beams == 1,
+                "num_beams 1 (decoded token by token)",
+            )
 
 
 def _require(name: str, ok: bool, expected: str) -> None:
@@ -491,21 +492,43 @@ class Session:
 
     # -- model work (worker thread) ---------------------------------------------------------
 
-    def _decode(self, audio: np.ndarray, options: DecodingOptions) -> tuple[str | None, str | None]:
-        """(transcript, translation) of ``audio`` as the mode wants them (None: not wanted)."""
+    def _decode(
+        self, run: Callable[[str], tuple[str, str | None]]
+    ) -> tuple[str | None, str | None]:
+        """(transcript, translation) as the mode wants them (None: not wanted), where
+        ``run(task)`` gives a ``transcribe`` task's (text, translation)."""
         mode = self.config.mode
-
-        def run(task: str):
-            return transcribe(self.model, [audio], task=task, options=options)[0]
-
         if mode in ("asr", "chat"):
-            return run("asr").text, None
+            return run("asr")[0], None
         if mode == "ast":
-            return None, run("ast").translation
+            return None, run("ast")[1]
         if self._mtl:  # one decode answers "{transcript}\n{translation}"
-            both = run("mtl")
-            return both.text, both.translation
-        return run("asr").text, run("ast").translation
+            return run("mtl")
+        return run("asr")[0], run("ast")[1]
+
+    def _final_texts(self, audio: np.ndarray) -> tuple[str | None, str | None]:
+        """Exactly what offline ``transcribe()`` gives for the utterance."""
+
+        def run(task: str) -> tuple[str, str | None]:
+            result = transcribe(self.model, [audio], task, self.config.final_options)[0]
+            return result.text, result.translation
+
+        return self._decode(run)
+
+    def _partial_texts(self, audio: np.ndarray) -> tuple[str | None, str | None]:
+        """Greedy decodes token by token with a KV cache: far cheaper than ``generate()``."""
+        model = self.model
+        embeds, lengths = model.embed([audio])  # (1, Ta, H), once for every prompt
+
+        def run(task: str) -> tuple[str, str | None]:
+            prompt = build_prompt(PROMPT_OF_TASK[task])
+            inputs, _ = splice(model.llm, model.tokenizer, embeds, lengths, [prompt])  # (1, L, H)
+            generation = Generation(model.llm, model.tokenizer, inputs, self.config.partial_options)
+            for _ in generation:
+                pass
+            return _read_answer(task, generation.text, self._mtl)
+
+        return self._decode(run)
 
     def _track_of(self, item: str) -> _Track:
         if self._track is None or self._track.item_id != item:
@@ -515,7 +538,7 @@ class Session:
     def _partial(self, item: str, audio: np.ndarray) -> None:
         if item != self._item:
             return  # cleared, or ended since: its final says more
-        transcript, translation = self._decode(audio, self.config.partial_options)
+        transcript, translation = self._partial_texts(audio)
         self.stats.partials += 1
         if item != self._item:
             return
@@ -537,7 +560,7 @@ class Session:
         track = self._track_of(item)
         try:
             if self.conversation is None:
-                transcript, translation = self._decode(audio, self.config.final_options)
+                transcript, translation = self._final_texts(audio)
                 question = None
             else:
                 embeds, lengths = self.model.embed([audio])  # (1, Ta, H), (1,)

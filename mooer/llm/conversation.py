@@ -25,6 +25,8 @@ from torch import Tensor
 from transformers import (
     DynamicCache,
     LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopPLogitsWarper,
@@ -78,7 +80,7 @@ class Conversation:
         self.model = model
         self.max_context_tokens = max_context_tokens
         self.turns: list[Turn] = []
-        self._eos = token_id(model.tokenizer, IM_END)
+        token_id(model.tokenizer, IM_END)  # fail early on a tokenizer without turns
         self._system_ids = self._ids(SYSTEM_TURN)
         self._turn_ids: list[list[int]] = []  # token ids of text_turn() of each turn
         self._cache: DynamicCache | None = None
@@ -199,10 +201,7 @@ class Conversation:
         return reply.turn
 
     def _start(self, inputs_embeds: Tensor, question: str, options: DecodingOptions) -> Reply:
-        if options.num_beams != 1:
-            raise ConfigError(
-                f"a chat reply is decoded token by token: num_beams must be 1, got {options.num_beams}"
-            )
+        require_single_beam(options)  # before anything changes
         self._stop_active()
         self.sync(incoming=inputs_embeds.shape[1] + options.max_new_tokens)
         self._active = Reply(self, inputs_embeds, question, options)
@@ -212,58 +211,80 @@ class Conversation:
         if self._active is not None:
             self._active.stop()
 
-    def _finish(self, reply: Reply, interrupted: bool) -> Turn:
+    def _finish(self, reply: Reply) -> Turn:
         """Crop the cache back to the remembered prefix and remember the reply's turn."""
         assert self._cache is not None
         with torch.inference_mode():
             self._cache.crop(self.context_tokens - self._cache.get_seq_length())
         self._active = None
-        return self.append(reply.question, reply.text, interrupted)
-
-    # -- the LLM ----------------------------------------------------------------------------
+        return self.append(reply.question, reply.text, reply.interrupted)
 
     def _ids(self, text: str) -> list[int]:
         return self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _embed_ids(self, ids: list[int]) -> Tensor:
-        embed = self.model.llm.get_input_embeddings()
-        return embed(torch.tensor([ids], device=embed.weight.device))  # (1, N, H)
+        return embed_ids(self.model.llm, ids)
 
     def _forward(self, inputs_embeds: Tensor) -> Tensor:
-        """Run (1, N, H) after the cached tokens, extending the cache; logits (V,) of the last."""
         assert self._cache is not None
-        start = self._cache.get_seq_length()
-        positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
-        out = self.model.llm(
-            inputs_embeds=inputs_embeds,
-            position_ids=positions[None],  # (1, N)
-            cache=self._cache,
-            use_cache=True,
-            logits_to_keep=1,
+        return forward_cached(self.model.llm, self._cache, inputs_embeds)
+
+
+def require_single_beam(options: DecodingOptions) -> None:
+    if options.num_beams != 1:
+        raise ConfigError(
+            f"token-by-token generation needs num_beams 1, got num_beams={options.num_beams}"
         )
-        return out.logits[0, -1]  # (V,)
 
 
-class Reply:
-    """One answer being generated. Each ``next()`` runs one LLM step and gives
-    ``(token id, text delta)``; the turn is remembered when it ends (``<|im_end|>``,
-    max_new_tokens, or ``stop()``), after which ``turn`` is set."""
+def embed_ids(llm: PreTrainedModel, ids: list[int]) -> Tensor:
+    """Token ids -> their input embeddings (1, N, H)."""
+    embed = llm.get_input_embeddings()
+    return embed(torch.tensor([ids], device=embed.weight.device))
+
+
+def forward_cached(llm: PreTrainedModel, cache: DynamicCache, inputs_embeds: Tensor) -> Tensor:
+    """Run (1, N, H) after the tokens ``cache`` holds, extending it; logits (V,) of the last."""
+    start = cache.get_seq_length()
+    positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
+    out = llm(
+        inputs_embeds=inputs_embeds,
+        position_ids=positions[None],  # (1, N)
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[0, -1]  # (V,)
+
+
+class Generation:
+    """Tokens generated one LLM step at a time after what ``cache`` holds (default: nothing).
+
+    Each ``next()`` runs one step and gives ``(token id, text delta)``: the first runs
+    ``inputs_embeds`` (1, N, H), each later one the previous token. It ends at ``<|im_end|>``,
+    after ``max_new_tokens`` or at ``stop()``. Unlike ``generate()`` it can be paused between
+    tokens and stopped at once, and it costs far less per token on a CPU.
+    """
 
     def __init__(
         self,
-        conversation: Conversation,
+        llm: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         inputs_embeds: Tensor,
-        question: str,
         options: DecodingOptions,
+        cache: DynamicCache | None = None,
     ) -> None:
-        self.conversation = conversation
-        self.question = question
+        require_single_beam(options)
+        self.llm = llm
         self.options = options
+        self.cache = cache if cache is not None else DynamicCache(config=llm.config)
         self.ids: list[int] = []
-        self.turn: Turn | None = None
-        self._pending: Tensor | None = inputs_embeds  # (1, N, H) not yet run
-        self._choose = TokenChooser(options, conversation._eos)
-        self._text = TextStream(conversation.model.tokenizer)
+        self.ended = False
+        self.interrupted = False  # ended by stop()
+        self._eos = token_id(tokenizer, IM_END)
+        self._pending = inputs_embeds  # (1, N, H) not yet run
+        self._choose = TokenChooser(options, self._eos)
+        self._text = TextStream(tokenizer)
 
     @property
     def text(self) -> str:
@@ -275,28 +296,49 @@ class Reply:
 
     @torch.inference_mode()
     def __next__(self) -> tuple[int, str]:
-        if self.turn is not None:
+        if self.ended:
             raise StopIteration
         if len(self.ids) >= self.options.max_new_tokens:
             self._end(interrupted=False)
             raise StopIteration
-        assert self._pending is not None
-        logits = self.conversation._forward(self._pending)  # (V,)
+        logits = forward_cached(self.llm, self.cache, self._pending)  # (V,)
         token = self._choose(logits, self.ids)
-        if token == self.conversation._eos:
+        if token == self._eos:
             self._end(interrupted=False)
             raise StopIteration
         self.ids.append(token)
-        self._pending = self.conversation._embed_ids([token])  # (1, 1, H)
+        self._pending = embed_ids(self.llm, [token])  # (1, 1, H)
         return token, self._text.push(token)
 
     def stop(self) -> None:
-        """End the answer now (barge-in); a no-op once it has ended."""
-        if self.turn is None:
+        """End now (barge-in); a no-op once ended."""
+        if not self.ended:
             self._end(interrupted=True)
 
     def _end(self, interrupted: bool) -> None:
-        self.turn = self.conversation._finish(self, interrupted)
+        self.ended, self.interrupted = True, interrupted
+
+
+class Reply(Generation):
+    """A chat answer: a Generation after the conversation's cached prefix, whose end crops the
+    cache and remembers the turn (then ``turn`` is set)."""
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        inputs_embeds: Tensor,
+        question: str,
+        options: DecodingOptions,
+    ) -> None:
+        model = conversation.model
+        super().__init__(model.llm, model.tokenizer, inputs_embeds, options, conversation.cache)
+        self.conversation = conversation
+        self.question = question
+        self.turn: Turn | None = None
+
+    def _end(self, interrupted: bool) -> None:
+        super()._end(interrupted)
+        self.turn = self.conversation._finish(self)
 
 
 class TokenChooser:

@@ -64,6 +64,19 @@ def test_sessions_take_turns_one_step_at_a_time(engine):
     assert log == ["a0", "b0", "a1", "b1", "a2", "A0"]
 
 
+def test_a_final_goes_before_other_sessions_partials(engine):
+    a, b, c, hold = (engine.open(MANUAL) for _ in range(4))
+    log: list[str] = []
+    release = _hold(engine, hold)
+    engine.submit(a, "partial", lambda: log.append("a partial"))
+    engine.submit(b, "partial", lambda: log.append("b partial"))
+    engine.submit(c, "final", _steps(log, "c", 3))  # a final, then its reply's steps
+    release.set()
+    assert engine.wait_idle(timeout=10)
+    # Once begun, the final's later steps take their turn in the round like any other.
+    assert log == ["c0", "a partial", "b partial", "c1", "c2"]
+
+
 def test_a_newer_partial_replaces_a_queued_one_and_a_final_drops_them(engine):
     a, b = engine.open(MANUAL), engine.open(MANUAL)
     log: list[str] = []

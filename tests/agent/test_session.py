@@ -441,6 +441,7 @@ def test_a_failing_callback_does_not_stop_the_engine(engine, model, clips, segme
         ({"vad": {"threshold": 0.5}}, "vad"),
         ({"final_options": "offline"}, "final_options"),
         ({"chat_options": dataclasses.replace(CHAT, num_beams=2)}, "chat_options"),
+        ({"partial_options": OFFLINE}, "partial_options"),
     ],
 )
 def test_bad_config_names_the_field(change, field):

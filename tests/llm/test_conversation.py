@@ -18,13 +18,14 @@ from mooer.llm.conversation import (
     CHAT_INSTRUCTION,
     SYSTEM_TURN,
     Conversation,
+    Generation,
     TextStream,
     history_prefix,
     question_suffix,
     text_turn,
 )
-from mooer.llm.decoding import token_id
-from mooer.llm.prompts import IM_END, build_prompt_text
+from mooer.llm.decoding import STREAMING, generate_ids, splice, token_id
+from mooer.llm.prompts import IM_END, build_prompt, build_prompt_text
 from mooer.model import load_model
 
 SHORT = replace(CHAT, max_new_tokens=10)
@@ -216,6 +217,21 @@ def test_a_typed_question(model, questions):
     assert conversation.turns[-1].question == "typed"
 
 
+def test_a_generation_without_memory_equals_greedy_generate(model, questions):
+    """The cheap token loop that live partials use decodes as ``generate()`` does."""
+    audio = questions[1][None]  # (1, Ta, H)
+    lengths = torch.tensor([audio.shape[1]])
+    prompt = build_prompt("asr")
+    greedy = replace(STREAMING, max_new_tokens=12)
+    inputs, _ = splice(model.llm, model.tokenizer, audio, lengths, [prompt])
+    generation = Generation(model.llm, model.tokenizer, inputs, greedy)
+    tokens = [token for token, _ in generation]
+    assert generation.ended and not generation.interrupted
+    assert tokens == generate_ids(model.llm, model.tokenizer, audio, lengths, [prompt], greedy)[0]
+    with pytest.raises(ConfigError, match="needs num_beams 1"):
+        Generation(model.llm, model.tokenizer, inputs, replace(greedy, num_beams=2))
+
+
 def test_reset_forgets_everything(model, questions):
     conversation = Conversation(model)
     _answer(conversation, questions[0], "one")
@@ -260,5 +276,5 @@ def test_bad_input_is_refused(model, questions):
     conversation = Conversation(model)
     with pytest.raises(ConfigError, match=r"audio_embeds must be \(Ta, 32\)"):
         conversation.reply(questions[0][None], question="x")
-    with pytest.raises(ConfigError, match="num_beams must be 1"):
+    with pytest.raises(ConfigError, match="needs num_beams 1"):
         conversation.reply(questions[0], question="x", options=replace(SHORT, num_beams=2))
