@@ -89,12 +89,13 @@ class DemoConfig:
     )
     llm_init_std: float = 0.02  # weights of the Qwen2 trained from scratch
     adapter_hidden: int = 1024
-    ctc_steps: int = 400
+    ctc_steps: int = 1400  # about 7 epochs of 20k utterances
     ctc_lr: float = 2e-3
     ctc_frames_in_batch: int = 4000
-    llm_steps: int = 300
-    llm_lr: float = 1e-3
-    llm_frames_in_batch: int = 2000
+    llm_steps: int = 500  # about 2 epochs
+    chat_repeats: int = 2  # chat items per epoch of stage 2: facts need more sightings than words
+    llm_lr: float = 1.5e-3
+    llm_frames_in_batch: int = 3000
     masks: MaskConfig = field(default_factory=MaskConfig)
 
     @property
@@ -112,6 +113,14 @@ class CachedSet:
 
     entries: list[Entry]
     frames: list[torch.Tensor]  # (T_i, D) float16 each
+
+    def repeated(self, task: str, times: int) -> CachedSet:
+        """This set with each utterance of ``task`` ``times`` times."""
+        extra = [i for i, e in enumerate(self.entries) if e.task == task] * (times - 1)
+        return CachedSet(
+            self.entries + [self.entries[i] for i in extra],
+            self.frames + [self.frames[i] for i in extra],
+        )
 
     def batches(
         self,
@@ -228,16 +237,7 @@ def _stage_tokenizer(cfg: DemoConfig) -> None:
     from mooer.train.tokenizer import train_tokenizer
 
     entries = read_manifest(_manifest(cfg, "train"))
-    _without_unk(train_tokenizer(tokenizer_texts(entries), cfg.out / "tokenizer", cfg.vocab_size))
-
-
-def _without_unk(tokenizer_dir: Path) -> None:
-    """Say in the tokenizer config that there is no unknown token, as Qwen's own does: byte-level
-    BPE needs none, and Qwen2Tokenizer would otherwise make <|endoftext|> (the pad) the unknown."""
-    path = tokenizer_dir / "tokenizer_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["unk_token"] = None
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    train_tokenizer(tokenizer_texts(entries), cfg.out / "tokenizer", cfg.vocab_size)
 
 
 def _raw_features(paths: list[str]) -> list[np.ndarray]:
@@ -357,7 +357,6 @@ def _init_llm(cfg: DemoConfig, out: Path) -> Path:
         tokenizer_dir=cfg.out / "tokenizer",
         seed=cfg.seed,
     )
-    _without_unk(out)
     config = AutoConfig.from_pretrained(out)
     config.initializer_range = cfg.llm_init_std  # the fabricated default is for random tests
     with torch.random.fork_rng(devices=[]):
@@ -404,7 +403,7 @@ def _stage_llm(cfg: DemoConfig) -> None:
     if not cache.exists():
         encoded = _encode_set(objective, _load_set(cfg, "train", "features"))
         torch.save(encoded.frames, cache)
-    data = _load_set(cfg, "train", "encoded")
+    data = _load_set(cfg, "train", "encoded").repeated("chat", cfg.chat_repeats)
     _fit(
         train_cfg,
         objective,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
 from mooer.llm.prompts import build_prompt, split_mtl
@@ -173,7 +174,7 @@ def evaluate(
     if not entries:
         raise ConfigError("the test set is empty")
     waves = [read_audio(e) for e in entries]
-    audio_s = sum(len(w) for w in waves) / 16000
+    audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
     # Similar lengths together: less padding, and prefixes of similar size
     order = sorted(range(len(entries)), key=lambda i: (entries[i].task, len(waves[i])))
     answers: dict[int, str] = {}
