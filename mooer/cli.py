@@ -66,6 +66,38 @@ def cmd_fabricate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mooer.server.commands import serve_main
+
+    return serve_main(
+        model=args.model, llm=args.llm, variant=args.variant, device=args.device,
+        dtype=args.dtype, heads=args.heads, host=args.host, port=args.port,
+        funasr_port=args.funasr_port, api_key=args.api_key, allow_origins=args.allow_origin,
+        max_sessions=args.max_sessions, max_session_audio_s=args.max_session_audio,
+        idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
+        log_level=args.log_level,
+    )  # fmt: skip
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from mooer.server.commands import stream_main
+
+    return stream_main(args.file, server=args.server, mode=args.mode, api_key=args.api_key,
+                       realtime=args.realtime)  # fmt: skip
+
+
+def cmd_mic(args: argparse.Namespace) -> int:
+    from mooer.server.commands import mic_main
+
+    return mic_main(server=args.server, mode=args.mode, api_key=args.api_key, device=args.input)
+
+
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", default="http://127.0.0.1:8000", help="a running `mooer serve`")
+    p.add_argument("--mode", choices=["asr", "ast", "asr+ast", "chat"], default="asr")
+    p.add_argument("--api-key", help="bearer key (default: $MOOER_API_KEY)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mooer", description="LLM-based speech recognition, translation and spoken chat."
@@ -83,9 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.set_defaults(func=cmd_transcribe)
 
-    for name, module in DELEGATED.items():
+    p = sub.add_parser(
+        "serve", help="websocket + HTTP server (OpenAI Realtime, FunASR, browser page)"
+    )
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--funasr-port", type=int, help="also serve the FunASR protocol on this port")
+    p.add_argument("--api-key", help="require this bearer key (default: $MOOER_API_KEY)")
+    p.add_argument("--allow-origin", action="append", default=[], help="browser origin allowed")
+    p.add_argument("--max-sessions", type=int, default=16)
+    p.add_argument("--max-session-audio", type=float, default=3600.0, help="seconds per session")
+    p.add_argument("--idle-timeout", type=float, default=120.0, help="seconds")
+    p.add_argument("--threads", type=int, help="torch threads of the model worker")
+    p.add_argument("--beam", type=int, help="beam size of final results")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("stream", help="stream an audio file to a server, print live results")
+    p.add_argument("file")
+    _add_client_args(p)
+    p.add_argument("--realtime", action="store_true", help="send at real-time pace")
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("mic", help="live captions from the microphone through a server")
+    _add_client_args(p)
+    p.add_argument("--input", help="sounddevice input device (index or name)")
+    p.set_defaults(func=cmd_mic)
+
+    for name, (_, summary) in DELEGATED.items():
         if " " not in name:
-            sub.add_parser(name, help=f"see `mooer {name} --help` ({module})", add_help=False)
+            sub.add_parser(name, help=summary, add_help=False)
 
     p = sub.add_parser("fabricate", help="write a tiny random checkpoint in a released layout")
     p.add_argument("out", help="output folder")
@@ -98,8 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands whose module owns its arguments: ``mooer NAME ...`` calls ``module.main(rest)``.
 # ``mooer train`` also takes a sub-command (synth, demo) before falling back to CONFIG.
 DELEGATED = {
-    "train": "mooer.train.trainer",
-    "train synth": "mooer.train.synth",
+    "train": ("mooer.train.trainer", "train from a YAML config (also: train synth, train demo)"),
+    "train synth": ("mooer.train.synth", "synthesise the template speech corpus"),
+    "train demo": ("mooer.train.demo", "rebuild the bundled demo model"),
+    "eval": ("mooer.train.evaluate", "decode a test set: CER, WER, BLEU, chat accuracy, RTF"),
+    "pseudo-label": (
+        "mooer.train.pseudo_label",
+        "label audio with a model into a training manifest",
+    ),
 }
 
 
@@ -107,7 +173,7 @@ def _delegate(argv: Sequence[str]) -> tuple[str, list[str]] | None:
     for words in (2, 1):
         name = " ".join(argv[:words])
         if len(argv) >= words and name in DELEGATED:
-            return DELEGATED[name], list(argv[words:])
+            return DELEGATED[name][0], list(argv[words:])
     return None
 
 
