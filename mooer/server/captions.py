@@ -3,7 +3,7 @@
 The engine's partial transcripts may change their unstable tail; the Translation API's
 transcript deltas and FunASR's online results are appended by the client as they come. So
 only text that will not change is sent: the stable prefix while an utterance goes on, the
-rest when its final arrives. Utterances are joined with a space where both sides are words
+rest when its final arrives (the final is authoritative but what was sent stays sent). Utterances are joined with a space where both sides are words
 written with spaces (not between Chinese characters).
 """
 
@@ -47,14 +47,14 @@ class AppendOnlyText:
     def advance(self, item_id: str, text: str, final: bool = False) -> str:
         """``text`` is the utterance's settled text so far (stable prefix, or the final).
 
-        Returns what to append, '' if nothing new. Text that contradicts what was already
-        sent cannot be taken back: only its part past the sent length would be wrong, so
-        nothing is sent for it.
+        Returns what to append, '' if nothing new. Sent text cannot be taken back: when a final
+        revises it, the final's text past the length already sent is appended, so the end of
+        the utterance is not lost for a revised word.
         """
         if item_id != self._item:
             self._item, self._utterance = item_id, ""
         piece = ""
-        if text.startswith(self._utterance) and len(text) > len(self._utterance):
+        if len(text) > len(self._utterance) and (final or text.startswith(self._utterance)):
             piece = text[len(self._utterance) :]
             if not self._utterance:
                 piece = separator(self.sent, piece) + piece

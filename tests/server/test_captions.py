@@ -14,11 +14,13 @@ def test_only_settled_text_is_sent_and_the_final_completes_it():
     assert stream.current("a") == ""
 
 
-def test_text_contradicting_what_was_sent_is_not_sent():
+def test_a_final_that_revises_sent_text_still_brings_the_rest():
     stream = AppendOnlyText()
     stream.advance("a", "the cap")
-    assert stream.advance("a", "the cat sat", final=True) == ""
-    assert stream.sent == "the cap"
+    assert stream.advance("a", "the dog") == ""  # a partial never takes back sent text
+    assert stream.advance("a", "the cat sat", final=True) == " sat"
+    assert stream.sent == "the cap sat"
+    assert stream.advance("b", "ok", final=True) == " ok"
 
 
 def test_utterances_are_joined_with_spaces_between_words_only():
