@@ -84,7 +84,7 @@ class Link:
         self.hub = hub
         self.protocol_name = protocol_name
         self.loop = asyncio.get_running_loop()
-        self.outbox: asyncio.Queue[dict[str, Any] | tuple[int, str] | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[dict[str, Any] | tuple[int, str]] = asyncio.Queue()
         self.closing = False
         self.audio_s = 0.0  # received so far, all engine sessions together
         self._closed: dict[int, asyncio.Future] = {}  # by id(session): set by SessionClosed
@@ -171,9 +171,13 @@ class WireProtocol(ABC):
 
     async def finish(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
         """End the session gracefully, once however often asked: finals first, then close."""
+        self.finish_soon(reason, code)
+        await asyncio.shield(self._ending)
+
+    def finish_soon(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
+        """``finish`` from a handler that cannot wait."""
         if self._ending is None:
             self._ending = asyncio.ensure_future(self.end(reason, code))
-        await asyncio.shield(self._ending)
 
     @property
     def ending(self) -> bool:
@@ -195,10 +199,6 @@ class WireProtocol(ABC):
         """Report ``error`` and close: used for refusals."""
         self.report(error)
         self.link.close(code, error.message)
-
-    def finish_soon(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
-        """``finish`` from a handler that cannot wait."""
-        asyncio.ensure_future(self.finish(reason, code))
 
     def admit_audio(self, samples: int) -> bool:
         """Count received audio (16 kHz samples); past the allowance, report and end the session."""
@@ -253,7 +253,9 @@ async def serve_connection(
         writer.cancel()
 
 
-async def _read(websocket: WebSocket, link: Link, protocol: WireProtocol, writer) -> None:
+async def _read(
+    websocket: WebSocket, link: Link, protocol: WireProtocol, writer: asyncio.Task
+) -> None:
     limit = link.hub.config.max_message_bytes
     idle = link.hub.config.idle_timeout_s
     receive = asyncio.ensure_future(websocket.receive())
@@ -292,6 +294,15 @@ async def _read(websocket: WebSocket, link: Link, protocol: WireProtocol, writer
                 protocol.report(error)
             except MooerError as error:  # bad audio or settings found below the protocol
                 protocol.report(ProtocolError("invalid_value", str(error)))
+            except Exception as exc:  # a server bug: say so, keep the connection
+                log.exception("%s: failed to handle a message", protocol.name)
+                protocol.report(
+                    ProtocolError(
+                        "server_error",
+                        f"the server failed on this message: {type(exc).__name__}: {exc}",
+                        kind="server_error",
+                    )
+                )
             if link.closing:
                 await asyncio.wait({receive, writer}, timeout=link.hub.config.shutdown_timeout_s)
                 return

@@ -183,10 +183,10 @@ class FunasrProtocol(WireProtocol):
         session, self.session = self.session, None
         if session is not None:
             try:
-                if self.encoded:
-                    samples = load_audio(bytes(self.encoded))
+                if self.encoded:  # decode and run the VAD over a whole file off the event loop
+                    samples = await asyncio.to_thread(load_audio, bytes(self.encoded))
                     if self.admit_audio(samples.size):
-                        session.feed(samples)
+                        await asyncio.to_thread(session.feed, samples)
                 else:
                     session.feed(self.decoder.flush())
             except MooerError as exc:

@@ -18,6 +18,7 @@ each turn as a response.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,14 +50,12 @@ class _Utterance:
     start_ms: int = 0
     end_ms: int = 0
     ended_at: float | None = None  # monotonic time the turn ended (speech stopped or commit)
-    transcript: str | None = None
 
 
 @dataclass
 class _Response:
     response_id: str
     item_id: str  # the assistant message's id
-    text: str = ""
 
 
 class RealtimeProtocol(OpenAIWire):
@@ -87,6 +86,19 @@ class RealtimeProtocol(OpenAIWire):
             "conversation.item.create": self._item_create,
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
+        }
+        self.event_handlers: dict[type, Callable[[Any], None]] = {
+            ev.SpeechStarted: self._on_speech_started,
+            ev.SpeechStopped: self._on_speech_stopped,
+            ev.Committed: self._on_committed,
+            ev.TranscriptDelta: self._on_transcript_delta,
+            ev.Transcript: self._on_transcript,
+            ev.TranslationDelta: self._on_translation_delta,
+            ev.Translation: self._on_translation,
+            ev.ResponseStarted: self._on_response_started,
+            ev.ResponseTextDelta: self._on_response_text_delta,
+            ev.ResponseDone: self._on_response_done,
+            ev.Error: self._on_error,
         }
 
     def start(self) -> None:
@@ -157,14 +169,7 @@ class RealtimeProtocol(OpenAIWire):
                 "invalid_value", "item.content needs an input_text part with text", "item.content"
             )
         item_id = self.session.add_text(text)
-        added = {
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": "user",
-            "status": "completed",
-            "content": [{"type": "input_text", "text": text}],
-        }
+        added = _user_item(item_id, {"type": "input_text", "text": text})
         self.emit("conversation.item.added", previous_item_id=self.last_item_id, item=added)
         self.emit("conversation.item.done", item=added)
         self.last_item_id = item_id
@@ -193,24 +198,24 @@ class RealtimeProtocol(OpenAIWire):
     # -- engine events ---------------------------------------------------------------------
 
     def on_event(self, event: object) -> None:
-        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        handler = self.event_handlers.get(type(event))
         if handler is not None:
             handler(event)
 
-    def _on_SpeechStarted(self, e: ev.SpeechStarted) -> None:
+    def _on_speech_started(self, e: ev.SpeechStarted) -> None:
         self.items[e.item_id] = _Utterance(start_ms=e.audio_start_ms)
         self.emit(
             "input_audio_buffer.speech_started", item_id=e.item_id, audio_start_ms=e.audio_start_ms
         )
 
-    def _on_SpeechStopped(self, e: ev.SpeechStopped) -> None:
+    def _on_speech_stopped(self, e: ev.SpeechStopped) -> None:
         item = self.items.setdefault(e.item_id, _Utterance())
         item.end_ms, item.ended_at = e.audio_end_ms, time.monotonic()
         self.emit(
             "input_audio_buffer.speech_stopped", item_id=e.item_id, audio_end_ms=e.audio_end_ms
         )
 
-    def _on_Committed(self, e: ev.Committed) -> None:
+    def _on_committed(self, e: ev.Committed) -> None:
         item = self.items.setdefault(e.item_id, _Utterance())
         if item.ended_at is None:
             item.ended_at = self.commit_requested_at or time.monotonic()
@@ -222,17 +227,17 @@ class RealtimeProtocol(OpenAIWire):
         self.emit(
             "conversation.item.added",
             previous_item_id=self.last_item_id,
-            item=_user_item(e.item_id, None),
+            item=_user_item(e.item_id, {"type": "input_audio", "transcript": None}),
         )
         self.last_item_id = e.item_id
 
-    def _on_TranscriptDelta(self, e: ev.TranscriptDelta) -> None:
+    def _on_transcript_delta(self, e: ev.TranscriptDelta) -> None:
         self._transcription_delta(e.item_id, e.delta, stable_text=e.stable_text, text=e.text)
 
-    def _on_Transcript(self, e: ev.Transcript) -> None:
+    def _on_transcript(self, e: ev.Transcript) -> None:
         self._transcription_done(e.item_id, e.text)
 
-    def _on_TranslationDelta(self, e: ev.TranslationDelta) -> None:
+    def _on_translation_delta(self, e: ev.TranslationDelta) -> None:
         if self.settings.task == "ast":
             self._transcription_delta(e.item_id, e.delta)
         else:
@@ -243,7 +248,7 @@ class RealtimeProtocol(OpenAIWire):
                 delta=e.delta,
             )
 
-    def _on_Translation(self, e: ev.Translation) -> None:
+    def _on_translation(self, e: ev.Translation) -> None:
         if self.settings.task == "ast":
             self._transcription_done(e.item_id, e.text)
         else:
@@ -277,9 +282,10 @@ class RealtimeProtocol(OpenAIWire):
             transcript=text,
             usage={"type": "duration", "seconds": seconds},
         )
-        self.emit("conversation.item.done", item=_user_item(item_id, text))
+        done = _user_item(item_id, {"type": "input_audio", "transcript": text})
+        self.emit("conversation.item.done", item=done)
 
-    def _on_ResponseStarted(self, e: ev.ResponseStarted) -> None:
+    def _on_response_started(self, e: ev.ResponseStarted) -> None:
         self.response = _Response(e.response_id, new_id("item"))
         item = _assistant_item(self.response.item_id, "in_progress", "")
         self.emit("response.created", response=self._response_object("in_progress", []))
@@ -294,13 +300,12 @@ class RealtimeProtocol(OpenAIWire):
         )
         self.last_item_id = self.response.item_id
 
-    def _on_ResponseTextDelta(self, e: ev.ResponseTextDelta) -> None:
+    def _on_response_text_delta(self, e: ev.ResponseTextDelta) -> None:
         if self.response is None or e.response_id != self.response.response_id:
             return
-        self.response.text += e.delta
         self.emit("response.output_text.delta", **self._text_position(), delta=e.delta)
 
-    def _on_ResponseDone(self, e: ev.ResponseDone) -> None:
+    def _on_response_done(self, e: ev.ResponseDone) -> None:
         if self.response is None or e.response_id != self.response.response_id:
             return
         text = e.text
@@ -325,7 +330,7 @@ class RealtimeProtocol(OpenAIWire):
         self.emit("response.done", response=self._response_object(status, [item], details))
         self.response, self.cancel_requested = None, False
 
-    def _on_Error(self, e: ev.Error) -> None:
+    def _on_error(self, e: ev.Error) -> None:
         code = OPENAI_CODES.get(e.code, e.code)
         self.report(ProtocolError(code, e.message, kind=error_kind(e.code)))
 
@@ -355,14 +360,14 @@ class RealtimeProtocol(OpenAIWire):
         }
 
 
-def _user_item(item_id: str, transcript: str | None) -> dict[str, Any]:
+def _user_item(item_id: str, content: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": item_id,
         "object": "realtime.item",
         "type": "message",
         "role": "user",
         "status": "completed",
-        "content": [{"type": "input_audio", "transcript": transcript}],
+        "content": [content],
     }
 
 
