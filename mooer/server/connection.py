@@ -109,7 +109,10 @@ class Link:
         closed = self.loop.create_future()
 
         def deliver(event: Any) -> None:  # on the engine's worker thread
-            self.loop.call_soon_threadsafe(self._dispatch, on_event, event, closed)
+            try:
+                self.loop.call_soon_threadsafe(self._dispatch, on_event, event, closed)
+            except RuntimeError:  # the loop is closed: the server has stopped, no one listens
+                pass
 
         session = self.hub.engine.open(config, deliver)
         self._closed[id(session)] = closed
