@@ -1,0 +1,167 @@
+"""Speech generation on the fabricated omni LLM, taught in a few steps to answer one prompt with
+text, ``<|audio_start|>`` and audio tokens (random weights never choose those by themselves).
+
+The reference for the latents is MooER's own method: one full forward pass over the prompt and
+every generated token (``<|im_end|>`` included), hidden states at ``[audio_start, L - 6)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mooer.llm.conversation import Generation, embed_ids
+from mooer.llm.decoding import SPEECH, STREAMING, token_id
+from mooer.llm.prompts import AUDIO_START, IM_END, build_prompt
+from mooer.llm.qwen import load_llm
+from mooer.llm.speech import TAIL_DROP, SpeechGeneration
+
+AUDIO = "".join(f"<A_{i}>" for i in (3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7))
+ANSWER = f"hello there{AUDIO_START}{AUDIO}{IM_END}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def taught(fabricated):
+    """(llm, tokenizer) answering the s2s_trans prompt with ANSWER.
+
+    Trained to a mean cross-entropy < 0.005 over its 18 tokens, so each has p > 0.9 and
+    sampling with top_p 0.85 keeps only it.
+    """
+    root = fabricated("omni")
+    llm, tokenizer = load_llm(root / "llm", root / "lora")
+    prompt = _ids(tokenizer, build_prompt("s2s_trans"))
+    answer = _ids(tokenizer, ANSWER)
+    inputs = torch.tensor([prompt + answer[:-1]])  # teacher forcing
+    targets = torch.tensor(answer)
+    torch.manual_seed(0)
+    llm.requires_grad_(True)
+    optimizer = torch.optim.Adam(llm.parameters(), lr=2e-2)
+    for _ in range(60):
+        logits = llm(input_ids=inputs).logits[0, len(prompt) - 1 :]  # (A, V)
+        loss = torch.nn.functional.cross_entropy(logits, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.005:
+            break
+    llm.requires_grad_(False)
+    assert loss.item() < 0.005, "the tiny LLM did not learn its answer"
+    return llm, tokenizer
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _prompt(llm, tokenizer, task: str = "s2s_trans") -> torch.Tensor:
+    return embed_ids(llm, _ids(tokenizer, build_prompt(task)))  # (1, P, H)
+
+
+@torch.inference_mode()
+def _reference_latents(
+    llm, prompt: torch.Tensor, generated: list[int], audio_start: int
+) -> torch.Tensor:
+    """MooER's method: a full forward pass over prompt + generated, states [audio_start, -6)."""
+    tokens = embed_ids(llm, generated)  # (1, G, H)
+    out = llm(inputs_embeds=torch.cat([prompt, tokens], dim=1), output_hidden_states=True)
+    start = prompt.shape[1] + generated.index(audio_start)
+    return out.hidden_states[-1][0, start:-6].float()  # (T, H)
+
+
+def _run(generation: SpeechGeneration) -> list:
+    return list(generation)
+
+
+def test_latents_equal_a_second_full_forward(taught):
+    llm, tokenizer = taught
+    prompt = _prompt(llm, tokenizer)
+    torch.manual_seed(1)
+    generation = SpeechGeneration(llm, tokenizer, prompt, SPEECH)  # sampling, top_p 0.85
+    steps = _run(generation)
+    eos = token_id(tokenizer, IM_END)
+    assert generation.ids + [eos] == _ids(tokenizer, ANSWER)  # ended by itself, as taught
+    assert generation.text == "hello there" and not generation.interrupted
+    assert [s.token for s in steps] == generation.ids + [eos]
+    assert "".join(s.text for s in steps) == "hello there"
+
+    reference = _reference_latents(llm, prompt, generation.ids + [eos], generation.audio_start)
+    # The generation saw <|audio_start|> and every audio token fed back: 1 + audio_tokens states,
+    # TAIL_DROP more than the reference keeps.
+    assert generation.audio_tokens == 14
+    assert reference.shape == (1 + generation.audio_tokens - TAIL_DROP, llm.config.hidden_size)
+    torch.testing.assert_close(generation.latents, reference, rtol=1e-4, atol=1e-5)
+    streamed = torch.cat([s.latents for s in steps])  # what a streaming consumer received
+    torch.testing.assert_close(streamed, generation.latents, rtol=0, atol=0)
+
+
+def test_a_latent_is_released_when_the_token_six_positions_later_is_chosen(taught):
+    llm, tokenizer = taught
+    generation = SpeechGeneration(llm, tokenizer, _prompt(llm, tokenizer), STREAMING)
+    start = None  # answer index of <|audio_start|>
+    released = 0
+    for k, step in enumerate(generation):  # step k chooses the token at answer index k
+        if step.token == generation.audio_start:
+            start = k
+        released += step.latents.shape[0]
+        # latent i sits at answer index start + i; it is final once index start + i + 6 exists
+        expected = 0 if start is None else max(0, k - start - TAIL_DROP)
+        assert released == expected, f"step {k}"
+    assert released == generation.latents.shape[0] > 0
+
+
+def test_an_answer_cut_by_max_new_tokens_matches_the_reference(taught):
+    llm, tokenizer = taught
+    prompt = _prompt(llm, tokenizer)
+    options = replace(STREAMING, max_new_tokens=12)  # text (2), <|audio_start|>, 9 audio tokens
+    generation = SpeechGeneration(llm, tokenizer, prompt, options)
+    _run(generation)
+    assert len(generation.ids) == 12 and not generation.interrupted
+    # no <|im_end|> in the sequence; the last audio token was never fed back
+    reference = _reference_latents(llm, prompt, generation.ids, generation.audio_start)
+    assert reference.shape[0] == generation.audio_tokens - TAIL_DROP == 4
+    torch.testing.assert_close(generation.latents, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_should_stop_interrupts_and_drops_the_held_latents(taught):
+    llm, tokenizer = taught
+    asked = []
+
+    def stop() -> bool:
+        asked.append(True)
+        return len(asked) > 9  # nine steps run: up to the 6th audio token
+
+    generation = SpeechGeneration(
+        llm, tokenizer, _prompt(llm, tokenizer), STREAMING, should_stop=stop
+    )
+    steps = _run(generation)
+    assert len(steps) == 9 and generation.interrupted and generation.ended
+    assert generation.audio_tokens == 6
+    # states of <|audio_start|> and 5 audio tokens were collected; all but TAIL_DROP released
+    assert generation.latents.shape[0] == 1
+    assert list(generation) == []
+
+
+@pytest.mark.parametrize("options", [replace(STREAMING, max_new_tokens=15), SPEECH])
+def test_tokens_are_those_of_the_text_generation(taught, options):
+    """On a prompt it was not taught (random text), greedy and sampled tokens are unchanged."""
+    llm, tokenizer = taught
+    prompt = _prompt(llm, tokenizer, "asr")
+    options = replace(options, max_new_tokens=15)
+    torch.manual_seed(2)
+    speech = SpeechGeneration(llm, tokenizer, prompt, options)
+    _run(speech)
+    torch.manual_seed(2)
+    text = Generation(llm, tokenizer, prompt, options)
+    list(text)
+    assert speech.ids == text.ids and speech.text == text.text
+    assert not speech.speaking and speech.latents.shape == (0, llm.config.hidden_size)
