@@ -81,7 +81,8 @@ def test_2pass_gives_partials_then_each_final(server, speech, session_defaults, 
     assert not any(r["is_final"] for r in replies[:-1])
     modes = [r["mode"] for r in replies]
     assert modes[0] == "2pass-online" and set(modes) == {"2pass-online", "2pass-offline"}
-    finals = [r["text"] for r in replies if r["mode"] == "2pass-offline"]
+    # the is_final reply is empty when every final went out before is_speaking=false
+    finals = [r["text"] for r in replies if r["mode"] == "2pass-offline" and r["text"]]
     assert finals == _expected(wave, session_defaults, offline)
 
 
@@ -102,7 +103,7 @@ def test_offline_and_online_results_are_the_finals(
     if mode == "online":  # appended by the client as they come
         assert "".join(r["text"] for r in replies) == join_texts(finals)
     else:
-        assert [r["text"] for r in replies] == finals
+        assert [r["text"] for r in replies if r["text"]] == finals
 
 
 def test_own_port_whole_file_and_two_files_on_one_connection(
