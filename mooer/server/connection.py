@@ -14,13 +14,14 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from mooer.agent.events import SessionClosed
+from mooer.agent import events as ev
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import MooerError
 
@@ -88,6 +89,7 @@ class Link:
         self.closing = False
         self.audio_s = 0.0  # received so far, all engine sessions together
         self._closed: dict[int, asyncio.Future] = {}  # by id(session): set by SessionClosed
+        self._ended: dict[str, float] = {}  # item id -> when its utterance ended (monotonic)
 
     @property
     def query(self) -> dict[str, str]:
@@ -142,8 +144,19 @@ class Link:
             on_event(event)
         except Exception:  # a bug in a mapping must not take the connection's loop down
             log.exception("%s: failed to handle engine event %r", self.protocol_name, event)
-        if isinstance(event, SessionClosed) and not closed.done():
+        self._time(event)
+        if isinstance(event, ev.SessionClosed) and not closed.done():
             closed.set_result(None)
+
+    def _time(self, event: Any) -> None:
+        """End of utterance (speech stopped or commit) to its first final, for the metrics."""
+        if isinstance(event, ev.SpeechStopped | ev.Committed):
+            self._ended.setdefault(event.item_id, time.monotonic())
+        elif isinstance(event, ev.Transcript | ev.Translation):
+            ended = self._ended.pop(event.item_id, None)
+            if ended is not None:
+                latency = time.monotonic() - ended
+                self.hub.metrics.final_latency.observe(latency, protocol=self.protocol_name)
 
 
 class WireProtocol(ABC):

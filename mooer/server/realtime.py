@@ -17,7 +17,6 @@ each turn as a response.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +48,6 @@ class _Utterance:
 
     start_ms: int = 0
     end_ms: int = 0
-    ended_at: float | None = None  # monotonic time the turn ended (speech stopped or commit)
 
 
 @dataclass
@@ -72,7 +70,7 @@ class RealtimeProtocol(OpenAIWire):
         super().__init__(link, self.settings.format)
         self.session_id = new_id("sess")
         self.commit_mark = 0  # samples_fed at the last commit or clear
-        self.commit_requested_at: float | None = None
+        self.committed_ms = 0  # audio the last client commit covered
         self.items: dict[str, _Utterance] = {}
         self.last_item_id: str | None = None
         self.response: _Response | None = None
@@ -133,7 +131,7 @@ class RealtimeProtocol(OpenAIWire):
                 f"but the buffer only has {pending * 1000 // SAMPLE_RATE} ms",
             )
         self.commit_mark = self.samples_fed
-        self.commit_requested_at = time.monotonic()
+        self.committed_ms = pending * 1000 // SAMPLE_RATE
         self.session.commit()
 
     def _clear(self, event: dict[str, Any]) -> None:
@@ -209,17 +207,14 @@ class RealtimeProtocol(OpenAIWire):
         )
 
     def _on_speech_stopped(self, e: ev.SpeechStopped) -> None:
-        item = self.items.setdefault(e.item_id, _Utterance())
-        item.end_ms, item.ended_at = e.audio_end_ms, time.monotonic()
+        self.items.setdefault(e.item_id, _Utterance()).end_ms = e.audio_end_ms
         self.emit(
             "input_audio_buffer.speech_stopped", item_id=e.item_id, audio_end_ms=e.audio_end_ms
         )
 
     def _on_committed(self, e: ev.Committed) -> None:
-        item = self.items.setdefault(e.item_id, _Utterance())
-        if item.ended_at is None:
-            item.ended_at = self.commit_requested_at or time.monotonic()
-        self.commit_requested_at = None
+        # A manual turn has no speech_started: its length is what the commit covered.
+        self.items.setdefault(e.item_id, _Utterance(0, self.committed_ms))
         self.commit_mark = self.samples_fed
         self.emit(
             "input_audio_buffer.committed", item_id=e.item_id, previous_item_id=self.last_item_id
@@ -270,10 +265,6 @@ class RealtimeProtocol(OpenAIWire):
 
     def _transcription_done(self, item_id: str, text: str) -> None:
         item = self.items.pop(item_id, _Utterance())
-        if item.ended_at is not None:
-            self.link.hub.metrics.final_latency.observe(
-                time.monotonic() - item.ended_at, protocol=self.name
-            )
         seconds = max(0, item.end_ms - item.start_ms) / 1000
         self.emit(
             "conversation.item.input_audio_transcription.completed",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 
+import httpx
 import numpy as np
 import pytest
 import websockets
@@ -144,6 +146,7 @@ def test_manual_commit_final_equals_the_offline_transcript(server, offline, spee
     assert added["item"]["id"] == committed["item_id"] and added["item"]["role"] == "user"
     assert events[-1]["item_id"] == committed["item_id"]
     assert events[-1]["transcript"] == offline([wave])[0].text
+    assert events[-1]["usage"] == {"type": "duration", "seconds": len(wave) / SAMPLE_RATE}
 
 
 @pytest.mark.parametrize("task", ["ast", "asr+ast"])
@@ -352,11 +355,12 @@ def test_concurrent_sessions_all_get_their_finals(server, offline, speech):
         return await asyncio.gather(*(one(w) for w in waves))
 
     assert asyncio.run(run()) == expected
+    metrics = httpx.get(f"{server.url}/metrics").text
+    count = re.search(r'mooer_final_latency_seconds_count\{protocol="realtime"\} (\d+)', metrics)
+    assert count and int(count.group(1)) >= n
 
 
 def test_abrupt_disconnects_leave_the_server_serving(server, speech):
-    import httpx
-
     async def run():
         for _ in range(3):
             client = await _connect(server)
