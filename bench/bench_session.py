@@ -41,6 +41,7 @@ TICK = CHUNK / SAMPLE_RATE  # 20 ms
 class Outcome:
     sessions: int
     latencies: list[float]
+    replies: list[float]  # chat: end of utterance -> first reply text
     partials: int
     skipped: int
     drain_s: float  # from the last chunk fed to the last SessionClosed
@@ -49,8 +50,9 @@ class Outcome:
     def keeps_up(self, max_latency: float) -> bool:
         return bool(self.latencies) and self.p(95) <= max_latency
 
-    def p(self, q: float) -> float:
-        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+    def p(self, q: float, of: str = "latencies") -> float:
+        values = getattr(self, of)
+        return float(np.percentile(values, q)) if values else float("nan")
 
 
 def run(model, config: SessionConfig, streams: list[np.ndarray], threads: int) -> Outcome:
@@ -76,6 +78,7 @@ def run(model, config: SessionConfig, streams: list[np.ndarray], threads: int) -
     return Outcome(
         sessions=len(sessions),
         latencies=[x for s in sessions for x in s.stats.final_latency_s],
+        replies=[x for s in sessions for x in s.stats.reply_latency_s],
         partials=sum(s.stats.partials for s in sessions),
         skipped=sum(s.stats.partials_skipped for s in sessions),
         drain_s=drain,
@@ -133,7 +136,7 @@ def main() -> None:
     )
     header = (
         f"{'sessions':>8} {'finals':>6} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} "
-        f"{'partials':>8} {'skipped':>7} {'drain s':>7} {'lag ms':>6}  keeps up"
+        f"{'partials':>8} {'skipped':>7} {'drain s':>7} {'lag ms':>6} {'reply p50':>9}  keeps up"
     )
     print(header)
     best = 0
@@ -145,7 +148,8 @@ def main() -> None:
         print(
             f"{count:>8} {len(out.latencies):>6} {out.p(50) * 1e3:>7.0f} {out.p(95) * 1e3:>7.0f} "
             f"{max(out.latencies, default=float('nan')) * 1e3:>7.0f} {out.partials:>8} "
-            f"{out.skipped:>7} {out.drain_s:>7.2f} {out.feeder_lag_s * 1e3:>6.0f}  "
+            f"{out.skipped:>7} {out.drain_s:>7.2f} {out.feeder_lag_s * 1e3:>6.0f} "
+            f"{out.p(50, 'replies') * 1e3:>9.0f}  "
             f"{'yes' if ok else 'no'}"
         )
     print(f"real-time sessions kept up with (p95 <= {args.max_latency:.1f} s): {best}")

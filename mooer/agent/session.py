@@ -131,6 +131,8 @@ class SessionStats:
     errors: int = 0
     final_latency_s: list[float] = field(default_factory=list)
     """From the end of each utterance (endpoint or commit) to its final result being sent."""
+    reply_latency_s: list[float] = field(default_factory=list)
+    """Chat: from the end of the utterance (or create_response) to the reply's first text."""
 
 
 # -- stable partial text ----------------------------------------------------------------------
@@ -354,7 +356,8 @@ class Session:
         with self._lock:
             self._check_open("create_response")
             response = self._new_response()
-            self.engine.submit(self, "response", self._respond_to_pending(response))
+            asked = time.perf_counter()
+            self.engine.submit(self, "response", self._respond_to_pending(response, asked))
             return response.response_id
 
     def cancel_response(self) -> bool:
@@ -591,20 +594,20 @@ class Session:
                 if response is None:
                     self._await_reply(question)
                 else:
-                    yield from self._respond(response, question)
+                    yield from self._respond(response, question, endpoint)
         finally:
             if response is not None:
                 self._retire(response)  # never started (a failure above): nothing was sent
 
-    def _respond_to_pending(self, response: _Response) -> Iterator[None]:
+    def _respond_to_pending(self, response: _Response, asked: float) -> Iterator[None]:
         question, self._unanswered = self._unanswered, None
         if question is None:
             self._retire(response)
             self._emit(ev.Error("no_input", f"session {self.id}: no user turn to answer"))
             return
-        yield from self._respond(response, question)
+        yield from self._respond(response, question, asked)
 
-    def _respond(self, response: _Response, question: _UserTurn) -> Iterator[None]:
+    def _respond(self, response: _Response, question: _UserTurn, since: float) -> Iterator[None]:
         """Generate the reply one token per step; stop when cancelled."""
         assert self.conversation is not None
         self._emit(ev.ResponseStarted(response.response_id, question.item_id))
@@ -627,6 +630,8 @@ class Session:
                 if step is None:
                     break
                 if step[1]:
+                    if reply.text == step[1]:  # the reply's first text
+                        self.stats.reply_latency_s.append(time.perf_counter() - since)
                     self._emit(ev.ResponseTextDelta(response.response_id, step[1]))
                 yield  # other sessions' work may run here
             if reply is not None:

@@ -287,6 +287,7 @@ def test_chat_two_turns_remember_the_first(engine, model, clips, segments):
     transcripts = recorder.of(ev.Transcript)
     done = recorder.of(ev.ResponseDone)
     assert [d.status for d in done] == ["completed", "completed"]
+    assert len(session.stats.reply_latency_s) == sum(1 for d in done if d.text)
     assert [e.item_id for e in recorder.of(ev.ResponseStarted)] == [t.item_id for t in transcripts]
     for response in done:
         deltas = [
