@@ -8,9 +8,11 @@ by at most one step per turn of the round, a partial still queued is replaced by
 newer one (finals are never dropped), and an utterance's final drops its queued partials and
 jumps the round (it is what a user waits for at the end of a turn).
 
-Threads: ``on_event`` callbacks of results run on the worker thread; a server bridges them to
-its event loop with ``loop.call_soon_threadsafe``. The worker uses ``threads`` torch threads;
-the VAD inside ``Session.feed`` runs on one thread of the caller's (see ``VadModel``).
+Threads: ``on_event`` runs on the worker thread for results (transcripts, translations,
+replies) and on the caller's thread for what ``feed``/``commit``/``close`` find at once (speech
+started/stopped, committed), never concurrently for one session; a server bridges both to its
+event loop with ``loop.call_soon_threadsafe``. The worker uses ``threads`` torch threads; the
+VAD inside ``Session.feed`` runs on one torch thread of the caller's (see ``VadModel``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mooer.agent.events import Event
 from mooer.agent.session import Session, SessionConfig
 from mooer.agent.vad import VadModel, shared_vad_model
 from mooer.errors import ConfigError
+from mooer.llm.conversation import turn_end_id
 from mooer.model import SpeechLLM
 
 log = logging.getLogger(__name__)
@@ -86,8 +89,8 @@ class Engine:
     """Owns the model and the worker; ``open`` makes sessions that share them.
 
     ``threads``: torch intra-op threads of the worker (default: ``default_threads``).
-    ``vad_model``: default, the silero model
-    shared by the process, loaded on the first session with turn detection.
+    ``vad_model``: default, the silero model shared by the process, loaded on the first
+    session with turn detection.
     """
 
     def __init__(
@@ -96,11 +99,14 @@ class Engine:
         threads: int | None = None,
         vad_model: VadModel | None = None,
     ) -> None:
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
             raise ConfigError(f"Engine threads must be an int >= 1, got {threads!r}")
         self.model = model
         self.threads = threads or default_threads(model)
         self._vad_model = vad_model
+        turn_end_id(model.tokenizer)  # slow the first time: not in a session's open()
         self._cond = threading.Condition()
         self._queues: dict[Session, deque[Job]] = {}  # sessions with queued work
         self._ready: deque[Session] = deque()  # of those, the ones waiting their turn, in order

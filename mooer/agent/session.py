@@ -632,7 +632,7 @@ class Session:
                 if step[1]:
                     if reply.text == step[1]:  # the reply's first text
                         self.stats.reply_latency_s.append(time.perf_counter() - since)
-                    self._emit(ev.ResponseTextDelta(response.response_id, step[1]))
+                    self._reply_text(response, step[1])
                 yield  # other sessions' work may run here
             if reply is not None:
                 reply.stop()
@@ -649,6 +649,10 @@ class Session:
                 self.stats.responses_cancelled += 1
             text = reply.text if reply is not None else ""
             self._emit(ev.ResponseDone(response.response_id, text, status))
+
+    def _reply_text(self, response: _Response, delta: str) -> None:
+        """Reply text as it comes; speech output hooks in here (sentences to a TTS backend)."""
+        self._emit(ev.ResponseTextDelta(response.response_id, delta))
 
     def _retire(self, response: _Response) -> None:
         with self._lock:
