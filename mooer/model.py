@@ -8,7 +8,11 @@ in ``mooer.transcribe``.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +25,32 @@ from mooer.asr.encoder import SANMEncoder, load_encoder
 from mooer.asr.frontend import Cmvn, Frontend
 from mooer.audio import SAMPLE_RATE
 from mooer.devices import resolve_device, resolve_dtype
-from mooer.errors import CheckpointError
+from mooer.errors import AudioError, CheckpointError
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
 from mooer.llm.qwen import load_llm
+from mooer.tts.hifigan import HifiganGenerator, load_generator
+from mooer.tts.speaker_encoder import (
+    ResNetSpeakerEncoder,
+    load_speaker_encoder,
+    speaker_embedding_from_file,
+)
 
 # Shorter inputs are padded with silence: the adapter needs at least one 120 ms token.
 MIN_SAMPLES = SAMPLE_RATE // 5  # 0.2 s
 
 DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"
+MAX_CACHED_VOICES = 16  # speaker vectors kept per model, the least recently used dropped first
+
+
+@dataclass
+class _SpeechHead:
+    """The speech head's parts, loaded on first use, and the speaker vectors computed so far."""
+
+    generator: HifiganGenerator | None = None
+    speaker_encoder: ResNetSpeakerEncoder | None = None
+    # (path, mtime_ns, size) -> (1, 512, 1): an edited prompt.wav gets a new vector
+    voices: OrderedDict[tuple[str, int, int], torch.Tensor] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class SpeechLLM(nn.Module):
@@ -50,6 +72,7 @@ class SpeechLLM(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.paths = paths
+        self._speech_head = _SpeechHead()  # a plain object: not part of the state dict
         hidden = llm.config.hidden_size
         if adapter.linear2.out_features != hidden:
             raise CheckpointError(
@@ -92,6 +115,60 @@ class SpeechLLM(nn.Module):
         embeds, lengths = self.embed(waves)
         ids = generate_ids(self.llm, self.tokenizer, embeds, lengths, list(prompts), options)
         return [self.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
+
+    # --- speech output (omni and S2ST checkpoints) ---------------------------------------------
+
+    @property
+    def has_speech_head(self) -> bool:
+        """Whether the checkpoint has a HiFi-GAN head (``g_*`` and ``spk_*``) to speak with."""
+        return self.paths is not None and self.paths.has_speech_head
+
+    def speech_generator(self) -> HifiganGenerator:
+        """The checkpoint's HiFi-GAN generator (fp32, on the model's device), loaded on first use."""
+        head = self._speech_head
+        with head.lock:
+            if head.generator is None:
+                head.generator = load_generator(self._head_path("generator")).to(self.device)
+            return head.generator
+
+    def speaker_vector(self, voice: str | os.PathLike | None = None) -> torch.Tensor:
+        """The (1, 512, 1) speaker vector of ``voice`` (a recording), default ``prompt.wav``.
+
+        Cached per file; a file changed on disk since is read again.
+        """
+        if voice is None:
+            if self.paths is None or self.paths.prompt_wav is None:
+                raise CheckpointError(
+                    "the checkpoint has no prompt.wav to take its voice from: pass a voice recording"
+                )
+            voice = self.paths.prompt_wav
+        path = Path(voice).expanduser().resolve()
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise AudioError(f"voice recording not found: {path}") from exc
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        head = self._speech_head
+        with head.lock:
+            if key not in head.voices:
+                if head.speaker_encoder is None:
+                    encoder = load_speaker_encoder(self._head_path("speaker_encoder"))
+                    head.speaker_encoder = encoder.to(self.device)
+                head.voices[key] = speaker_embedding_from_file(head.speaker_encoder, path)
+                while len(head.voices) > MAX_CACHED_VOICES:
+                    head.voices.popitem(last=False)
+            head.voices.move_to_end(key)
+            return head.voices[key]
+
+    def _head_path(self, part: str) -> Path:
+        path = getattr(self.paths, part, None) if self.paths is not None else None
+        if path is None:
+            where = self.paths.root if self.paths is not None else "this model"
+            raise CheckpointError(
+                f"{where} has no speech head (g_* generator and spk_* speaker encoder files): "
+                "only the omni and S2ST checkpoints speak by themselves"
+            )
+        return path
 
 
 def load_model(

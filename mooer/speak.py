@@ -1,0 +1,490 @@
+"""Speech out: speech-to-speech translation (S2ST), spoken answers, and text-to-speech.
+
+Two ways to speak, chosen by the checkpoint:
+
+==============  ===========================================  ==================================
+model           s2s_trans                                    s2s_chat
+==============  ===========================================  ==================================
+speech head     released ``s2s_trans`` prompt; text, then    released ``s2s_chat`` prompt, the
+(omni, S2ST)    ``<|audio_start|>``: latents -> HiFi-GAN     same way
+no head (MTL,   ``ast`` prompt -> English text -> TTS        the chat layout of
+demo model)     backend (espeak-ng default)                  ``mooer.llm.conversation`` -> TTS
+==============  ===========================================  ==================================
+
+Both stream: text deltas as the LLM writes them, audio as soon as it is final (HiFi-GAN: every
+few latent frames; TTS: every finished sentence). The text is always returned beside the audio.
+Audio is float32 mono in [-1, 1], at the source's rate (22050 Hz for both) unless another rate is
+asked for; the conversion is streamed, so chunks join without seams.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from mooer.audio import SAMPLE_RATE, load_audio, to_mono_16k
+from mooer.errors import ConfigError
+from mooer.llm.conversation import CHAT, Conversation, Generation, require_single_beam
+from mooer.llm.decoding import SPEECH, STREAMING, DecodingOptions, splice
+from mooer.llm.prompts import build_prompt
+from mooer.llm.speech import SpeechGeneration
+from mooer.model import SpeechLLM
+from mooer.transcribe import split_long
+from mooer.tts.backend import (
+    EspeakBackend,
+    TTSBackend,
+    float_to_pcm16,
+    load_backend,
+    resample_pcm16,
+    split_sentences,
+)
+from mooer.tts.vocoder import StreamingVocoder
+
+TASKS = ("s2s_trans", "s2s_chat")
+TRANSLATION = STREAMING  # greedy text for the cascade's translation (token by token)
+
+
+def _silence() -> np.ndarray:
+    return np.zeros(0, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    """A piece of a spoken answer: new text, new audio, or both."""
+
+    text: str = ""  # append to the text so far
+    audio: np.ndarray = field(default_factory=_silence)  # (N,) float32 in [-1, 1]
+    sample_rate: int = 22050
+
+
+@dataclass
+class SpeechResult:
+    """A whole spoken answer."""
+
+    text: str
+    audio: np.ndarray  # (N,) float32 in [-1, 1]
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def pcm16(self) -> np.ndarray:
+        return float_to_pcm16(self.audio)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write 16-bit PCM: a wav, or any format soundfile knows from the suffix."""
+        _write_pcm16(path, self.pcm16(), self.sample_rate)
+
+
+class SpeechStream:
+    """A spoken answer as it is made. Iterate it for ``SpeechChunk`` s; ``sample_rate`` is known
+    before the first chunk, ``text`` grows as they pass. ``close()`` abandons it."""
+
+    def __init__(self, chunks: Iterator[SpeechChunk], sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.text = ""
+        self._chunks = chunks
+
+    def __iter__(self) -> SpeechStream:
+        return self
+
+    def __next__(self) -> SpeechChunk:
+        chunk = next(self._chunks)
+        self.text += chunk.text
+        return chunk
+
+    def close(self) -> None:
+        self._chunks.close()  # type: ignore[attr-defined]  # a generator
+
+    def collect(self) -> SpeechResult:
+        """Run to the end; the whole answer."""
+        audio = [chunk.audio for chunk in self]
+        whole = np.concatenate(audio) if audio else _silence()
+        return SpeechResult(self.text, whole, self.sample_rate)
+
+
+class _Resampler:
+    """Streaming rate conversion: chunks converted one by one equal the whole converted at once."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self.to_rate = to_rate
+        self._stream = None
+        if from_rate != to_rate:
+            self._stream = soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32")
+
+    def push(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None or (audio.size == 0 and not last):
+            return audio
+        return self._stream.resample_chunk(np.ascontiguousarray(audio, np.float32), last=last)
+
+
+class _Deltas:
+    """A growing text -> what each version adds; a text that was rewritten adds nothing."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def push(self, text: str) -> str:
+        if not text.startswith(self.text):
+            return ""
+        delta, self.text = text[len(self.text) :], text
+        return delta
+
+
+class _Translation:
+    """The English part of a growing ``ast`` answer, append-only.
+
+    MTL models answer ``"{transcript}\\n{translation}"`` (the demo model gives either form), so a
+    first line that is surely a transcript (an MTL variant's, or Mandarin text) is held back and
+    skipped when its newline comes; otherwise the answer is the translation from its first word.
+    """
+
+    def __init__(self, mtl: bool) -> None:
+        self.mtl = mtl
+        self.whole: bool | None = None  # decided: whole answer (True) or after the newline
+
+    def of(self, answer: str, done: bool) -> str:
+        head, newline, rest = answer.partition("\n")
+        if self.whole is None:
+            if newline and (self.mtl or _has_cjk(head)):
+                self.whole = False
+            elif head and not self.mtl and not _has_cjk(head):
+                self.whole = True
+            elif done:
+                # no newline: an MTL answer has no translation (as transcribe reads it)
+                return "" if self.mtl else answer
+            else:
+                return ""
+        return answer if self.whole else rest.strip()
+
+
+class _SentenceSpeaker:
+    """Speaks a growing text with a TTS backend, each sentence once the next one has begun."""
+
+    def __init__(self, backend: TTSBackend, language: str | None, voice: str | None) -> None:
+        self.backend = backend
+        self.language = language  # None: per sentence, Mandarin if it holds CJK
+        self.voice = voice
+        self.spoken = 0  # sentences synthesised
+
+    def feed(self, text: str, done: bool) -> Iterator[np.ndarray]:
+        """float32 audio at the backend's rate of the sentences finished since the last call."""
+        sentences = split_sentences(text)
+        ready = sentences if done else sentences[:-1]
+        for sentence in ready[self.spoken :]:
+            self.spoken += 1
+            language = self.language or ("zh" if _has_cjk(sentence) else "en")
+            for pcm in self.backend.stream(sentence, language, self.voice):
+                yield pcm.astype(np.float32) / 32768.0
+
+
+def _write_pcm16(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sf.write(os.fspath(path), pcm, sample_rate, subtype="PCM_16")
+    except (sf.SoundFileError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot write audio to {os.fspath(path)}: {exc}") from exc
+
+
+def _has_cjk(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def _as_samples(samples: np.ndarray | str | os.PathLike) -> np.ndarray:
+    if isinstance(samples, (str, os.PathLike)):
+        return load_audio(samples)
+    return to_mono_16k(samples, SAMPLE_RATE)
+
+
+def _resolve_backend(backend: TTSBackend | str | None) -> TTSBackend:
+    if backend is None:
+        return EspeakBackend()
+    if isinstance(backend, str):
+        return load_backend(backend)
+    return backend
+
+
+def _check_rate(sample_rate: int | None) -> None:
+    if sample_rate is not None and (
+        isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 8000
+    ):
+        raise ConfigError(f"output sample_rate must be an integer >= 8000 Hz, got {sample_rate!r}")
+
+
+def speech_to_speech(
+    model: SpeechLLM,
+    samples: np.ndarray | str | os.PathLike,
+    task: str = "s2s_trans",
+    options: DecodingOptions | None = None,
+    voice: str | os.PathLike | None = None,
+    backend: TTSBackend | str | None = None,
+    sample_rate: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SpeechStream:
+    """Translate speech into English speech (``s2s_trans``) or answer it aloud (``s2s_chat``).
+
+    ``samples``: 16 kHz mono float32 (N,), or an audio file. ``options`` default to ``SPEECH``
+    (sampling, top_p 0.85) with a speech head, else greedy text (``TRANSLATION`` / ``CHAT``);
+    beams are not possible token by token. ``voice``: with a speech head a recording whose voice
+    is used (default the checkpoint's ``prompt.wav``), else a voice of the backend (espeak-ng:
+    ``m1``..``m8``, ``f1``..``f5``). ``backend`` (default espeak-ng) only serves models without a
+    head. ``sample_rate``: the output rate (default the source's, 22050 Hz). ``should_stop`` is
+    asked between tokens (barge-in): True ends the answer at once.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown speech task {task!r}: expected one of {', '.join(TASKS)}")
+    _check_rate(sample_rate)
+    if options is not None:
+        require_single_beam(options)
+    wave = _as_samples(samples)
+    if model.has_speech_head:
+        generator = model.speech_generator()
+        speaker = model.speaker_vector(voice)  # (1, 512, 1)
+        rate = sample_rate or generator.cfg.sample_rate
+        vocoder = StreamingVocoder(generator, speaker)
+        chunks = _speak_natively(model, wave, task, options or SPEECH, vocoder, rate, should_stop)
+        return SpeechStream(chunks, rate)
+    if voice is not None and os.path.isfile(voice):
+        raise ConfigError(
+            f"voice {os.fspath(voice)!r} is a recording, but {_name(model)} has no speech head to "
+            "clone it with: pass a voice name of the TTS backend (espeak-ng: m1..m8, f1..f5), or "
+            "the cosyvoice backend built with prompt_wav="
+        )
+    tts = _resolve_backend(backend)
+    rate = sample_rate or tts.sample_rate
+    speaker_voice = None if voice is None else os.fspath(voice)
+    if task == "s2s_trans":
+        answers = _translations(model, wave, options or TRANSLATION)
+        chunks = _cascade(answers, tts, "en", speaker_voice, rate, should_stop)
+    else:
+        answers = _chat_reply(model, wave, options or CHAT)
+        chunks = _cascade(answers, tts, None, speaker_voice, rate, should_stop)
+    # espeak-ng checks a voice only when it speaks: check it here, where the request is made
+    tts.stream("", "en", speaker_voice)
+    return SpeechStream(chunks, rate)
+
+
+def speech_to_speech_full(
+    model: SpeechLLM,
+    samples: np.ndarray | str | os.PathLike,
+    task: str = "s2s_trans",
+    options: DecodingOptions | None = None,
+    voice: str | os.PathLike | None = None,
+    backend: TTSBackend | str | None = None,
+    sample_rate: int | None = None,
+) -> SpeechResult:
+    """``speech_to_speech`` run to the end: the whole text and audio."""
+    return speech_to_speech(model, samples, task, options, voice, backend, sample_rate).collect()
+
+
+def text_to_speech(
+    text: str,
+    language: str = "en",
+    voice: str | None = None,
+    backend: TTSBackend | str | None = None,
+    sample_rate: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Speak ``text`` (``en`` or ``zh``) with a TTS backend (default espeak-ng).
+
+    -> (N,) int16 PCM and its rate (the backend's, 22050 Hz for espeak-ng, unless ``sample_rate``
+    asks for another); empty for text with nothing to say.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"text must be a string, got {type(text).__name__}")
+    _check_rate(sample_rate)
+    tts = _resolve_backend(backend)
+    chunks = list(tts.stream(text, language, voice))
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    rate = sample_rate or tts.sample_rate
+    if rate != tts.sample_rate and pcm.size:
+        pcm = resample_pcm16(pcm, tts.sample_rate, rate)
+    return pcm, rate
+
+
+# --- the two ways to speak -----------------------------------------------------------------------
+
+
+def _name(model: SpeechLLM) -> str:
+    return str(model.paths.root) if model.paths is not None else "this model"
+
+
+def _embed(model: SpeechLLM, wave: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.inference_mode():
+        return model.embed([wave])  # (1, Ta, H), (1,)
+
+
+def _prompt_inputs(model: SpeechLLM, wave: np.ndarray, prompt_task: str) -> torch.Tensor:
+    """Audio embeddings then the released prompt: (1, L, H)."""
+    embeds, lengths = _embed(model, wave)
+    with torch.inference_mode():
+        inputs, _ = splice(model.llm, model.tokenizer, embeds, lengths, [build_prompt(prompt_task)])
+    return inputs
+
+
+def _segments(wave: np.ndarray, task: str) -> list[np.ndarray]:
+    """Translation reads long audio in pieces of at most 30 s; a question is answered whole."""
+    if task == "s2s_chat":
+        return [wave]
+    return [wave[a:b] for a, b in split_long(wave)]
+
+
+def _speak_natively(
+    model: SpeechLLM,
+    wave: np.ndarray,
+    task: str,
+    options: DecodingOptions,
+    vocoder: StreamingVocoder,
+    rate: int,
+    should_stop: Callable[[], bool] | None,
+) -> Iterator[SpeechChunk]:
+    resampler = _Resampler(vocoder.sample_rate, rate)
+    deltas = _Deltas()
+    said = ""  # text of the finished segments
+    for piece in _segments(wave, task):
+        generation = SpeechGeneration(
+            model.llm,
+            model.tokenizer,
+            _prompt_inputs(model, piece, task),
+            options,
+            should_stop=should_stop,
+        )
+        for step in generation:
+            text = deltas.push(_joined(said, generation.text))
+            audio = vocoder.push(step.latents) if step.latents.shape[0] else _silence()
+            if text or audio.size:
+                yield SpeechChunk(text, resampler.push(audio), rate)
+        if generation.interrupted:
+            vocoder.reset()
+            return
+        said = _joined(said, generation.text)
+        yield SpeechChunk("", resampler.push(vocoder.flush()), rate)
+    yield SpeechChunk("", resampler.push(_silence(), last=True), rate)
+
+
+def _translations(
+    model: SpeechLLM, wave: np.ndarray, options: DecodingOptions
+) -> Iterator[tuple[Generation, Callable[[str, bool], str]]]:
+    """Per piece of the audio: its ``ast`` answer as it is generated, and how to read it."""
+    mtl = model.paths is not None and model.paths.variant == "asr_ast_mtl"
+    for piece in _segments(wave, "s2s_trans"):
+        inputs = _prompt_inputs(model, piece, "ast")
+        yield Generation(model.llm, model.tokenizer, inputs, options), _Translation(mtl).of
+
+
+def _chat_reply(
+    model: SpeechLLM, wave: np.ndarray, options: DecodingOptions
+) -> Iterator[tuple[Generation, Callable[[str, bool], str]]]:
+    """The answer to the question in ``wave``, in the chat layout the model was trained on."""
+    embeds, lengths = _embed(model, wave)
+    # A one-turn conversation: nothing before it, nothing remembered after it.
+    reply = Conversation(model).reply(embeds[0, : int(lengths[0])], question="", options=options)
+    yield reply, lambda text, done: text
+
+
+def _cascade(
+    answers: Iterator[tuple[Generation, Callable[[str, bool], str]]],
+    tts: TTSBackend,
+    language: str | None,
+    voice: str | None,
+    rate: int,
+    should_stop: Callable[[], bool] | None,
+) -> Iterator[SpeechChunk]:
+    """Text answers generated token by token, each sentence spoken as soon as it is complete."""
+    resampler = _Resampler(tts.sample_rate, rate)
+    deltas = _Deltas()
+    said = ""  # text of the finished answers
+    for generation, read in answers:
+        speaker = _SentenceSpeaker(tts, language, voice)
+        done = False
+        while not done:
+            if should_stop is not None and should_stop():
+                generation.stop()
+                return
+            done = next(generation, None) is None
+            text = read(generation.text, done)
+            audio = [resampler.push(a) for a in speaker.feed(text, done)]
+            delta = deltas.push(_joined(said, text))
+            if delta or audio:
+                yield SpeechChunk(delta, np.concatenate(audio) if audio else _silence(), rate)
+        said = _joined(said, read(generation.text, True))
+    yield SpeechChunk("", resampler.push(_silence(), last=True), rate)
+
+
+def _joined(said: str, text: str) -> str:
+    return f"{said} {text}" if said and text else said or text
+
+
+# --- command line (wired into ``mooer`` by mooer/cli.py) -----------------------------------------
+
+
+def s2st_command(
+    audio: str,
+    out: str,
+    *,
+    model: str | None = None,
+    llm: str | None = None,
+    variant: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    heads: int = 4,
+    task: str = "s2s_trans",
+    voice: str | None = None,
+    backend: str = "espeak",
+    rate: int | None = None,
+    max_new_tokens: int | None = None,
+) -> int:
+    """``mooer s2st IN.wav -o OUT.wav``: the text is printed as it comes, the speech written."""
+    from dataclasses import replace
+
+    from mooer.model import load_model
+
+    speech_llm = load_model(
+        model, llm=llm, task="ast", variant=variant, device=device, dtype=dtype,
+        attention_heads=heads,
+    )  # fmt: skip
+    options = None
+    if max_new_tokens is not None:
+        default = SPEECH if speech_llm.has_speech_head else (TRANSLATION, CHAT)[task == "s2s_chat"]
+        options = replace(default, max_new_tokens=max_new_tokens)
+    stream = speech_to_speech(
+        speech_llm, audio, task=task, options=options, voice=voice, backend=backend,
+        sample_rate=rate,
+    )  # fmt: skip
+    audio_chunks = []
+    for chunk in stream:
+        print(chunk.text, end="", flush=True)
+        audio_chunks.append(chunk.audio)
+    print(flush=True)
+    result = SpeechResult(stream.text, np.concatenate(audio_chunks), stream.sample_rate)
+    result.save(out)
+    if not result.audio.size:
+        print(f"mooer: the model said nothing to speak: {out} is empty", file=sys.stderr)
+    return 0
+
+
+def speak_command(
+    text: str,
+    out: str,
+    *,
+    language: str = "en",
+    voice: str | None = None,
+    backend: str = "espeak",
+    rate: int | None = None,
+) -> int:
+    """``mooer speak "text" -o OUT.wav`` (text ``-``: read standard input)."""
+    if text == "-":
+        text = sys.stdin.read()
+    pcm, sample_rate = text_to_speech(text, language, voice, backend, rate)
+    if not pcm.size:
+        raise ConfigError(f"nothing to say in {text[:60]!r}: it has no letters or digits")
+    _write_pcm16(out, pcm, sample_rate)
+    return 0
