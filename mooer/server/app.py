@@ -91,6 +91,8 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self.hub.drain()
         await super().shutdown(sockets)
+        # uvicorn ends the process by re-raising the signal that stopped it: close here.
+        await asyncio.to_thread(self.hub.close)
 
 
 def _bind(host: str, port: int) -> socket.socket:

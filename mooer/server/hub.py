@@ -62,6 +62,7 @@ class Hub:
         self.metrics = metrics or Metrics()
         self.connections: set[WireProtocol] = set()
         self.draining = False
+        self._closed = False
         # Offline (HTTP) requests run one at a time beside the engine's worker thread.
         self._offline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mooer-http")
 
@@ -131,6 +132,9 @@ class Hub:
         return replace(self.session_defaults, **changes)
 
     def close(self) -> None:
-        """Stop the engine (it finishes queued finals first) and the offline worker."""
+        """Stop the engine (it finishes queued finals first) and the offline worker; once."""
+        if self._closed:
+            return
+        self._closed = True
         self.engine.close(timeout=self.config.shutdown_timeout_s)
         self._offline.shutdown(wait=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,47 @@ def test_mic_without_sounddevice_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as if not installed
     with pytest.raises(MooerError, match=r"pip install 'mooer\[mic\]'"):
         mic_main(server="http://127.0.0.1:1")
+
+
+def test_serve_main_serves_until_sigterm(fabricated, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import sys; from mooer.server.commands import serve_main; "
+        f"sys.exit(serve_main(model={str(fabricated('omni'))!r}, device='cpu', port={port}, "
+        "threads=1, log_level='warning'))"
+    )
+    repo = Path(__file__).resolve().parents[2]  # mooer importable even when not installed
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for _ in range(300):
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        assert health["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        # after a graceful shutdown uvicorn re-raises the signal, as servers conventionally do
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        log = proc.stderr.read()
+        assert f"serving http://127.0.0.1:{port}/" in log and "Traceback" not in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
