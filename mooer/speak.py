@@ -273,6 +273,28 @@ def speech_to_speech(
     return SpeechStream(chunks, rate)
 
 
+def speak_reply(
+    generation: Generation,
+    backend: TTSBackend | str | None = None,
+    language: str | None = None,
+    voice: str | None = None,
+    sample_rate: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SpeechStream:
+    """Speak a text answer while it is generated token by token (e.g. a chat ``Reply`` that
+    remembers its turn), each sentence as soon as the next one has begun.
+
+    ``language`` ``en`` or ``zh``; None picks per sentence (Mandarin where it holds Chinese).
+    """
+    _check_rate(sample_rate)
+    tts = _resolve_backend(backend)
+    tts.stream("", language or "en", voice)  # checks the language and voice now
+    rate = sample_rate or tts.sample_rate
+    return SpeechStream(
+        _cascade(iter([(generation, _as_written)]), tts, language, voice, rate, should_stop), rate
+    )
+
+
 def speech_to_speech_full(
     model: SpeechLLM,
     samples: np.ndarray | str | os.PathLike,
@@ -387,7 +409,11 @@ def _chat_reply(
     embeds, lengths = _embed(model, wave)
     # A one-turn conversation: nothing before it, nothing remembered after it.
     reply = Conversation(model).reply(embeds[0, : int(lengths[0])], question="", options=options)
-    yield reply, lambda text, done: text
+    yield reply, _as_written
+
+
+def _as_written(text: str, done: bool) -> str:
+    return text
 
 
 def _cascade(

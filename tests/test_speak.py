@@ -26,6 +26,7 @@ from mooer.speak import (
     SpeechResult,
     s2st_command,
     speak_command,
+    speak_reply,
     speech_to_speech,
     speech_to_speech_full,
     text_to_speech,
@@ -218,8 +219,36 @@ def test_chat_without_a_head_speaks_the_chat_reply(mtl):
     reply = Conversation(mtl).reply(embeds[0, : int(lengths[0])], question="", options=options)
     list(reply)
     assert result.text == reply.text != ""
-    assert " ".join(s for s, _, _ in backend.said) == " ".join(split_sentences(reply.text))
+    assert [s for s, _, _ in backend.said] == split_sentences(reply.text)
     assert len(result.audio) == sum(len(c) for c in backend.chunks) > 0
+
+
+def test_speak_reply_speaks_a_remembered_chat_turn(mtl):
+    wave = np.random.default_rng(4).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)
+    embeds, lengths = mtl.embed([wave])
+    conversation = Conversation(mtl)
+    reply = conversation.reply(
+        embeds[0, : int(lengths[0])], question="what is two plus two", options=GREEDY
+    )
+    backend = RecordingEspeak()
+    result = speak_reply(reply, backend=backend, language="en", sample_rate=16000).collect()
+    (turn,) = conversation.turns
+    assert turn.question == "what is two plus two" and turn.answer == result.text != ""
+    assert result.sample_rate == 16000 and result.audio.size > 0
+    assert {lang for _, lang, _ in backend.said} == {"en"}
+
+
+def test_barge_in_ends_the_cascade_before_its_sentence_is_spoken(mtl):
+    wave = np.random.default_rng(4).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)
+    asked = []
+    backend = RecordingEspeak()
+    stream = speech_to_speech(
+        mtl, wave, task="s2s_chat", options=GREEDY, backend=backend,
+        should_stop=lambda: asked.append(1) or len(asked) > 3,
+    )  # fmt: skip
+    chunks = list(stream)
+    assert len(asked) == 4 and stream.text  # three tokens of text
+    assert not any(c.audio.size for c in chunks) and backend.said == []
 
 
 # --- text to speech, errors and the command line -------------------------------------------------
