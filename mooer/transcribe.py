@@ -108,7 +108,8 @@ def _relative_to(listing: Path, entry: str) -> Path:
     return p if p.is_absolute() else listing.parent / p
 
 
-def _read_answer(task: str, answer: str, mtl_model: bool) -> tuple[str, str | None]:
+def read_answer(task: str, answer: str, mtl_model: bool) -> tuple[str, str | None]:
+    """The task's (main text, translation) from a raw answer; an MTL model answers "asr\\nast"."""
     if task == "asr":
         return answer, None
     if task == "mtl" or mtl_model:
@@ -188,7 +189,7 @@ def transcribe(
     bar.close()
 
     for idx, parts in answers.items():
-        read = [_read_answer(task, p, mtl_model) for p in parts]
+        read = [read_answer(task, p, mtl_model) for p in parts]
         joiner = "" if _is_cjk(" ".join(t for t, _ in read)) else " "
         results[idx].text = joiner.join(t for t, _ in read if t).strip()
         if task != "asr":

@@ -31,14 +31,20 @@ import numpy as np
 import torch
 
 from mooer.agent import events as ev
-from mooer.agent.vad import SpeechEnded, SpeechStarted, StreamingVad, VadConfig, VadEvent
-from mooer.agent.vad import _stream_chunk as check_chunk
+from mooer.agent.vad import (
+    SpeechEnded,
+    SpeechStarted,
+    StreamingVad,
+    VadConfig,
+    VadEvent,
+    check_chunk,
+)
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError
 from mooer.llm.conversation import CHAT, Conversation, Generation, Reply
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids, splice
 from mooer.llm.prompts import build_prompt
-from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, _read_answer, transcribe
+from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, read_answer, transcribe
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine
@@ -529,7 +535,7 @@ class Session:
             generation = Generation(model.llm, model.tokenizer, inputs, self.config.partial_options)
             for _ in generation:
                 pass
-            return _read_answer(task, generation.text, self._mtl)
+            return read_answer(task, generation.text, self._mtl)
 
         return self._decode(run)
 

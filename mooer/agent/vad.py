@@ -328,7 +328,7 @@ class StreamingVad:
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
         """Take float samples in [-1, 1] at 16 kHz, (N,) for any N; return the events they bring."""
         s = self.state
-        s.tape.append(_stream_chunk(samples))
+        s.tape.append(check_chunk(samples))
         events: list[VadEvent] = []
         while s.analysed + WINDOW <= s.tape.end:
             events += self._score(s.tape.window(s.analysed))
@@ -419,7 +419,8 @@ class StreamingVad:
         return min(max(first - self._pad, s.last_end), s.analysed)
 
 
-def _stream_chunk(samples: np.ndarray) -> np.ndarray:
+def check_chunk(samples: np.ndarray) -> np.ndarray:
+    """A live audio chunk as float32 (N,), or an AudioError naming what is wrong with it."""
     x = np.asarray(samples)
     if x.ndim != 1:
         raise AudioError(f"VAD input must be mono samples of shape (N,), got shape {x.shape}")

@@ -85,10 +85,11 @@ class EosBias(LogitsProcessor):
 
 def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     """The id of a token that must be a single entry of the vocabulary."""
-    vocab = tokenizer.get_vocab()  # added special tokens included
-    if token not in vocab:
+    # Round trip instead of get_vocab(): that builds a 150k-entry dict on every call.
+    found = tokenizer.convert_tokens_to_ids(token)
+    if found is None or tokenizer.convert_ids_to_tokens(int(found)) != token:
         raise CheckpointError(f"the tokenizer has no {token} token")
-    return int(vocab[token])
+    return int(found)
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
