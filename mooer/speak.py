@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +89,7 @@ class SpeechStream:
     """A spoken answer as it is made. Iterate it for ``SpeechChunk`` s; ``sample_rate`` is known
     before the first chunk, ``text`` grows as they pass. ``close()`` abandons it."""
 
-    def __init__(self, chunks: Iterator[SpeechChunk], sample_rate: int) -> None:
+    def __init__(self, chunks: Generator[SpeechChunk, None, None], sample_rate: int) -> None:
         self.sample_rate = sample_rate
         self.text = ""
         self._chunks = chunks
@@ -103,7 +103,7 @@ class SpeechStream:
         return chunk
 
     def close(self) -> None:
-        self._chunks.close()  # type: ignore[attr-defined]  # a generator
+        self._chunks.close()
 
     def collect(self) -> SpeechResult:
         """Run to the end; the whole answer."""
@@ -116,7 +116,6 @@ class _Resampler:
     """Streaming rate conversion: chunks converted one by one equal the whole converted at once."""
 
     def __init__(self, from_rate: int, to_rate: int) -> None:
-        self.to_rate = to_rate
         self._stream = None
         if from_rate != to_rate:
             self._stream = soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32")
@@ -367,7 +366,7 @@ def _speak_natively(
     vocoder: StreamingVocoder,
     rate: int,
     should_stop: Callable[[], bool] | None,
-) -> Iterator[SpeechChunk]:
+) -> Generator[SpeechChunk, None, None]:
     resampler = _Resampler(vocoder.sample_rate, rate)
     deltas = _Deltas()
     said = ""  # text of the finished segments
@@ -388,8 +387,8 @@ def _speak_natively(
             vocoder.reset()
             return
         said = _joined(said, generation.text)
-        yield SpeechChunk("", resampler.push(vocoder.flush()), rate)
-    yield SpeechChunk("", resampler.push(_silence(), last=True), rate)
+        yield from _audio_chunk(resampler.push(vocoder.flush()), rate)
+    yield from _audio_chunk(resampler.push(_silence(), last=True), rate)
 
 
 def _translations(
@@ -423,7 +422,7 @@ def _cascade(
     voice: str | None,
     rate: int,
     should_stop: Callable[[], bool] | None,
-) -> Iterator[SpeechChunk]:
+) -> Generator[SpeechChunk, None, None]:
     """Text answers generated token by token, each sentence spoken as soon as it is complete."""
     resampler = _Resampler(tts.sample_rate, rate)
     deltas = _Deltas()
@@ -442,7 +441,12 @@ def _cascade(
             if delta or audio:
                 yield SpeechChunk(delta, np.concatenate(audio) if audio else _silence(), rate)
         said = _joined(said, read(generation.text, True))
-    yield SpeechChunk("", resampler.push(_silence(), last=True), rate)
+    yield from _audio_chunk(resampler.push(_silence(), last=True), rate)
+
+
+def _audio_chunk(audio: np.ndarray, rate: int) -> Iterator[SpeechChunk]:
+    if audio.size:
+        yield SpeechChunk("", audio, rate)
 
 
 def _joined(said: str, text: str) -> str:
