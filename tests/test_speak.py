@@ -310,21 +310,40 @@ def test_result_saves_pcm16(tmp_path):
 # --- the bundled demo model: meaning, not just shapes -------------------------------------------
 
 
-@pytest.mark.skipif(
+needs_demo = pytest.mark.skipif(
     not (DEMO_MODEL_DIR / "adapter_project.pt").exists(),
     reason=f"the bundled demo model is not in {DEMO_MODEL_DIR} yet (mooer train demo builds it)",
 )
-def test_demo_round_trip_mandarin_to_english_speech_and_back():
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model(device="cpu")
+
+
+def _held_out_voice(text: str, voice: str) -> np.ndarray:
+    """``text`` spoken by a held-out voice (``cmn`` or ``en-us``) of the demo model's corpus."""
     from mooer.train.synth import HELDOUT_VOICES
 
-    model = load_model(device="cpu")
-    voice = next(v for v in HELDOUT_VOICES if v.voice == "cmn")
-    pcm = espeak.synthesize(
-        "我想要一个蓝色的包", voice.voice, voice.variant, voice.rate, voice.pitch
-    )
-    wave = resample(pcm.astype(np.float32) / 32768.0, espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
-    result = speech_to_speech_full(model, wave, sample_rate=SAMPLE_RATE)
+    spec = next(v for v in HELDOUT_VOICES if v.voice == voice)
+    pcm = espeak.synthesize(text, spec.voice, spec.variant, spec.rate, spec.pitch)
+    return resample(pcm.astype(np.float32) / 32768.0, espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
+
+
+@needs_demo
+def test_demo_round_trip_mandarin_to_english_speech_and_back(demo):
+    wave = _held_out_voice("我想要一个蓝色的包", "cmn")
+    result = speech_to_speech_full(demo, wave, sample_rate=SAMPLE_RATE)
     assert result.text == "i want a blue bag"
     assert result.sample_rate == SAMPLE_RATE and result.duration > 0.5
-    (heard,) = transcribe(model, [result.audio], task="asr")
+    (heard,) = transcribe(demo, [result.audio], task="asr")
     assert heard.text == result.text
+
+
+@needs_demo
+def test_demo_answers_a_spoken_question_aloud(demo):
+    wave = _held_out_voice("what is three plus two", "en-us")
+    result = speech_to_speech_full(demo, wave, task="s2s_chat", sample_rate=SAMPLE_RATE)
+    assert result.text == "five"
+    (heard,) = transcribe(demo, [result.audio], task="asr")
+    assert heard.text == "five"
