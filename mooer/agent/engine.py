@@ -35,6 +35,7 @@ from mooer.agent.vad import VadModel, shared_vad_model
 from mooer.errors import ConfigError
 from mooer.llm.conversation import turn_end_id
 from mooer.model import SpeechLLM
+from mooer.tts.backend import TTSBackend, load_backend
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class Engine:
         self._ready: deque[Session] = deque()  # of those, the ones waiting their turn, in order
         self._running: Job | None = None
         self._sessions: dict[str, Session] = {}
+        self._tts: dict[str, TTSBackend] = {}  # loaded once, shared by the sessions that speak
         self._session_ids = itertools.count(1)
         self._closing = False
         self._stopped = False
@@ -130,6 +132,22 @@ class Engine:
         with self._cond:
             return list(self._sessions.values())
 
+    def tts_backend(self, name: str) -> TTSBackend:
+        """The text-to-speech backend ``name``, loaded on first use and shared."""
+        with self._cond:
+            backend = self._tts.get(name)
+        if backend is None:
+            backend = load_backend(name)
+            with self._cond:
+                backend = self._tts.setdefault(name, backend)
+        return backend
+
+    def check_speech(self, config: SessionConfig) -> None:
+        """ConfigError now, not at the first reply, if ``config`` asks for speech the TTS
+        backend cannot make (an unknown backend or voice)."""
+        if config.speech_output:
+            self.tts_backend(config.tts_backend).stream("", "en", config.voice)
+
     def open(
         self,
         config: SessionConfig | None = None,
@@ -139,6 +157,7 @@ class Engine:
         config = config or SessionConfig()
         if not isinstance(config, SessionConfig):
             raise ConfigError(f"expected a SessionConfig, got {type(config).__name__}")
+        self.check_speech(config)
         with self._cond:
             if self._closing:
                 raise ConfigError("the engine is closed: no new sessions")

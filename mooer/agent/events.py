@@ -81,6 +81,16 @@ class Translation(Event):
 
 
 @dataclass(frozen=True)
+class TranslationAudioDelta(Event):
+    """Speech of a final translation (``ast`` sessions with ``speech_output``), a sentence at
+    a time: mono PCM16, little-endian, at ``sample_rate``."""
+
+    item_id: str
+    audio: bytes
+    sample_rate: int
+
+
+@dataclass(frozen=True)
 class ResponseStarted(Event):
     """A chat reply to the user turn ``item_id`` begins."""
 
@@ -94,6 +104,34 @@ class ResponseTextDelta(Event):
 
     response_id: str
     delta: str
+
+
+@dataclass(frozen=True)
+class ResponseAudioDelta(Event):
+    """Speech of the reply (sessions with ``speech_output``), a sentence at a time.
+
+    ``audio`` is mono PCM16, little-endian, at ``sample_rate``; the deltas of a response play
+    back to back. None follow an ``AudioCleared`` of the same response.
+    """
+
+    response_id: str
+    audio: bytes
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class ResponseAudioDone(Event):
+    """All the speech of a completed reply was sent (a cancelled one gets ``AudioCleared``)."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
+class AudioCleared(Event):
+    """A speaking reply was cut off (barge-in, cancel_response, reset): a player drops what it
+    holds of it at once. Its ``ResponseDone`` (cancelled) follows."""
+
+    response_id: str
 
 
 ResponseStatus = Literal["completed", "cancelled", "failed"]

@@ -44,7 +44,9 @@ from mooer.errors import ConfigError
 from mooer.llm.conversation import CHAT, Conversation, Generation, Reply
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids, splice
 from mooer.llm.prompts import build_prompt
+from mooer.speak import speak_reply, text_to_speech
 from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, read_answer, transcribe
+from mooer.tts.backend import float_to_pcm16, split_sentences
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine
@@ -64,6 +66,11 @@ class SessionConfig:
     longer speech at its quietest point; it overrides ``vad.max_segment_s``); in manual mode
     partials stop there and the final takes everything. ``auto_response``: chat replies follow
     each utterance without ``create_response()``.
+
+    ``speech_output``: chat replies are also spoken, and in ``ast`` mode final translations
+    (``ResponseAudioDelta`` / ``TranslationAudioDelta``): the text is spoken sentence by sentence
+    with the ``tts_backend`` (see ``mooer.tts.backend``) in its ``voice`` (None: its default),
+    as PCM16 at ``output_sample_rate`` (24 kHz: the OpenAI Realtime wire rate).
     """
 
     mode: str = "asr"
@@ -77,11 +84,15 @@ class SessionConfig:
     chat_options: DecodingOptions = CHAT
     auto_response: bool = True
     barge_in: bool = True  # chat: speech during a reply cancels it
+    speech_output: bool = False
+    voice: str | None = None
+    output_sample_rate: int = 24000
+    tts_backend: str = "espeak"
 
     def __post_init__(self) -> None:
         _require("mode", self.mode in MODES, f"one of {', '.join(MODES)}")
         _require("vad", isinstance(self.vad, VadConfig), "a VadConfig")
-        for name in ("turn_detection", "auto_response", "barge_in"):
+        for name in ("turn_detection", "auto_response", "barge_in", "speech_output"):
             _require(name, isinstance(getattr(self, name), bool), "True or False")
         interval = self.partial_interval_ms
         _require(
@@ -100,6 +111,13 @@ class SessionConfig:
             _is_int(self.max_context_tokens) and self.max_context_tokens >= 64,
             "an int >= 64",
         )
+        _require(
+            "output_sample_rate",
+            _is_int(self.output_sample_rate) and 8000 <= self.output_sample_rate <= 192000,
+            "an integer rate from 8000 to 192000 Hz",
+        )
+        _require("voice", self.voice is None or isinstance(self.voice, str), "a string or None")
+        _require("tts_backend", isinstance(self.tts_backend, str), "a backend name")
         for name in ("partial_options", "final_options", "chat_options"):
             _require(name, isinstance(getattr(self, name), DecodingOptions), "a DecodingOptions")
         for name in ("partial_options", "chat_options"):
@@ -218,6 +236,7 @@ class _Response:
 
     response_id: str
     cancelled: threading.Event = field(default_factory=threading.Event)
+    started: bool = False  # ResponseStarted was sent (under the emit lock)
 
 
 @dataclass(eq=False)
@@ -246,6 +265,14 @@ def _language(text: str) -> str | None:
     if _UNIT_CHAR.search(text):
         return "zh"
     return "en" if text else None
+
+
+_NO_AUDIO = np.zeros(0, dtype=np.float32)
+
+
+def _pcm_bytes(pcm: np.ndarray) -> bytes:
+    """(N,) int16 -> little-endian PCM16 bytes, as every wire format here carries them."""
+    return pcm.astype("<i2").tobytes()
 
 
 def _ms(samples: int) -> int:
@@ -430,6 +457,11 @@ class Session:
         live = [r for r in self._responses if not r.cancelled.is_set()]
         for response in live:
             response.cancelled.set()
+            if self.config.speech_output:
+                # After set(): no audio delta of this response can follow the cleared event.
+                with self._emit_lock:
+                    if response.started and not self._muted:
+                        self._call(ev.AudioCleared(response.response_id))
         return bool(live)
 
     def _buffer_audio(self, chunk: np.ndarray) -> None:
@@ -596,6 +628,8 @@ class Session:
                 self._emit(ev.Translation(item, translation))
             self.stats.finals += 1
             self.stats.final_latency_s.append(time.perf_counter() - endpoint)
+            if translation and self.config.speech_output:
+                yield from self._speak_translation(item, translation)
             if question is not None:
                 if response is None:
                     self._await_reply(question)
@@ -616,7 +650,10 @@ class Session:
     def _respond(self, response: _Response, question: _UserTurn, since: float) -> Iterator[None]:
         """Generate the reply one token per step; stop when cancelled."""
         assert self.conversation is not None
-        self._emit(ev.ResponseStarted(response.response_id, question.item_id))
+        with self._emit_lock:
+            response.started = True  # from now on a cancel clears its audio
+            if not self._muted:
+                self._call(ev.ResponseStarted(response.response_id, question.item_id))
         self.stats.responses += 1
         reply: Reply | None = None
         status: ev.ResponseStatus = "cancelled"
@@ -631,19 +668,20 @@ class Session:
                     question=question.question,
                     options=self.config.chat_options,
                 )
-            while reply is not None and not response.cancelled.is_set():
-                step = next(reply, None)
-                if step is None:
-                    break
-                if step[1]:
-                    if reply.text == step[1]:  # the reply's first text
-                        self.stats.reply_latency_s.append(time.perf_counter() - since)
-                    self._reply_text(response, step[1])
-                yield  # other sessions' work may run here
             if reply is not None:
+                for text, audio in self._reply_pieces(response, reply):
+                    if text:
+                        if reply.text == text:  # the reply's first text
+                            self.stats.reply_latency_s.append(time.perf_counter() - since)
+                        self._emit(ev.ResponseTextDelta(response.response_id, text))
+                    if audio.size:
+                        self._emit_audio(response, audio)
+                    yield  # other sessions' work may run here
                 reply.stop()
                 assert reply.turn is not None
                 status = "cancelled" if reply.turn.interrupted else "completed"
+                if status == "completed" and self.config.speech_output:
+                    self._emit(ev.ResponseAudioDone(response.response_id))
         except Exception as exc:  # the Error says why; the session goes on
             status = "failed"
             self.report_error(exc)
@@ -656,9 +694,47 @@ class Session:
             text = reply.text if reply is not None else ""
             self._emit(ev.ResponseDone(response.response_id, text, status))
 
-    def _reply_text(self, response: _Response, delta: str) -> None:
-        """Reply text as it comes; speech output hooks in here (sentences to a TTS backend)."""
-        self._emit(ev.ResponseTextDelta(response.response_id, delta))
+    def _reply_pieces(self, response: _Response, reply: Reply) -> Iterator[tuple[str, np.ndarray]]:
+        """(text delta, float32 audio) per step of the reply, until it ends or is cancelled.
+
+        Spoken, each finished sentence is synthesised in the step that finishes it (espeak-ng:
+        milliseconds), so a long reply never holds the worker for longer than one sentence.
+        """
+        if not self.config.speech_output:
+            while not response.cancelled.is_set():
+                step = next(reply, None)
+                if step is None:
+                    return
+                yield step[1], _NO_AUDIO
+            return
+        stream = speak_reply(
+            reply,
+            self.engine.tts_backend(self.config.tts_backend),
+            voice=self.config.voice,
+            sample_rate=self.config.output_sample_rate,
+            should_stop=response.cancelled.is_set,
+        )
+        for chunk in stream:
+            yield chunk.text, chunk.audio
+
+    def _emit_audio(self, response: _Response, audio: np.ndarray) -> None:
+        """A reply's speech; dropped once the response is cancelled (its AudioCleared is sent
+        under the same lock, after the cancel: no delta can follow it)."""
+        data = _pcm_bytes(float_to_pcm16(audio))
+        rate = self.config.output_sample_rate
+        with self._emit_lock:
+            if not self._muted and not response.cancelled.is_set():
+                self._call(ev.ResponseAudioDelta(response.response_id, data, rate))
+
+    def _speak_translation(self, item: str, text: str) -> Iterator[None]:
+        """A final translation spoken one sentence per step, between other sessions' work."""
+        backend = self.engine.tts_backend(self.config.tts_backend)
+        rate = self.config.output_sample_rate
+        for sentence in split_sentences(text):
+            pcm, rate = text_to_speech(sentence, "en", self.config.voice, backend, rate)
+            if pcm.size:
+                self._emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
+            yield
 
     def _retire(self, response: _Response) -> None:
         with self._lock:
