@@ -61,6 +61,7 @@ def create_app(hub: Hub) -> ASGIApp:
             WebSocketRoute("/funasr", funasr),
             Route("/v1/audio/transcriptions", api.transcriptions(), methods=["POST"]),
             Route("/v1/audio/translations", api.translations(), methods=["POST"]),
+            Route("/v1/audio/speech", api.speech, methods=["POST"]),
             Route("/v1/models", api.models),
             Route("/health", api.health),
             Route("/metrics", api.metrics),

@@ -6,15 +6,22 @@
 by the voice activity detector (the same one live sessions use), each utterance is decoded
 with the offline settings, and the answer gives their texts and times in the format asked for:
 ``json``, ``text``, ``verbose_json``, ``srt`` or ``vtt``.
+
+``POST /v1/audio/speech`` takes OpenAI's JSON (``model``, ``input``, ``voice``,
+``response_format``, ``speed``) so ``client.audio.speech.create(...)`` works unchanged: the text
+is spoken by espeak-ng (Mandarin where it holds Chinese) at 24 kHz, OpenAI's rate.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile as sf
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -25,11 +32,25 @@ from mooer.errors import MooerError
 from mooer.server.captions import join_texts
 from mooer.server.connection import ProtocolError
 from mooer.server.hub import Hub
+from mooer.server.realtime_session import OPENAI_VOICES
+from mooer.speak import text_to_speech
 from mooer.transcribe import transcribe
+from mooer.tts import espeak
+from mooer.tts.backend import EspeakBackend, resample_pcm16
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 TASK_OF_ROUTE = {"transcriptions": "asr", "translations": "ast"}
 LANGUAGE_NAMES = {"zh": "chinese", "en": "english"}
+SPEECH_RATE = 24000  # OpenAI's: its "pcm" format is raw 24 kHz PCM16
+SPEECH_MAX_CHARS = 4096  # OpenAI's limit on ``input``
+# response_format -> (soundfile format, subtype, media type); aac has no writer here
+SPEECH_FORMATS = {
+    "wav": ("WAV", "PCM_16", "audio/wav"),
+    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
+    "flac": ("FLAC", "PCM_16", "audio/flac"),
+    "opus": ("OGG", "OPUS", "audio/ogg"),
+}
+ESPEAK_WPM = 175  # espeak-ng's default words per minute: speed 1.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,22 @@ class HttpApi:
         language = str(form.get("language") or "") or None
         return _render(fmt, task, segments, duration, language)
 
+    async def speech(self, request: Request) -> Response:
+        started = time.monotonic()
+        try:
+            error = self.hub.auth_error(request)
+            if error is not None:
+                raise error
+            text, voice, fmt, speed = _speech_request(await request.body())
+            body = await self.hub.run_offline(_synthesise, text, voice, fmt, speed)
+            response = Response(body, media_type=_media_type(fmt))
+        except ProtocolError as error:
+            self.hub.metrics.errors.inc(code=error.code)
+            response = error_response(error, _STATUS.get(error.code, 400))
+        self.hub.metrics.requests.inc(route="speech", status=str(response.status_code))
+        self.hub.metrics.request_latency.observe(time.monotonic() - started, route="speech")
+        return response
+
     async def models(self, request: Request) -> Response:
         error = self.hub.auth_error(request)
         if error is not None:
@@ -165,6 +202,80 @@ class HttpApi:
         return PlainTextResponse(
             self.hub.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
+
+
+def _speech_request(raw: bytes) -> tuple[str, str | None, str, float]:
+    """OpenAI's speech JSON -> (text, voice, response_format, speed); ProtocolError if bad."""
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError("invalid_json", f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError("invalid_request", "the body must be a JSON object")
+    text = body.get("input")
+    if not isinstance(text, str) or not text.strip():
+        raise ProtocolError("missing_required_parameter", "'input' must be non-empty text", "input")
+    if len(text) > SPEECH_MAX_CHARS:
+        raise ProtocolError(
+            "string_above_max_length",
+            f"'input' has {len(text)} characters: at most {SPEECH_MAX_CHARS}",
+            "input",
+        )
+    voice = body.get("voice")
+    if isinstance(voice, dict):  # OpenAI's custom voice object
+        voice = voice.get("id")
+    if voice is not None and not isinstance(voice, str):
+        raise ProtocolError("invalid_value", "'voice' must be a voice name", "voice")
+    fmt = body.get("response_format") or "mp3"
+    if fmt not in (*SPEECH_FORMATS, "pcm"):
+        raise ProtocolError(
+            "invalid_value",
+            f"response_format {fmt!r} is not supported: expected one of "
+            f"{', '.join([*SPEECH_FORMATS, 'pcm'])}",
+            "response_format",
+        )
+    speed = body.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0.25 <= speed <= 4:
+        raise ProtocolError(
+            "invalid_value", f"speed {speed!r}: expected a number in 0.25..4.0", "speed"
+        )
+    return text, voice, fmt, float(speed)
+
+
+def _synthesise(text: str, voice: str | None, fmt: str, speed: float) -> bytes:
+    """Blocking: ``text`` spoken by espeak-ng, encoded as ``fmt``."""
+    low, high = espeak.RATE_RANGE
+    backend = EspeakBackend(rate=min(high, max(low, round(ESPEAK_WPM * speed))))
+    language = _language_of(text)
+    try:
+        pcm, rate = text_to_speech(
+            text, language, None if voice in OPENAI_VOICES else voice, backend, SPEECH_RATE
+        )
+    except MooerError as exc:
+        raise ProtocolError("invalid_value", str(exc), "voice") from exc
+    if fmt == "pcm":
+        return pcm.astype("<i2").tobytes()
+    container, subtype, _ = SPEECH_FORMATS[fmt]
+    if fmt == "opus":  # Opus runs at 48 kHz
+        pcm, rate = resample_pcm16(pcm, rate, 48000), 48000
+    buffer = io.BytesIO()
+    try:
+        sf.write(buffer, pcm, rate, format=container, subtype=subtype)
+    except (sf.SoundFileError, ValueError, TypeError) as exc:
+        raise ProtocolError(
+            "unsupported_value",
+            f"response_format {fmt!r} cannot be written here ({exc}): use wav or pcm",
+            "response_format",
+        ) from exc
+    return buffer.getvalue()
+
+
+def _language_of(text: str) -> str:
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+def _media_type(fmt: str) -> str:
+    return "audio/pcm" if fmt == "pcm" else SPEECH_FORMATS[fmt][2]
 
 
 _STATUS = {"missing_api_key": 401, "invalid_api_key": 401, "file_too_large": 413}
@@ -195,7 +306,7 @@ def _render(
     if task == "ast":
         language = "en"
     elif language is None:
-        language = "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+        language = _language_of(text)
     body = {
         "task": "translate" if task == "ast" else "transcribe",
         "language": LANGUAGE_NAMES.get(language, language),

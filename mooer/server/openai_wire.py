@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +26,16 @@ CLIENT_ERRORS = frozenset({"empty_commit", "no_input"})
 def error_kind(code: str) -> str:
     """OpenAI's error ``type`` for an engine error code."""
     return "invalid_request_error" if code in CLIENT_ERRORS else "server_error"
+
+
+AUDIO_PIECE_MS = 500  # longest audio delta sent: clients cap message sizes (websockets: 1 MiB)
+
+
+def audio_pieces(pcm: bytes, sample_rate: int, max_ms: int = AUDIO_PIECE_MS) -> Iterator[str]:
+    """PCM16 bytes -> base64 deltas of at most ``max_ms`` each, cut between samples."""
+    step = max(1, sample_rate * max_ms // 1000) * 2
+    for start in range(0, len(pcm), step):
+        yield base64.b64encode(pcm[start : start + step]).decode("ascii")
 
 
 def json_object(value: object, param: str) -> dict[str, Any]:

@@ -6,7 +6,10 @@ Client events: ``session.update``, ``input_audio_buffer.append|commit|clear``,
 Server events: ``session.created|updated``, ``input_audio_buffer.speech_started|speech_stopped|
 committed|cleared``, ``conversation.item.added|done``,
 ``conversation.item.input_audio_transcription.delta|completed``, the ``response.*`` text
-sequence, and ``error``. docs/protocol.md describes every message.
+sequence, and ``error``. With ``output_modalities`` ``["audio"]`` a reply is spoken:
+``response.output_audio.delta|done`` (base64 PCM16), ``response.output_audio_transcript.delta|
+done`` in place of the text events, and ``output_audio_buffer.started|stopped|cleared`` (cleared
+at barge-in or on ``output_audio_buffer.clear``). docs/protocol.md describes every message.
 
 Which stream carries what, by task (``session.mooer.task``):
 asr and chat put the transcript in ``input_audio_transcription``; ast puts the English
@@ -24,18 +27,13 @@ from typing import Any
 from mooer.agent import events as ev
 from mooer.audio import SAMPLE_RATE
 from mooer.server.connection import Link, ProtocolError, new_id
-from mooer.server.openai_wire import OpenAIWire, error_kind, json_object
+from mooer.server.openai_wire import OpenAIWire, audio_pieces, error_kind, json_object
 from mooer.server.pcm import WireDecoder
 from mooer.server.realtime_session import RealtimeSettings, apply_update
 
-# Known client events mooer does not serve (audio output comes later).
+# Known client events mooer does not serve.
 UNSUPPORTED = frozenset(
-    {
-        "conversation.item.delete",
-        "conversation.item.retrieve",
-        "conversation.item.truncate",
-        "output_audio_buffer.clear",
-    }
+    {"conversation.item.delete", "conversation.item.retrieve", "conversation.item.truncate"}
 )
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
 # Engine error codes that have an OpenAI name
@@ -54,6 +52,9 @@ class _Utterance:
 class _Response:
     response_id: str
     item_id: str  # the assistant message's id
+    audio: bool = False  # spoken: audio content, transcript events
+    audio_started: bool = False  # output_audio_buffer.started was sent
+    audio_done: bool = False  # response.output_audio.done was sent
 
 
 class RealtimeProtocol(OpenAIWire):
@@ -84,6 +85,7 @@ class RealtimeProtocol(OpenAIWire):
             "conversation.item.create": self._item_create,
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
+            "output_audio_buffer.clear": self._output_clear,
         }
         self.event_handlers: dict[type, Callable[[Any], None]] = {
             ev.SpeechStarted: self._on_speech_started,
@@ -96,6 +98,9 @@ class RealtimeProtocol(OpenAIWire):
             ev.ResponseStarted: self._on_response_started,
             ev.ResponseTextDelta: self._on_response_text_delta,
             ev.ResponseDone: self._on_response_done,
+            ev.ResponseAudioDelta: self._on_response_audio_delta,
+            ev.ResponseAudioDone: self._on_response_audio_done,
+            ev.AudioCleared: self._on_audio_cleared,
             ev.Error: self._on_error,
         }
 
@@ -116,6 +121,7 @@ class RealtimeProtocol(OpenAIWire):
             self.feed(self.decoder.flush())
             self.decoder = WireDecoder(new.format)
         if new.engine_config(self.defaults) != self.settings.engine_config(self.defaults):
+            self.link.hub.engine.check_speech(new.engine_config(self.defaults))  # a bad voice
             self.reopen(new.engine_config(self.defaults))
             self.commit_mark = self.samples_fed
         self.settings = new
@@ -192,6 +198,12 @@ class RealtimeProtocol(OpenAIWire):
             )
         self.cancel_requested = True
         self.session.cancel_response()
+
+    def _output_clear(self, event: dict[str, Any]) -> None:
+        """Cut the spoken reply off; ``output_audio_buffer.cleared`` follows (none: no-op)."""
+        if self.response is not None and self.response.audio:
+            self.cancel_requested = True
+            self.session.cancel_response()
 
     # -- engine events ---------------------------------------------------------------------
 
@@ -277,39 +289,57 @@ class RealtimeProtocol(OpenAIWire):
         self.emit("conversation.item.done", item=done)
 
     def _on_response_started(self, e: ev.ResponseStarted) -> None:
-        self.response = _Response(e.response_id, new_id("item"))
-        item = _assistant_item(self.response.item_id, "in_progress", "")
+        self.response = _Response(e.response_id, new_id("item"), audio=self.settings.speaks)
+        item = self._assistant_item("in_progress", "")
         self.emit("response.created", response=self._response_object("in_progress", []))
         self.emit(
             "response.output_item.added", response_id=e.response_id, output_index=0, item=item
         )
         self.emit("conversation.item.added", previous_item_id=self.last_item_id, item=item)
-        self.emit(
-            "response.content_part.added",
-            **self._text_position(),
-            part={"type": "output_text", "text": ""},
-        )
+        self.emit("response.content_part.added", **self._text_position(), part=self._part(""))
         self.last_item_id = self.response.item_id
 
     def _on_response_text_delta(self, e: ev.ResponseTextDelta) -> None:
         if self.response is None or e.response_id != self.response.response_id:
             return
-        self.emit("response.output_text.delta", **self._text_position(), delta=e.delta)
+        kind = "output_audio_transcript" if self.response.audio else "output_text"
+        self.emit(f"response.{kind}.delta", **self._text_position(), delta=e.delta)
+
+    def _on_response_audio_delta(self, e: ev.ResponseAudioDelta) -> None:
+        response = self.response
+        if response is None or e.response_id != response.response_id or not response.audio:
+            return
+        if not response.audio_started:
+            response.audio_started = True
+            self.emit("output_audio_buffer.started", response_id=e.response_id)
+        for piece in audio_pieces(e.audio, e.sample_rate):
+            self.emit("response.output_audio.delta", **self._text_position(), delta=piece)
+
+    def _on_response_audio_done(self, e: ev.ResponseAudioDone) -> None:
+        response = self.response
+        if response is None or e.response_id != response.response_id or response.audio_done:
+            return
+        response.audio_done = True
+        self.emit("response.output_audio.done", **self._text_position())
+
+    def _on_audio_cleared(self, e: ev.AudioCleared) -> None:
+        self.emit("output_audio_buffer.cleared", response_id=e.response_id)
 
     def _on_response_done(self, e: ev.ResponseDone) -> None:
         if self.response is None or e.response_id != self.response.response_id:
             return
         text = e.text
         status = e.status if e.status in ("completed", "cancelled", "failed") else "failed"
-        item = _assistant_item(
-            self.response.item_id, "completed" if status == "completed" else "incomplete", text
-        )
-        self.emit("response.output_text.done", **self._text_position(), text=text)
-        self.emit(
-            "response.content_part.done",
-            **self._text_position(),
-            part={"type": "output_text", "text": text},
-        )
+        item = self._assistant_item("completed" if status == "completed" else "incomplete", text)
+        response = self.response
+        if response.audio:  # OpenAI ends the audio of an interrupted response too
+            self._on_response_audio_done(ev.ResponseAudioDone(e.response_id))
+            self.emit(
+                "response.output_audio_transcript.done", **self._text_position(), transcript=text
+            )
+        else:
+            self.emit("response.output_text.done", **self._text_position(), text=text)
+        self.emit("response.content_part.done", **self._text_position(), part=self._part(text))
         self.emit("response.output_item.done", response_id=e.response_id, output_index=0, item=item)
         self.emit("conversation.item.done", item=item)
         details: dict[str, Any] | None = None
@@ -319,6 +349,8 @@ class RealtimeProtocol(OpenAIWire):
         elif status == "failed":
             details = {"type": "failed", "error": {"type": "server_error", "code": "failed"}}
         self.emit("response.done", response=self._response_object(status, [item], details))
+        if response.audio_started and status == "completed":
+            self.emit("output_audio_buffer.stopped", response_id=e.response_id)
         self.response, self.cancel_requested = None, False
 
     def _on_error(self, e: ev.Error) -> None:
@@ -345,9 +377,32 @@ class RealtimeProtocol(OpenAIWire):
             "status_details": details,
             "output": output,
             "conversation_id": self.session_id,
-            "output_modalities": ["text"],
+            "output_modalities": ["audio" if self.response.audio else "text"],
             "max_output_tokens": "inf",
             "usage": None,
+        }
+
+    def _part(self, text: str) -> dict[str, Any]:
+        """The response's content part: spoken (audio with its transcript) or text."""
+        assert self.response is not None
+        if self.response.audio:
+            return {"type": "output_audio", "transcript": text}
+        return {"type": "output_text", "text": text}
+
+    def _assistant_item(self, status: str, text: str) -> dict[str, Any]:
+        assert self.response is not None
+        content = (
+            {"type": "output_audio", "transcript": text}
+            if self.response.audio
+            else {"type": "output_text", "text": text}
+        )
+        return {
+            "id": self.response.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": status,
+            "content": [content],
         }
 
 
@@ -359,15 +414,4 @@ def _user_item(item_id: str, content: dict[str, Any]) -> dict[str, Any]:
         "role": "user",
         "status": "completed",
         "content": [content],
-    }
-
-
-def _assistant_item(item_id: str, status: str, text: str) -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "object": "realtime.item",
-        "type": "message",
-        "role": "assistant",
-        "status": status,
-        "content": [{"type": "output_text", "text": text}],
     }

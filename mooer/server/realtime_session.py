@@ -2,7 +2,10 @@
 
 Both the GA shape (``session.audio.input.format``, ``...turn_detection``, ``...transcription``,
 ``output_modalities``) and the older beta names (``input_audio_format``, ``turn_detection``,
-``input_audio_transcription``, ``modalities`` at the session's top level) are read. The
+``input_audio_transcription``, ``modalities`` at the session's top level) are read.
+``output_modalities`` ``["audio"]`` makes chat replies spoken (PCM16, 24 kHz unless
+``audio.output.format.rate`` says 16000); ``audio.output.voice`` is an espeak-ng voice
+(``m1``..``m8``, ``f1``..``f5``), OpenAI's voice names pick the default one. The
 ``mooer`` object is this server's own: ``{"task": "asr"|"ast"|"asr+ast"|"chat",
 "partial_interval_ms": int}``. Fields mooer has no use for (voice, tools, tracing,
 noise_reduction, ...) are accepted and ignored so that existing clients work unchanged.
@@ -29,6 +32,10 @@ BETA_FORMATS = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
 # semantic_vad has no model here: its eagerness picks how much silence ends a turn
 EAGERNESS_SILENCE_MS = {"low": 1000, "medium": 600, "auto": 600, "high": 300}
 MODALITIES = ("text", "audio")
+# OpenAI's built-in voices: accepted, spoken in the TTS backend's default voice
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+)
 PCM16_RATES = (24000, SAMPLE_RATE)
 
 
@@ -70,6 +77,14 @@ class RealtimeSettings:
     transcription: dict[str, Any] | None = None  # echoed back; mooer has one recogniser
     instructions: str = ""
     partial_interval_ms: int = 480
+    output_modalities: tuple[str, ...] = ("text",)
+    voice: str | None = None  # as the client named it
+    output_rate: int = 24000  # PCM16 output
+
+    @property
+    def speaks(self) -> bool:
+        """Replies carry audio (chat sessions that asked for it)."""
+        return "audio" in self.output_modalities and self.task == "chat"
 
     @classmethod
     def initial(cls, session_type: str, defaults: SessionConfig) -> RealtimeSettings:
@@ -92,6 +107,9 @@ class RealtimeSettings:
             partial_interval_ms=self.partial_interval_ms,
             auto_response=turns is not None and turns.create_response,
             barge_in=turns is not None and turns.interrupt_response,
+            speech_output=self.speaks,
+            voice=None if self.voice in OPENAI_VOICES else self.voice,
+            output_sample_rate=self.output_rate,
         )
 
     def describe(self, session_id: str, model: str) -> dict[str, Any]:
@@ -123,12 +141,18 @@ class RealtimeSettings:
             "id": session_id,
             "model": model,
             "expires_at": 0,
-            "output_modalities": ["text"],  # speech output is not served yet
+            "output_modalities": list(self.output_modalities),
             "instructions": self.instructions,
             "max_output_tokens": "inf",
             "tools": [],
             "tool_choice": "auto",
-            "audio": {"input": audio_input, "output": {"format": None, "voice": None}},
+            "audio": {
+                "input": audio_input,
+                "output": {
+                    "format": {"type": "audio/pcm", "rate": self.output_rate},
+                    "voice": self.voice,
+                },
+            },
             "mooer": mooer,
         }
 
@@ -182,7 +206,9 @@ def apply_update(settings: RealtimeSettings, session: object) -> RealtimeSetting
         new = replace(new, instructions=session["instructions"])
     for key in ("output_modalities", "modalities"):
         if key in session:
-            _check_modalities(session[key], f"session.{key}")
+            new = replace(new, output_modalities=_modalities(session[key], f"session.{key}"))
+            break
+    new = _apply_output(new, session, json_object(audio.get("output"), "session.audio.output"))
 
     if "mooer" in session:
         new = _apply_mooer(new, session["mooer"])
@@ -271,11 +297,53 @@ def _turn_detection(value: object, param: str) -> TurnDetection | None:
     return TurnDetection(type=kind, vad=vad, eagerness=eagerness, **flags)
 
 
-def _check_modalities(value: object, param: str) -> None:
-    if not isinstance(value, list) or not all(m in MODALITIES for m in value):
+def _modalities(value: object, param: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(m in MODALITIES for m in value):
         raise ProtocolError(
             "invalid_value", f"{param} must be a list of 'text' and/or 'audio'", param
         )
+    return tuple(dict.fromkeys(value))
+
+
+def _apply_output(
+    settings: RealtimeSettings, session: dict[str, Any], output: dict[str, Any]
+) -> RealtimeSettings:
+    """The output format and voice, GA (``audio.output``) or beta (top-level) names."""
+    if "format" in output:
+        param = "session.audio.output.format"
+        fmt = json_object(output["format"], param)
+        if fmt.get("type", "audio/pcm") != "audio/pcm":
+            raise ProtocolError(
+                "invalid_value",
+                f"{param}.type {fmt.get('type')!r} is not supported: mooer speaks 'audio/pcm'",
+                f"{param}.type",
+            )
+        rate = fmt.get("rate", 24000)
+        if rate not in PCM16_RATES:
+            raise ProtocolError(
+                "invalid_value",
+                f"{param}.rate {rate!r} is not supported: expected 24000 or 16000",
+                f"{param}.rate",
+            )
+        settings = replace(settings, output_rate=rate)
+    elif session.get("output_audio_format", "pcm16") != "pcm16":
+        raise ProtocolError(
+            "invalid_value",
+            f"session.output_audio_format {session['output_audio_format']!r} is not supported: "
+            "mooer speaks 'pcm16'",
+            "session.output_audio_format",
+        )
+    for container, param in ((output, "session.audio.output.voice"), (session, "session.voice")):
+        if "voice" in container:
+            voice = container["voice"]
+            if voice is not None and not isinstance(voice, str):
+                raise ProtocolError(
+                    "invalid_value",
+                    f"{param} must be a voice name: espeak-ng m1..m8, f1..f5, or an OpenAI one",
+                    param,
+                )
+            return replace(settings, voice=voice)
+    return settings
 
 
 def _apply_mooer(settings: RealtimeSettings, value: object) -> RealtimeSettings:

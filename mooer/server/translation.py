@@ -4,7 +4,10 @@
 ``session.input_audio_buffer.append`` (base64 24 kHz PCM16; binary frames of the same PCM
 are accepted too) and gets ``session.output_transcript.delta`` (English) and, when
 ``audio.input.transcription`` is set, ``session.input_transcript.delta`` (the Chinese heard).
-Both streams are append-only: a client concatenates deltas as they come. ``session.close``
+Both streams are append-only: a client concatenates deltas as they come. Each final English
+sentence is also spoken: ``session.output_audio.delta`` (base64 PCM16, 24 kHz mono, with
+``sample_rate``, ``channels`` and ``format``; ``audio.output.voice`` picks an espeak-ng voice,
+OpenAI's names the default one). ``session.close``
 flushes the utterance in progress, then ``session.closed`` ends the connection.
 """
 
@@ -17,10 +20,12 @@ from mooer.agent.session import SessionConfig
 from mooer.audio import SAMPLE_RATE
 from mooer.server.captions import AppendOnlyText
 from mooer.server.connection import CLOSE_NORMAL, Link, ProtocolError, new_id
-from mooer.server.openai_wire import OpenAIWire, error_kind, json_object
+from mooer.server.openai_wire import OpenAIWire, audio_pieces, error_kind, json_object
 from mooer.server.pcm import WireFormat
+from mooer.server.realtime_session import OPENAI_VOICES
 
 INPUT_FORMAT = WireFormat("pcm16", 24000)
+OUTPUT_RATE = 24000  # the speech of the translation, PCM16
 OUTPUT_LANGUAGES = ("en",)  # MooER translates into English
 ELAPSED_STEP_MS = 200  # the API reports elapsed time in 200 ms frames
 
@@ -36,6 +41,7 @@ class TranslationProtocol(OpenAIWire):
         self.model = link.query.get("model") or link.hub.config.model_name
         self.session_id = new_id("sess")
         self.transcription: dict[str, Any] | None = None
+        self.voice: str | None = None  # as the client named it
         self.source = AppendOnlyText()  # the Chinese transcript
         self.target = AppendOnlyText()  # the English translation
         self.handlers = {
@@ -45,7 +51,12 @@ class TranslationProtocol(OpenAIWire):
         }
 
     def _engine_config(self) -> SessionConfig:
-        return self.link.hub.session_config(mode="asr+ast" if self.transcription else "ast")
+        return self.link.hub.session_config(
+            mode="asr+ast" if self.transcription else "ast",
+            speech_output=True,
+            voice=None if self.voice in OPENAI_VOICES else self.voice,
+            output_sample_rate=OUTPUT_RATE,
+        )
 
     def _describe(self) -> dict[str, Any]:
         return {
@@ -56,7 +67,7 @@ class TranslationProtocol(OpenAIWire):
             "expires_at": 0,
             "audio": {
                 "input": {"transcription": self.transcription, "noise_reduction": None},
-                "output": {"language": OUTPUT_LANGUAGES[0]},
+                "output": {"language": OUTPUT_LANGUAGES[0], "voice": self.voice},
             },
         }
 
@@ -83,14 +94,27 @@ class TranslationProtocol(OpenAIWire):
                 "English ('en')",
                 "session.audio.output.language",
             )
+        before = self._engine_config()
+        voice = output.get("voice", self.voice)
+        if voice is not None and not isinstance(voice, str):
+            raise ProtocolError(
+                "invalid_value",
+                "session.audio.output.voice must be a voice name",
+                "session.audio.output.voice",
+            )
         audio_input = json_object(audio.get("input"), "session.audio.input")
-        if "transcription" in audio_input:
-            value = audio_input["transcription"]
-            if value is not None:
-                json_object(value, "session.audio.input.transcription")
-            was_on, self.transcription = self.transcription is not None, value
-            if was_on != (value is not None):
-                self.reopen(self._engine_config())
+        transcription = audio_input.get("transcription", self.transcription)
+        if transcription is not None:
+            json_object(transcription, "session.audio.input.transcription")
+        old = self.voice, self.transcription
+        self.voice, self.transcription = voice, transcription
+        if self._engine_config() != before:
+            try:
+                self.link.hub.engine.check_speech(self._engine_config())  # a bad voice
+            except Exception:
+                self.voice, self.transcription = old
+                raise
+            self.reopen(self._engine_config())
         self.emit("session.updated", session=self._describe())
 
     def _elapsed_ms(self) -> int:
@@ -108,6 +132,16 @@ class TranslationProtocol(OpenAIWire):
             self._delta("session.output_transcript.delta", self.target, event, so_far, False)
         elif isinstance(event, ev.Translation):
             self._delta("session.output_transcript.delta", self.target, event, event.text, True)
+        elif isinstance(event, ev.TranslationAudioDelta):
+            for piece in audio_pieces(event.audio, event.sample_rate):
+                self.emit(
+                    "session.output_audio.delta",
+                    delta=piece,
+                    sample_rate=event.sample_rate,
+                    channels=1,
+                    format="pcm16",
+                    elapsed_ms=self._elapsed_ms(),
+                )
         elif isinstance(event, ev.Error):
             self.report(ProtocolError(event.code, event.message, kind=error_kind(event.code)))
 

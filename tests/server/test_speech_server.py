@@ -1,0 +1,198 @@
+"""Speech out of the server, driven by the openai SDK: spoken chat replies on /v1/realtime (with
+barge-in), the spoken interpretation of /v1/realtime/translations, and POST /v1/audio/speech."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mooer.audio import SAMPLE_RATE, resample
+from mooer.llm.conversation import CHAT
+from mooer.server.pcm import encode_pcm16
+
+FRAME = 4800  # 100 ms at 24 kHz
+SPOKEN = {"type": "realtime", "output_modalities": ["audio"], "mooer": {"task": "chat"}}
+
+
+def _at_24k(wave: np.ndarray) -> bytes:
+    return encode_pcm16(resample(wave, SAMPLE_RATE, 24000))
+
+
+async def _send(conn, pcm: bytes) -> None:
+    for i in range(0, len(pcm), FRAME * 2):
+        await conn.input_audio_buffer.append(
+            audio=base64.b64encode(pcm[i : i + FRAME * 2]).decode()
+        )
+
+
+def _pcm(events, response_id: str) -> np.ndarray:
+    data = b"".join(
+        base64.b64decode(e.delta)
+        for e in events
+        if e.type == "response.output_audio.delta" and e.response_id == response_id
+    )
+    return np.frombuffer(data, dtype="<i2")
+
+
+def test_a_spoken_reply_streams_audio_deltas_then_done(server, speech):
+    from openai import AsyncOpenAI
+
+    async def run() -> list:
+        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        events = []
+        async with client.realtime.connect(model="mooer") as conn:
+            await conn.session.update(session=SPOKEN)  # type: ignore[arg-type]
+            await _send(conn, _at_24k(speech[0]))
+            async for event in conn:
+                events.append(event)
+                if event.type == "response.done":
+                    break
+            events.append(await asyncio.wait_for(conn.recv(), 30))  # the buffer stops
+        return events
+
+    events = asyncio.run(run())
+    kinds = [e.type for e in events]
+    updated = next(e for e in events if e.type == "session.updated")
+    assert updated.session.output_modalities == ["audio"]
+    assert updated.session.audio.output.format.rate == 24000
+    assert "response.output_text.delta" not in kinds
+    order = [
+        kinds.index("response.created"),
+        kinds.index("output_audio_buffer.started"),
+        kinds.index("response.output_audio.delta"),
+        len(kinds) - 1 - kinds[::-1].index("response.output_audio.delta"),
+        kinds.index("response.output_audio.done"),
+        kinds.index("response.output_audio_transcript.done"),
+        kinds.index("response.done"),
+        kinds.index("output_audio_buffer.stopped"),
+    ]
+    assert order == sorted(order) and len(set(order)) == len(order)
+
+    done = next(e for e in events if e.type == "response.done").response
+    assert done.status == "completed" and done.output_modalities == ["audio"]
+    transcript = next(e for e in events if e.type == "response.output_audio_transcript.done")
+    deltas = [e.delta for e in events if e.type == "response.output_audio_transcript.delta"]
+    assert "".join(deltas) == transcript.transcript != ""
+    assert done.output[0].content[0].type == "output_audio"
+    assert done.output[0].content[0].transcript == transcript.transcript
+    audio = _pcm(events, done.id)
+    assert audio.size > 24000 // 2 and np.abs(audio).max() > 1000  # speech, not silence
+    pieces = [e for e in events if e.type == "response.output_audio.delta"]
+    assert max(len(base64.b64decode(e.delta)) for e in pieces) <= 24000  # 500 ms at most
+
+
+@pytest.fixture(scope="module")
+def endless(start_server, session_defaults):
+    """Replies that never end by themselves: barge-in is what stops them."""
+    chat = replace(CHAT, max_new_tokens=5000, eos_bias=-1e9)
+    return start_server(defaults=replace(session_defaults, chat_options=chat))
+
+
+def test_barge_in_clears_the_audio_and_stops_the_deltas(endless, speech):
+    from openai import AsyncOpenAI
+
+    async def run() -> list:
+        client = AsyncOpenAI(base_url=f"{endless.url}/v1", api_key="unused")
+        events = []
+        async with client.realtime.connect(model="mooer") as conn:
+            await conn.session.update(session=SPOKEN)  # type: ignore[arg-type]
+            await _send(conn, _at_24k(speech[0]))
+            barged = False
+            async for event in conn:
+                events.append(event)
+                if event.type == "response.output_audio.delta" and not barged:
+                    barged = True  # the reply is speaking: the user talks over it
+                    await _send(conn, _at_24k(speech[1][:SAMPLE_RATE]))
+                if event.type == "response.done":
+                    break
+        return events
+
+    events = asyncio.run(run())
+    kinds = [e.type for e in events]
+    done = next(e for e in events if e.type == "response.done").response
+    assert done.status == "cancelled" and done.status_details.reason == "turn_detected"
+    cleared = kinds.index("output_audio_buffer.cleared")
+    assert events[cleared].response_id == done.id
+    assert (
+        kinds.index("input_audio_buffer.speech_started", kinds.index("response.created")) < cleared
+    )
+    after = kinds[cleared:]
+    assert "response.output_audio.delta" not in after
+    assert "response.output_audio.done" in after  # the audio part still ends
+    assert "output_audio_buffer.stopped" not in kinds
+
+
+def test_the_interpretation_is_spoken(server, speech):
+    from openai import AsyncOpenAI
+
+    async def run() -> list:
+        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        events = []
+        async with client.realtime.translations.connect(model="mooer-translate") as conn:
+            pcm = _at_24k(speech[0])
+            for i in range(0, len(pcm), FRAME * 2):
+                chunk = base64.b64encode(pcm[i : i + FRAME * 2]).decode()
+                await conn.session.input_audio_buffer.append(audio=chunk)
+            await conn.session.close()
+            async for event in conn:
+                events.append(event)
+        return events
+
+    events = asyncio.run(run())
+    kinds = [e.type for e in events]
+    audio = [e for e in events if e.type == "session.output_audio.delta"]
+    assert audio, kinds
+    assert {(e.sample_rate, e.channels, e.format) for e in audio} == {(24000, 1, "pcm16")}
+    assert kinds.index("session.output_transcript.delta") < kinds.index(
+        "session.output_audio.delta"
+    )
+    pcm = np.frombuffer(b"".join(base64.b64decode(e.delta) for e in audio), dtype="<i2")
+    assert pcm.size > 24000 // 4 and np.abs(pcm).max() > 1000
+    assert kinds[-1] == "session.closed"
+
+
+def test_audio_speech_returns_a_wav_of_plausible_length(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    text = "The quick brown fox jumps over the lazy dog."
+    wav = client.audio.speech.create(
+        model="mooer-tts", input=text, voice="alloy", response_format="wav"
+    ).content
+    audio, rate = sf.read(io.BytesIO(wav), dtype="int16")
+    assert rate == 24000 and audio.ndim == 1
+    assert 1.5 < audio.size / rate < 6  # nine words at espeak-ng's 175 words a minute
+
+    pcm = client.audio.speech.create(
+        model="mooer-tts", input=text, voice="alloy", response_format="pcm", speed=2.0
+    ).content
+    assert 0.4 < len(pcm) / 2 / rate < audio.size / rate * 0.7  # twice as fast
+
+    zh = client.audio.speech.create(
+        model="mooer-tts", input="今天天气不错", voice="f2", response_format="flac"
+    ).content
+    assert sf.info(io.BytesIO(zh)).format == "FLAC"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"response_format": "aac"}, "response_format"),
+        ({"voice": "no-such-voice"}, "voice"),
+        ({"input": ""}, "input"),
+        ({"speed": 9}, "speed"),
+    ],
+)
+def test_audio_speech_rejects_bad_requests_with_400(server, fields, param):
+    import httpx
+
+    body = {"model": "mooer-tts", "input": "hello", "voice": "alloy", **fields}
+    response = httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=30)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
