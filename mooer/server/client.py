@@ -2,8 +2,8 @@
 
 Audio goes out as binary frames of 16 kHz PCM16 (mooer's own rate, declared in the
 ``session.update``); finals are printed to stdout, one line per utterance, and partials to
-stderr on a terminal. ``stream_file`` and ``stream_microphone`` both end by committing the
-utterance in progress and waiting for every result still due.
+stderr on a terminal. In chat, a ``ReplyAudio`` asks for spoken replies and takes their audio.
+A session ends by committing the utterance in progress and waiting for every result still due.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -21,6 +21,9 @@ import numpy as np
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError, MooerError
 from mooer.server.pcm import encode_pcm16
+
+if TYPE_CHECKING:
+    from mooer.server.reply_audio import ReplyAudio
 
 TASKS = ("asr", "ast", "asr+ast", "chat")
 FINAL = "conversation.item.input_audio_transcription.completed"
@@ -80,7 +83,8 @@ class Captions:
             self.due.add(event["response"]["id"])
         elif kind == "response.done":
             response = event["response"]
-            text = "".join(c.get("text", "") for c in response["output"][0]["content"])
+            content = response["output"][0]["content"]  # output_text, or output_audio if spoken
+            text = "".join(c.get("text") or c.get("transcript") or "" for c in content)
             suffix = " [interrupted]" if response["status"] == "cancelled" else ""
             self._print(f"mooer: {text}{suffix}")
             self.due.discard(response["id"])
@@ -126,12 +130,17 @@ async def run_session(
     audio: AsyncIterator[np.ndarray],
     api_key: str | None = None,
     captions: Captions | None = None,
+    reply_audio: ReplyAudio | None = None,
 ) -> Captions:
-    """Stream 16 kHz float32 chunks from ``audio`` to the server; returns the captions printed."""
+    """Stream 16 kHz float32 chunks from ``audio`` to the server; returns the captions printed.
+
+    With ``reply_audio`` (chat only) the replies are spoken too and their audio goes there.
+    """
     import websockets
 
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    check_speech_output(task, reply_audio is not None)
     captions = captions or Captions(task)
     url = realtime_url(server, task, api_key)
     try:
@@ -139,9 +148,9 @@ async def run_session(
     except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
         raise MooerError(f"cannot connect to {url.split('?')[0]}: {exc}") from exc
     async with ws:
-        reader = asyncio.ensure_future(_read(ws, captions))
+        reader = asyncio.ensure_future(_read(ws, captions, reply_audio))
         try:
-            await _send(ws, audio, captions, reader)
+            await _send(ws, audio, captions, reader, reply_audio)
         except websockets.ConnectionClosed as exc:
             await asyncio.wait({reader}, timeout=1)  # print what the server said last
             if not captions.errors:
@@ -151,12 +160,31 @@ async def run_session(
     return captions
 
 
-async def _send(ws, audio: AsyncIterator[np.ndarray], captions: Captions, reader) -> None:
-    session = {
+def check_speech_output(task: str, wanted: bool) -> None:
+    """Only chat replies are spoken on ``/v1/realtime``, the endpoint this client uses."""
+    if wanted and task != "chat":
+        raise ConfigError(
+            f"--audio-out and --play speak chat replies: use --mode chat, not {task!r} "
+            "(spoken translation is served on /v1/realtime/translations, which this client "
+            "does not use)"
+        )
+
+
+async def _send(
+    ws,
+    audio: AsyncIterator[np.ndarray],
+    captions: Captions,
+    reader,
+    reply_audio: ReplyAudio | None,
+) -> None:
+    session: dict[str, Any] = {
         "type": "realtime" if captions.task == "chat" else "transcription",
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": SAMPLE_RATE}}},
         "mooer": {"task": captions.task},
     }
+    if reply_audio is not None:
+        session["output_modalities"] = ["audio"]
+        session["audio"]["output"] = {"format": {"type": "audio/pcm", "rate": reply_audio.rate}}
     await ws.send(json.dumps({"type": "session.update", "session": session}))
     async for chunk in audio:
         if reader.done():
@@ -173,12 +201,15 @@ async def _send(ws, audio: AsyncIterator[np.ndarray], captions: Captions, reader
         await asyncio.sleep(0.05)
 
 
-async def _read(ws, captions: Captions) -> None:
+async def _read(ws, captions: Captions, reply_audio: ReplyAudio | None) -> None:
     import websockets
 
     try:
         async for message in ws:
-            captions.handle(json.loads(message))
+            event = json.loads(message)
+            captions.handle(event)
+            if reply_audio is not None:
+                reply_audio.handle(event)
     except websockets.ConnectionClosed:
         return
 
@@ -227,17 +258,18 @@ async def microphone_chunks(
     stopped.cancel()
 
 
-def import_sounddevice():
-    """sounddevice, or a ``MooerError`` saying how to get it (the wheel or PortAudio missing)."""
+def import_sounddevice(user: str = "mooer mic"):
+    """sounddevice, or a ``MooerError`` saying how to get it (the wheel or PortAudio missing).
+
+    ``user`` names what needs it in the message.
+    """
     try:
         import sounddevice
     except ImportError as exc:
-        raise MooerError(
-            "mooer mic needs the sounddevice package: pip install 'mooer[mic]'"
-        ) from exc
+        raise MooerError(f"{user} needs the sounddevice package: pip install 'mooer[mic]'") from exc
     except OSError as exc:  # the package is there, the PortAudio library is not
         raise MooerError(
-            f"mooer mic needs the PortAudio library ({exc}): install it, e.g. "
+            f"{user} needs the PortAudio library ({exc}): install it, e.g. "
             "'apt install libportaudio2' or 'brew install portaudio'"
         ) from exc
     return sounddevice

@@ -11,11 +11,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from mooer.errors import ConfigError
 from mooer.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from mooer.server.reply_audio import ReplyAudio
 
 
 def serve_main(
@@ -89,15 +93,24 @@ def stream_main(
     mode: str = "asr",
     api_key: str | None = None,
     realtime: bool = False,
+    audio_out: str | None = None,
+    play: bool = False,
+    output_device: str | None = None,
 ) -> int:
-    """Send an audio file to a running server as a live stream; print each utterance's result."""
+    """Send an audio file to a running server as a live stream; print each utterance's result.
+
+    Chat replies are also spoken with ``audio_out`` (a wav file to write) or ``play`` (on
+    ``output_device``, default the system's).
+    """
     from mooer.audio import load_audio
     from mooer.server.client import Captions, file_chunks, run_session
 
     samples = load_audio(file)
+    speech = _reply_audio(mode, audio_out, play, output_device)
     captions = Captions(mode, live=sys.stderr.isatty())
     key = api_key or os.environ.get("MOOER_API_KEY")
-    asyncio.run(run_session(server, mode, file_chunks(samples, realtime=realtime), key, captions))
+    chunks = file_chunks(samples, realtime=realtime)
+    _run(run_session(server, mode, chunks, key, captions, speech), speech, audio_out)
     return 1 if captions.errors else 0
 
 
@@ -106,22 +119,63 @@ def mic_main(
     mode: str = "asr",
     api_key: str | None = None,
     device: str | None = None,
+    audio_out: str | None = None,
+    play: bool = False,
+    output_device: str | None = None,
 ) -> int:
-    """Live captions (or chat) from the microphone until Ctrl+C."""
+    """Live captions (or chat) from the microphone until Ctrl+C.
+
+    ``audio_out`` / ``play`` as for ``stream_main``; with ``play``, use headphones: the
+    microphone hearing the reply is the user speaking over it (barge-in).
+    """
     from mooer.server.client import Captions, import_sounddevice, microphone_chunks, run_session
 
     import_sounddevice()  # fail early and clearly without PortAudio
     if mode not in ("asr", "ast", "asr+ast", "chat"):
         raise ConfigError(f"unknown mode {mode!r}: expected asr, ast, asr+ast or chat")
+    speech = _reply_audio(mode, audio_out, play, output_device)
     captions = Captions(mode, live=sys.stderr.isatty())
     key = api_key or os.environ.get("MOOER_API_KEY")
-    mic = int(device) if device is not None and device.isdigit() else device
 
     async def session() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
         print("mooer: listening, Ctrl+C to stop", file=sys.stderr, flush=True)
-        await run_session(server, mode, microphone_chunks(stop, mic), key, captions)
+        chunks = microphone_chunks(stop, _device(device))
+        await run_session(server, mode, chunks, key, captions, speech)
 
-    asyncio.run(session())
+    _run(session(), speech, audio_out)
     return 1 if captions.errors else 0
+
+
+def _device(name: str | None) -> str | int | None:
+    """A sounddevice device: an index given as digits, else a name (None: the default)."""
+    return int(name) if name is not None and name.isdigit() else name
+
+
+def _reply_audio(
+    mode: str, audio_out: str | None, play: bool, output_device: str | None
+) -> ReplyAudio | None:
+    """Where spoken replies go, or None when they are not asked for (then none are requested)."""
+    if audio_out is None and not play:
+        return None
+    from mooer.server.client import check_speech_output
+    from mooer.server.reply_audio import ReplyAudio
+
+    check_speech_output(mode, True)  # before a file is created or a device opened
+    return ReplyAudio(audio_out, play, _device(output_device))
+
+
+def _run(
+    session: Coroutine[Any, Any, Any], speech: ReplyAudio | None, audio_out: str | None
+) -> None:
+    """Run a client session; then let the last reply play out and close the reply audio."""
+    if speech is None:
+        asyncio.run(session)
+        return
+    with speech:
+        asyncio.run(session)
+        speech.finish()
+    if audio_out is not None:
+        seconds = speech.samples / speech.rate
+        print(f"mooer: wrote {seconds:.1f} s of spoken replies to {audio_out}", file=sys.stderr)
