@@ -92,10 +92,10 @@ class DemoConfig:
     ctc_steps: int = 1400  # about 7 epochs of 20k utterances
     ctc_lr: float = 2e-3
     ctc_frames_in_batch: int = 4000
-    llm_steps: int = 500  # about 2 epochs
+    llm_steps: int = 1800
     chat_repeats: int = 2  # chat items per epoch of stage 2: facts need more sightings than words
     llm_lr: float = 1.5e-3
-    llm_frames_in_batch: int = 3000
+    llm_frames_in_batch: int = 1500
     masks: MaskConfig = field(default_factory=MaskConfig)
 
     @property
@@ -271,7 +271,20 @@ def _stage_features(cfg: DemoConfig) -> None:
 
 def _load_set(cfg: DemoConfig, split: str, name: str) -> CachedSet:
     frames = torch.load(cfg.out / f"{name}_{split}.pt")
-    return CachedSet(read_manifest(_manifest(cfg, split)), frames)
+    return CachedSet(demo_tasks(read_manifest(_manifest(cfg, split))), frames)
+
+
+def demo_tasks(entries: Sequence[Entry]) -> list[Entry]:
+    """The entries as the demo model is trained and scored: ``mtl`` items become ``ast`` items.
+
+    The released prompts give ast and mtl the same instruction; a model trained on both answers
+    it one way or the other at random. The demo is a plain (not MTL) model: the ``ast`` prompt
+    gets the translation, as ``mooer transcribe --task ast`` reads it for a flat checkpoint.
+    """
+    return [
+        dataclasses.replace(e, task="ast", target=e.translation) if e.task == "mtl" else e
+        for e in entries
+    ]
 
 
 def _train_config(
@@ -427,7 +440,28 @@ def _stage_eval(cfg: DemoConfig) -> None:
     from mooer.train.evaluate import main as eval_main
 
     model = cfg.out / "model"
-    eval_main(["--model", str(model), str(_manifest(cfg, "heldout")), "--out", str(model / "eval")])
+    testset = cfg.out / "heldout_demo_tasks.jsonl"
+    write_manifest(demo_tasks(read_manifest(_manifest(cfg, "heldout"))), testset)
+    eval_main(["--model", str(model), str(testset), "--out", str(model / "eval")])
+
+
+def write_manifest(entries: Sequence[Entry], path: Path) -> Path:
+    """Entries back to a jsonl manifest (absolute audio paths)."""
+    with path.open("w", encoding="utf-8") as f:
+        for e in entries:
+            record = {
+                "id": e.id,
+                "audio": str(Path(e.audio).resolve()),
+                "duration": e.duration,
+                "lang": e.lang,
+                "task": e.task,
+                "text": e.text,
+                "translation": e.translation,
+                "target": e.target,
+                "history": [list(turn) for turn in e.history],
+            }
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
 
 
 @dataclass(frozen=True)
