@@ -77,6 +77,10 @@ def test_spoken_chat_replies_are_scheduled_for_playback(server, speech, tmp_path
         events = page.evaluate("window.mooerEvents")
         played = page.evaluate("window.mooerAudio")
         reply = page.locator("#chat .assistant").first.text_content()
+        # The microphone's loop speaks again while the reply (longer than the 3 s of silence)
+        # is still playing: the page cuts it off.
+        page.wait_for_function("window.mooerAudio.cutOff > 0", timeout=30_000)
+        assert page.evaluate("player.sources.size") == 0
         page.click("#toggle")
     assert "response.output_audio.delta" in events
     assert 0 < played["chunks"] <= events.count("response.output_audio.delta")
