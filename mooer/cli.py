@@ -83,19 +83,25 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from mooer.server.commands import stream_main
 
     return stream_main(args.file, server=args.server, mode=args.mode, api_key=args.api_key,
-                       realtime=args.realtime)  # fmt: skip
+                       realtime=args.realtime, audio_out=args.audio_out, play=args.play,
+                       output_device=args.output)  # fmt: skip
 
 
 def cmd_mic(args: argparse.Namespace) -> int:
     from mooer.server.commands import mic_main
 
-    return mic_main(server=args.server, mode=args.mode, api_key=args.api_key, device=args.input)
+    return mic_main(server=args.server, mode=args.mode, api_key=args.api_key, device=args.input,
+                    audio_out=args.audio_out, play=args.play,
+                    output_device=args.output)  # fmt: skip
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default="http://127.0.0.1:8000", help="a running `mooer serve`")
     p.add_argument("--mode", choices=["asr", "ast", "asr+ast", "chat"], default="asr")
     p.add_argument("--api-key", help="bearer key (default: $MOOER_API_KEY)")
+    p.add_argument("--audio-out", metavar="FILE.wav", help="chat: spoken replies to a wav")
+    p.add_argument("--play", action="store_true", help="chat: play spoken replies")
+    p.add_argument("--output", help="sounddevice output device for --play (index or name)")
 
 
 def build_parser() -> argparse.ArgumentParser:
