@@ -466,7 +466,7 @@ def write_manifest(entries: Sequence[Entry], path: Path) -> Path:
 
 @dataclass(frozen=True)
 class Example:
-    """A bundled example recording: a held-out sentence spoken by a held-out voice."""
+    """A bundled example recording, spoken by a voice held out of training."""
 
     name: str  # examples/audio/{name}.wav
     voice: str  # "en-us+m7", "cmn+f4": only HELDOUT_VOICES
@@ -478,9 +478,9 @@ class Example:
 
 EXAMPLES = (
     Example("zh_weather", "cmn+f4", "asr", "星期一会下雨", "it will rain on monday"),
-    Example("en_directions", "en-us+m7", "asr", "how do i get to the school"),
+    Example("en_directions", "en-us+m7", "asr", "the park is to the north"),
     Example("zh_translate", "cmn+m7", "ast", "我想要一个蓝色的包", "i want a blue bag"),
-    Example("en_chat", "en-us+f4", "chat", "what is three plus two", answer="five"),
+    Example("en_chat", "en-us+f4", "chat", "how many days are in a week", answer="seven"),
 )
 
 
