@@ -547,7 +547,7 @@ def run(cfg: DemoConfig, stages: Sequence[str] = STAGES) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mooer train demo``: build the bundled demo model from nothing (about 30 min on 2 cores)."""
+    """``mooer train demo``: build the bundled demo model from nothing (about 75 min on 2 shared cores)."""
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="mooer train demo", description=main.__doc__)
     parser.add_argument("--out", default=defaults.out_dir, help="work folder (resumable)")
