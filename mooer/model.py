@@ -195,7 +195,7 @@ def load_model(
     adapter = load_adapter(paths.adapter, encoder_dim=encoder.cfg.output_size)
     lm, tokenizer = load_llm(paths.llm, paths.lora, dtype=llm_dtype, device=str(dev))
     speech_llm = SpeechLLM(frontend, encoder, adapter, lm, tokenizer, paths)
-    speech_llm.encoder.to(dev).eval()
-    speech_llm.adapter.to(dev).eval()
-    speech_llm.requires_grad_(False)
+    speech_llm.encoder.to(dev)
+    speech_llm.adapter.to(dev)
+    speech_llm.eval().requires_grad_(False)
     return speech_llm
