@@ -95,6 +95,23 @@ def cmd_mic(args: argparse.Namespace) -> int:
                     output_device=args.output)  # fmt: skip
 
 
+def cmd_s2st(args: argparse.Namespace) -> int:
+    from mooer.speak import s2st_command
+
+    return s2st_command(
+        args.audio, args.out, model=args.model, llm=args.llm, variant=args.variant,
+        device=args.device, dtype=args.dtype, heads=args.heads, task=args.task, voice=args.voice,
+        backend=args.backend, rate=args.rate, max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+
+
+def cmd_speak(args: argparse.Namespace) -> int:
+    from mooer.speak import speak_command
+
+    return speak_command(args.text, args.out, language=args.language, voice=args.voice,
+                         backend=args.backend, rate=args.rate)  # fmt: skip
+
+
 def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default="http://127.0.0.1:8000", help="a running `mooer serve`")
     p.add_argument("--mode", choices=["asr", "ast", "asr+ast", "chat"], default="asr")
@@ -137,6 +154,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam size of final results")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("s2st", help="Chinese speech to English speech (and its text)")
+    _add_model_args(p)
+    p.add_argument("audio", help="input speech")
+    p.add_argument("-o", "--out", required=True, help="output wav")
+    p.add_argument("--task", choices=["s2s_trans", "s2s_chat"], default="s2s_trans",
+                   help="translate (default), or answer the question aloud")  # fmt: skip
+    p.add_argument(
+        "--voice", help="a voice wav (speech head) or an espeak variant (m1..m8, f1..f5)"
+    )
+    p.add_argument("--backend", default="espeak", help="text-to-speech backend without a head")
+    p.add_argument("--rate", type=int, help="output sample rate (default: the voice's own)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.set_defaults(func=cmd_s2st)
+
+    p = sub.add_parser("speak", help="text to speech (espeak-ng, or CosyVoice when installed)")
+    p.add_argument("text", help="what to say ('-' reads standard input)")
+    p.add_argument("-o", "--out", required=True, help="output wav")
+    p.add_argument("--language", default="en", help="en or zh")
+    p.add_argument("--voice", help="espeak variant m1..m8, f1..f5")
+    p.add_argument("--backend", default="espeak")
+    p.add_argument("--rate", type=int, help="output sample rate, e.g. 16000 or 24000")
+    p.set_defaults(func=cmd_speak)
 
     p = sub.add_parser("stream", help="stream an audio file to a server, print live results")
     p.add_argument("file")

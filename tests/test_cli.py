@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -57,3 +58,22 @@ def test_fabricate_command(tmp_path):
     assert (
         tmp_path / "x" / "MooER-MTL-80K" / "asr" / "lora_weights" / "adapter_model.bin"
     ).exists()
+
+
+def test_speak_and_s2st_round_trip_on_the_demo_model(tmp_path):
+    """`mooer speak` writes speech; `mooer s2st` turns the Mandarin example into English speech
+    whose transcript (by the same demo model) is the printed translation."""
+    import soundfile as sf
+
+    proc = run(
+        "speak", "the park is to the north", "-o", str(tmp_path / "en.wav"), "--rate", "16000"
+    )
+    assert proc.returncode == 0, proc.stderr
+    samples, rate = sf.read(tmp_path / "en.wav")
+    assert rate == 16000 and 0.8 < len(samples) / rate < 4
+    example = Path(__file__).parents[1] / "examples" / "audio" / "zh_translate.wav"
+    proc = run("s2st", str(example), "-o", str(tmp_path / "out.wav"), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "i want a blue bag"
+    back = run("transcribe", "--device", "cpu", str(tmp_path / "out.wav"))
+    assert back.stdout.strip() == "i want a blue bag"
