@@ -44,6 +44,7 @@ from mooer.asr.frontend import Cmvn, Frontend, fbank, lfr, num_frames
 from mooer.audio import FRAME_MS, SAMPLE_RATE, load_audio
 from mooer.errors import AudioError, ConfigError
 from mooer.train.config import DataConfig
+from mooer.train.manifest import iter_records
 
 log = logging.getLogger(__name__)
 
@@ -179,21 +180,8 @@ def parse_entry(record: Any, base: Path, where: str) -> Entry:
 
 def read_manifest(path: str | Path) -> list[Entry]:
     """All entries of a jsonl manifest; a malformed line raises ``ConfigError`` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"manifest not found: {path}")
-    entries = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{where}: not valid JSON: {err}") from err
-            entries.append(parse_entry(record, path.parent, where))
-    return entries
+    base = Path(path).parent
+    return [parse_entry(record, base, where) for record, where in iter_records(path)]
 
 
 def read_shard_list(path: str | Path) -> list[Path]:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from mooer.audio import SAMPLE_RATE, resample
 from mooer.errors import AudioError, ConfigError
 from mooer.train.corpus import Utterance, build_corpus
+from mooer.train.manifest import iter_records
 from mooer.tts import espeak
 from mooer.tts.backend import LANGUAGE_VOICES, float_to_pcm16
 
@@ -242,25 +243,15 @@ def read_manifest(path: str | Path) -> list[dict]:
     """
     from mooer.train.data import parse_entry  # here: it imports torch, which workers never need
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"manifest not found: {path}")
+    base = Path(path).parent
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where}: not valid JSON: {exc}") from exc
-            parse_entry(record, path.parent, where)  # the training reader's type checks
-            missing = [name for name in MANIFEST_FIELDS if name not in record]
-            if missing:
-                raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
-            record["audio"] = str((path.parent / record["audio"]).resolve())
-            records.append(record)
+    for record, where in iter_records(path):
+        parse_entry(record, base, where)  # the training reader's type checks
+        missing = [name for name in MANIFEST_FIELDS if name not in record]
+        if missing:
+            raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+        record["audio"] = str((base / record["audio"]).resolve())
+        records.append(record)
     return records
 
 
