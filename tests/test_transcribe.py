@@ -18,8 +18,8 @@ GREEDY = replace(OFFLINE, num_beams=1, max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def omni_model(fabricated):
-    return load_model(fabricated("omni"), device="cpu")
+def omni_model(omni_model):
+    return omni_model
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,13 @@ from mooer.agent import events as ev
 from mooer.agent.engine import Engine
 from mooer.agent.session import SessionConfig
 from mooer.errors import ConfigError
-from mooer.model import load_model
 
 MANUAL = SessionConfig(turn_detection=False)  # no VAD: the sessions only own jobs here
 
 
 @pytest.fixture(scope="module")
-def model(fabricated):
-    return load_model(fabricated("omni"), device="cpu")
+def model(omni_model):
+    return omni_model
 
 
 @pytest.fixture

@@ -7,15 +7,11 @@ results can be held to exact equality with offline ``transcribe()`` and with ``C
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-import torch
 
 from mooer.agent import events as ev
 from mooer.agent.engine import Engine
@@ -36,18 +32,9 @@ ASR = SessionConfig(partial_options=PARTIAL, final_options=FINAL)
 CHAT_MODE = dataclasses.replace(ASR, mode="chat", chat_options=REPLY)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, above all on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def model(fabricated):
-    return load_model(fabricated("omni"), device="cpu")
+def model(omni_model):
+    return omni_model
 
 
 @pytest.fixture
@@ -58,12 +45,8 @@ def engine(model):
 
 
 @pytest.fixture(scope="module")
-def clips() -> list[np.ndarray]:
-    spec = importlib.util.find_spec("s3tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("s3tokenizer (test-only dependency holding real speech) is not installed")
-    folder = Path(spec.submodule_search_locations[0]) / "assets"
-    return [sf.read(path, dtype="float32")[0] for path in sorted(folder.glob("*.wav"))]
+def clips(aishell_clips) -> list[np.ndarray]:
+    return aishell_clips
 
 
 @pytest.fixture(scope="module")

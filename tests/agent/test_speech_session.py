@@ -7,14 +7,10 @@ espeak-ng backend out; greedy decoding keeps every reply reproducible offline.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-import torch
 
 from mooer.agent import events as ev
 from mooer.agent.engine import Engine
@@ -24,7 +20,6 @@ from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import OFFLINE, STREAMING
-from mooer.model import load_model
 from mooer.speak import speak_reply, text_to_speech
 from mooer.tts.backend import split_sentences
 
@@ -40,17 +35,9 @@ SPOKEN_CHAT = SessionConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def model(fabricated):
-    return load_model(fabricated("omni"), device="cpu")
+def model(omni_model):
+    return omni_model
 
 
 @pytest.fixture
@@ -61,13 +48,9 @@ def engine(model):
 
 
 @pytest.fixture(scope="module")
-def clips() -> list[np.ndarray]:
-    folder = Path(importlib.util.find_spec("s3tokenizer").submodule_search_locations[0]) / "assets"
+def clips(aishell_clips) -> list[np.ndarray]:
     silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
-    return [
-        np.concatenate([sf.read(path, dtype="float32")[0], silence])
-        for path in sorted(folder.glob("*.wav"))
-    ]
+    return [np.concatenate([clip, silence]) for clip in aishell_clips]
 
 
 class Recorder:

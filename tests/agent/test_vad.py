@@ -28,19 +28,6 @@ SECOND = SAMPLE_RATE
 TOLERANCE = int(0.150 * SAMPLE_RATE)  # boundary error allowed: 150 ms
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Score windows on one thread, as a server running many sessions would.
-
-    A 32 ms window is far too little work to split: on a busy CI machine intra-op threads make
-    each call ten times slower. Results do not depend on the thread count.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _aishell(name: str) -> np.ndarray:
     folder = Path(importlib.util.find_spec("s3tokenizer").submodule_search_locations[0])
     samples, rate = sf.read(folder / "assets" / name, dtype="float32")

@@ -26,23 +26,13 @@ from mooer.llm.conversation import (
 )
 from mooer.llm.decoding import STREAMING, generate_ids, splice, token_id
 from mooer.llm.prompts import IM_END, build_prompt, build_prompt_text
-from mooer.model import load_model
 
 SHORT = replace(CHAT, max_new_tokens=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, above all on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def model(fabricated):
-    return load_model(fabricated("omni"), device="cpu")
+def model(omni_model):
+    return omni_model
 
 
 @pytest.fixture(scope="module")

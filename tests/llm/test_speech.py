@@ -22,14 +22,6 @@ AUDIO = "".join(f"<A_{i}>" for i in (3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7))
 ANSWER = f"hello there{AUDIO_START}{AUDIO}{IM_END}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def taught(fabricated):
     """(llm, tokenizer) answering the s2s_trans prompt with ANSWER.

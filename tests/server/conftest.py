@@ -6,22 +6,17 @@ voice activity detector finds real utterances. The model's words are random but 
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from mooer.audio import SAMPLE_RATE
 from mooer.server.config import ServerConfig
 from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
 from mooer.transcribe import transcribe
-
-ASSETS = Path(importlib.util.find_spec("s3tokenizer").submodule_search_locations[0]) / "assets"
-SPEECH_FILES = ("BAC009S0764W0121.wav", "BAC009S0764W0122.wav")
 
 
 @pytest.fixture(scope="session")
@@ -32,21 +27,16 @@ def model(fabricated):
 
 
 @pytest.fixture(scope="session")
-def speech() -> list[np.ndarray]:
+def speech(aishell_clips) -> list[np.ndarray]:
     """Each recording with 1 s of silence after it (so the VAD ends the turn), as sent on the
     wire: quantised to PCM16 at 16 kHz."""
-    waves = []
-    for name in SPEECH_FILES:
-        samples, rate = sf.read(ASSETS / name, dtype="float32")
-        assert rate == SAMPLE_RATE
-        padded = np.concatenate([samples, np.zeros(SAMPLE_RATE, dtype=np.float32)])
-        waves.append(pcm16_round_trip(padded))
-    return waves
+    silence = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    return [pcm16_round_trip(np.concatenate([clip, silence])) for clip in aishell_clips]
 
 
 @pytest.fixture(scope="session")
-def speech_file() -> Path:
-    return ASSETS / SPEECH_FILES[0]
+def speech_file(aishell_wav) -> Path:
+    return aishell_wav
 
 
 def pcm16_round_trip(samples: np.ndarray) -> np.ndarray:

@@ -29,15 +29,6 @@ PROMPTS = [training_prompt(t, h) for t, h in zip(TASKS, HISTORIES)]
 PREFIXES = [prompt_prefix(t, h) for t, h in zip(TASKS, HISTORIES)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory):
     model, tokenizer = load_llm(write_tiny_llm(tmp_path_factory.mktemp("llm"), seed=0))

@@ -35,15 +35,6 @@ def _tone(freqs: tuple[int, ...], seconds: float, rng: np.random.Generator) -> n
     return (rng.uniform(0.2, 0.5) * wave + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the CI machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """12 utterances (4 per phrase), a tokenizer trained on the phrases and a tiny Qwen2."""
