@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import time
 from collections.abc import Callable
@@ -18,22 +17,12 @@ from functools import partial
 
 import numpy as np
 import torch
+from machine import cpu_model
 
 from mooer.asr.adapter import LinearAdapter
 from mooer.asr.encoder import EncoderConfig, SANMEncoder
 from mooer.asr.frontend import Cmvn, Frontend
 from mooer.audio import SAMPLE_RATE
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def best_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from machine import cpu_model
 
 from mooer.asr.frontend import Frontend
 from mooer.audio import SAMPLE_RATE
@@ -36,17 +36,6 @@ from mooer.train.trainer import Trainer, seed_everything
 WORDS = "zero one two three four five six seven eight nine red green blue today monday".split()
 ENCODER = {"output_size": 192, "attention_heads": 4, "linear_units": 512, "num_blocks": 6}
 LLM = {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_corpus(root: Path, count: int, seed: int = 0) -> Path:

@@ -14,24 +14,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import time
 
 import torch
+from machine import cpu_model
 
 from mooer.tts.hifigan import HifiganConfig, HifiganGenerator
 from mooer.tts.vocoder import StreamingVocoder, vocode
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_whole(gen: HifiganGenerator, latents: torch.Tensor, speaker: torch.Tensor) -> float:
