@@ -7,7 +7,6 @@ results can be held to exact equality with offline ``transcribe()`` and with ``C
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import OFFLINE, STREAMING
 from mooer.model import load_model
 from mooer.transcribe import transcribe
+from tests.agent.recorder import Recorder
 
 CHUNK = SAMPLE_RATE // 50  # 20 ms
 PARTIAL = dataclasses.replace(STREAMING, max_new_tokens=6)
@@ -64,27 +64,6 @@ def segments(stream) -> list[SpeechEnded]:
     ended = [e for e in found if isinstance(e, SpeechEnded)]
     assert len(ended) == 2
     return ended
-
-
-class Recorder:
-    """Collects a session's events; thread-safe, with waiting on a condition."""
-
-    def __init__(self) -> None:
-        self.events: list[ev.Event] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: ev.Event) -> None:
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    def of(self, kind: type) -> list:
-        with self._cond:
-            return [e for e in self.events if isinstance(e, kind)]
-
-    def wait_for(self, test, timeout: float = 30.0) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: any(test(e) for e in self.events), timeout)
 
 
 def _feed(session, samples: np.ndarray, settle: bool = False) -> None:

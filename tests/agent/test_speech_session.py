@@ -7,7 +7,6 @@ espeak-ng backend out; greedy decoding keeps every reply reproducible offline.
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import OFFLINE, STREAMING
 from mooer.speak import speak_reply, text_to_speech
 from mooer.tts.backend import split_sentences
+from tests.agent.recorder import Recorder
 
 CHUNK = SAMPLE_RATE // 50  # 20 ms
 REPLY = dataclasses.replace(CHAT, max_new_tokens=12)
@@ -53,23 +53,7 @@ def clips(aishell_clips) -> list[np.ndarray]:
     return [np.concatenate([clip, silence]) for clip in aishell_clips]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[ev.Event] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: ev.Event) -> None:
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    def of(self, kind: type) -> list:
-        with self._cond:
-            return [e for e in self.events if isinstance(e, kind)]
-
-    def wait_for(self, test, timeout: float = 60.0) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: any(test(e) for e in self.events), timeout)
+WAIT_S = 60.0  # a spoken reply: LLM steps and espeak-ng sentences on a shared CPU
 
 
 def _feed(session, samples: np.ndarray) -> None:
@@ -87,7 +71,7 @@ def test_a_spoken_reply_is_its_text_spoken_sentence_by_sentence(engine, model, c
     recorder = Recorder()
     session = engine.open(SPOKEN_CHAT, recorder)
     _feed(session, clips[0])
-    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone))
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone), WAIT_S)
     session.close()
     assert session.wait_closed(30)
 
@@ -118,9 +102,9 @@ def test_barge_in_clears_the_audio_and_no_delta_follows(engine, clips):
     recorder = Recorder()
     session = engine.open(dataclasses.replace(SPOKEN_CHAT, chat_options=endless), recorder)
     _feed(session, clips[0])
-    recorder.wait_for(lambda e: isinstance(e, ev.ResponseAudioDelta))  # it is speaking
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseAudioDelta), WAIT_S)  # it is speaking
     _feed(session, clips[1][:SAMPLE_RATE])  # the user speaks again
-    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone))
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone), WAIT_S)
     assert session.wait_idle(60)
 
     first = recorder.of(ev.ResponseDone)[0]
@@ -167,7 +151,7 @@ def test_a_text_session_sends_no_audio(engine, clips):
     recorder = Recorder()
     session = engine.open(dataclasses.replace(SPOKEN_CHAT, speech_output=False), recorder)
     _feed(session, clips[0])
-    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone))
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone), WAIT_S)
     session.close()
     assert session.wait_closed(30)
     audio_events = (ev.ResponseAudioDelta, ev.ResponseAudioDone, ev.AudioCleared)
