@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 STAGES = ("data", "tokenizer", "features", "ctc", "llm", "export", "eval")
 FRAME_S = 0.06  # one LFR frame
 LFR_BINS = 80  # mel bins in each of the 7 stacked fbank frames of an LFR frame
+TEXT_ITEM_FRAMES = 40  # batching cost of an item without audio, in frames
 
 
 @dataclass
@@ -94,6 +95,11 @@ class DemoConfig:
     ctc_frames_in_batch: int = 4000
     llm_steps: int = 1800
     chat_repeats: int = 2  # chat items per epoch of stage 2: facts need more sightings than words
+    # each training chat dialogue also as text (``chat_text``), this many times per epoch: the
+    # facts a pretrained LLM would bring, which a 3.5 M-parameter LLM from scratch lacks
+    text_chat_repeats: int = 3
+    llm_leg: str = "llm"  # stage 2's folder under out_dir (a later leg gets its own)
+    llm_init: str = ""  # an earlier leg's final.pt whose weights this leg starts from
     llm_lr: float = 1.5e-3
     llm_frames_in_batch: int = 1500
     masks: MaskConfig = field(default_factory=MaskConfig)
@@ -101,6 +107,11 @@ class DemoConfig:
     @property
     def out(self) -> Path:
         return Path(self.out_dir)
+
+    @property
+    def model_dir(self) -> Path:
+        """Where stage 2's leg is exported (and scored)."""
+        return self.out / ("model" if self.llm_leg == "llm" else f"model-{self.llm_leg}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +124,9 @@ class CachedSet:
 
     entries: list[Entry]
     frames: list[torch.Tensor]  # (T_i, D) float16 each
+
+    def __add__(self, other: CachedSet) -> CachedSet:
+        return CachedSet(self.entries + other.entries, self.frames + other.frames)
 
     def repeated(self, task: str, times: int) -> CachedSet:
         """This set with each utterance of ``task`` ``times`` times."""
@@ -142,7 +156,8 @@ class CachedSet:
 
     def _groups(self, max_frames: int, rng: np.random.Generator) -> list[list[int]]:
         """Indices grouped by similar length (little padding), groups in random order."""
-        lengths = np.array([len(f) for f in self.frames])
+        # a text-only item costs about as much as a short utterance
+        lengths = np.array([max(len(f), TEXT_ITEM_FRAMES) for f in self.frames])
         jitter = rng.uniform(0, 1, len(lengths))  # a new bucketing each epoch
         order = np.lexsort((jitter, lengths))
         groups: list[list[int]] = [[]]
@@ -391,6 +406,31 @@ def _encode_set(objective, data: CachedSet) -> CachedSet:
     return CachedSet(data.entries, [outputs[e.id] for e in data.entries])
 
 
+def text_chat_set(width: int, repeats: int) -> CachedSet:
+    """Every training chat dialogue as a ``chat_text`` item (no audio), ``repeats`` times.
+
+    Held-out questions are left out, as text too: the held-out score measures answering speech
+    whose words were never trained on in any form.
+    """
+    from mooer.train.corpus import chat_dialogues, is_heldout
+
+    entries = [
+        Entry(
+            id=f"text-{i:05d}",
+            audio="",
+            task="chat_text",
+            text=dialogue[-1][0],
+            target=dialogue[-1][1],
+            history=list(dialogue[:-1]),
+            lang="en",
+        )
+        for i, dialogue in enumerate(chat_dialogues())
+        if not is_heldout(dialogue[0][0])
+    ]
+    entries *= repeats
+    return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * len(entries))
+
+
 def _llm_config(cfg: DemoConfig) -> TrainConfig:
     model = ModelConfig(
         llm=str(_init_llm(cfg, cfg.out / "init_llm")),
@@ -403,7 +443,7 @@ def _llm_config(cfg: DemoConfig) -> TrainConfig:
     optim = OptimConfig(
         lr=cfg.llm_lr, warmup_steps=cfg.llm_steps // 10, max_steps=cfg.llm_steps, seed=cfg.seed
     )
-    return _train_config(cfg, "llm", model, optim)
+    return _train_config(cfg, cfg.llm_leg, model, optim)
 
 
 def _stage_llm(cfg: DemoConfig) -> None:
@@ -416,13 +456,17 @@ def _stage_llm(cfg: DemoConfig) -> None:
     if not cache.exists():
         encoded = _encode_set(objective, _load_set(cfg, "train", "features"))
         torch.save(encoded.frames, cache)
+    if cfg.llm_init:
+        objective.load_state_dict(torch.load(cfg.llm_init))
     data = _load_set(cfg, "train", "encoded").repeated("chat", cfg.chat_repeats)
+    if cfg.text_chat_repeats:
+        data = data + text_chat_set(data.frames[0].shape[-1], cfg.text_chat_repeats)
     _fit(
         train_cfg,
         objective,
         lambda start: data.batches(cfg.llm_frames_in_batch, cfg.seed, start, as_encoder_out=True),
     )
-    torch.save(objective.state_dict(), cfg.out / "llm" / "final.pt")
+    torch.save(objective.state_dict(), cfg.out / cfg.llm_leg / "final.pt")
 
 
 def _stage_export(cfg: DemoConfig) -> None:
@@ -431,15 +475,15 @@ def _stage_export(cfg: DemoConfig) -> None:
 
     train_cfg = _llm_config(cfg)
     objective = build_objective(train_cfg, torch.device("cpu"))
-    objective.load_state_dict(torch.load(cfg.out / "llm" / "final.pt"))
+    objective.load_state_dict(torch.load(cfg.out / cfg.llm_leg / "final.pt"))
     recipe = {"demo_recipe": dataclasses.asdict(cfg)}
-    export_model(objective.eval(), cfg.out / "model", train_cfg, extra=recipe)
+    export_model(objective.eval(), cfg.model_dir, train_cfg, extra=recipe)
 
 
 def _stage_eval(cfg: DemoConfig) -> None:
     from mooer.train.evaluate import main as eval_main
 
-    model = cfg.out / "model"
+    model = cfg.model_dir
     testset = cfg.out / "heldout_demo_tasks.jsonl"
     write_manifest(demo_tasks(read_manifest(_manifest(cfg, "heldout"))), testset)
     eval_main(["--model", str(model), str(testset), "--out", str(model / "eval")])
@@ -513,9 +557,9 @@ _STAGE_DONE = {
     "tokenizer": lambda c: (c.out / "tokenizer" / "tokenizer.json").exists(),
     "features": lambda c: (c.out / "features_heldout.pt").exists(),
     "ctc": lambda c: (c.out / "ctc" / "final" / "paraformer-encoder.pth").exists(),
-    "llm": lambda c: (c.out / "llm" / "final.pt").exists(),
-    "export": lambda c: (c.out / "model" / "adapter_project.pt").exists(),
-    "eval": lambda c: (c.out / "model" / "eval" / "summary.json").exists(),
+    "llm": lambda c: (c.out / c.llm_leg / "final.pt").exists(),
+    "export": lambda c: (c.model_dir / "adapter_project.pt").exists(),
+    "eval": lambda c: (c.model_dir / "eval" / "summary.json").exists(),
 }
 _STAGE_RUN = {
     "data": _stage_data,
@@ -543,7 +587,7 @@ def run(cfg: DemoConfig, stages: Sequence[str] = STAGES) -> Path:
         log.info("stage %s: started", stage)
         _STAGE_RUN[stage](cfg)
         log.info("stage %s: finished in %.0f s", stage, time.perf_counter() - started)
-    return cfg.out / "model"
+    return cfg.model_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -556,6 +600,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heldout", type=int, default=defaults.n_heldout)
     parser.add_argument("--ctc-steps", type=int, default=defaults.ctc_steps)
     parser.add_argument("--llm-steps", type=int, default=defaults.llm_steps)
+    parser.add_argument("--llm-lr", type=float, default=defaults.llm_lr)
+    parser.add_argument(
+        "--text-chat-repeats", type=int, default=defaults.text_chat_repeats, metavar="N"
+    )
+    parser.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
+    parser.add_argument(
+        "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--threads", type=int, default=defaults.threads)
@@ -576,6 +628,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_heldout=args.heldout,
         ctc_steps=args.ctc_steps,
         llm_steps=args.llm_steps,
+        llm_lr=args.llm_lr,
+        text_chat_repeats=args.text_chat_repeats,
+        llm_leg=args.llm_leg,
+        llm_init=args.llm_init,
         seed=args.seed,
         workers=args.workers,
         threads=args.threads,

@@ -10,6 +10,8 @@ ast and mtl -> the released ``ast`` prompt (the MTL model answers ``"{asr}\\n{as
 have no prefix, the audio goes first as in the release. Chat items follow the live session's
 layout (``mooer.llm.conversation``): the system turn and the prior turns as text are the prefix,
 the audio of the current question follows, then the user suffix ``Answer my question.``.
+``chat_text`` items are chat items without audio: the question's text stands where its audio would
+be. They teach a small LLM trained from scratch the facts a pretrained LLM would already know.
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ def training_prompt(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
         return build_prompt("asr")
     if task in ("ast", "mtl"):
         return build_prompt("ast")
-    if task == "chat":
+    if task in ("chat", "chat_text"):
         return question_suffix()
-    raise ConfigError(f"unknown training task {task!r}: expected asr, ast, mtl or chat")
+    raise ConfigError(
+        f"unknown training task {task!r}: expected asr, ast, mtl, chat or chat_text"
+    )
 
 
-def prompt_prefix(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
-    """The text before the audio: the system turn and prior turns for chat, nothing otherwise."""
+def prompt_prefix(task: str, history: Sequence[tuple[str, str]] = (), text: str = "") -> str:
+    """The text before the audio: the system turn and prior turns for chat, nothing otherwise;
+    for ``chat_text`` also the question ``text`` itself, in the place of its (absent) audio."""
+    if task == "chat_text":
+        return history_prefix(list(history)) + text
     return history_prefix(list(history)) if task == "chat" else ""
 
 
@@ -204,15 +211,15 @@ class SpeechObjective(nn.Module):
             stats["ctc"] = float(ctc.detach())
         if self.ctc_weight < 1:
             embeds, embed_lengths = self.adapter(hidden, lengths)  # (B, T // k, H)
-            pairs = list(zip(batch.tasks, batch.histories))
+            items = list(zip(batch.tasks, batch.histories, batch.texts))
             inputs = build_inputs(
                 self.llm,
                 self.tokenizer,
                 embeds,
                 embed_lengths,
-                [training_prompt(t, h) for t, h in pairs],
+                [training_prompt(t, h) for t, h, _ in items],
                 batch.targets,
-                [prompt_prefix(t, h) for t, h in pairs],
+                [prompt_prefix(t, h, text) for t, h, text in items],
             )
             logits = self.llm(
                 inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask

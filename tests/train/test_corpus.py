@@ -184,3 +184,18 @@ def test_heldout_has_little_repetition(split):
 def test_bad_sizes(n_train, n_heldout):
     with pytest.raises(ConfigError, match="n_"):
         build_corpus(n_train, n_heldout, seed=0)
+
+
+def test_text_chat_items_leave_heldout_questions_out():
+    from mooer.train.demo import text_chat_set
+
+    texts = text_chat_set(width=8, repeats=2)
+    first_questions = {(e.history[0][0] if e.history else e.text) for e in texts.entries}
+    dialogues = chat_dialogues()
+    assert not any(is_heldout(q) for q in first_questions)
+    kept = [d for d in dialogues if not is_heldout(d[0][0])]
+    assert len(texts.entries) == 2 * len(kept) and 0 < len(kept) < len(dialogues)
+    assert {e.task for e in texts.entries} == {"chat_text"}
+    assert all(f.shape == (0, 8) for f in texts.frames)  # no audio: the text is the question
+    e = texts.entries[0]
+    assert (tuple(e.history) + ((e.text, e.target),)) == kept[0]

@@ -51,6 +51,25 @@ def test_chat_items_follow_the_live_sessions_layout():
     assert prompt_prefix("asr") == prompt_prefix("mtl") == ""  # released tasks: audio first
 
 
+def test_text_chat_items_put_the_question_where_its_audio_would_be(llm):
+    model, tokenizer = llm
+    history = [("what is two plus two", "four")]
+    question = "and plus one"
+    prefix = prompt_prefix("chat_text", history, question)
+    assert prefix == history_prefix(history) + question
+    assert training_prompt("chat_text", history) == question_suffix()
+    assert prompt_prefix("chat", history, question) == history_prefix(history)  # audio says it
+    no_audio = torch.zeros(1, 0, model.config.hidden_size)  # (B, 0, H): text-only batch
+    inputs = build_inputs(
+        model, tokenizer, no_audio, torch.tensor([0]), [question_suffix()], ["five"], [prefix]
+    )
+    ids = tokenizer(prefix + question_suffix() + "five<|im_end|>", add_special_tokens=False)
+    table = model.get_input_embeddings()
+    assert torch.equal(inputs.inputs_embeds[0], table(torch.tensor(ids["input_ids"])))
+    answer = tokenizer("five<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert inputs.labels[0][inputs.labels[0] != IGNORE].tolist() == answer
+
+
 def test_tasks_use_the_released_prompts():
     assert training_prompt("asr") == build_prompt("asr")
     assert training_prompt("ast") == training_prompt("mtl") == build_prompt("ast")
