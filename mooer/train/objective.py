@@ -52,9 +52,7 @@ def training_prompt(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
         return build_prompt("ast")
     if task in ("chat", "chat_text"):
         return question_suffix()
-    raise ConfigError(
-        f"unknown training task {task!r}: expected asr, ast, mtl, chat or chat_text"
-    )
+    raise ConfigError(f"unknown training task {task!r}: expected asr, ast, mtl, chat or chat_text")
 
 
 def prompt_prefix(task: str, history: Sequence[tuple[str, str]] = (), text: str = "") -> str:
