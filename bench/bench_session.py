@@ -1,158 +1,340 @@
-"""Live sessions in real time: endpoint-to-final latency, and how many sessions one engine keeps up with.
+"""Live sessions in real time on the demo model: latency to the final, partial cadence, capacity.
 
-Each session gets real speech in 20 ms chunks at the pace a microphone would send it (one feeder
-thread for all sessions, streams offset so that their speech does not line up). A count of
-sessions keeps up when the 95th percentile of the time from the VAD's end-of-utterance decision
-to the final transcript stays under ``--max-latency``. ``lag`` is how late the feeder ever was
-(a busy machine starves it; then the audio arrived later than real time).
+Every session gets real speech (the example recordings, which the demo model understands, each
+trimmed to its speech and followed by a pause) in 20 ms chunks at the pace a microphone sends
+them: one feeder thread for all sessions, each session's stream delayed by a random lead so that
+their utterances do not end together. Per utterance it measures, on one clock:
 
-The model is ``--model`` (a release-layout folder), else the bundled demo model, else a tiny
-fabricated one (random words that never end on their own, so answers are capped at
-``--max-new-tokens`` to make their length realistic).
+- end of speech -> final: from the instant the utterance's last spoken sample was captured (its
+  place in the stream is known) to the final transcript; the VAD's silence wait is included;
+- endpoint -> final: from the VAD's end-of-utterance decision to the final;
+- partial cadence: the time between successive partial updates of an utterance, and from the
+  start of speech to the first one.
 
-    python bench/bench_session.py [--seconds 15] [--sessions 1 2 4 8] [--threads 1] [--mode asr]
+Sessions are ramped (``--sessions``) until they fall behind real time: a count keeps up while
+every utterance gets its final and the 95th percentile of endpoint -> final stays under
+``--max-latency``. ``lag`` is how late the feeder ever was (a starved feeder delivers audio
+late, which the end-of-speech latency then includes).
+
+    python bench/bench_session.py [--seconds 30] [--sessions 1 2 4 8 16] [--mode asr]
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mooer.agent.engine import Engine, available_cores, default_threads
+from mooer.agent import events as ev
+from mooer.agent.engine import Engine, default_threads
 from mooer.agent.session import SessionConfig
 from mooer.audio import SAMPLE_RATE, load_audio
-from mooer.model import DEMO_MODEL_DIR, load_model
+from mooer.model import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_vad import CHUNK, default_stream  # noqa: E402  (a sibling script, not a package)
+from machine import LoadLog, describe  # noqa: E402  (a sibling script, not a package)
 
-TICK = CHUNK / SAMPLE_RATE  # 20 ms
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "audio"
+CHUNK = SAMPLE_RATE // 50  # 20 ms
+FRAME = SAMPLE_RATE // 100  # 10 ms, the resolution of speech trimming
+TARGETS = {"end of speech p50": 0.7, "end of speech p95": 1.0, "endpoint p50": 0.2}
+
+
+def trim(clip: np.ndarray, floor_db: float = 35.0) -> np.ndarray:
+    """The clip from its first to its last 10 ms frame within ``floor_db`` of its loudest."""
+    frames = clip[: clip.size // FRAME * FRAME].reshape(-1, FRAME)  # (N,) -> (F, 160)
+    rms = np.sqrt((frames**2).mean(axis=1))  # (F,)
+    loud = np.flatnonzero(rms >= max(rms.max() * 10 ** (-floor_db / 20), 1e-4))
+    if loud.size == 0:
+        raise SystemExit("a clip holds no speech: pass other --wav files")
+    return clip[loud[0] * FRAME : (loud[-1] + 1) * FRAME]
+
+
+def example_clips(paths: Sequence[Path] = ()) -> list[np.ndarray]:
+    """Speech trimmed of its leading and trailing silence: ``paths``, else the examples."""
+    paths = list(paths) or sorted(EXAMPLES.glob("*.wav"))
+    if not paths:
+        raise SystemExit(f"no example recordings in {EXAMPLES}: pass --wav FILE")
+    return [trim(load_audio(p)) for p in paths]
+
+
+@dataclass(frozen=True)
+class SpeechStream:
+    """Utterances with pauses between them, and where each one's speech ends."""
+
+    samples: np.ndarray  # (N,) float32 at 16 kHz
+    speech_ends: np.ndarray  # (U,) sample just past each utterance's last spoken one
+
+    @classmethod
+    def build(
+        cls, clips: Sequence[np.ndarray], seconds: float, pause_s: float = 1.0, lead_s: float = 0.0
+    ) -> SpeechStream:
+        """``lead_s`` of silence, then the clips in turn, each followed by ``pause_s`` of
+        silence, as many as fit in ``seconds``; silence pads the rest (no utterance is cut)."""
+        total = int(seconds * SAMPLE_RATE)
+        pause = np.zeros(int(pause_s * SAMPLE_RATE), dtype=np.float32)
+        parts, ends, at = [np.zeros(int(lead_s * SAMPLE_RATE), dtype=np.float32)], [], 0
+        at = parts[0].size
+        for k in range(10**6):
+            clip = clips[k % len(clips)]
+            if at + clip.size + pause.size > total:
+                break
+            parts += [clip, pause]
+            at += clip.size
+            ends.append(at)
+            at += pause.size
+        samples = np.concatenate(parts)
+        samples = np.pad(samples, (0, max(0, total - samples.size)))
+        return cls(samples, np.array(ends, dtype=np.int64))
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.size / SAMPLE_RATE
+
+    def nearest_end(self, sample: int) -> int:
+        """The utterance end closest to ``sample`` (where a VAD put one)."""
+        return int(self.speech_ends[np.abs(self.speech_ends - sample).argmin()])
 
 
 @dataclass
-class Outcome:
+class Utterance:
+    """When one utterance's moments happened, on the ``time.perf_counter`` clock."""
+
+    start: float = math.nan  # its speech began (VAD onset, padding included)
+    speech_end: float = math.nan  # its last spoken sample was captured
+    endpoint: float = math.nan  # the VAD decided it had ended
+    final: float = math.nan  # the final result arrived
+    partials: list[float] = field(default_factory=list)  # partial updates arrived
+
+
+class Timeline:
+    """One stream's utterances as its events report them. ``t0``: when sample 0 was captured,
+    so sample ``s`` was captured at ``t0 + s / 16000`` (a real-time stream)."""
+
+    def __init__(self, stream: SpeechStream) -> None:
+        self.stream = stream
+        self.t0 = math.nan
+        self.items: dict[str, Utterance] = {}
+        self.errors: list[str] = []
+
+    def pending(self) -> bool:
+        """Whether an utterance that ended still waits for its final."""
+        return any(not math.isnan(u.endpoint) and math.isnan(u.final) for u in self.items.values())
+
+    def _at(self, ms: int) -> float:
+        return self.t0 + ms / 1000
+
+    def started(self, item: str, audio_start_ms: int) -> None:
+        self.items.setdefault(item, Utterance()).start = self._at(audio_start_ms)
+
+    def stopped(self, item: str, audio_end_ms: int, now: float) -> None:
+        utterance = self.items.setdefault(item, Utterance())
+        utterance.endpoint = now
+        end = self.stream.nearest_end(audio_end_ms * SAMPLE_RATE // 1000)
+        utterance.speech_end = self.t0 + end / SAMPLE_RATE
+
+    def partial(self, item: str, now: float) -> None:
+        utterance = self.items.setdefault(item, Utterance())
+        if math.isnan(utterance.endpoint):  # not the final's own delta
+            utterance.partials.append(now)
+
+    def final(self, item: str, now: float) -> None:
+        utterance = self.items.setdefault(item, Utterance())
+        utterance.final = now if math.isnan(utterance.final) else max(utterance.final, now)
+
+    def on_event(self, event: ev.Event) -> None:
+        """An engine session's events (asr, ast and asr+ast modes)."""
+        now = time.perf_counter()
+        if isinstance(event, ev.SpeechStarted):
+            self.started(event.item_id, event.audio_start_ms)
+        elif isinstance(event, ev.SpeechStopped):
+            self.stopped(event.item_id, event.audio_end_ms, now)
+        elif isinstance(event, ev.TranscriptDelta | ev.TranslationDelta):
+            self.partial(event.item_id, now)
+        elif isinstance(event, ev.Transcript | ev.Translation):
+            self.final(event.item_id, now)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else math.nan
+
+
+@dataclass
+class Figures:
+    """One level of the ramp, all sessions together."""
+
     sessions: int
-    latencies: list[float]
-    replies: list[float]  # chat: end of utterance -> first reply text
-    partials: int
-    skipped: int
-    drain_s: float  # from the last chunk fed to the last SessionClosed
-    feeder_lag_s: float  # how late the feeder ever was
+    utterances: int  # the VAD ended
+    finals: int  # of those, with a final
+    end_of_speech: list[float]  # end of speech -> final, s
+    endpoint: list[float]  # VAD endpoint -> final, s
+    intervals: list[float]  # between successive partial updates of an utterance, s
+    first_partial: list[float]  # start of speech -> first partial update, s
+    cpu: float  # this process's CPU seconds per wall second (cores busy)
+    lag_s: float  # how late the sender ever was
+
+    @classmethod
+    def of(cls, timelines: Sequence[Timeline], cpu: float, lag_s: float) -> Figures:
+        done = [u for t in timelines for u in t.items.values() if not math.isnan(u.endpoint)]
+        final = [u for u in done if not math.isnan(u.final)]
+        return cls(
+            sessions=len(timelines),
+            utterances=len(done),
+            finals=len(final),
+            end_of_speech=[u.final - u.speech_end for u in final],
+            endpoint=[u.final - u.endpoint for u in final],
+            intervals=[b - a for u in done for a, b in zip(u.partials, u.partials[1:])],
+            first_partial=[u.partials[0] - u.start for u in done if u.partials],
+            cpu=cpu,
+            lag_s=lag_s,
+        )
 
     def keeps_up(self, max_latency: float) -> bool:
-        return bool(self.latencies) and self.p(95) <= max_latency
+        """Every utterance got its final, and finals do not queue up behind the audio."""
+        return (
+            self.utterances > 0
+            and self.finals == self.utterances
+            and _percentile(self.endpoint, 95) <= max_latency
+        )
 
-    def p(self, q: float, of: str = "latencies") -> float:
-        values = getattr(self, of)
-        return float(np.percentile(values, q)) if values else float("nan")
+    def meets_targets(self) -> bool:
+        """The issue's latency targets (500 ms of VAD silence included)."""
+        figures = {
+            "end of speech p50": _percentile(self.end_of_speech, 50),
+            "end of speech p95": _percentile(self.end_of_speech, 95),
+            "endpoint p50": _percentile(self.endpoint, 50),
+        }
+        return self.keeps_up(math.inf) and all(figures[k] <= v for k, v in TARGETS.items())
+
+    HEADER = (
+        "sessions  finals  end of speech->final p50/p95/max ms  endpoint->final p50/p95 ms  "
+        "partial every p50/p95 ms  first partial p50 ms  cores busy  lag ms  keeps up  targets"
+    )
+
+    def row(self, max_latency: float) -> str:
+        def ms(values: Sequence[float], q: float) -> str:
+            return f"{_percentile(values, q) * 1e3:.0f}"
+
+        eos, end, gap = self.end_of_speech, self.endpoint, self.intervals
+        return (
+            f"{self.sessions:8d}  {self.finals:3d}/{self.utterances:<3d} "
+            f"{ms(eos, 50):>12}/{ms(eos, 95)}/{ms(eos, 100):<16} "
+            f"{ms(end, 50):>14}/{ms(end, 95):<12} {ms(gap, 50):>12}/{ms(gap, 95):<11} "
+            f"{ms(self.first_partial, 50):>20} {self.cpu:>11.2f} {self.lag_s * 1e3:>7.0f}  "
+            f"{'yes' if self.keeps_up(max_latency) else 'no':>8}  "
+            f"{'met' if self.meets_targets() else 'missed':>7}"
+        )
 
 
-def run(model, config: SessionConfig, streams: list[np.ndarray], threads: int) -> Outcome:
-    """Feed ``streams`` (one per session) in real time; close; collect the sessions' stats."""
-    engine = Engine(model, threads=threads)
-    sessions = [engine.open(config) for _ in streams]
+@dataclass
+class Ramp:
+    """Session counts tried in increasing order, until one falls behind real time."""
+
+    max_latency: float
+    kept: int = 0  # the largest count that kept up
+    met: int = 0  # the largest count within the latency targets, as were all counts below it
+
+    def take(self, count: int, figures: Figures) -> bool:
+        """Record the level of ``count`` sessions; False once they fell behind."""
+        if figures.meets_targets() and self.met == self.kept:
+            self.met = count
+        if not figures.keeps_up(self.max_latency):
+            return False
+        self.kept = count
+        return True
+
+    def summary(self) -> str:
+        targets = ", ".join(f"{k} <= {v} s" for k, v in TARGETS.items())
+        return (
+            f"real-time sessions kept up with (endpoint->final p95 <= {self.max_latency:.1f} s): "
+            f"{self.kept}\nsessions within the latency targets ({targets}): {self.met}"
+        )
+
+
+def session_streams(
+    clips: Sequence[np.ndarray], count: int, seconds: float, pause_s: float, seed: int = 0
+) -> list[SpeechStream]:
+    """``count`` streams whose utterances start at random offsets from one another."""
+    cycle = sum(c.size for c in clips) / SAMPLE_RATE + len(clips) * pause_s
+    leads = np.random.default_rng(seed).uniform(0, cycle, size=count)
+    leads[0] = 0.0
+    return [SpeechStream.build(clips, seconds, pause_s, float(lead)) for lead in leads]
+
+
+def run(engine: Engine, config: SessionConfig, streams: Sequence[SpeechStream]) -> Figures:
+    """Feed every stream in real time, close the sessions, and measure what their events say."""
+    timelines = [Timeline(s) for s in streams]
+    sessions = [engine.open(config, t.on_event) for t in timelines]
+    longest = max(s.samples.size for s in streams)
     lag = 0.0
-    start = time.perf_counter()
-    for k, at in enumerate(range(0, max(s.size for s in streams), CHUNK)):
-        wait = start + k * TICK - time.perf_counter()
+    cpu, t0 = time.process_time(), time.perf_counter()
+    for timeline in timelines:
+        timeline.t0 = t0
+    for k, at in enumerate(range(0, longest, CHUNK)):
+        wait = t0 + (k + 1) * CHUNK / SAMPLE_RATE - time.perf_counter()  # the chunk is captured
         if wait > 0:
             time.sleep(wait)
         lag = max(lag, -wait)
         for session, stream in zip(sessions, streams):
-            session.feed(stream[at : at + CHUNK])
-    fed = time.perf_counter()
+            session.feed(stream.samples[at : at + CHUNK])
     for session in sessions:
         session.close()
     for session in sessions:
         session.wait_closed(120)
-    drain = time.perf_counter() - fed
-    engine.close()
-    return Outcome(
-        sessions=len(sessions),
-        latencies=[x for s in sessions for x in s.stats.final_latency_s],
-        replies=[x for s in sessions for x in s.stats.reply_latency_s],
-        partials=sum(s.stats.partials for s in sessions),
-        skipped=sum(s.stats.partials_skipped for s in sessions),
-        drain_s=drain,
-        feeder_lag_s=lag,
-    )
-
-
-def open_model(args: argparse.Namespace, workdir: Path):
-    if args.model is not None:
-        return load_model(args.model, llm=args.llm, device=args.device), str(args.model), None
-    if (DEMO_MODEL_DIR / "adapter_project.pt").exists():
-        return load_model(device=args.device), "demo model", None
-    from mooer.fabricate import fabricate
-
-    root = fabricate(workdir, layout="omni")
-    return load_model(root, device=args.device), "fabricated omni (random)", args.max_new_tokens
+    busy = (time.process_time() - cpu) / (time.perf_counter() - t0)
+    return Figures.of(timelines, busy, lag)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=None, help="default: the demo model")
     parser.add_argument("--llm", type=Path, default=None, help="Qwen2 folder of an MTL release")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mode", default="asr", choices=("asr", "ast", "asr+ast", "chat"))
-    parser.add_argument("--seconds", type=float, default=15.0, help="audio per session")
-    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--mode", default="asr", choices=("asr", "ast", "asr+ast"))
+    parser.add_argument("--seconds", type=float, default=30.0, help="audio per session")
+    parser.add_argument("--pause", type=float, default=1.0, help="silence after each utterance")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16, 24, 32])
     parser.add_argument("--threads", type=int, default=None, help="the engine's torch threads")
     parser.add_argument("--partial-ms", type=int, default=480)
-    parser.add_argument("--max-latency", type=float, default=1.0, help="p95 limit, seconds")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="fabricated model only")
-    parser.add_argument("--wav", type=Path, default=None)
+    parser.add_argument("--max-latency", type=float, default=1.0, help="endpoint->final p95, s")
+    parser.add_argument("--wav", type=Path, nargs="+", default=[], help="default: examples/audio")
     args = parser.parse_args()
 
-    workdir = tempfile.TemporaryDirectory()  # a fabricated model's files, kept while it runs
-    model, name, cap = open_model(args, Path(workdir.name))
+    model = load_model(args.model, llm=args.llm, device=args.device)
+    name = str(args.model) if args.model else "demo model"
     config = SessionConfig(mode=args.mode, partial_interval_ms=args.partial_ms)
-    if cap is not None:
-        config = dataclasses.replace(
-            config,
-            partial_options=dataclasses.replace(config.partial_options, max_new_tokens=cap),
-            final_options=dataclasses.replace(config.final_options, max_new_tokens=cap),
-            chat_options=dataclasses.replace(config.chat_options, max_new_tokens=cap),
-        )
     threads = args.threads or default_threads(model)
     torch.set_num_threads(1)  # the feeder's VAD; the engine's worker sets its own
+    clips = example_clips(args.wav)
+    engine = Engine(model, threads=threads)
+    run(engine, config, session_streams(clips, 1, 4.0, args.pause))  # warm up
 
-    clip = load_audio(args.wav) if args.wav else default_stream()
-    stream = np.resize(clip, int(args.seconds * SAMPLE_RATE))
-    run(model, config, [stream[: 3 * SAMPLE_RATE]], threads)  # warm up
-
+    print(describe())
     print(
-        f"model: {name}; mode {args.mode}; engine threads {threads} of {available_cores()} "
-        f"cores; {args.seconds:.0f} s per session in 20 ms chunks, partials every "
-        f"{args.partial_ms} ms" + (f"; answers capped at {cap} tokens" if cap else "")
+        f"model: {name}; mode {args.mode}; engine threads {threads}; {args.seconds:.0f} s per "
+        f"session ({len(clips)} utterances of {min(c.size for c in clips) / SAMPLE_RATE:.1f}-"
+        f"{max(c.size for c in clips) / SAMPLE_RATE:.1f} s, {args.pause:.1f} s pauses) in 20 ms "
+        f"chunks; VAD silence {config.vad.min_silence_ms} ms; partials every {args.partial_ms} ms"
     )
-    header = (
-        f"{'sessions':>8} {'finals':>6} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} "
-        f"{'partials':>8} {'skipped':>7} {'drain s':>7} {'lag ms':>6} {'reply p50':>9}  keeps up"
-    )
-    print(header)
-    best = 0
+    print(Figures.HEADER)
+    load, ramp = LoadLog(), Ramp(args.max_latency)
     for count in args.sessions:
-        streams = [np.roll(stream, k * SAMPLE_RATE // 3) for k in range(count)]
-        out = run(model, config, streams, threads)
-        ok = out.keeps_up(args.max_latency)
-        best = count if ok else best
-        print(
-            f"{count:>8} {len(out.latencies):>6} {out.p(50) * 1e3:>7.0f} {out.p(95) * 1e3:>7.0f} "
-            f"{max(out.latencies, default=float('nan')) * 1e3:>7.0f} {out.partials:>8} "
-            f"{out.skipped:>7} {out.drain_s:>7.2f} {out.feeder_lag_s * 1e3:>6.0f} "
-            f"{out.p(50, 'replies') * 1e3:>9.0f}  "
-            f"{'yes' if ok else 'no'}"
-        )
-    print(f"real-time sessions kept up with (p95 <= {args.max_latency:.1f} s): {best}")
+        load.sample()
+        figures = run(engine, config, session_streams(clips, count, args.seconds, args.pause))
+        load.sample()
+        print(figures.row(args.max_latency), flush=True)
+        if not ramp.take(count, figures):
+            break
+    engine.close()
+    print(load.summary())
+    print(ramp.summary())
 
 
 if __name__ == "__main__":
