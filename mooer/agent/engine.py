@@ -1,12 +1,15 @@
-"""The shared model and the one worker thread that runs all model work, fairly across sessions.
+"""The shared model and the one worker thread that runs all model work, fairly across clients.
 
-The speech LLM is loaded once; every session queues its work here. One worker runs it, because
-on a CPU or a single accelerator parallel decodes only slow each other down, and it takes the
-sessions round-robin, one step of one job at a time: a step is one decode (a partial or a
-final) or one token of a chat reply. A session that talks for long therefore delays the others
-by at most one step per turn of the round, a partial still queued is replaced by its session's
-newer one (finals are never dropped), and an utterance's final drops its queued partials and
-jumps the round (it is what a user waits for at the end of a turn).
+The speech LLM is loaded once; every client queues its work here: live sessions, and requests
+(an HTTP upload, made by ``schedule``). One worker runs it, because on a CPU or a single
+accelerator parallel decodes only slow each other down, and it takes the clients round-robin,
+one step of one job at a time: a step is one decode (a partial, a final, or one segment of an
+uploaded file), one token of a chat reply, or one spoken sentence. A client with much work (a
+long utterance, an hour-long upload) therefore delays each other client by at most one step
+per turn of the round, and is itself served once per round however many others there are. A
+partial still queued is replaced by its session's newer one (finals are never dropped), and an
+utterance's final drops its queued partials and jumps the round (it is what a user waits for
+at the end of a turn). The worker keeps a record of the steps it ran (``steps_run``).
 
 Threads: ``on_event`` runs on the worker thread for results (transcripts, translations,
 replies) and on the caller's thread for what ``feed``/``commit``/``close`` find at once (speech
@@ -23,9 +26,10 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, Protocol, TypeVar
 
 import torch
 
@@ -39,17 +43,73 @@ from mooer.tts.backend import TTSBackend, load_backend
 
 log = logging.getLogger(__name__)
 
-JobKind = Literal["partial", "final", "response", "control"]
+JobKind = Literal["partial", "final", "response", "control", "request"]
 Work = Iterator[None] | Callable[[], object]
+T = TypeVar("T")
+
+RECORD_LENGTH = 4096  # steps kept in the engine's record
+
+
+class Client(Protocol):
+    """Who queues work: a live ``Session`` or a ``Request``."""
+
+    @property
+    def id(self) -> str: ...
+
+    def report_error(self, exc: BaseException) -> None:
+        """A step of this client's work raised ``exc``; the job is dropped."""
+
+
+class Request(Generic[T]):
+    """Offline work (an uploaded file) queued beside the live sessions as a client of its own.
+
+    ``future`` gets what the work's generator returns, or the exception it raised; cancelling
+    it (the caller went away) stops the work at its next step.
+    """
+
+    def __init__(self, request_id: str, work: Generator[None, None, T]) -> None:
+        self.id = request_id
+        self.future: Future[T] = Future()
+        self._work = work
+
+    def steps(self) -> Iterator[None]:
+        while not self.future.cancelled():
+            try:
+                next(self._work)
+            except StopIteration as done:
+                if self.future.set_running_or_notify_cancel():  # False: cancelled meanwhile
+                    self.future.set_result(done.value)
+                return
+            yield
+        self._work.close()
+
+    def report_error(self, exc: BaseException) -> None:
+        if self.future.set_running_or_notify_cancel():
+            self.future.set_exception(exc)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step the worker ran: the how-manyth (``step``, from 0), whose, of which kind of job,
+    the number of steps begun before that job was queued (``queued_at``: a job that waited for
+    nothing has ``step == queued_at``), and who else had work waiting for a turn (in their
+    order in the round)."""
+
+    step: int
+    client: str
+    kind: JobKind
+    queued_at: int
+    waiting: tuple[str, ...]
 
 
 @dataclass(eq=False)
 class Job:
-    """Queued work of one session; each ``next(steps)`` is one step on the worker."""
+    """Queued work of one client; each ``next(steps)`` is one step on the worker."""
 
-    session: Session
+    client: Client
     kind: JobKind
     steps: Iterator[None]
+    queued_at: int = 0  # steps begun before it was queued
     started: bool = False
 
 
@@ -109,12 +169,15 @@ class Engine:
         self._vad_model = vad_model
         turn_end_id(model.tokenizer)  # slow the first time: not in a session's open()
         self._cond = threading.Condition()
-        self._queues: dict[Session, deque[Job]] = {}  # sessions with queued work
-        self._ready: deque[Session] = deque()  # of those, the ones waiting their turn, in order
+        self._queues: dict[Client, deque[Job]] = {}  # clients with queued work
+        self._ready: deque[Client] = deque()  # of those, the ones waiting their turn, in order
         self._running: Job | None = None
+        self._record: deque[StepRecord] = deque(maxlen=RECORD_LENGTH)
+        self._steps_begun = 0
         self._sessions: dict[str, Session] = {}
         self._tts: dict[str, TTSBackend] = {}  # loaded once, shared by the sessions that speak
         self._session_ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
         self._closing = False
         self._stopped = False
         self._worker = threading.Thread(target=self._work, name="mooer-engine", daemon=True)
@@ -181,6 +244,22 @@ class Engine:
         self._worker.join(timeout)
         return done
 
+    def schedule(self, work: Generator[None, None, T], label: str = "request") -> Future[T]:
+        """Run ``work`` on the worker as a client of its own, one step (``next``) per turn of
+        the round; the future gets its return value. For offline work such as an uploaded
+        file, a segment per step: see the module docstring for what that guarantees."""
+        with self._cond:
+            if self._closing:
+                raise ConfigError("the engine is closed: no new requests")
+            request: Request[T] = Request(f"{label}{next(self._request_ids)}", work)
+            self._enqueue(Job(request, "request", request.steps()))
+        return request.future
+
+    def steps_run(self) -> list[StepRecord]:
+        """The worker's record of the steps it ran, oldest first (the last ``RECORD_LENGTH``)."""
+        with self._cond:
+            return list(self._record)
+
     # -- scheduling, used by Session ---------------------------------------------------------
 
     def submit(self, session: Session, kind: JobKind, work: Work) -> None:
@@ -190,19 +269,27 @@ class Engine:
             if self._stopped:
                 raise ConfigError("the engine is stopped")
             queue = self._queues.get(session)
-            if queue is None:
-                queue = self._queues[session] = deque()
-                self._ready.append(session)
-            if kind == "partial":
+            if kind == "partial" and queue is not None:
                 for i, queued in enumerate(queue):
                     if queued.kind == "partial" and queued is not self._running:
+                        job.queued_at = self._steps_begun
                         queue[i] = job  # the newer audio makes the queued one stale
                         session.stats.partials_skipped += 1
                         return
-            elif kind == "final":
+            elif kind == "final" and queue is not None:
                 self._drop(session, queue, lambda queued: queued.kind == "partial")
-            queue.append(job)
-            self._cond.notify_all()
+            self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        """Append ``job`` to its client's queue, the client to the round if it was idle (lock
+        held)."""
+        job.queued_at = self._steps_begun
+        queue = self._queues.get(job.client)
+        if queue is None:
+            queue = self._queues[job.client] = deque()
+            self._ready.append(job.client)
+        queue.append(job)
+        self._cond.notify_all()
 
     def discard(self, session: Session, partials_only: bool) -> None:
         """Drop the session's queued jobs (not the one running), or only its partials."""
@@ -222,11 +309,11 @@ class Engine:
             if close is not None:
                 close()
 
-    def wait_idle(self, session: Session | None = None, timeout: float | None = None) -> bool:
-        """Block until no work of ``session`` (default: any) is queued or running."""
+    def wait_idle(self, client: Client | None = None, timeout: float | None = None) -> bool:
+        """Block until no work of ``client`` (default: any) is queued or running."""
 
         def idle() -> bool:
-            return session not in self._queues if session is not None else not self._queues
+            return client not in self._queues if client is not None else not self._queues
 
         with self._cond:
             return self._cond.wait_for(idle, timeout)
@@ -256,34 +343,38 @@ class Engine:
                     if self._stopped:
                         return
                     self._cond.wait()
-                session = self._next_session()
-                job = self._queues[session][0]
+                client = self._next_client()
+                job = self._queues[client][0]
                 job.started = True
                 self._running = job
+                waiting = tuple(other.id for other in self._ready)
+                record = StepRecord(self._steps_begun, client.id, job.kind, job.queued_at, waiting)
+                self._record.append(record)
+                self._steps_begun += 1
             more = self._step(job)
             with self._cond:
                 self._running = None
-                queue = self._queues[session]
+                queue = self._queues[client]
                 if not more:
                     queue.remove(job)
                 if queue:
-                    self._ready.append(session)  # to the back of the round
+                    self._ready.append(client)  # to the back of the round
                 else:
-                    del self._queues[session]
+                    del self._queues[client]
                 self._cond.notify_all()
 
-    def _next_session(self) -> Session:
-        """The next session in the round, except that a final not yet begun goes first: the
-        end of an utterance is when a user waits; partials can wait a step."""
-        for session in self._ready:
-            head = self._queues[session][0]
+    def _next_client(self) -> Client:
+        """The next client in the round, except that a final not yet begun goes first: the
+        end of an utterance is when a user waits; partials and uploads can wait a step."""
+        for client in self._ready:
+            head = self._queues[client][0]
             if head.kind == "final" and not head.started:
-                self._ready.remove(session)
-                return session
+                self._ready.remove(client)
+                return client
         return self._ready.popleft()
 
     def _step(self, job: Job) -> bool:
-        """Run one step; False when the job is done (or failed: the session reports it)."""
+        """Run one step; False when the job is done (or failed: its client reports it)."""
         started = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -291,10 +382,10 @@ class Engine:
             return True
         except StopIteration:
             return False
-        except Exception as exc:  # bad work of one session must not stop the others
-            job.session.report_error(exc)
+        except Exception as exc:  # bad work of one client must not stop the others
+            job.client.report_error(exc)
             return False
         finally:
             spent = time.perf_counter() - started
             if spent > 5.0:
-                log.warning("session %s: one %s step took %.1f s", job.session.id, job.kind, spent)
+                log.warning("%s: one %s step took %.1f s", job.client.id, job.kind, spent)

@@ -1,4 +1,5 @@
-"""The engine's scheduling: round-robin by session, stale partials replaced, failures contained.
+"""The engine's scheduling: round-robin by client (sessions and requests), stale partials
+replaced, failures contained.
 
 Jobs here are small Python functions queued on real sessions of a real (fabricated) model, so
 that the order in which the worker runs them can be recorded exactly.
@@ -6,13 +7,14 @@ that the order in which the worker runs them can be recorded exactly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 
 import pytest
 import torch
 
 from mooer.agent import events as ev
-from mooer.agent.engine import Engine
+from mooer.agent.engine import Engine, StepRecord
 from mooer.agent.session import SessionConfig
 from mooer.errors import ConfigError
 
@@ -100,6 +102,68 @@ def test_a_newer_partial_replaces_a_queued_one_and_a_final_drops_them(engine):
     assert log[2:] == ["partial6", "response"]  # only finals make partials useless
 
 
+def _request(log: list[str], name: str, count: int):
+    """A request's work: ``count`` steps, then its result."""
+    for i in range(count):
+        if i:
+            yield
+        log.append(f"{name}{i}")
+    return f"{name} done"
+
+
+def test_a_request_takes_one_step_per_round_beside_the_sessions(engine):
+    a, b, hold = engine.open(MANUAL), engine.open(MANUAL), engine.open(MANUAL)
+    log: list[str] = []
+    release = _hold(engine, hold)
+    upload = engine.schedule(_request(log, "r", 4), label="upload")
+    engine.submit(a, "response", _steps(log, "a", 3))
+    engine.submit(b, "final", lambda: log.append("B0"))
+    release.set()
+    assert upload.result(timeout=10) == "r done"
+    assert engine.wait_idle(timeout=10)
+    # b's final jumps the round; then the request and a's reply alternate, step by step.
+    assert log == ["B0", "r0", "a0", "r1", "a1", "r2", "a2", "r3"]
+    record = [r for r in engine.steps_run() if r.client != hold.id]
+    assert record[:3] == [
+        StepRecord(1, b.id, "final", 1, ("upload1", a.id)),
+        StepRecord(2, "upload1", "request", 1, (a.id,)),
+        StepRecord(3, a.id, "response", 1, ("upload1",)),
+    ]
+    # (a's generator ends in a step of its own after its last yield; the request's does not)
+    assert [r.client for r in record[1:]] == ["upload1", a.id] * 4
+
+
+def test_a_failing_request_fails_its_future_only(engine):
+    a, hold = engine.open(MANUAL), engine.open(MANUAL)
+    log: list[str] = []
+
+    def broken():
+        yield
+        raise RuntimeError("decoder exploded")
+
+    release = _hold(engine, hold)
+    failed = engine.schedule(broken())
+    engine.submit(a, "final", lambda: log.append("a"))
+    release.set()
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        failed.result(timeout=10)
+    assert engine.wait_idle(timeout=10)
+    assert log == ["a"] and a.stats.errors == 0
+
+
+def test_a_cancelled_request_stops_at_its_next_step(engine):
+    hold = engine.open(MANUAL)
+    log: list[str] = []
+    release = _hold(engine, hold)
+    upload = engine.schedule(_request(log, "r", 100))
+    engine.submit(hold, "control", lambda: upload.cancel())  # runs between its steps
+    release.set()
+    assert engine.wait_idle(timeout=10)
+    assert upload.cancelled() and log == ["r0"]
+    with pytest.raises(concurrent.futures.CancelledError):
+        upload.result(timeout=0)
+
+
 def test_a_failing_job_is_reported_and_the_others_go_on(engine):
     seen: list[ev.Event] = []
     a = engine.open(MANUAL, seen.append)
@@ -159,5 +223,7 @@ def test_close_finishes_queued_work_then_refuses_sessions(model):
     assert engine.sessions == []
     with pytest.raises(ConfigError, match="closed"):
         engine.open(MANUAL)
+    with pytest.raises(ConfigError, match="closed"):
+        engine.schedule(_request([], "r", 1))
     with pytest.raises(ConfigError, match="threads"):
         Engine(model, threads=0)
