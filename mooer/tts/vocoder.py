@@ -1,21 +1,27 @@
 """Latents -> audio with the HiFi-GAN head, for a whole utterance or streamed as the LLM speaks.
 
-Streaming vocodes each chunk together with ``left_context``/``right_context`` neighbouring
-latent frames and keeps only the chunk's own samples. With both contexts at least the
-generator's receptive-field radius (``HifiganConfig.context_frames``, 4 frames for the released
-head) the concatenated chunks equal whole-utterance vocoding up to float rounding, so there are
-no seams. Audio is float32 in [-1, 1] at the generator's rate (22050 Hz), 1024 samples a frame.
+Streaming runs a mirror of the generator in which every layer keeps, between pushes, the few
+input samples its kernel still needs (a convolution its last ``dilation * (kernel - 1)`` inputs,
+a transposed convolution the overlap of its last outputs, the interpolation its last frame).
+Each push then computes only the new samples, so streaming costs what whole-utterance vocoding
+costs, and the output equals it up to float rounding. The generator is not causal: a sample is
+final only once every input it reads has arrived, so the audio trails the latents by a fixed
+lookahead (3770 samples for the released head: 3.7 latent frames, 171 ms at 22.05 kHz).
+Audio is float32 in [-1, 1] at the generator's rate (22050 Hz), 1024 samples a frame.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from mooer.errors import ConfigError
-from mooer.tts.hifigan import HifiganGenerator
+from mooer.tts.hifigan import LRELU_SLOPE, POST_LRELU_SLOPE, HifiganGenerator, ResBlock
 
 
 def _as_latents(generator: HifiganGenerator, latents: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -38,15 +44,6 @@ def _as_speaker(generator: HifiganGenerator, speaker: torch.Tensor) -> torch.Ten
     return speaker.to(device=param.device, dtype=param.dtype)
 
 
-def _synthesize(
-    generator: HifiganGenerator, latents: torch.Tensor, speaker: torch.Tensor
-) -> np.ndarray:
-    """(T, C_in) -> float32 (T * hop,) on the CPU."""
-    with torch.inference_mode():
-        wav = generator(latents.unsqueeze(0), speaker)  # (1, T, C_in) -> (1, T * hop)
-    return wav[0].float().cpu().numpy()
-
-
 def vocode(
     generator: HifiganGenerator, latents: torch.Tensor | np.ndarray, speaker: torch.Tensor
 ) -> np.ndarray:
@@ -54,64 +51,282 @@ def vocode(
     x = _as_latents(generator, latents)
     if x.shape[0] == 0:
         return np.zeros(0, dtype=np.float32)
-    return _synthesize(generator, x, _as_speaker(generator, speaker))
+    with torch.inference_mode():
+        wav = generator(x.unsqueeze(0), _as_speaker(generator, speaker))  # (1, T * hop)
+    return wav[0].float().cpu().numpy()
+
+
+# --- layers run on a growing signal ---------------------------------------------------------------
+#
+# Each takes (1, C_in, n) new input samples and returns (1, C_out, m) newly final output samples;
+# ``flush`` ends the signal and returns the rest. A layer turns n inputs into ``rate * n`` outputs
+# of which the last ``delay`` wait for inputs not yet seen.
+
+
+def _empty(channels: int, like: torch.Tensor) -> torch.Tensor:
+    return like.new_zeros(1, channels, 0)
+
+
+class _Conv:
+    """A same-padded Conv1d (optionally after a leaky ReLU) that keeps the inputs it still reads."""
+
+    rate = 1
+
+    def __init__(
+        self, conv: nn.Conv1d, slope: float | None = None, extra_bias: torch.Tensor | None = None
+    ) -> None:
+        (kernel,), (dilation,), (pad,) = conv.kernel_size, conv.dilation, conv.padding
+        self.weight, self.dilation, self.slope = conv.weight, dilation, slope
+        self.bias = conv.bias if extra_bias is None else conv.bias + extra_bias  # (C_out,)
+        self.span = dilation * (kernel - 1)  # inputs an output reads besides its own position
+        self.pad = pad
+        self.delay = self.span - pad
+        self.reset()
+
+    def reset(self) -> None:
+        self.held = self.weight.new_zeros(1, self.weight.shape[1], self.pad)  # the left padding
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        if self.slope is not None:
+            x = F.leaky_relu(x, self.slope)  # leaky_relu(0) = 0, so the padding needs none
+        window = torch.cat([self.held, x], dim=-1)  # (1, C_in, held + n)
+        if window.shape[-1] <= self.span:
+            self.held = window
+            return _empty(self.weight.shape[0], x)
+        self.held = window[..., window.shape[-1] - self.span :]
+        return F.conv1d(window, self.weight, self.bias, dilation=self.dilation)  # (1, C_out, m)
+
+    def flush(self) -> torch.Tensor:
+        return self.push(self.weight.new_zeros(1, self.weight.shape[1], self.pad))  # right pad
+
+
+class _ConvTranspose:
+    """A ConvTranspose1d after a leaky ReLU, by overlap-add: each input's kernel-long stamp is
+    final once the next inputs' stamps have been added, so only the overlap is carried."""
+
+    def __init__(self, up: nn.ConvTranspose1d, slope: float, extra_bias: torch.Tensor) -> None:
+        (kernel,), (stride,), (pad,) = up.kernel_size, up.stride, up.padding
+        self.weight, self.slope, self.rate, self.pad = up.weight, slope, stride, pad
+        self.bias = (up.bias + extra_bias)[:, None]  # (C_out, 1)
+        self.overlap = kernel - stride  # outputs of an input that the next input also writes
+        self.delay = pad
+        self.reset()
+
+    def reset(self) -> None:
+        self.carry = self.weight.new_zeros(1, self.weight.shape[1], self.overlap)
+        self.crop = self.pad  # outputs before the signal's start, which the padding removes
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-1]
+        if n == 0:
+            return _empty(self.weight.shape[1], x)
+        x = F.leaky_relu(x, self.slope)
+        y = F.conv_transpose1d(x, self.weight, stride=self.rate)  # (1, C_out, n * rate + overlap)
+        y[..., : self.overlap] += self.carry
+        self.carry = y[..., n * self.rate :]
+        return self._cropped(y[..., : n * self.rate] + self.bias)
+
+    def flush(self) -> torch.Tensor:
+        return self._cropped(self.carry[..., : self.overlap - self.pad] + self.bias)
+
+    def _cropped(self, out: torch.Tensor) -> torch.Tensor:
+        cut = min(self.crop, out.shape[-1])
+        self.crop -= cut
+        return out[..., cut:]
+
+
+class _Interpolate:
+    """Linear interpolation by an integer factor (``align_corners=False``): an output reads the
+    two frames around it, so the last frame is kept until the next one arrives."""
+
+    def __init__(self, scale: int, like: torch.Tensor) -> None:
+        self.rate, self.like = scale, like  # like: (C, ...) in the signal's dtype and device
+        self.half = scale // 2  # outputs of a frame that lie before its centre
+        self.delay = scale - self.half
+        self.reset()
+
+    def reset(self) -> None:
+        self.last: torch.Tensor | None = None  # (1, C, 1)
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == 0:
+            return x
+        # At the start the edge is clamped exactly as in the whole utterance; later the window
+        # opens with the kept frame, whose own first outputs were returned before.
+        start = 0 if self.last is None else self.half
+        window = x if self.last is None else torch.cat([self.last, x], dim=-1)  # (1, C, L)
+        self.last = window[..., -1:]
+        y = F.interpolate(window, scale_factor=float(self.rate), mode="linear")  # (1, C, L * s)
+        return y[..., start : (window.shape[-1] - 1) * self.rate + self.half]
+
+    def flush(self) -> torch.Tensor:
+        if self.last is None:
+            return _empty(self.like.shape[0], self.like)
+        y = F.interpolate(self.last, scale_factor=float(self.rate), mode="linear")  # (1, C, s)
+        return y[..., self.half :]
+
+
+class _Identity:
+    rate, delay = 1, 0
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.like = like  # (C, ...) in the signal's dtype and device
+
+    def reset(self) -> None:
+        pass
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def flush(self) -> torch.Tensor:
+        return _empty(self.like.shape[0], self.like)
+
+
+_Layer = _Conv | _ConvTranspose | _Interpolate | _Identity
+
+
+class _Chain:
+    """Layers in sequence; at the end each layer's rest is pushed through the next."""
+
+    def __init__(self, layers: list[_Layer | _Chain | _Sum]) -> None:
+        self.layers = layers
+        self.rate, self.delay = 1, 0
+        for layer in layers:
+            self.rate *= layer.rate
+            self.delay = self.delay * layer.rate + layer.delay
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset()
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer.push(x)
+        return x
+
+    def flush(self) -> torch.Tensor:
+        x = self.layers[0].flush()
+        for layer in self.layers[1:]:
+            x = torch.cat([layer.push(x), layer.flush()], dim=-1)
+        return x
+
+
+class _Sum:
+    """Branches on the same input, summed (and divided): each branch's outputs wait in a queue
+    until the slowest branch has produced the same samples."""
+
+    def __init__(self, branches: list[_Layer | _Chain], divisor: int = 1) -> None:
+        self.branches, self.divisor = branches, divisor
+        self.rate = branches[0].rate
+        self.delay = max(b.delay for b in branches)
+        self.reset()
+
+    def reset(self) -> None:
+        self.queues: list[torch.Tensor | None] = [None] * len(self.branches)
+        for branch in self.branches:
+            branch.reset()
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        return self._added([b.push(x) for b in self.branches])
+
+    def flush(self) -> torch.Tensor:
+        return self._added([b.flush() for b in self.branches])
+
+    def _added(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        self.queues = [
+            o if q is None else torch.cat([q, o], dim=-1) for q, o in zip(self.queues, outs)
+        ]
+        n = min(q.shape[-1] for q in self.queues)
+        total = self.queues[0][..., :n]
+        for q in self.queues[1:]:
+            total = total + q[..., :n]
+        self.queues = [q[..., n:] for q in self.queues]
+        return total if self.divisor == 1 else total / self.divisor
+
+
+def _resblock(block: ResBlock) -> _Chain:
+    """x + conv2(lrelu(conv1(lrelu(x)))) per dilation, as ``ResBlock.forward``."""
+    return _Chain(
+        [
+            _Sum([_Identity(c1.bias), _Chain([_Conv(c1, LRELU_SLOPE), _Conv(c2, LRELU_SLOPE)])])
+            for c1, c2 in zip(block.convs1, block.convs2)
+        ]
+    )
+
+
+def _streaming_generator(generator: HifiganGenerator, speaker: torch.Tensor) -> _Chain:
+    """The layers of ``HifiganGenerator.forward`` without the final tanh, the speaker
+    conditioning folded into biases: (1, C_in, frames) -> (1, 1, frames * hop)."""
+    cfg = generator.cfg
+    n_kernels = len(cfg.resblock_kernels)
+    with torch.inference_mode():
+        layers: list[_Layer | _Chain | _Sum] = [
+            _Interpolate(cfg.input_upsample, generator.conv_pre.weight[0]),  # (C_in, 7)
+            _Conv(generator.conv_pre, extra_bias=generator.cond_layer(speaker).flatten()),
+        ]
+        for i, up in enumerate(generator.ups):
+            layers.append(_ConvTranspose(up, LRELU_SLOPE, generator.conds[i](speaker).flatten()))
+            blocks = generator.resblocks[i * n_kernels : (i + 1) * n_kernels]
+            layers.append(_Sum([_resblock(b) for b in blocks], divisor=n_kernels))
+        layers.append(_Conv(generator.conv_post, POST_LRELU_SLOPE))
+    return _Chain(layers)
+
+
+# --- the streaming vocoder ------------------------------------------------------------------------
 
 
 @dataclass
 class VocoderState:
-    """One utterance's progress; frame indices count from the utterance start."""
+    """One utterance's progress; the layers' kept samples live in the streaming generator."""
 
-    pending: torch.Tensor | None = None  # (F, C_in): kept left context + frames not yet vocoded
-    pending_start: int = 0  # utterance index of pending[0]
+    pending: torch.Tensor | None = None  # (F, C_in): frames not yet run through the layers
     received: int = 0  # frames pushed so far
-    emitted: int = 0  # frames whose audio has been returned
+    emitted: int = 0  # samples returned so far
 
     def reset(self) -> None:
         self.pending = None
-        self.pending_start = self.received = self.emitted = 0
+        self.received = self.emitted = 0
 
 
 class StreamingVocoder:
     """Vocodes latents as they arrive; ``push`` returns the audio that can no longer change.
 
-    A frame's audio is final once ``right_context`` later frames have arrived; it is released in
-    batches of at least ``chunk_frames`` frames, since every batch also pays for its context.
-    The first audio comes after ``chunk_frames + right_context`` frames (with the defaults,
-    4 + 4 = 8 frames, 372 ms of speech); fed one frame at a time, each chunk costs
-    (left + chunk + right) / chunk = 3x its share of whole-utterance vocoding (2x at chunk 8).
-    ``flush`` ends the utterance and resets the state.
-    Contexts default to the generator's receptive-field radius, which makes the output exact.
+    A sample is final once ``lookahead`` samples of latents beyond it have arrived (3770 samples
+    for the released head, i.e. ``right_context`` = 4 whole frames). Audio is released in
+    batches of at least ``chunk_frames`` frames, so the first audio comes after
+    ``chunk_frames + right_context`` frames (4 + 4 = 8 frames, 372 ms of speech, by default)
+    and a player is not left waiting on a sliver; the layers run once per batch, which also
+    saves per-call overhead. ``flush`` ends the utterance and resets the state.
     """
 
     def __init__(
-        self,
-        generator: HifiganGenerator,
-        speaker: torch.Tensor,
-        chunk_frames: int = 4,
-        left_context: int | None = None,
-        right_context: int | None = None,
+        self, generator: HifiganGenerator, speaker: torch.Tensor, chunk_frames: int = 4
     ) -> None:
-        radius = generator.cfg.context_frames
-        self.left_context = radius if left_context is None else left_context
-        self.right_context = radius if right_context is None else right_context
         if chunk_frames < 1:
             raise ConfigError(f"chunk_frames must be >= 1, got {chunk_frames}")
-        if self.left_context < 0 or self.right_context < 0:
-            raise ConfigError(
-                f"contexts must be >= 0, got left {self.left_context}, right {self.right_context}"
-            )
         self.generator = generator
-        self.speaker = _as_speaker(generator, speaker)  # (1, 512, 1)
         self.chunk_frames = chunk_frames
+        self.layers = _streaming_generator(generator, _as_speaker(generator, speaker))
         self.state = VocoderState()
 
     @property
     def sample_rate(self) -> int:
         return self.generator.cfg.sample_rate
 
+    @property
+    def lookahead(self) -> int:
+        """Samples by which the final audio trails the latents received (3770 when released)."""
+        return self.layers.delay
+
+    @property
+    def right_context(self) -> int:
+        """Latent frames that must follow a frame before all of its audio is final."""
+        return math.ceil(self.lookahead / self.generator.cfg.hop)
+
     def reset(self) -> None:
         """Drop the current utterance (e.g. on barge-in)."""
         self.state.reset()
+        self.layers.reset()
 
     def push(self, latents: torch.Tensor | np.ndarray) -> np.ndarray:
         """Add latents (T, C_in); returns float32 audio that is final, possibly empty."""
@@ -119,30 +334,31 @@ class StreamingVocoder:
         st = self.state
         st.pending = x if st.pending is None else torch.cat([st.pending, x])  # (F + T, C_in)
         st.received += x.shape[0]
-        ready = st.received - self.right_context - st.emitted
-        if ready < self.chunk_frames:
+        final = st.received * self.generator.cfg.hop - self.lookahead
+        if final - st.emitted < self.chunk_frames * self.generator.cfg.hop:
             return np.zeros(0, dtype=np.float32)
-        return self._emit(st.emitted + ready)
+        return self._audio(self._run_pending())
 
     def flush(self) -> np.ndarray:
-        """The rest of the utterance (its end needs no right context); then reset."""
-        st = self.state
-        audio = self._emit(st.received) if st.received > st.emitted else np.zeros(0, np.float32)
-        st.reset()
+        """The rest of the utterance (its end needs no lookahead); then reset."""
+        if self.state.received == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = self._run_pending()
+        with torch.inference_mode():
+            out = torch.cat([out, self.layers.flush()], dim=-1)
+        audio = self._audio(out)
+        self.reset()
         return audio
 
-    def _emit(self, stop: int) -> np.ndarray:
-        """Vocode frames [emitted, stop) with their context and return only their samples."""
+    def _run_pending(self) -> torch.Tensor:
         st = self.state
-        hop = self.generator.cfg.hop
-        lo = max(st.pending_start, st.emitted - self.left_context)
-        hi = min(st.received, stop + self.right_context)
-        window = st.pending[lo - st.pending_start : hi - st.pending_start]  # (hi - lo, C_in)
-        wav = _synthesize(self.generator, window, self.speaker)  # ((hi - lo) * hop,)
-        audio = wav[(st.emitted - lo) * hop : (stop - lo) * hop]
-        st.emitted = stop
-        # Keep only what later chunks still read as left context.
-        keep_from = max(st.pending_start, stop - self.left_context)
-        st.pending = st.pending[keep_from - st.pending_start :]
-        st.pending_start = keep_from
-        return audio
+        if st.pending is None:
+            return self.generator.conv_post.weight.new_zeros(1, 1, 0)
+        with torch.inference_mode():
+            out = self.layers.push(st.pending.T.unsqueeze(0))  # (F, C_in) -> (1, 1, samples)
+        st.pending = None
+        return out
+
+    def _audio(self, out: torch.Tensor) -> np.ndarray:
+        self.state.emitted += out.shape[-1]
+        return torch.tanh(out)[0, 0].float().cpu().numpy()
