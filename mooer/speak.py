@@ -246,12 +246,10 @@ def speech_to_speech(
         require_single_beam(options)
     wave = _as_samples(samples)
     if model.has_speech_head:
-        generator = model.speech_generator()
-        speaker = model.speaker_vector(voice)  # (1, 512, 1)
-        rate = sample_rate or generator.cfg.sample_rate
-        vocoder = StreamingVocoder(generator, speaker)
-        chunks = _speak_natively(model, wave, task, options or SPEECH, vocoder, rate, should_stop)
-        return SpeechStream(chunks, rate)
+        head = SpeechHead(model, voice, sample_rate)
+        head.vocoder()  # a bad voice recording fails here, where it is asked for
+        chunks = _speak_natively(model, wave, task, options or SPEECH, head, should_stop)
+        return SpeechStream(chunks, head.rate)
     if voice is not None and os.path.isfile(voice):
         raise ConfigError(
             f"voice {os.fspath(voice)!r} is a recording, but {_name(model)} has no speech head to "
@@ -292,6 +290,30 @@ def speak_reply(
     return SpeechStream(
         _cascade(iter([(generation, _as_written)]), tts, language, voice, rate, should_stop), rate
     )
+
+
+def speak_natively(
+    generation: SpeechGeneration,
+    model: SpeechLLM,
+    voice: str | os.PathLike | None = None,
+    sample_rate: int | None = None,
+) -> SpeechStream:
+    """Speak a speech answer with ``model``'s head while it is generated (e.g. a chat
+    ``SpeechReply`` that remembers its turn), its audio vocoded as the latents arrive.
+
+    One chunk per token (often empty: the vocoder waits for a few frames), so that a caller can
+    pause between tokens; a stopped ``generation`` drops the audio not yet given. ``voice``: a
+    recording (default the checkpoint's ``prompt.wav``); ``sample_rate`` as ``speech_to_speech``.
+    The head is loaded at the first latents: an answer without speech never loads it.
+    """
+    _check_rate(sample_rate)
+    head = SpeechHead(model, voice, sample_rate)
+
+    def chunks() -> Generator[SpeechChunk, None, None]:
+        yield from head.steps(generation)
+        yield SpeechChunk("", head.close(), head.rate)
+
+    return SpeechStream(chunks(), head.rate)
 
 
 def speech_to_speech_full(
@@ -358,16 +380,69 @@ def _segments(wave: np.ndarray, task: str) -> list[np.ndarray]:
     return [wave[a:b] for a, b in split_long(wave)]
 
 
+class SpeechHead:
+    """The HiFi-GAN head speaking one stream of answers: latents in, audio at ``rate`` out.
+
+    The generator, the speaker vector of ``voice`` and the vocoder are made at the first latents
+    (or ``vocoder()``); ``rate`` defaults to the generator's own (which then loads it now).
+    """
+
+    def __init__(self, model: SpeechLLM, voice: str | os.PathLike | None, rate: int | None) -> None:
+        self.model = model
+        self.voice = voice
+        self.rate = rate or model.speech_generator().cfg.sample_rate
+        self._vocoder: StreamingVocoder | None = None
+        self._resampler: _Resampler | None = None
+
+    def vocoder(self) -> StreamingVocoder:
+        """The vocoder of this stream, made on first use."""
+        if self._vocoder is None:
+            generator = self.model.speech_generator()
+            speaker = self.model.speaker_vector(self.voice)  # (1, 512, 1)
+            self._vocoder = StreamingVocoder(generator, speaker)
+            self._resampler = _Resampler(self._vocoder.sample_rate, self.rate)
+        return self._vocoder
+
+    def push(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents (T, H) -> the audio that became final."""
+        if not latents.shape[0]:
+            return _silence()
+        vocoder = self.vocoder()
+        assert self._resampler is not None
+        return self._resampler.push(vocoder.push(latents))
+
+    def end(self, interrupted: bool) -> np.ndarray:
+        """An answer ended: the rest of its audio, or none at all when it was stopped."""
+        if self._vocoder is None:
+            return _silence()
+        if interrupted:
+            self._vocoder.reset()
+            return _silence()
+        assert self._resampler is not None
+        return self._resampler.push(self._vocoder.flush())
+
+    def close(self) -> np.ndarray:
+        """The stream ended: what the rate conversion still holds."""
+        if self._resampler is None:
+            return _silence()
+        return self._resampler.push(_silence(), last=True)
+
+    def steps(self, generation: SpeechGeneration) -> Iterator[SpeechChunk]:
+        """One chunk per step of ``generation`` (text delta, audio; often both empty), then
+        the rest of its audio."""
+        for step in generation:
+            yield SpeechChunk(step.text, self.push(step.latents), self.rate)
+        yield SpeechChunk("", self.end(generation.interrupted), self.rate)
+
+
 def _speak_natively(
     model: SpeechLLM,
     wave: np.ndarray,
     task: str,
     options: DecodingOptions,
-    vocoder: StreamingVocoder,
-    rate: int,
+    head: SpeechHead,
     should_stop: Callable[[], bool] | None,
 ) -> Generator[SpeechChunk, None, None]:
-    resampler = _Resampler(vocoder.sample_rate, rate)
     deltas = _Deltas()
     said = ""  # text of the finished segments
     for piece in _segments(wave, task):
@@ -378,17 +453,14 @@ def _speak_natively(
             options,
             should_stop=should_stop,
         )
-        for step in generation:
+        for chunk in head.steps(generation):
             text = deltas.push(_joined(said, generation.text))
-            audio = vocoder.push(step.latents) if step.latents.shape[0] else _silence()
-            if text or audio.size:
-                yield SpeechChunk(text, resampler.push(audio), rate)
+            if text or chunk.audio.size:
+                yield SpeechChunk(text, chunk.audio, head.rate)
         if generation.interrupted:
-            vocoder.reset()
             return
         said = _joined(said, generation.text)
-        yield from _audio_chunk(resampler.push(vocoder.flush()), rate)
-    yield from _audio_chunk(resampler.push(_silence(), last=True), rate)
+    yield from _audio_chunk(head.close(), head.rate)
 
 
 def _translations(

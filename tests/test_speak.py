@@ -35,6 +35,7 @@ from mooer.transcribe import transcribe
 from mooer.tts import espeak
 from mooer.tts.backend import EspeakBackend, split_sentences
 from mooer.tts.vocoder import vocode
+from tests.taught import teach, token_ids
 
 AUDIO_TOKENS = 14
 ANSWER = "hello there" + AUDIO_START + "".join(f"<A_{i % 16}>" for i in range(AUDIO_TOKENS))
@@ -51,27 +52,10 @@ def question() -> np.ndarray:
 def omni(fabricated, question):
     """The fabricated omni model, taught to answer ``question`` (s2s_trans) with ANSWER."""
     model = load_model(fabricated("omni"), device="cpu")
-    llm, tokenizer = model.llm, model.tokenizer
     with torch.no_grad():
         audio, _ = model.embed([question])  # (1, Ta, H), fixed: the encoder is not trained
-    prompt = tokenizer(build_prompt("s2s_trans"), add_special_tokens=False)["input_ids"]
-    answer = tokenizer(ANSWER + IM_END, add_special_tokens=False)["input_ids"]
-    tokens = torch.tensor([prompt + answer[:-1]])  # teacher forcing
-    start = audio.shape[1] + len(prompt) - 1  # the position that predicts the first answer token
-    torch.manual_seed(0)
-    llm.requires_grad_(True)
-    optimizer = torch.optim.Adam(llm.parameters(), lr=2e-2)
-    for _ in range(60):
-        inputs = torch.cat([audio, llm.get_input_embeddings()(tokens)], dim=1)
-        logits = llm(inputs_embeds=inputs).logits[0, start:]  # (A, V)
-        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(answer))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if loss.item() < 0.005:  # every token p > 0.9: sampling with top_p 0.85 keeps only it
-            break
-    llm.requires_grad_(False)
-    assert loss.item() < 0.005, "the tiny LLM did not learn its answer"
+    prompt = token_ids(model.tokenizer, build_prompt("s2s_trans"))
+    teach(model.llm, [([audio, prompt], token_ids(model.tokenizer, ANSWER + IM_END))])
     return model
 
 

@@ -2,7 +2,7 @@
 
 The chat format (the training objective matches it)::
 
-    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n              SYSTEM_TURN, cached
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n    system_turn(), cached
     <|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>\\n
                                                      text_turn() per past turn, cached
     [audio embeddings]<|im_start|>user\\nAnswer my question. <|im_end|>\\n<|im_start|>assistant\\n
@@ -13,6 +13,9 @@ turn's text costs a few dozen tokens where its audio costs one per 120 ms. After
 cache is cropped back to the remembered prefix and the new turn's text is appended, so each
 question runs only its own tokens through the LLM. When the context would exceed its budget the
 oldest turns are dropped and the cache is rebuilt from the remaining text.
+
+The system turn holds the session's instructions (OpenAI Realtime ``session.instructions``);
+without any it is the released one byte for byte, the text the checkpoints were trained on.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -41,6 +45,16 @@ from mooer.model import SpeechLLM
 CHAT_INSTRUCTION = "Answer my question. "
 SYSTEM_TURN = TEMPLATE.split("<|im_start|>user", 1)[0]  # the released system turn, byte for byte
 CHAT = DecodingOptions(max_new_tokens=256)  # greedy: the replies of a small model stay on topic
+R = TypeVar("R", bound="Reply")
+
+
+def system_turn(instructions: str = "") -> str:
+    """The system turn with ``instructions`` as its content; blank: the released one."""
+    if not isinstance(instructions, str):
+        raise ConfigError(f"instructions must be a string, got {type(instructions).__name__}")
+    if not instructions.strip():
+        return SYSTEM_TURN
+    return f"<|im_start|>system\n{instructions.strip()}{IM_END}\n"
 
 
 def text_turn(question: str, answer: str) -> str:
@@ -48,9 +62,10 @@ def text_turn(question: str, answer: str) -> str:
     return f"<|im_start|>user\n{question}{IM_END}\n<|im_start|>assistant\n{answer}{IM_END}\n"
 
 
-def history_prefix(history: Sequence[tuple[str, str]]) -> str:
+def history_prefix(history: Sequence[tuple[str, str]], instructions: str = "") -> str:
     """The text before the current question's audio: the system turn and past (question, answer)."""
-    return SYSTEM_TURN + "".join(text_turn(question, answer) for question, answer in history)
+    turns = "".join(text_turn(question, answer) for question, answer in history)
+    return system_turn(instructions) + turns
 
 
 def question_suffix(instruction: str = CHAT_INSTRUCTION) -> str:
@@ -73,7 +88,9 @@ class Conversation:
     Not thread-safe: one thread (the engine's worker) runs all of a conversation's model work.
     """
 
-    def __init__(self, model: SpeechLLM, max_context_tokens: int = 2048) -> None:
+    def __init__(
+        self, model: SpeechLLM, max_context_tokens: int = 2048, instructions: str = ""
+    ) -> None:
         if isinstance(max_context_tokens, bool) or not isinstance(max_context_tokens, int):
             raise ConfigError(f"max_context_tokens must be an int, got {max_context_tokens!r}")
         if max_context_tokens < 64:
@@ -82,13 +99,30 @@ class Conversation:
         self.max_context_tokens = max_context_tokens
         self.turns: list[Turn] = []
         turn_end_id(model.tokenizer)  # fail early on a tokenizer without turns
-        self._system_ids = self._ids(SYSTEM_TURN)
+        self._system_ids = self._ids(system_turn(instructions))
+        self._instructions = instructions
         self._turn_ids: list[list[int]] = []  # token ids of text_turn() of each turn
         self._cache: DynamicCache | None = None
         self._cached_turns = 0  # turns whose text is in the cache, after the system turn
         self._active: Reply | None = None
 
     # -- memory -----------------------------------------------------------------------------
+
+    @property
+    def instructions(self) -> str:
+        """The system turn's content ("" for the released one)."""
+        return self._instructions
+
+    @instructions.setter
+    def instructions(self, instructions: str) -> None:
+        """New instructions keep the turns; the cache is rebuilt at the next ``sync``."""
+        system = system_turn(instructions)  # checks the type
+        if instructions == self._instructions:
+            return
+        self._stop_active()
+        self._instructions = instructions
+        self._system_ids = self._ids(system)
+        self._cache, self._cached_turns = None, 0
 
     def reset(self) -> None:
         """Forget every turn."""
@@ -106,7 +140,7 @@ class Conversation:
 
     def prompt_text(self) -> str:
         """The remembered prefix as text: what the cache holds once synced."""
-        return history_prefix([(t.question, t.answer) for t in self.turns])
+        return history_prefix([(t.question, t.answer) for t in self.turns], self.instructions)
 
     @property
     def context_tokens(self) -> int:
@@ -162,6 +196,15 @@ class Conversation:
 
         ``question`` is its transcript, remembered in place of the audio once answered.
         """
+        return self.start(self.question_inputs(audio_embeds, instruction), question, options)
+
+    def reply_text(self, question: str, options: DecodingOptions = CHAT) -> Reply:
+        """Start answering a typed question."""
+        return self.start(self._embed_ids(self._ids(question_suffix(question))), question, options)
+
+    def question_inputs(self, audio_embeds: Tensor, instruction: str = CHAT_INSTRUCTION) -> Tensor:
+        """A spoken question as the LLM reads it after the prefix: its audio (Ta, H), then
+        ``question_suffix(instruction)`` -> (1, Ta + S, H)."""
         hidden = self.model.llm.config.hidden_size
         if audio_embeds.ndim != 2 or audio_embeds.shape[1] != hidden:
             raise ConfigError(
@@ -170,11 +213,32 @@ class Conversation:
             )
         suffix = self._embed_ids(self._ids(question_suffix(instruction)))  # (1, S, H)
         audio = audio_embeds.to(suffix.device, suffix.dtype)[None]  # (1, Ta, H)
-        return self._start(torch.cat([audio, suffix], dim=1), question, options)
+        return torch.cat([audio, suffix], dim=1)
 
-    def reply_text(self, question: str, options: DecodingOptions = CHAT) -> Reply:
-        """Start answering a typed question."""
-        return self._start(self._embed_ids(self._ids(question_suffix(question))), question, options)
+    def start(
+        self,
+        inputs_embeds: Tensor,
+        question: str,
+        options: DecodingOptions,
+        *,
+        kind: type[R] | None = None,
+        new_tokens: int | None = None,
+        **generation: Any,
+    ) -> R:
+        """Start a reply to ``inputs_embeds`` (1, N, H) after the remembered prefix.
+
+        ``kind``: a ``Reply`` subclass (default ``Reply``), made with ``generation`` as its
+        further arguments (``mooer.llm.speech.SpeechReply`` speaks). ``new_tokens``: the most
+        tokens it may add (default ``options.max_new_tokens``), for which the token budget
+        keeps room.
+        """
+        require_single_beam(options)  # before anything changes
+        self._stop_active()
+        room = options.max_new_tokens if new_tokens is None else new_tokens
+        self.sync(incoming=inputs_embeds.shape[1] + room)
+        reply = (kind or Reply)(self, inputs_embeds, question, options, **generation)
+        self._active = reply
+        return reply  # type: ignore[return-value]
 
     def answer(
         self,
@@ -200,13 +264,6 @@ class Conversation:
         reply.stop()
         assert reply.turn is not None
         return reply.turn
-
-    def _start(self, inputs_embeds: Tensor, question: str, options: DecodingOptions) -> Reply:
-        require_single_beam(options)  # before anything changes
-        self._stop_active()
-        self.sync(incoming=inputs_embeds.shape[1] + options.max_new_tokens)
-        self._active = Reply(self, inputs_embeds, question, options)
-        return self._active
 
     def _stop_active(self) -> None:
         if self._active is not None:
@@ -329,7 +386,11 @@ class Generation:
 
 class Reply(Generation):
     """A chat answer: a Generation after the conversation's cached prefix, whose end crops the
-    cache and remembers the turn (then ``turn`` is set)."""
+    cache and remembers the turn (then ``turn`` is set).
+
+    ``generation``: further arguments of the Generation class that a subclass mixes in after
+    this one (``SpeechReply(Reply, SpeechGeneration)``).
+    """
 
     def __init__(
         self,
@@ -337,9 +398,12 @@ class Reply(Generation):
         inputs_embeds: Tensor,
         question: str,
         options: DecodingOptions,
+        **generation: Any,
     ) -> None:
         model = conversation.model
-        super().__init__(model.llm, model.tokenizer, inputs_embeds, options, conversation.cache)
+        super().__init__(
+            model.llm, model.tokenizer, inputs_embeds, options, conversation.cache, **generation
+        )
         self.conversation = conversation
         self.question = question
         self.turn: Turn | None = None

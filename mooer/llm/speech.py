@@ -13,22 +13,27 @@ never fed back, so generation sees positions ``[audio_start, L - 1)``: ``TAIL_DR
 than the reference keeps. Those are held back: the latent of position ``i`` is released when the
 token at ``i + 6`` is chosen (its presence proves ``i < L - 6``), and the 5 still held when the
 answer ends are dropped. The released latents are then exactly the reference's.
+
+Spoken chat (``SpeechReply``) runs the same on a ``Conversation``'s KV cache: the released
+``s2s_chat`` instruction in the chat layout, and the turn remembered as the answer's text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from mooer.llm.conversation import Generation, embed_ids
+from mooer.llm.conversation import CHAT, Conversation, Generation, Reply, TokenChooser, embed_ids
 from mooer.llm.decoding import SPEECH, DecodingOptions, token_id
-from mooer.llm.prompts import AUDIO_START
+from mooer.llm.prompts import AUDIO_START, TASK_PROMPTS
 
 TAIL_DROP = 5  # collected latents the reference does not keep (it drops 6 positions, one is eos)
+SPOKEN_REPLY = replace(SPEECH, max_new_tokens=1000)  # audio tokens of a spoken chat turn: 46 s
+SPEECH_CHAT_INSTRUCTION = TASK_PROMPTS["s2s_chat"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class SpeechGeneration(Generation):
     whose latents are released as described in the module docstring (``latents`` holds all of
     them). ``should_stop`` is asked before every step (barge-in): when it answers True the
     generation ends, interrupted, and the held-back latents are dropped.
+
+    ``audio_options``: how the audio tokens are chosen; then ``options`` decode only the text
+    (``<|audio_start|>`` included) and each part has its own ``max_new_tokens``. None (the
+    reference): ``options`` throughout, their ``max_new_tokens`` counting every token.
     """
 
     def __init__(
@@ -77,9 +86,14 @@ class SpeechGeneration(Generation):
         options: DecodingOptions = SPEECH,
         cache: DynamicCache | None = None,
         should_stop: Callable[[], bool] | None = None,
+        audio_options: DecodingOptions | None = None,
     ) -> None:
         super().__init__(llm, tokenizer, inputs_embeds, options, cache)
         self.should_stop = should_stop
+        self.audio_options = audio_options
+        self._choose_audio = self._choose
+        if audio_options is not None:
+            self._choose_audio = TokenChooser(audio_options, self._eos)
         self.audio_start = token_id(tokenizer, AUDIO_START)
         self.audio_tokens = 0  # tokens chosen after <|audio_start|>
         self._feeding_audio = False  # the pending input is <|audio_start|> or an audio token
@@ -106,13 +120,14 @@ class SpeechGeneration(Generation):
         if self.should_stop is not None and self.should_stop():
             self.stop()
             raise StopIteration
-        if len(self.ids) >= self.options.max_new_tokens:
+        if self._full():
             self._end(interrupted=False)
             raise StopIteration
         hidden, logits = forward_hidden(self.llm, self.cache, self._pending)  # (N, H), (V,)
         if self._feeding_audio:
             self._held.append(hidden[-1])
-        token = self._choose(logits, self.ids)
+        choose = self._choose_audio if self._feeding_audio else self._choose
+        token = choose(logits, self.ids)
         # A token now exists six positions after the oldest held latent beyond the tail.
         released = self._held[: max(0, len(self._held) - TAIL_DROP)]
         del self._held[: len(released)]
@@ -132,6 +147,44 @@ class SpeechGeneration(Generation):
             text = self._text.push(token)
         return SpeechStep(token, text, latents)
 
+    def _full(self) -> bool:
+        """Whether the answer has all the tokens it may have."""
+        if self._feeding_audio and self.audio_options is not None:
+            return self.audio_tokens >= self.audio_options.max_new_tokens
+        return len(self.ids) >= self.options.max_new_tokens
+
     def _end(self, interrupted: bool) -> None:
         super()._end(interrupted)
         self._held.clear()  # the reference's dropped tail (see the module docstring)
+
+
+class SpeechReply(Reply, SpeechGeneration):
+    """A spoken chat answer: a ``SpeechGeneration`` after a conversation's cached prefix whose
+    end crops the cache and remembers the turn as text (what preceded ``<|audio_start|>``)."""
+
+
+def spoken_reply(
+    conversation: Conversation,
+    audio_embeds: Tensor,
+    *,
+    question: str,
+    options: DecodingOptions = CHAT,
+    audio_options: DecodingOptions = SPOKEN_REPLY,
+    should_stop: Callable[[], bool] | None = None,
+) -> SpeechReply:
+    """Start answering the spoken question ``audio_embeds`` (Ta, H) aloud, ``s2s_chat`` style.
+
+    The text is decoded with ``options`` (a text reply's), the audio tokens with
+    ``audio_options``; the budget keeps room for both. ``question`` is remembered as for
+    ``Conversation.reply``.
+    """
+    inputs = conversation.question_inputs(audio_embeds, SPEECH_CHAT_INSTRUCTION)  # (1, N, H)
+    return conversation.start(
+        inputs,
+        question,
+        options,
+        kind=SpeechReply,
+        new_tokens=options.max_new_tokens + audio_options.max_new_tokens,
+        should_stop=should_stop,
+        audio_options=audio_options,
+    )

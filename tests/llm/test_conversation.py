@@ -22,6 +22,7 @@ from mooer.llm.conversation import (
     TextStream,
     history_prefix,
     question_suffix,
+    system_turn,
     text_turn,
 )
 from mooer.llm.decoding import STREAMING, generate_ids, splice, token_id
@@ -46,7 +47,12 @@ def questions(model) -> list[torch.Tensor]:
 
 @torch.inference_mode()
 def _greedy_without_cache(
-    model, history, audio, max_new_tokens: int, suffix: str = question_suffix()
+    model,
+    history,
+    audio,
+    max_new_tokens: int,
+    suffix: str = question_suffix(),
+    instructions: str = "",
 ) -> list[int]:
     """Greedy answer ids from full forward passes over [history text; audio; suffix; answer]."""
     embed = model.llm.get_input_embeddings()
@@ -54,7 +60,7 @@ def _greedy_without_cache(
     def embed_text(text: str) -> torch.Tensor:
         return embed(torch.tensor(model.tokenizer(text, add_special_tokens=False)["input_ids"]))
 
-    seq = torch.cat([embed_text(history_prefix(history)), audio, embed_text(suffix)])
+    seq = torch.cat([embed_text(history_prefix(history, instructions)), audio, embed_text(suffix)])
     eos, answer = token_id(model.tokenizer, IM_END), []
     for _ in range(max_new_tokens):
         token = int(model.llm(inputs_embeds=seq[None], logits_to_keep=1).logits[0, -1].argmax())
@@ -247,6 +253,56 @@ def test_decoding_options_are_honoured(model, questions):
     conversation.reset()
     turn, tokens, _ = _answer(conversation, questions[0], "e", replace(SHORT, eos_bias=1e6))
     assert tokens == [] and turn.answer == "" and not turn.interrupted
+
+
+INSTRUCTIONS = "You are a pirate. Answer in one short sentence."
+
+
+def test_without_instructions_the_system_turn_is_the_released_one(model, questions):
+    assert system_turn() == system_turn("  \n") == SYSTEM_TURN
+    assert SYSTEM_TURN == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert build_prompt("asr").startswith(SYSTEM_TURN)
+    conversation = Conversation(model, instructions=" ")
+    conversation.sync()
+    assert conversation.cached_tokens == len(model.tokenizer(SYSTEM_TURN)["input_ids"])
+    _, tokens, _ = _answer(conversation, questions[0], "q")
+    assert tokens == _greedy_without_cache(model, [], questions[0], SHORT.max_new_tokens)
+
+
+def test_instructions_are_the_system_turn_the_llm_reads(model, questions):
+    assert system_turn(INSTRUCTIONS) == f"<|im_start|>system\n{INSTRUCTIONS}<|im_end|>\n"
+    conversation = Conversation(model, instructions=INSTRUCTIONS)
+    assert conversation.prompt_text() == system_turn(INSTRUCTIONS)
+    conversation.sync()
+    fed = len(model.tokenizer(system_turn(INSTRUCTIONS))["input_ids"])
+    assert conversation.cached_tokens == conversation.context_tokens == fed
+    _, tokens, _ = _answer(conversation, questions[0], "q")
+    expected = _greedy_without_cache(
+        model, [], questions[0], SHORT.max_new_tokens, instructions=INSTRUCTIONS
+    )
+    assert tokens == expected
+    default = _greedy_without_cache(model, [], questions[0], SHORT.max_new_tokens)
+    assert tokens != default  # the instructions reached the LLM
+
+
+def test_new_instructions_keep_the_turns_and_rebuild_the_cache(model, questions):
+    conversation = Conversation(model)
+    turn, _, _ = _answer(conversation, questions[0], "first")
+    cache = conversation.cache
+    conversation.instructions = INSTRUCTIONS
+    assert conversation.turns == [turn] and conversation.cached_tokens == 0
+    _, tokens, _ = _answer(conversation, questions[1], "second")
+    history = [("first", turn.answer)]
+    expected = _greedy_without_cache(
+        model, history, questions[1], SHORT.max_new_tokens, instructions=INSTRUCTIONS
+    )
+    assert tokens == expected and conversation.cache is not cache
+    conversation.instructions = ""  # back to the released system turn
+    assert conversation.prompt_text() == history_prefix(
+        [(t.question, t.answer) for t in conversation.turns]
+    )
+    with pytest.raises(ConfigError, match="instructions must be a string"):
+        conversation.instructions = None
 
 
 def test_text_stream_holds_back_split_characters(model):

@@ -8,51 +8,61 @@ every generated token (``<|im_end|>`` included), hidden states at ``[audio_start
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from mooer.llm.conversation import Generation, embed_ids
+from mooer.llm.conversation import (
+    CHAT,
+    SYSTEM_TURN,
+    Conversation,
+    Generation,
+    Turn,
+    embed_ids,
+    question_suffix,
+)
 from mooer.llm.decoding import SPEECH, STREAMING, token_id
 from mooer.llm.prompts import AUDIO_START, IM_END, build_prompt
 from mooer.llm.qwen import load_llm
-from mooer.llm.speech import TAIL_DROP, SpeechGeneration
+from mooer.llm.speech import (
+    SPEECH_CHAT_INSTRUCTION,
+    TAIL_DROP,
+    SpeechGeneration,
+    SpeechReply,
+    spoken_reply,
+)
+from tests.taught import teach, token_ids
 
 AUDIO = "".join(f"<A_{i}>" for i in (3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7))
 ANSWER = f"hello there{AUDIO_START}{AUDIO}{IM_END}"
+CHAT_AUDIO = "".join(f"<A_{i}>" for i in (2, 7, 1, 8, 2, 8, 1, 8, 2, 8))
+CHAT_ANSWER = f"fine thanks{AUDIO_START}{CHAT_AUDIO}{IM_END}"
+QUESTION = torch.randn(1, 3, 32, generator=torch.Generator().manual_seed(5))  # 'audio' (1, Ta, H)
 
 
 @pytest.fixture(scope="module")
 def taught(fabricated):
-    """(llm, tokenizer) answering the s2s_trans prompt with ANSWER.
-
-    Trained to a mean cross-entropy < 0.005 over its 18 tokens, so each has p > 0.9 and
-    sampling with top_p 0.85 keeps only it.
-    """
+    """(llm, tokenizer) answering the s2s_trans prompt with ANSWER (each token p > 0.9, so
+    sampling with top_p 0.85 keeps only it)."""
     root = fabricated("omni")
     llm, tokenizer = load_llm(root / "llm", root / "lora")
-    prompt = _ids(tokenizer, build_prompt("s2s_trans"))
-    answer = _ids(tokenizer, ANSWER)
-    inputs = torch.tensor([prompt + answer[:-1]])  # teacher forcing
-    targets = torch.tensor(answer)
-    torch.manual_seed(0)
-    llm.requires_grad_(True)
-    optimizer = torch.optim.Adam(llm.parameters(), lr=2e-2)
-    for _ in range(60):
-        logits = llm(input_ids=inputs).logits[0, len(prompt) - 1 :]  # (A, V)
-        loss = torch.nn.functional.cross_entropy(logits, targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if loss.item() < 0.005:
-            break
-    llm.requires_grad_(False)
-    assert loss.item() < 0.005, "the tiny LLM did not learn its answer"
+    chat = [_ids(tokenizer, SYSTEM_TURN), QUESTION, _ids(tokenizer, _chat_suffix())]
+    teach(
+        llm,
+        [
+            ([_ids(tokenizer, build_prompt("s2s_trans"))], _ids(tokenizer, ANSWER)),
+            (chat, _ids(tokenizer, CHAT_ANSWER)),
+        ],
+    )
     return llm, tokenizer
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def _chat_suffix() -> str:
+    return question_suffix(SPEECH_CHAT_INSTRUCTION)
+
+
+_ids = token_ids
 
 
 def _prompt(llm, tokenizer, task: str = "s2s_trans") -> torch.Tensor:
@@ -157,3 +167,67 @@ def test_tokens_are_those_of_the_text_generation(taught, options):
     list(text)
     assert speech.ids == text.ids and speech.text == text.text
     assert not speech.speaking and speech.latents.shape == (0, llm.config.hidden_size)
+
+
+# --- spoken chat on a conversation's cache ----------------------------------------------------
+
+
+def _conversation(taught) -> Conversation:
+    llm, tokenizer = taught
+    return Conversation(SimpleNamespace(llm=llm, tokenizer=tokenizer))  # the parts it reads
+
+
+def test_a_spoken_chat_reply_speaks_and_is_remembered_as_text(taught):
+    llm, tokenizer = taught
+    conversation = _conversation(taught)
+    torch.manual_seed(3)
+    reply = spoken_reply(conversation, QUESTION[0], question="how are you", audio_options=SPEECH)
+    steps = _run(reply)
+    eos = token_id(tokenizer, IM_END)
+    assert isinstance(reply, SpeechReply) and not reply.interrupted
+    assert reply.ids + [eos] == _ids(tokenizer, CHAT_ANSWER)  # greedy text, sampled audio
+    assert reply.text == "fine thanks" and reply.audio_tokens == 10
+    # The latents are MooER's, over the whole chat text: system turn, audio, s2s_chat suffix.
+    prompt = torch.cat(
+        [embed_ids(llm, _ids(tokenizer, SYSTEM_TURN)), QUESTION, embed_ids(llm, _ids(tokenizer, _chat_suffix()))],
+        dim=1,
+    )  # fmt: skip
+    reference = _reference_latents(llm, prompt, reply.ids + [eos], reply.audio_start)
+    torch.testing.assert_close(reply.latents, reference, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.cat([s.latents for s in steps]), reply.latents)
+    # Remembered as the text said, the audio tokens cropped from the cache.
+    assert conversation.turns == [Turn("how are you", "fine thanks")]
+    assert reply.turn == conversation.turns[0]
+    assert conversation.cached_tokens == len(_ids(tokenizer, SYSTEM_TURN))  # the turn comes next
+
+
+def test_text_and_audio_tokens_have_their_own_limits(taught):
+    llm, tokenizer = taught
+    text_tokens = len(_ids(tokenizer, "fine thanks")) + 1  # and <|audio_start|>
+    conversation = _conversation(taught)
+    few = replace(STREAMING, max_new_tokens=4)
+    reply = spoken_reply(
+        conversation, QUESTION[0], question="q", options=replace(CHAT, max_new_tokens=text_tokens),
+        audio_options=few,
+    )  # fmt: skip
+    _run(reply)
+    assert reply.text == "fine thanks" and reply.audio_tokens == 4 and not reply.interrupted
+    assert len(reply.ids) == text_tokens + 4
+    # A text limit reached before <|audio_start|> ends the answer unspoken.
+    cut = replace(CHAT, max_new_tokens=text_tokens - 1)
+    reply = spoken_reply(conversation, QUESTION[0], question="q", options=cut, audio_options=few)
+    _run(reply)
+    assert not reply.speaking and len(reply.ids) == text_tokens - 1
+
+
+def test_a_stopped_spoken_reply_is_remembered_as_interrupted(taught):
+    conversation = _conversation(taught)
+    asked = []
+    reply = spoken_reply(
+        conversation, QUESTION[0], question="q", audio_options=STREAMING,
+        should_stop=lambda: asked.append(1) or len(asked) > 6,
+    )  # fmt: skip
+    _run(reply)
+    assert reply.interrupted and reply.speaking and reply.audio_tokens == 3
+    assert conversation.turns == [Turn("q", "fine thanks", interrupted=True)]
+    assert conversation.cached_tokens == len(_ids(taught[1], SYSTEM_TURN))
