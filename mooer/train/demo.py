@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import multiprocessing
@@ -153,6 +154,10 @@ class CachedSet:
                     rng = np.random.default_rng([seed, epoch, made])
                     yield self._collate(group, epoch, masks, rng, as_encoder_out)
             epoch += 1
+
+    def one_pass(self, max_frames: int) -> Iterator[Batch]:
+        """Every utterance once (the first epoch of ``batches``), unmasked."""
+        return itertools.takewhile(lambda b: not b.epoch, self.batches(max_frames, seed=0))
 
     def _groups(self, max_frames: int, rng: np.random.Generator) -> list[list[int]]:
         """Indices grouped by similar length (little padding), groups in random order."""
@@ -355,9 +360,7 @@ def _log_ctc_scores(objective, heldout: CachedSet) -> None:
     from mooer.train.metrics import cer, wer
 
     hyps: dict[str, str] = {}
-    for batch in heldout.batches(3000, seed=0):
-        if batch.epoch:
-            break
+    for batch in heldout.one_pass(3000):
         hyps.update(zip(batch.ids, objective.ctc_transcribe(batch)))
     for lang, metric in (("en", wer), ("zh", cer)):
         pairs = [(e.text, hyps[e.id]) for e in heldout.entries if e.lang == lang]
@@ -396,13 +399,9 @@ def _init_llm(cfg: DemoConfig, out: Path) -> Path:
 @torch.no_grad()
 def _encode_set(objective, data: CachedSet) -> CachedSet:
     """The frozen encoder's outputs for every utterance, (T_i, D) float16 each."""
-    outputs: dict[str, torch.Tensor] = {}
-    for batch in data.batches(4000, seed=0):
-        if batch.epoch:
-            break
-        hidden, lengths = objective.encoder(batch.feats, batch.feat_lengths)  # (B, T, D)
-        for uid, h, n in zip(batch.ids, hidden, lengths.tolist()):
-            outputs[uid] = h[:n].half().clone()
+    from mooer.train.data import encode_corpus
+
+    outputs = {u.entry.id: u.hidden for u in encode_corpus(data.one_pass(4000), objective.encode)}
     return CachedSet(data.entries, [outputs[e.id] for e in data.entries])
 
 
