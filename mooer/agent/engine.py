@@ -255,6 +255,12 @@ class Engine:
             self._enqueue(Job(request, "request", request.steps()))
         return request.future
 
+    def backlog(self) -> list[str]:
+        """Ids of the clients with work queued or running: the running one, then the round."""
+        with self._cond:
+            running = [self._running.client.id] if self._running is not None else []
+            return running + [client.id for client in self._ready]
+
     def steps_run(self) -> list[StepRecord]:
         """The worker's record of the steps it ran, oldest first (the last ``RECORD_LENGTH``)."""
         with self._cond:

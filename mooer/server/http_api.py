@@ -10,15 +10,24 @@ with the offline settings, and the answer gives their texts and times in the for
 ``POST /v1/audio/speech`` takes OpenAI's JSON (``model``, ``input``, ``voice``,
 ``response_format``, ``speed``) so ``client.audio.speech.create(...)`` works unchanged: the text
 is spoken by espeak-ng (Mandarin where it holds Chinese) at 24 kHz, OpenAI's rate.
+
+Where the work runs: the decoding (one utterance per step) and the speech synthesis (one
+sentence per step) are requests in the engine's round-robin (``Engine.schedule``), beside the
+live sessions, so a long upload delays a live session by at most one step per round and live
+sessions cannot starve it. The voice activity pass before and the encoding after are not model
+work: they run on the hub's offline thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -28,15 +37,20 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mooer.agent.vad import SpeechEnded, StreamingVad, VadConfig
 from mooer.audio import SAMPLE_RATE, load_audio
-from mooer.errors import MooerError
+from mooer.errors import ConfigError, MooerError
+from mooer.llm.decoding import DecodingOptions
+from mooer.model import SpeechLLM
 from mooer.server.captions import join_texts
 from mooer.server.connection import ProtocolError
 from mooer.server.hub import Hub
 from mooer.server.realtime_session import OPENAI_VOICES
-from mooer.speak import text_to_speech
-from mooer.transcribe import transcribe
+from mooer.transcribe import split_long, transcribe
 from mooer.tts import espeak
 from mooer.tts.backend import EspeakBackend, resample_pcm16
+
+log = logging.getLogger("mooer.server")
+
+T = TypeVar("T")
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 TASK_OF_ROUTE = {"transcriptions": "asr", "translations": "ast"}
@@ -61,21 +75,51 @@ class Segment:
 
 
 def speech_segments(samples: np.ndarray, vad_config: VadConfig) -> list[tuple[int, int]]:
-    """Sample ranges of the utterances the VAD finds; the whole input if it finds none."""
+    """Sample ranges of the utterances the VAD finds (the whole input if it finds none), each
+    at most 30 s (longer ones cut where they are quietest): one decode, one engine step."""
     vad = StreamingVad(vad_config)
     ended = [e for e in vad.feed(samples) + vad.flush() if isinstance(e, SpeechEnded)]
-    return [(e.start, e.end) for e in ended] or [(0, len(samples))]
+    ranges = [(e.start, e.end) for e in ended] or [(0, len(samples))]
+    return [(a + i, a + j) for a, b in ranges for i, j in split_long(samples[a:b])]
 
 
-def recognise(hub: Hub, samples: np.ndarray, task: str) -> list[Segment]:
-    """Blocking: decode each utterance of ``samples`` with ``task`` (asr or ast)."""
-    ranges = speech_segments(samples, hub.session_defaults.vad)
-    options = hub.session_defaults.final_options  # the same as live finals
-    results = transcribe(hub.model, [samples[a:b] for a, b in ranges], task=task, options=options)
-    return [
-        Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), r.text)
-        for (a, b), r in zip(ranges, results)
-    ]
+def decode_segments(
+    model: SpeechLLM, waves: Sequence[np.ndarray], task: str, options: DecodingOptions
+) -> Generator[None, None, list[str]]:
+    """Engine work: each wave's text (``task`` asr or ast), one wave per step. Each is decoded
+    alone, as a live session decodes its utterance's final, so the texts equal those."""
+    texts: list[str] = []
+    for wave in waves:
+        if texts:
+            yield  # the other clients' turn
+        texts.append(transcribe(model, [wave], task=task, options=options)[0].text)
+    return texts
+
+
+def synthesise_sentences(
+    text: str, voice: str | None, speed: float
+) -> Generator[None, None, tuple[np.ndarray, int]]:
+    """Engine work: ``text`` spoken by espeak-ng, one sentence per step -> (N,) int16 PCM at
+    ``SPEECH_RATE``. ProtocolError for a voice espeak-ng does not have."""
+    low, high = espeak.RATE_RANGE
+    backend = EspeakBackend(rate=min(high, max(low, round(ESPEAK_WPM * speed))))
+    try:
+        sentences = backend.stream(text, _language_of(text), _espeak_voice(voice))
+    except MooerError as exc:
+        raise ProtocolError("invalid_value", str(exc), "voice") from exc
+    chunks: list[np.ndarray] = []
+    for chunk in sentences:
+        if chunks:
+            yield  # the other clients' turn
+        chunks.append(chunk)
+    if not chunks:  # nothing to say
+        return np.zeros(0, dtype=np.int16), SPEECH_RATE
+    return resample_pcm16(np.concatenate(chunks), backend.sample_rate, SPEECH_RATE), SPEECH_RATE
+
+
+def _espeak_voice(voice: str | None) -> str | None:
+    """OpenAI's voice names mean espeak-ng's default voice."""
+    return None if voice in OPENAI_VOICES else voice
 
 
 def error_response(error: ProtocolError, status: int) -> JSONResponse:
@@ -157,9 +201,32 @@ class HttpApi:
             ) from exc
         duration = len(samples) / SAMPLE_RATE
         self.hub.metrics.audio_seconds.inc(duration, protocol="http")
-        segments = await self.hub.run_offline(recognise, self.hub, samples, task)
+        ranges = await self.hub.run_offline(speech_segments, samples, self.hub.session_defaults.vad)
+        options = self.hub.session_defaults.final_options  # the same as live finals
+        waves = [samples[a:b] for a, b in ranges]
+        texts = await self._on_engine(decode_segments(self.hub.model, waves, task, options))
+        segments = [
+            Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), text)
+            for (a, b), text in zip(ranges, texts)
+        ]
         language = str(form.get("language") or "") or None
         return _render(fmt, task, segments, duration, language)
+
+    async def _on_engine(self, work: Generator[None, None, T]) -> T:
+        """``work``'s result, run as a request in the engine's round-robin."""
+        try:
+            future = self.hub.engine.schedule(work, label="http")
+        except ConfigError as exc:  # the engine is closing
+            raise ProtocolError("server_shutting_down", str(exc), kind="server_error") from exc
+        try:
+            return await asyncio.wrap_future(future)  # cancelled with the request: stops it
+        except ProtocolError:
+            raise
+        except Exception as exc:  # the model failed: the client gets a server error, not a hang
+            log.exception("an HTTP request's model work failed")
+            raise ProtocolError(
+                "model_error", f"{type(exc).__name__}: {exc}", kind="server_error"
+            ) from exc
 
     async def speech(self, request: Request) -> Response:
         started = time.monotonic()
@@ -168,7 +235,8 @@ class HttpApi:
             if error is not None:
                 raise error
             text, voice, fmt, speed = _speech_request(await request.body())
-            body = await self.hub.run_offline(_synthesise, text, voice, fmt, speed)
+            pcm, rate = await self._on_engine(synthesise_sentences(text, voice, speed))
+            body = await self.hub.run_offline(_encode, pcm, rate, fmt)
             response = Response(body, media_type=_media_type(fmt))
         except ProtocolError as error:
             self.hub.metrics.errors.inc(code=error.code)
@@ -242,17 +310,8 @@ def _speech_request(raw: bytes) -> tuple[str, str | None, str, float]:
     return text, voice, fmt, float(speed)
 
 
-def _synthesise(text: str, voice: str | None, fmt: str, speed: float) -> bytes:
-    """Blocking: ``text`` spoken by espeak-ng, encoded as ``fmt``."""
-    low, high = espeak.RATE_RANGE
-    backend = EspeakBackend(rate=min(high, max(low, round(ESPEAK_WPM * speed))))
-    language = _language_of(text)
-    try:
-        pcm, rate = text_to_speech(
-            text, language, None if voice in OPENAI_VOICES else voice, backend, SPEECH_RATE
-        )
-    except MooerError as exc:
-        raise ProtocolError("invalid_value", str(exc), "voice") from exc
+def _encode(pcm: np.ndarray, rate: int, fmt: str) -> bytes:
+    """Blocking: (N,) int16 PCM at ``rate`` as a ``fmt`` file (``pcm``: the raw samples)."""
     if fmt == "pcm":
         return pcm.astype("<i2").tobytes()
     container, subtype, _ = SPEECH_FORMATS[fmt]
@@ -278,7 +337,13 @@ def _media_type(fmt: str) -> str:
     return "audio/pcm" if fmt == "pcm" else SPEECH_FORMATS[fmt][2]
 
 
-_STATUS = {"missing_api_key": 401, "invalid_api_key": 401, "file_too_large": 413}
+_STATUS = {
+    "missing_api_key": 401,
+    "invalid_api_key": 401,
+    "file_too_large": 413,
+    "model_error": 500,
+    "server_shutting_down": 503,
+}
 
 
 def _too_large(size: int, limit: int) -> ProtocolError:

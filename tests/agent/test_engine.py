@@ -118,6 +118,7 @@ def test_a_request_takes_one_step_per_round_beside_the_sessions(engine):
     upload = engine.schedule(_request(log, "r", 4), label="upload")
     engine.submit(a, "response", _steps(log, "a", 3))
     engine.submit(b, "final", lambda: log.append("B0"))
+    assert engine.backlog() == [hold.id, "upload1", a.id, b.id]
     release.set()
     assert upload.result(timeout=10) == "r done"
     assert engine.wait_idle(timeout=10)

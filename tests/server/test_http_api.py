@@ -1,17 +1,25 @@
-"""HTTP endpoints with httpx and the openai SDK: transcription formats, errors, health, metrics."""
+"""HTTP endpoints with httpx and the openai SDK: transcription formats, errors, health, metrics,
+and an upload sharing the engine with a live session."""
 
 from __future__ import annotations
 
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
-from mooer.audio import load_audio
+from mooer.agent import events as ev
+from mooer.agent.session import SessionConfig
+from mooer.agent.vad import VadConfig
+from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.server.captions import join_texts
 from mooer.server.http_api import speech_segments
+from tests.agent.recorder import Recorder
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +36,10 @@ def expected(two_utterances, session_defaults, offline):
     ranges = speech_segments(samples, session_defaults.vad)
     assert len(ranges) == 2
     waves = [samples[a:b] for a, b in ranges]
-    return {
+    return {  # each utterance decoded alone, as the server does
         "ranges": [(a / 16000, b / 16000) for a, b in ranges],
-        "asr": [r.text for r in offline(waves)],
-        "ast": [r.translation for r in offline(waves, "ast")],
+        "asr": [offline([w])[0].text for w in waves],
+        "ast": [offline([w], "ast")[0].translation for w in waves],
     }
 
 
@@ -117,3 +125,80 @@ def test_health_metrics_and_page(server, two_utterances):
     assert page.status_code == 200 and "mooer live" in page.text
     for asset in ("app.js", "pcm-worklet.js"):
         assert httpx.get(f"{server.url}/static/{asset}").status_code == 200
+
+
+def test_speech_segments_cut_long_audio_without_speech_into_decodable_pieces():
+    hum = np.random.default_rng(0).normal(0, 1e-3, 70 * SAMPLE_RATE).astype(np.float32)
+    ranges = speech_segments(hum, VadConfig())
+    assert ranges[0][0] == 0 and ranges[-1][1] == hum.size  # all of it, in order, no gaps
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert len(ranges) == 3 and all(b - a <= 30 * SAMPLE_RATE for a, b in ranges)
+
+
+def _wait_until(test, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not test():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_long_upload_and_a_live_session_take_turns_on_the_engine(
+    start_server, speech, session_defaults, offline, tmp_path
+):
+    server = start_server()
+    engine = server.hub.engine
+    upload = tmp_path / "long.wav"
+    sf.write(upload, np.concatenate(speech * 4), SAMPLE_RATE, subtype="PCM_16")  # 8 utterances
+    samples = load_audio(upload)
+    ranges = speech_segments(samples, session_defaults.vad)
+    assert len(ranges) == 8
+
+    recorder = Recorder()
+    live = engine.open(server.hub.session_config(), recorder)
+    stream = np.concatenate([speech[0], speech[1], speech[0]])
+    chunks = [stream[i : i + SAMPLE_RATE // 50] for i in range(0, stream.size, SAMPLE_RATE // 50)]
+    held = len(chunks) // 2  # the first utterance, its silence and half the second
+    # Work piles up behind a held worker: the upload, the live session's final and a partial.
+    release, holding = threading.Event(), threading.Event()
+    holder = engine.open(SessionConfig(turn_detection=False))
+    engine.submit(holder, "control", lambda: holding.set() or release.wait(30))
+    assert holding.wait(30)
+    with ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(_post, server, "transcriptions", upload, response_format="text")
+        _wait_until(lambda: len(engine.backlog()) == 2)  # the upload, behind the holder
+        for chunk in chunks[:held]:
+            live.feed(chunk)
+        release.set()
+        _wait_until(lambda: any(r.kind == "request" for r in engine.steps_run()))
+        for chunk in chunks[held:]:  # unpaced: the rest arrives while the upload runs
+            live.feed(chunk)
+        live.close()
+        assert live.wait_closed(60)
+        response = posted.result(timeout=120)
+
+    # Both get what they would get alone.
+    assert response.status_code == 200
+    assert response.text == join_texts([offline([samples[a:b]])[0].text for a, b in ranges]) + "\n"
+    spoken = speech_segments(stream, session_defaults.vad)
+    assert [e.text for e in recorder.of(ev.Transcript)] == [
+        offline([stream[a:b]])[0].text for a, b in spoken
+    ]
+
+    # The engine's record: the upload (one step per utterance) and the session shared the worker.
+    record = [r for r in engine.steps_run() if r.client != holder.id]
+    [upload_id] = {r.client for r in record if r.kind == "request"}
+    assert sum(r.client == upload_id for r in record) == 8
+    # The final went first, then the upload and the session took turns.
+    assert [(r.client, r.waiting) for r in record[:2]] == [
+        (live.id, (upload_id,)),
+        (upload_id, (live.id,)),
+    ]
+    assert record[0].kind == "final" and record[2].client == live.id
+    finals = [r for r in record if r.client == live.id and r.kind == "final"]
+    assert len(finals) == 3
+    steps = {r.step: r.client for r in record}
+    for final in finals:  # no upload step ran between an utterance's end and its final
+        assert upload_id not in [steps.get(i) for i in range(final.queued_at, final.step)]
+    for prev, cur in zip(record, record[1:]):  # round-robin: while another client waits, a
+        if cur.client == prev.client and prev.waiting:  # client goes twice only for a final
+            assert cur.kind == "final", (prev, cur)
