@@ -117,6 +117,12 @@ def synthesise_sentences(
     return resample_pcm16(np.concatenate(chunks), backend.sample_rate, SPEECH_RATE), SPEECH_RATE
 
 
+async def _disconnected(request: Request) -> None:
+    """Return when the client has closed the connection (the body was read before)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def _espeak_voice(voice: str | None) -> str | None:
     """OpenAI's voice names mean espeak-ng's default voice."""
     return None if voice in OPENAI_VOICES else voice
@@ -204,7 +210,9 @@ class HttpApi:
         ranges = await self.hub.run_offline(speech_segments, samples, self.hub.session_defaults.vad)
         options = self.hub.session_defaults.final_options  # the same as live finals
         waves = [samples[a:b] for a, b in ranges]
-        texts = await self._on_engine(decode_segments(self.hub.model, waves, task, options))
+        texts = await self._on_engine(
+            request, decode_segments(self.hub.model, waves, task, options)
+        )
         segments = [
             Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), text)
             for (a, b), text in zip(ranges, texts)
@@ -212,14 +220,24 @@ class HttpApi:
         language = str(form.get("language") or "") or None
         return _render(fmt, task, segments, duration, language)
 
-    async def _on_engine(self, work: Generator[None, None, T]) -> T:
-        """``work``'s result, run as a request in the engine's round-robin."""
+    async def _on_engine(self, request: Request, work: Generator[None, None, T]) -> T:
+        """``work``'s result, run as a request in the engine's round-robin; stopped at its next
+        step if the client goes away."""
         try:
             future = self.hub.engine.schedule(work, label="http")
         except ConfigError as exc:  # the engine is closing
             raise ProtocolError("server_shutting_down", str(exc), kind="server_error") from exc
+        result = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            return await asyncio.wrap_future(future)  # cancelled with the request: stops it
+            await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not result.done():
+            result.cancel()  # and the engine's future with it
+            raise ProtocolError("client_disconnected", "the client went away")
+        try:
+            return result.result()
         except ProtocolError:
             raise
         except Exception as exc:  # the model failed: the client gets a server error, not a hang
@@ -235,7 +253,7 @@ class HttpApi:
             if error is not None:
                 raise error
             text, voice, fmt, speed = _speech_request(await request.body())
-            pcm, rate = await self._on_engine(synthesise_sentences(text, voice, speed))
+            pcm, rate = await self._on_engine(request, synthesise_sentences(text, voice, speed))
             body = await self.hub.run_offline(_encode, pcm, rate, fmt)
             response = Response(body, media_type=_media_type(fmt))
         except ProtocolError as error:
@@ -341,6 +359,7 @@ _STATUS = {
     "missing_api_key": 401,
     "invalid_api_key": 401,
     "file_too_large": 413,
+    "client_disconnected": 499,  # nginx's "client closed request": only the metrics see it
     "model_error": 500,
     "server_shutting_down": 503,
 }

@@ -43,13 +43,13 @@ def expected(two_utterances, session_defaults, offline):
     }
 
 
-def _post(server, route: str, path, **fields) -> httpx.Response:
+def _post(server, route: str, path, timeout: float = 120, **fields) -> httpx.Response:
     with open(path, "rb") as f:
         return httpx.post(
             f"{server.url}/v1/audio/{route}",
             files={"file": (path.name, f)},
             data={"model": "mooer", **fields},
-            timeout=120,
+            timeout=timeout,
         )
 
 
@@ -202,3 +202,22 @@ def test_a_long_upload_and_a_live_session_take_turns_on_the_engine(
     for prev, cur in zip(record, record[1:]):  # round-robin: while another client waits, a
         if cur.client == prev.client and prev.waiting:  # client goes twice only for a final
             assert cur.kind == "final", (prev, cur)
+
+
+def test_an_upload_whose_client_went_away_is_dropped_from_the_engine(start_server, two_utterances):
+    server = start_server()
+    engine = server.hub.engine
+    release, holding = threading.Event(), threading.Event()
+    holder = engine.open(SessionConfig(turn_detection=False))
+    engine.submit(holder, "control", lambda: holding.set() or release.wait(30))
+    assert holding.wait(30)
+    with ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(_post, server, "transcriptions", two_utterances, timeout=1.0)
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while the worker is held
+            posted.result(timeout=30)
+    gone = 'mooer_http_requests_total{route="transcriptions",status="499"} 1'
+    _wait_until(lambda: gone in server.hub.metrics.render())
+    release.set()
+    assert engine.wait_idle(timeout=30)
+    steps = [r for r in engine.steps_run() if r.kind == "request"]
+    assert len(steps) == 1  # one turn to see it was cancelled; no utterance decoded
