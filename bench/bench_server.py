@@ -36,8 +36,9 @@ from bench_session import (  # noqa: E402  (sibling scripts, not a package)
     Timeline,
     example_clips,
     session_streams,
+    table_line,
 )
-from machine import LoadLog, describe, rss_mb  # noqa: E402
+from machine import CpuWatch, LoadLog, describe, rss_mb  # noqa: E402
 
 
 class ServerProcess:
@@ -160,8 +161,8 @@ async def stream_session(
 
 def run_level(
     url: str, streams: Sequence[SpeechStream], task: str, frame_ms: int
-) -> tuple[Figures, list[str], float]:
-    """All clients at once: the level's figures, the errors the server sent, wall seconds."""
+) -> tuple[Figures, list[str]]:
+    """All clients at once: the level's figures and the errors the server sent."""
     timelines = [Timeline(s) for s in streams]
 
     async def clients() -> list[float]:
@@ -169,11 +170,9 @@ def run_level(
             *(stream_session(url, s, t, task, frame_ms) for s, t in zip(streams, timelines))
         )
 
-    start = time.perf_counter()
     lags = asyncio.run(clients())
-    wall = time.perf_counter() - start
     errors = [e for t in timelines for e in t.errors]
-    return Figures.of(timelines, cpu=float("nan"), lag_s=max(lags)), errors, wall
+    return Figures.of(timelines, lag_s=max(lags)), errors
 
 
 def serve_args(args: argparse.Namespace, max_sessions: int) -> list[str]:
@@ -183,12 +182,6 @@ def serve_args(args: argparse.Namespace, max_sessions: int) -> list[str]:
         if value is not None:
             extra += [flag, str(value)]
     return extra
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds process ``pid`` has used (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime, stime in clock ticks of 10 ms
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
@@ -218,21 +211,20 @@ def main() -> None:
         print(
             f"mooer serve (pid {server.pid}, {args.model or 'demo model'}) on loopback; "
             f"{args.seconds:.0f} s per session ({len(clips)} utterances, {args.pause:.1f} s "
-            f"pauses) in {args.frame_ms} ms binary frames; task {args.task}; 'cores busy' is the server "
-            "process's CPU"
+            f"pauses) in {args.frame_ms} ms binary frames; task {args.task}; cores: the server process's"
         )
-        print(Figures.HEADER + "  server RSS MB")
         load, ramp = LoadLog(), Ramp(args.max_latency)
         for count in args.sessions:
             load.sample()
-            cpu = process_cpu_s(server.pid)
+            watch = CpuWatch(server.pid)
             streams = session_streams(clips, count, args.seconds, args.pause)
-            figures, errors, wall = run_level(
-                server.realtime_url(), streams, args.task, args.frame_ms
-            )
-            figures.cpu = (process_cpu_s(server.pid) - cpu) / wall
+            figures, errors = run_level(server.realtime_url(), streams, args.task, args.frame_ms)
+            figures.cpu = watch.share()
             load.sample()
-            print(f"{figures.row(args.max_latency)}  {server.rss_mb():13.0f}", flush=True)
+            columns = figures.columns(args.max_latency) + [("RSS MB", f"{server.rss_mb():.0f}")]
+            if count == args.sessions[0]:
+                print(table_line(columns, header=True))
+            print(table_line(columns), flush=True)
             for message in sorted(set(errors)):
                 print(f"  server error: {message}")
             if not ramp.take(count, figures) or errors:

@@ -39,7 +39,7 @@ from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.model import load_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import LoadLog, describe  # noqa: E402  (a sibling script, not a package)
+from machine import CpuShare, CpuWatch, LoadLog, describe  # noqa: E402  (a sibling script, not a package)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "audio"
 CHUNK = SAMPLE_RATE // 50  # 20 ms
@@ -174,14 +174,15 @@ class Figures:
     utterances: int  # the VAD ended
     finals: int  # of those, with a final
     end_of_speech: list[float]  # end of speech -> final, s
+    vad_wait: list[float]  # end of speech -> VAD endpoint, s
     endpoint: list[float]  # VAD endpoint -> final, s
     intervals: list[float]  # between successive partial updates of an utterance, s
     first_partial: list[float]  # start of speech -> first partial update, s
-    cpu: float  # this process's CPU seconds per wall second (cores busy)
     lag_s: float  # how late the sender ever was
+    cpu: CpuShare | None = None  # of the process that runs the model
 
     @classmethod
-    def of(cls, timelines: Sequence[Timeline], cpu: float, lag_s: float) -> Figures:
+    def of(cls, timelines: Sequence[Timeline], lag_s: float) -> Figures:
         done = [u for t in timelines for u in t.items.values() if not math.isnan(u.endpoint)]
         final = [u for u in done if not math.isnan(u.final)]
         return cls(
@@ -189,10 +190,10 @@ class Figures:
             utterances=len(done),
             finals=len(final),
             end_of_speech=[u.final - u.speech_end for u in final],
+            vad_wait=[u.endpoint - u.speech_end for u in done],
             endpoint=[u.final - u.endpoint for u in final],
             intervals=[b - a for u in done for a, b in zip(u.partials, u.partials[1:])],
             first_partial=[u.partials[0] - u.start for u in done if u.partials],
-            cpu=cpu,
             lag_s=lag_s,
         )
 
@@ -213,24 +214,34 @@ class Figures:
         }
         return self.keeps_up(math.inf) and all(figures[k] <= v for k, v in TARGETS.items())
 
-    HEADER = (
-        "sessions  finals  end of speech->final p50/p95/max ms  endpoint->final p50/p95 ms  "
-        "partial every p50/p95 ms  first partial p50 ms  cores busy  lag ms  keeps up  targets"
-    )
+    def columns(self, max_latency: float) -> list[tuple[str, str]]:
+        """(title, value) of each column of the report's table."""
 
-    def row(self, max_latency: float) -> str:
-        def ms(values: Sequence[float], q: float) -> str:
-            return f"{_percentile(values, q) * 1e3:.0f}"
+        def ms(values: Sequence[float], *qs: float) -> str:
+            return "/".join(f"{_percentile(values, q) * 1e3:.0f}" for q in qs)
 
-        eos, end, gap = self.end_of_speech, self.endpoint, self.intervals
-        return (
-            f"{self.sessions:8d}  {self.finals:3d}/{self.utterances:<3d} "
-            f"{ms(eos, 50):>12}/{ms(eos, 95)}/{ms(eos, 100):<16} "
-            f"{ms(end, 50):>14}/{ms(end, 95):<12} {ms(gap, 50):>12}/{ms(gap, 95):<11} "
-            f"{ms(self.first_partial, 50):>20} {self.cpu:>11.2f} {self.lag_s * 1e3:>7.0f}  "
-            f"{'yes' if self.keeps_up(max_latency) else 'no':>8}  "
-            f"{'met' if self.meets_targets() else 'missed':>7}"
-        )
+        cpu = self.cpu or CpuShare(math.nan, math.nan, math.nan)
+        return [
+            ("sessions", f"{self.sessions}"),
+            ("finals", f"{self.finals}/{self.utterances}"),
+            ("speech end->final p50/p95/max ms", ms(self.end_of_speech, 50, 95, 100)),
+            ("VAD wait p50", ms(self.vad_wait, 50)),
+            ("endpoint->final p50/p95", ms(self.endpoint, 50, 95)),
+            ("partial every p50/p95", ms(self.intervals, 50, 95)),
+            ("1st partial p50", ms(self.first_partial, 50)),
+            (
+                "cores all/worker/waiting",
+                f"{cpu.process:.2f}/{cpu.worker:.2f}/{cpu.worker_waiting:.2f}",
+            ),
+            ("lag ms", f"{self.lag_s * 1e3:.0f}"),
+            ("keeps up", "yes" if self.keeps_up(max_latency) else "no"),
+            ("targets", "met" if self.meets_targets() else "missed"),
+        ]
+
+
+def table_line(columns: Sequence[tuple[str, str]], header: bool = False) -> str:
+    """A row of the report's table (or its header), each value under its title."""
+    return "  ".join(title if header else value.rjust(len(title)) for title, value in columns)
 
 
 @dataclass
@@ -274,7 +285,7 @@ def run(engine: Engine, config: SessionConfig, streams: Sequence[SpeechStream]) 
     sessions = [engine.open(config, t.on_event) for t in timelines]
     longest = max(s.samples.size for s in streams)
     lag = 0.0
-    cpu, t0 = time.process_time(), time.perf_counter()
+    watch, t0 = CpuWatch(), time.perf_counter()
     for timeline in timelines:
         timeline.t0 = t0
     for k, at in enumerate(range(0, longest, CHUNK)):
@@ -288,8 +299,9 @@ def run(engine: Engine, config: SessionConfig, streams: Sequence[SpeechStream]) 
         session.close()
     for session in sessions:
         session.wait_closed(120)
-    busy = (time.process_time() - cpu) / (time.perf_counter() - t0)
-    return Figures.of(timelines, busy, lag)
+    figures = Figures.of(timelines, lag)
+    figures.cpu = watch.share()
+    return figures
 
 
 def main() -> None:
@@ -323,13 +335,15 @@ def main() -> None:
         f"{max(c.size for c in clips) / SAMPLE_RATE:.1f} s, {args.pause:.1f} s pauses) in 20 ms "
         f"chunks; VAD silence {config.vad.min_silence_ms} ms; partials every {args.partial_ms} ms"
     )
-    print(Figures.HEADER)
     load, ramp = LoadLog(), Ramp(args.max_latency)
     for count in args.sessions:
         load.sample()
         figures = run(engine, config, session_streams(clips, count, args.seconds, args.pause))
         load.sample()
-        print(figures.row(args.max_latency), flush=True)
+        columns = figures.columns(args.max_latency)
+        if count == args.sessions[0]:
+            print(table_line(columns, header=True))
+        print(table_line(columns), flush=True)
         if not ramp.take(count, figures):
             break
     engine.close()

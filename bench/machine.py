@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,3 +72,52 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024  # kB -> MB
     raise OSError(f"no VmRSS for process {pid}")
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """How much CPU a process got over an interval, in cores (1.0: one core all the time)."""
+
+    process: float  # all its threads
+    worker: float  # its busiest thread (a mooer server's or engine's model worker)
+    worker_waiting: float  # that thread runnable but waiting for a CPU other work held
+
+
+class CpuWatch:
+    """Per-thread CPU time and run-queue wait of process ``pid`` between two moments.
+
+    Linux's schedstat counts, per thread, the time spent on a CPU and the time spent ready to
+    run but waiting for one; the latter shows how much a shared machine held a benchmark back.
+    """
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid or os.getpid()
+        self._start = time.perf_counter()
+        self._times = self._read()
+
+    def _read(self) -> dict[int, tuple[int, int]]:
+        """Thread id -> (ns on a CPU, ns waiting for one)."""
+        times = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                run_ns, wait_ns = (task / "schedstat").read_text().split()[:2]
+            except (OSError, ValueError):  # the thread ended meanwhile
+                continue
+            times[int(task.name)] = (int(run_ns), int(wait_ns))
+        return times
+
+    def share(self) -> CpuShare:
+        """The share since this watch began (or since the last ``share`` call), then restart."""
+        now, times = time.perf_counter(), self._read()
+        wall_ns = (now - self._start) * 1e9
+        deltas = {
+            tid: (run - self._times.get(tid, (0, 0))[0], wait - self._times.get(tid, (0, 0))[1])
+            for tid, (run, wait) in times.items()
+        }
+        self._start, self._times = now, times
+        busiest = max(deltas.values(), default=(0, 0))
+        return CpuShare(
+            process=sum(run for run, _ in deltas.values()) / wall_ns,
+            worker=busiest[0] / wall_ns,
+            worker_waiting=busiest[1] / wall_ns,
+        )
