@@ -59,8 +59,14 @@ def vocode(
 # --- layers run on a growing signal ---------------------------------------------------------------
 #
 # Each takes (1, C_in, n) new input samples and returns (1, C_out, m) newly final output samples;
-# ``flush`` ends the signal and returns the rest. A layer turns n inputs into ``rate * n`` outputs
+# ``flush`` takes the signal's last samples and returns every output still due. A layer turns n inputs into ``rate * n`` outputs
 # of which the last ``delay`` wait for inputs not yet seen.
+
+
+# Below this many samples per call a plain matrix product beats torch's convolutions: oneDNN
+# re-lays the weights out on every call, which for conv_pre (51 MB) costs several times the
+# product itself, and the fallback kernels for small inputs loop in small pieces.
+_SHORT = 32
 
 
 def _empty(channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -77,6 +83,7 @@ class _Conv:
     ) -> None:
         (kernel,), (dilation,), (pad,) = conv.kernel_size, conv.dilation, conv.padding
         self.weight, self.dilation, self.slope = conv.weight, dilation, slope
+        self.matrix = conv.weight.reshape(conv.out_channels, -1)  # (C_out, C_in * kernel)
         self.bias = conv.bias if extra_bias is None else conv.bias + extra_bias  # (C_out,)
         self.span = dilation * (kernel - 1)  # inputs an output reads besides its own position
         self.pad = pad
@@ -94,10 +101,16 @@ class _Conv:
             self.held = window
             return _empty(self.weight.shape[0], x)
         self.held = window[..., window.shape[-1] - self.span :]
-        return F.conv1d(window, self.weight, self.bias, dilation=self.dilation)  # (1, C_out, m)
+        n_out = window.shape[-1] - self.span
+        if n_out > _SHORT:
+            return F.conv1d(window, self.weight, self.bias, dilation=self.dilation)  # (1, C_out, m)
+        taps = window[0].unfold(-1, self.span + 1, 1)[..., :: self.dilation]  # (C_in, m, kernel)
+        columns = taps.transpose(1, 2).reshape(-1, n_out)  # (C_in * kernel, m)
+        return torch.addmm(self.bias[:, None], self.matrix, columns).unsqueeze(0)
 
-    def flush(self) -> torch.Tensor:
-        return self.push(self.weight.new_zeros(1, self.weight.shape[1], self.pad))  # right pad
+    def flush(self, x: torch.Tensor) -> torch.Tensor:
+        pad = x.new_zeros(1, x.shape[1], self.pad)
+        return self.push(torch.cat([x, pad], dim=-1))  # one call: conv_pre's weights are 51 MB
 
 
 class _ConvTranspose:
@@ -107,6 +120,8 @@ class _ConvTranspose:
     def __init__(self, up: nn.ConvTranspose1d, slope: float, extra_bias: torch.Tensor) -> None:
         (kernel,), (stride,), (pad,) = up.kernel_size, up.stride, up.padding
         self.weight, self.slope, self.rate, self.pad = up.weight, slope, stride, pad
+        self.kernel = kernel
+        self.matrix = up.weight.reshape(up.in_channels, -1).T  # (C_out * kernel, C_in)
         self.bias = (up.bias + extra_bias)[:, None]  # (C_out, 1)
         self.overlap = kernel - stride  # outputs of an input that the next input also writes
         self.delay = pad
@@ -121,13 +136,20 @@ class _ConvTranspose:
         if n == 0:
             return _empty(self.weight.shape[1], x)
         x = F.leaky_relu(x, self.slope)
-        y = F.conv_transpose1d(x, self.weight, stride=self.rate)  # (1, C_out, n * rate + overlap)
+        if n > _SHORT:
+            y = F.conv_transpose1d(x, self.weight, stride=self.rate)  # (1, C_out, n*rate + overlap)
+        else:
+            stamps = (self.matrix @ x[0]).unsqueeze(0)  # (1, C_out * kernel, n)
+            length = n * self.rate + self.overlap
+            y = F.fold(stamps, (1, length), (1, self.kernel), stride=(1, self.rate))[:, :, 0]
         y[..., : self.overlap] += self.carry
         self.carry = y[..., n * self.rate :]
         return self._cropped(y[..., : n * self.rate] + self.bias)
 
-    def flush(self) -> torch.Tensor:
-        return self._cropped(self.carry[..., : self.overlap - self.pad] + self.bias)
+    def flush(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.push(x)
+        rest = self._cropped(self.carry[..., : self.overlap - self.pad] + self.bias)
+        return torch.cat([out, rest], dim=-1)
 
     def _cropped(self, out: torch.Tensor) -> torch.Tensor:
         cut = min(self.crop, out.shape[-1])
@@ -139,8 +161,8 @@ class _Interpolate:
     """Linear interpolation by an integer factor (``align_corners=False``): an output reads the
     two frames around it, so the last frame is kept until the next one arrives."""
 
-    def __init__(self, scale: int, like: torch.Tensor) -> None:
-        self.rate, self.like = scale, like  # like: (C, ...) in the signal's dtype and device
+    def __init__(self, scale: int) -> None:
+        self.rate = scale
         self.half = scale // 2  # outputs of a frame that lie before its centre
         self.delay = scale - self.half
         self.reset()
@@ -159,18 +181,16 @@ class _Interpolate:
         y = F.interpolate(window, scale_factor=float(self.rate), mode="linear")  # (1, C, L * s)
         return y[..., start : (window.shape[-1] - 1) * self.rate + self.half]
 
-    def flush(self) -> torch.Tensor:
+    def flush(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.push(x)
         if self.last is None:
-            return _empty(self.like.shape[0], self.like)
+            return out
         y = F.interpolate(self.last, scale_factor=float(self.rate), mode="linear")  # (1, C, s)
-        return y[..., self.half :]
+        return torch.cat([out, y[..., self.half :]], dim=-1)
 
 
 class _Identity:
     rate, delay = 1, 0
-
-    def __init__(self, like: torch.Tensor) -> None:
-        self.like = like  # (C, ...) in the signal's dtype and device
 
     def reset(self) -> None:
         pass
@@ -178,15 +198,15 @@ class _Identity:
     def push(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def flush(self) -> torch.Tensor:
-        return _empty(self.like.shape[0], self.like)
+    def flush(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 _Layer = _Conv | _ConvTranspose | _Interpolate | _Identity
 
 
 class _Chain:
-    """Layers in sequence; at the end each layer's rest is pushed through the next."""
+    """Layers in sequence."""
 
     def __init__(self, layers: list[_Layer | _Chain | _Sum]) -> None:
         self.layers = layers
@@ -204,10 +224,9 @@ class _Chain:
             x = layer.push(x)
         return x
 
-    def flush(self) -> torch.Tensor:
-        x = self.layers[0].flush()
-        for layer in self.layers[1:]:
-            x = torch.cat([layer.push(x), layer.flush()], dim=-1)
+    def flush(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer.flush(x)
         return x
 
 
@@ -229,12 +248,13 @@ class _Sum:
     def push(self, x: torch.Tensor) -> torch.Tensor:
         return self._added([b.push(x) for b in self.branches])
 
-    def flush(self) -> torch.Tensor:
-        return self._added([b.flush() for b in self.branches])
+    def flush(self, x: torch.Tensor) -> torch.Tensor:
+        return self._added([b.flush(x) for b in self.branches])
 
     def _added(self, outs: list[torch.Tensor]) -> torch.Tensor:
         self.queues = [
-            o if q is None else torch.cat([q, o], dim=-1) for q, o in zip(self.queues, outs)
+            o if q is None or q.shape[-1] == 0 else torch.cat([q, o], dim=-1)
+            for q, o in zip(self.queues, outs)
         ]
         n = min(q.shape[-1] for q in self.queues)
         total = self.queues[0][..., :n]
@@ -248,7 +268,7 @@ def _resblock(block: ResBlock) -> _Chain:
     """x + conv2(lrelu(conv1(lrelu(x)))) per dilation, as ``ResBlock.forward``."""
     return _Chain(
         [
-            _Sum([_Identity(c1.bias), _Chain([_Conv(c1, LRELU_SLOPE), _Conv(c2, LRELU_SLOPE)])])
+            _Sum([_Identity(), _Chain([_Conv(c1, LRELU_SLOPE), _Conv(c2, LRELU_SLOPE)])])
             for c1, c2 in zip(block.convs1, block.convs2)
         ]
     )
@@ -261,7 +281,7 @@ def _streaming_generator(generator: HifiganGenerator, speaker: torch.Tensor) -> 
     n_kernels = len(cfg.resblock_kernels)
     with torch.inference_mode():
         layers: list[_Layer | _Chain | _Sum] = [
-            _Interpolate(cfg.input_upsample, generator.conv_pre.weight[0]),  # (C_in, 7)
+            _Interpolate(cfg.input_upsample),
             _Conv(generator.conv_pre, extra_bias=generator.cond_layer(speaker).flatten()),
         ]
         for i, up in enumerate(generator.ups):
@@ -337,27 +357,25 @@ class StreamingVocoder:
         final = st.received * self.generator.cfg.hop - self.lookahead
         if final - st.emitted < self.chunk_frames * self.generator.cfg.hop:
             return np.zeros(0, dtype=np.float32)
-        return self._audio(self._run_pending())
+        with torch.inference_mode():
+            out = self.layers.push(st.pending.T.unsqueeze(0))  # (1, C_in, F) -> (1, 1, samples)
+        st.pending = None
+        return self._audio(out)
 
     def flush(self) -> np.ndarray:
         """The rest of the utterance (its end needs no lookahead); then reset."""
-        if self.state.received == 0:
+        st = self.state
+        if st.received == 0:
             return np.zeros(0, dtype=np.float32)
-        out = self._run_pending()
+        if st.pending is None:
+            st.pending = self.generator.conv_pre.weight.new_zeros(
+                0, self.generator.cfg.input_channels
+            )
         with torch.inference_mode():
-            out = torch.cat([out, self.layers.flush()], dim=-1)
+            out = self.layers.flush(st.pending.T.unsqueeze(0))  # (1, C_in, F) -> (1, 1, samples)
         audio = self._audio(out)
         self.reset()
         return audio
-
-    def _run_pending(self) -> torch.Tensor:
-        st = self.state
-        if st.pending is None:
-            return self.generator.conv_post.weight.new_zeros(1, 1, 0)
-        with torch.inference_mode():
-            out = self.layers.push(st.pending.T.unsqueeze(0))  # (F, C_in) -> (1, 1, samples)
-        st.pending = None
-        return out
 
     def _audio(self, out: torch.Tensor) -> np.ndarray:
         self.state.emitted += out.shape[-1]
