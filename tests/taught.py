@@ -10,43 +10,50 @@ import torch
 
 from mooer.llm.conversation import embed_ids
 
-MAX_LOSS = 0.005  # mean cross-entropy: every answer token p > 0.9, so top_p 0.85 keeps only it
+SAMPLED = 0.9  # every answer token this likely: sampling with top_p 0.85 keeps only it
 
 
 Part = torch.Tensor | list[int]  # audio embeddings (1, Ta, H), or token ids
 
 
-def teach(llm, lessons: list[tuple[list[Part], list[int]]], steps: int = 100) -> None:
+def teach(
+    llm,
+    lessons: list[tuple[list[Part], list[int]]],
+    confidence: float = SAMPLED,
+    steps: int = 100,
+) -> None:
     """Train ``llm`` in place to answer each ``(parts, answer ids)`` with the answer.
 
     ``parts`` are the inputs in order: fixed audio embeddings, or token ids, embedded anew at
     each step (their embeddings train too). The answer ends with ``<|im_end|>`` to teach its end.
-    Fails the test if the LLM does not learn.
+    Training stops when every answer token has at least probability ``confidence`` (above 0.5:
+    greedy decoding gives the answer); fails the test if it never does.
     """
     torch.manual_seed(0)
     llm.requires_grad_(True)
     optimizer = torch.optim.Adam(llm.parameters(), lr=2e-2)
-    worst = float("inf")
+    worst = 0.0  # the least likely answer token's probability
     for _ in range(steps):
-        losses = []
+        losses, least = [], []
         for parts, answer in lessons:
             inputs = [
                 p.detach() if isinstance(p, torch.Tensor) else embed_ids(llm, p) for p in parts
             ]
-            prompt = sum(part.shape[1] for part in inputs)
             forced = embed_ids(llm, answer[:-1])  # (1, A - 1, H): teacher forcing
             sequence = torch.cat([*inputs, forced], dim=1)  # (1, P + A - 1, H)
-            logits = llm(inputs_embeds=sequence).logits[0, prompt - 1 :]  # (A, V)
-            losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor(answer)))
-        loss = torch.stack(losses).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        worst = max(item.item() for item in losses)
-        if worst < MAX_LOSS:
+            # the last prompt position and the forced ones predict the answer
+            logits = llm(inputs_embeds=sequence, logits_to_keep=len(answer)).logits[0]  # (A, V)
+            target = torch.tensor(answer)
+            losses.append(torch.nn.functional.cross_entropy(logits, target))
+            least.append(logits.detach().softmax(-1)[torch.arange(len(answer)), target].min())
+        worst = min(p.item() for p in least)
+        if worst >= confidence:
             break
+        optimizer.zero_grad()
+        torch.stack(losses).sum().backward()
+        optimizer.step()
     llm.requires_grad_(False)
-    assert worst < MAX_LOSS, f"the tiny LLM did not learn its answers (worst loss {worst:.4f})"
+    assert worst >= confidence, f"the tiny LLM did not learn its answers (p >= {worst:.3f})"
 
 
 def token_ids(tokenizer, text: str) -> list[int]:

@@ -10,6 +10,11 @@ for the speech LLM on the engine's single worker thread as a job. A session's jo
   in chat mode go on to the reply, generated one token per step so that the worker can serve
   other sessions between tokens and a barge-in stops it before the next token.
 
+Spoken output (``speech_output``) takes one of two ways, by the model: one with the MooER speech
+head (omni, S2ST) speaks by itself, its latents vocoded as they are generated (``s2s_chat`` on
+the conversation's cache for replies, ``s2s_trans`` for translations); any other model's text is
+spoken sentence by sentence by the TTS backend.
+
 Results arrive as ``mooer.agent.events`` through the ``on_event`` callback given to
 ``Engine.open``.
 """
@@ -44,7 +49,8 @@ from mooer.errors import ConfigError
 from mooer.llm.conversation import CHAT, Conversation, Generation, Reply
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids, splice
 from mooer.llm.prompts import build_prompt
-from mooer.speak import speak_reply, text_to_speech
+from mooer.llm.speech import SPOKEN_REPLY, SpeechGeneration, SpeechReply, spoken_reply
+from mooer.speak import speak_natively, speak_reply, text_to_speech
 from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, read_answer, transcribe
 from mooer.tts.backend import float_to_pcm16, split_sentences
 
@@ -68,9 +74,16 @@ class SessionConfig:
     each utterance without ``create_response()``.
 
     ``speech_output``: chat replies are also spoken, and in ``ast`` mode final translations
-    (``ResponseAudioDelta`` / ``TranslationAudioDelta``): the text is spoken sentence by sentence
-    with the ``tts_backend`` (see ``mooer.tts.backend``) in its ``voice`` (None: its default),
-    as PCM16 at ``output_sample_rate`` (24 kHz: the OpenAI Realtime wire rate).
+    (``ResponseAudioDelta`` / ``TranslationAudioDelta``), as PCM16 at ``output_sample_rate``
+    (24 kHz: the OpenAI Realtime wire rate). A model with a speech head speaks by itself in its
+    ``prompt.wav`` voice: a spoken question's reply text is decoded with ``chat_options`` (a
+    translation's with ``final_options``, one beam), its audio tokens with ``speech_options``.
+    Otherwise, and for typed questions and answers the head left unspoken, the text is spoken
+    sentence by sentence with the ``tts_backend`` (see ``mooer.tts.backend``) in its ``voice``
+    (None: its default).
+
+    ``instructions``: chat's system turn (OpenAI's ``session.instructions``); "" keeps the
+    released one.
     """
 
     mode: str = "asr"
@@ -88,6 +101,8 @@ class SessionConfig:
     voice: str | None = None
     output_sample_rate: int = 24000
     tts_backend: str = "espeak"
+    speech_options: DecodingOptions = SPOKEN_REPLY  # audio tokens of the speech head
+    instructions: str = ""
 
     def __post_init__(self) -> None:
         _require("mode", self.mode in MODES, f"one of {', '.join(MODES)}")
@@ -118,9 +133,10 @@ class SessionConfig:
         )
         _require("voice", self.voice is None or isinstance(self.voice, str), "a string or None")
         _require("tts_backend", isinstance(self.tts_backend, str), "a backend name")
-        for name in ("partial_options", "final_options", "chat_options"):
+        _require("instructions", isinstance(self.instructions, str), "a string")
+        for name in ("partial_options", "final_options", "chat_options", "speech_options"):
             _require(name, isinstance(getattr(self, name), DecodingOptions), "a DecodingOptions")
-        for name in ("partial_options", "chat_options"):
+        for name in ("partial_options", "chat_options", "speech_options"):
             _require(
                 name,
                 getattr(self, name).num_beams == 1,
@@ -267,7 +283,7 @@ def _language(text: str) -> str | None:
     return "en" if text else None
 
 
-_NO_AUDIO = np.zeros(0, dtype=np.float32)
+_NO_AUDIO = np.zeros(0, dtype=np.int16)
 
 
 def _pcm_bytes(pcm: np.ndarray) -> bytes:
@@ -323,8 +339,11 @@ class Session:
         self._finished = threading.Event()
         # Worker-thread state.
         self._mtl = model_is_mtl(self.model)
+        self._native = config.speech_output and self.model.has_speech_head
         self.conversation = (
-            Conversation(self.model, config.max_context_tokens) if config.mode == "chat" else None
+            Conversation(self.model, config.max_context_tokens, config.instructions)
+            if config.mode == "chat"
+            else None
         )
         self._track: _Track | None = None
         self._unanswered: _UserTurn | None = None
@@ -404,6 +423,22 @@ class Session:
             self._check_open("reset")
             self._cancel_responses()
             self.engine.submit(self, "control", self._forget)
+
+    def set_instructions(self, instructions: str) -> None:
+        """Chat's new system turn, from the next reply on; the turns are kept (their cache is
+        rebuilt under the new instructions)."""
+        if not isinstance(instructions, str):
+            raise ConfigError(f"session {self.id}: instructions must be a string")
+        with self._lock:
+            self._check_open("set_instructions")
+            self.config = replace(self.config, instructions=instructions)
+            if self.conversation is not None:
+                conversation = self.conversation
+
+                def change() -> None:
+                    conversation.instructions = instructions
+
+                self.engine.submit(self, "control", change)
 
     def close(self, flush: bool = True) -> None:
         """End the session. ``flush``: the utterance in progress still gets its final results
@@ -629,7 +664,7 @@ class Session:
             self.stats.finals += 1
             self.stats.final_latency_s.append(time.perf_counter() - endpoint)
             if translation and self.config.speech_output:
-                yield from self._speak_translation(item, translation)
+                yield from self._speak_translation(item, translation, audio)
             if question is not None:
                 if response is None:
                     self._await_reply(question)
@@ -662,6 +697,15 @@ class Session:
                 self.conversation.append(question.question, "", interrupted=True)
             elif question.audio_embeds is None:
                 reply = self.conversation.reply_text(question.question, self.config.chat_options)
+            elif self._native:
+                reply = spoken_reply(
+                    self.conversation,
+                    question.audio_embeds,
+                    question=question.question,
+                    options=self.config.chat_options,
+                    audio_options=self.config.speech_options,
+                    should_stop=response.cancelled.is_set,
+                )
             else:
                 reply = self.conversation.reply(
                     question.audio_embeds,
@@ -695,9 +739,10 @@ class Session:
             self._emit(ev.ResponseDone(response.response_id, text, status))
 
     def _reply_pieces(self, response: _Response, reply: Reply) -> Iterator[tuple[str, np.ndarray]]:
-        """(text delta, float32 audio) per step of the reply, until it ends or is cancelled.
+        """(text delta, PCM16 audio) per step of the reply, until it ends or is cancelled.
 
-        Spoken, each finished sentence is synthesised in the step that finishes it (espeak-ng:
+        The speech head gives its audio as the latents come (a step per token); the TTS backend
+        synthesises each finished sentence in the step that finishes it (espeak-ng:
         milliseconds), so a long reply never holds the worker for longer than one sentence.
         """
         if not self.config.speech_output:
@@ -707,34 +752,83 @@ class Session:
                     return
                 yield step[1], _NO_AUDIO
             return
+        rate = self.config.output_sample_rate
+        if isinstance(reply, SpeechReply):
+            spoke = False
+            for chunk in speak_natively(reply, self.model, sample_rate=rate):
+                spoke = spoke or bool(chunk.audio.size)
+                yield chunk.text, float_to_pcm16(chunk.audio)
+            if not spoke and not reply.interrupted:  # the head said nothing: the backend does
+                for pcm in self._tts_sentences(reply.text, None, response.cancelled.is_set):
+                    yield "", pcm
+            return
         stream = speak_reply(
             reply,
             self.engine.tts_backend(self.config.tts_backend),
             voice=self.config.voice,
-            sample_rate=self.config.output_sample_rate,
+            sample_rate=rate,
             should_stop=response.cancelled.is_set,
         )
         for chunk in stream:
-            yield chunk.text, chunk.audio
+            yield chunk.text, float_to_pcm16(chunk.audio)
 
-    def _emit_audio(self, response: _Response, audio: np.ndarray) -> None:
-        """A reply's speech; dropped once the response is cancelled (its AudioCleared is sent
-        under the same lock, after the cancel: no delta can follow it)."""
-        data = _pcm_bytes(float_to_pcm16(audio))
+    def _emit_audio(self, response: _Response, pcm: np.ndarray) -> None:
+        """A reply's speech (PCM16); dropped once the response is cancelled (its AudioCleared
+        is sent under the same lock, after the cancel: no delta can follow it)."""
+        data = _pcm_bytes(pcm)
         rate = self.config.output_sample_rate
         with self._emit_lock:
             if not self._muted and not response.cancelled.is_set():
                 self._call(ev.ResponseAudioDelta(response.response_id, data, rate))
 
-    def _speak_translation(self, item: str, text: str) -> Iterator[None]:
-        """A final translation spoken one sentence per step, between other sessions' work."""
+    def _speak_translation(self, item: str, text: str, audio: np.ndarray) -> Iterator[None]:
+        """A final translation spoken between other sessions' work: by the speech head (the
+        ``s2s_trans`` answer to the utterance's ``audio``, a step per token), or by the TTS
+        backend a sentence per step (also when the head said nothing)."""
+        rate = self.config.output_sample_rate
+        if self._native:
+            spoke = False
+            for pcm in self._translation_speech(audio):
+                if pcm.size:
+                    spoke = True
+                    self._emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
+                yield
+            if spoke:
+                return
+        for pcm in self._tts_sentences(text, "en", lambda: False):
+            self._emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
+            yield
+
+    def _translation_speech(self, audio: np.ndarray) -> Iterator[np.ndarray]:
+        """PCM16 per token of the head's ``s2s_trans`` answer (often empty)."""
+        model = self.model
+        embeds, lengths = model.embed([audio])  # (1, Ta, H), (1,)
+        prompt = build_prompt("s2s_trans")
+        inputs, _ = splice(model.llm, model.tokenizer, embeds, lengths, [prompt])  # (1, L, H)
+        generation = SpeechGeneration(
+            model.llm,
+            model.tokenizer,
+            inputs,
+            replace(self.config.final_options, num_beams=1),
+            audio_options=self.config.speech_options,
+        )
+        for chunk in speak_natively(generation, model, sample_rate=self.config.output_sample_rate):
+            yield float_to_pcm16(chunk.audio)
+
+    def _tts_sentences(
+        self, text: str, language: str | None, cancelled: Callable[[], bool]
+    ) -> Iterator[np.ndarray]:
+        """``text`` spoken by the TTS backend: PCM16 of each sentence, until ``cancelled``;
+        ``language`` None: Mandarin for a sentence with Chinese in it, else English."""
         backend = self.engine.tts_backend(self.config.tts_backend)
         rate = self.config.output_sample_rate
         for sentence in split_sentences(text):
-            pcm, rate = text_to_speech(sentence, "en", self.config.voice, backend, rate)
+            if cancelled():
+                return
+            spoken = language or _language(sentence) or "en"
+            pcm, _ = text_to_speech(sentence, spoken, self.config.voice, backend, rate)
             if pcm.size:
-                self._emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
-            yield
+                yield pcm
 
     def _retire(self, response: _Response) -> None:
         with self._lock:
