@@ -63,7 +63,8 @@ class Hub:
         self.connections: set[WireProtocol] = set()
         self.draining = False
         self._closed = False
-        # Offline (HTTP) requests run one at a time beside the engine's worker thread.
+        # An HTTP request's light pre- and post-processing (VAD pass, audio encoding), one at a
+        # time off the event loop; its model work is scheduled on the engine like a session's.
         self._offline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mooer-http")
 
     def auth_error(self, conn: HTTPConnection) -> ProtocolError | None:
@@ -107,7 +108,7 @@ class Hub:
         return None
 
     async def run_offline(self, fn: Callable[..., T], *args: object) -> T:
-        """Run blocking model work for an HTTP request off the event loop."""
+        """Run an HTTP request's blocking non-model work (VAD, encoding) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._offline, fn, *args)
 
     async def drain(self) -> None:
