@@ -116,8 +116,14 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default="http://127.0.0.1:8000", help="a running `mooer serve`")
     p.add_argument("--mode", choices=["asr", "ast", "asr+ast", "chat"], default="asr")
     p.add_argument("--api-key", help="bearer key (default: $MOOER_API_KEY)")
-    p.add_argument("--audio-out", metavar="FILE.wav", help="chat: spoken replies to a wav")
-    p.add_argument("--play", action="store_true", help="chat: play spoken replies")
+    p.add_argument(
+        "--audio-out",
+        metavar="FILE.wav",
+        help="spoken replies (chat) or translations (ast) to a wav",
+    )
+    p.add_argument(
+        "--play", action="store_true", help="play spoken replies (chat) or translations (ast)"
+    )
     p.add_argument("--output", help="sounddevice output device for --play (index or name)")
 
 

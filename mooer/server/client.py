@@ -2,8 +2,10 @@
 
 Audio goes out as binary frames of 16 kHz PCM16 (mooer's own rate, declared in the
 ``session.update``); finals are printed to stdout, one line per utterance, and partials to
-stderr on a terminal. In chat, a ``ReplyAudio`` asks for spoken replies and takes their audio.
-A session ends by committing the utterance in progress and waiting for every result still due.
+stderr on a terminal. A ``ReplyAudio`` asks for speech and takes its audio: the replies in chat,
+the translations in ast and asr+ast. A session ends by committing the utterance in progress and
+waiting for every result still due; with spoken translations it then sends ``session.close``
+and reads until the server closes, so that the last translation's speech arrives too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from mooer.server.reply_audio import ReplyAudio
 
 TASKS = ("asr", "ast", "asr+ast", "chat")
+SPOKEN_TASKS = ("chat", "ast", "asr+ast")  # what --audio-out / --play can speak
 FINAL = "conversation.item.input_audio_transcription.completed"
 TRANSLATION = "conversation.item.input_audio_translation.completed"
 DRAIN_TIMEOUT_S = 120.0  # how long to wait for the last results
@@ -134,7 +137,8 @@ async def run_session(
 ) -> Captions:
     """Stream 16 kHz float32 chunks from ``audio`` to the server; returns the captions printed.
 
-    With ``reply_audio`` (chat only) the replies are spoken too and their audio goes there.
+    With ``reply_audio`` the chat replies, or the translations, are spoken too and their audio
+    goes there.
     """
     import websockets
 
@@ -161,12 +165,11 @@ async def run_session(
 
 
 def check_speech_output(task: str, wanted: bool) -> None:
-    """Only chat replies are spoken on ``/v1/realtime``, the endpoint this client uses."""
-    if wanted and task != "chat":
+    """Chat replies and translations are spoken; a transcript is not."""
+    if wanted and task not in SPOKEN_TASKS:
         raise ConfigError(
-            f"--audio-out and --play speak chat replies: use --mode chat, not {task!r} "
-            "(spoken translation is served on /v1/realtime/translations, which this client "
-            "does not use)"
+            f"--audio-out and --play speak chat replies and translations: use --mode "
+            f"{', '.join(SPOKEN_TASKS)}, not {task!r}"
         )
 
 
@@ -182,6 +185,7 @@ async def _send(
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": SAMPLE_RATE}}},
         "mooer": {"task": captions.task},
     }
+    speaks_translations = reply_audio is not None and captions.task != "chat"
     if reply_audio is not None:
         session["output_modalities"] = ["audio"]
         session["audio"]["output"] = {"format": {"type": "audio/pcm", "rate": reply_audio.rate}}
@@ -199,6 +203,11 @@ async def _send(
         if asyncio.get_running_loop().time() > deadline:
             raise MooerError("the server did not send the last results in time")
         await asyncio.sleep(0.05)
+    if speaks_translations and not reader.done():
+        # The last translation may still be speaking: the server flushes it, then closes.
+        await ws.send(json.dumps({"type": "session.close"}))
+        remaining = deadline - asyncio.get_running_loop().time()
+        await asyncio.wait({reader}, timeout=max(1.0, remaining))
 
 
 async def _read(ws, captions: Captions, reply_audio: ReplyAudio | None) -> None:

@@ -11,6 +11,13 @@ sequence, and ``error``. With ``output_modalities`` ``["audio"]`` a reply is spo
 done`` in place of the text events, and ``output_audio_buffer.started|stopped|cleared`` (cleared
 at barge-in or on ``output_audio_buffer.clear``). docs/protocol.md describes every message.
 
+mooer's own additions: in the ast tasks with ``output_modalities`` ``["audio"]`` each final
+translation is spoken as ``conversation.item.input_audio_translation.audio.delta`` (base64
+PCM16 with ``sample_rate``); the client event ``session.close`` ends the session as on
+``/v1/realtime/translations``: what is pending is flushed (translations spoken), then
+``session.closed`` and the socket closes. A change of ``instructions`` alone keeps the
+conversation (its cache is rebuilt under the new system turn).
+
 Which stream carries what, by task (``session.mooer.task``):
 asr and chat put the transcript in ``input_audio_transcription``; ast puts the English
 translation there (it is the session's transcript, in English); asr+ast adds the translation
@@ -21,12 +28,12 @@ each turn as a response.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mooer.agent import events as ev
 from mooer.audio import SAMPLE_RATE
-from mooer.server.connection import Link, ProtocolError, new_id
+from mooer.server.connection import CLOSE_NORMAL, Link, ProtocolError, new_id
 from mooer.server.openai_wire import OpenAIWire, audio_pieces, error_kind, json_object
 from mooer.server.pcm import WireDecoder
 from mooer.server.realtime_session import RealtimeSettings, apply_update
@@ -38,6 +45,7 @@ UNSUPPORTED = frozenset(
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
 # Engine error codes that have an OpenAI name
 OPENAI_CODES = {"empty_commit": "input_audio_buffer_commit_empty"}
+TRANSLATION_AUDIO = "conversation.item.input_audio_translation.audio.delta"  # mooer's own
 
 
 @dataclass
@@ -76,6 +84,7 @@ class RealtimeProtocol(OpenAIWire):
         self.last_item_id: str | None = None
         self.response: _Response | None = None
         self.cancel_requested = False
+        self.close_requested = False  # session.close: session.closed ends the connection
         self.handlers = {
             "session.update": self._session_update,
             "transcription_session.update": self._session_update,  # beta name
@@ -86,6 +95,7 @@ class RealtimeProtocol(OpenAIWire):
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
             "output_audio_buffer.clear": self._output_clear,
+            "session.close": self._close,
         }
         self.event_handlers: dict[type, Callable[[Any], None]] = {
             ev.SpeechStarted: self._on_speech_started,
@@ -101,6 +111,7 @@ class RealtimeProtocol(OpenAIWire):
             ev.ResponseAudioDelta: self._on_response_audio_delta,
             ev.ResponseAudioDone: self._on_response_audio_done,
             ev.AudioCleared: self._on_audio_cleared,
+            ev.TranslationAudioDelta: self._on_translation_audio_delta,
             ev.Error: self._on_error,
         }
 
@@ -120,12 +131,24 @@ class RealtimeProtocol(OpenAIWire):
         if new.format != self.settings.format:
             self.feed(self.decoder.flush())
             self.decoder = WireDecoder(new.format)
-        if new.engine_config(self.defaults) != self.settings.engine_config(self.defaults):
-            self.link.hub.engine.check_speech(new.engine_config(self.defaults))  # a bad voice
-            self.reopen(new.engine_config(self.defaults))
-            self.commit_mark = self.samples_fed
+        config, current = new.engine_config(self.defaults), self.session.config
+        if config != current:
+            if replace(config, instructions=current.instructions) == current:
+                self.session.set_instructions(config.instructions)  # the turns are kept
+            else:
+                self.link.hub.engine.check_speech(config)  # a bad voice
+                self.reopen(config)
+                self.commit_mark = self.samples_fed
         self.settings = new
         self.emit("session.updated", session=self._describe())
+
+    def _close(self, event: dict[str, Any]) -> None:
+        self.close_requested = True
+        self.finish_soon("closed by the client", CLOSE_NORMAL)
+
+    def closing_message(self) -> None:
+        if self.close_requested:
+            self.emit("session.closed")
 
     def _commit(self, event: dict[str, Any]) -> None:
         self.feed(self.decoder.flush())
@@ -321,6 +344,18 @@ class RealtimeProtocol(OpenAIWire):
             return
         response.audio_done = True
         self.emit("response.output_audio.done", **self._text_position())
+
+    def _on_translation_audio_delta(self, e: ev.TranslationAudioDelta) -> None:
+        for piece in audio_pieces(e.audio, e.sample_rate):
+            self.emit(
+                TRANSLATION_AUDIO,
+                item_id=e.item_id,
+                content_index=0,
+                delta=piece,
+                sample_rate=e.sample_rate,
+                channels=1,
+                format="pcm16",
+            )
 
     def _on_audio_cleared(self, e: ev.AudioCleared) -> None:
         self.emit("output_audio_buffer.cleared", response_id=e.response_id)

@@ -3,12 +3,14 @@
 Both the GA shape (``session.audio.input.format``, ``...turn_detection``, ``...transcription``,
 ``output_modalities``) and the older beta names (``input_audio_format``, ``turn_detection``,
 ``input_audio_transcription``, ``modalities`` at the session's top level) are read.
-``output_modalities`` ``["audio"]`` makes chat replies spoken (PCM16, 24 kHz unless
-``audio.output.format.rate`` says 16000); ``audio.output.voice`` is an espeak-ng voice
-(``m1``..``m8``, ``f1``..``f5``), OpenAI's voice names pick the default one. The
-``mooer`` object is this server's own: ``{"task": "asr"|"ast"|"asr+ast"|"chat",
-"partial_interval_ms": int}``. Fields mooer has no use for (voice, tools, tracing,
-noise_reduction, ...) are accepted and ignored so that existing clients work unchanged.
+``output_modalities`` ``["audio"]`` makes chat replies spoken, and in the ast tasks the final
+translations (PCM16, 24 kHz unless ``audio.output.format.rate`` says 16000): by the model's own
+speech head when it has one, else by the TTS backend, whose voice ``audio.output.voice`` names
+(espeak-ng ``m1``..``m8``, ``f1``..``f5``; OpenAI's voice names pick the default one).
+``instructions`` become the chat's system turn (empty: the released one). The ``mooer``
+object is this server's own: ``{"task": "asr"|"ast"|"asr+ast"|"chat",
+"partial_interval_ms": int}``. Fields mooer has no use for (tools, tracing, noise_reduction,
+...) are accepted and ignored so that existing clients work unchanged.
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ class RealtimeSettings:
         """Replies carry audio (chat sessions that asked for it)."""
         return "audio" in self.output_modalities and self.task == "chat"
 
+    @property
+    def speaks_translations(self) -> bool:
+        """Final translations are spoken (ast and asr+ast sessions that asked for audio)."""
+        return "audio" in self.output_modalities and self.task in ("ast", "asr+ast")
+
     @classmethod
     def initial(cls, session_type: str, defaults: SessionConfig) -> RealtimeSettings:
         """A new connection's session: the server's defaults, the task by session type."""
@@ -107,9 +114,10 @@ class RealtimeSettings:
             partial_interval_ms=self.partial_interval_ms,
             auto_response=turns is not None and turns.create_response,
             barge_in=turns is not None and turns.interrupt_response,
-            speech_output=self.speaks,
+            speech_output=self.speaks or self.speaks_translations,
             voice=None if self.voice in OPENAI_VOICES else self.voice,
             output_sample_rate=self.output_rate,
+            instructions=self.instructions,
         )
 
     def describe(self, session_id: str, model: str) -> dict[str, Any]:
@@ -124,14 +132,22 @@ class RealtimeSettings:
             "turn_detection": self.turn_detection.describe() if self.turn_detection else None,
             "noise_reduction": None,
         }
-        mooer = {"task": self.task, "partial_interval_ms": self.partial_interval_ms}
+        mooer: dict[str, Any] = {"task": self.task, "partial_interval_ms": self.partial_interval_ms}
+        audio_output = {
+            "format": {"type": "audio/pcm", "rate": self.output_rate},
+            "voice": self.voice,
+        }
         if self.type == "transcription":
+            audio: dict[str, Any] = {"input": audio_input}
+            if self.speaks_translations:  # mooer's own: the translations' speech
+                mooer["output_modalities"] = list(self.output_modalities)
+                audio["output"] = audio_output
             return {
                 "type": "transcription",
                 "object": "realtime.transcription_session",
                 "id": session_id,
                 "expires_at": 0,
-                "audio": {"input": audio_input},
+                "audio": audio,
                 "include": None,
                 "mooer": mooer,
             }
@@ -146,13 +162,7 @@ class RealtimeSettings:
             "max_output_tokens": "inf",
             "tools": [],
             "tool_choice": "auto",
-            "audio": {
-                "input": audio_input,
-                "output": {
-                    "format": {"type": "audio/pcm", "rate": self.output_rate},
-                    "voice": self.voice,
-                },
-            },
+            "audio": {"input": audio_input, "output": audio_output},
             "mooer": mooer,
         }
 

@@ -1,10 +1,13 @@
-"""Where ``mooer stream`` / ``mooer mic`` put spoken replies: a wav file, the speakers, or both.
+"""Where ``mooer stream`` / ``mooer mic`` put spoken replies and translations: a wav file, the
+speakers, or both.
 
-The server sends each reply's speech as ``response.output_audio.delta`` events (base64 PCM16
-mono at the rate the client asked for). The file keeps everything received, in order. The
-speakers play it as it comes and fall silent at once on barge-in: when the user starts speaking
-(``input_audio_buffer.speech_started``, which may come after the server has sent the whole
-reply) or when the server clears the reply (``output_audio_buffer.cleared``).
+The server sends each chat reply's speech as ``response.output_audio.delta`` events, and each
+translation's (ast tasks) as ``conversation.item.input_audio_translation.audio.delta`` (base64
+PCM16 mono at the rate the client asked for). The file keeps everything received, in order. The
+speakers play it as it comes; a reply falls silent at once on barge-in: when the user starts
+speaking (``input_audio_buffer.speech_started``, which may come after the server has sent the
+whole reply) or when the server clears the reply (``output_audio_buffer.cleared``). A
+translation is an interpreter's: it plays on while the user goes on speaking.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from mooer.errors import ConfigError, MooerError
 
 OUTPUT_RATE = 24000  # what the client asks for: the OpenAI APIs' rate
 BARGE_IN = ("input_audio_buffer.speech_started", "output_audio_buffer.cleared")
+REPLY_AUDIO = "response.output_audio.delta"
+TRANSLATION_AUDIO = "conversation.item.input_audio_translation.audio.delta"
 
 
 class PcmQueue:
@@ -110,6 +115,7 @@ class ReplyAudio:
     ) -> None:
         self.rate = rate
         self.samples = 0  # received
+        self._replying = False  # the last audio was a chat reply's (barge-in cuts it off)
         self.speakers = Speakers(rate, device) if play else None
         self._file = None
         if path is not None:
@@ -125,16 +131,17 @@ class ReplyAudio:
                 raise ConfigError(f"cannot write the reply audio to {path}: {exc}") from exc
 
     def handle(self, event: dict[str, Any]) -> None:
-        """Take one server event: audio is kept, barge-in silences the speakers."""
+        """Take one server event: audio is kept, barge-in silences a reply."""
         kind = event.get("type")
-        if kind == "response.output_audio.delta":
+        if kind in (REPLY_AUDIO, TRANSLATION_AUDIO):
+            self._replying = kind == REPLY_AUDIO
             pcm = np.frombuffer(base64.b64decode(event["delta"]), dtype="<i2")
             self.samples += pcm.size
             if self._file is not None:
                 self._file.write(pcm)
             if self.speakers:
                 self.speakers.queue.push(pcm)
-        elif kind in BARGE_IN and self.speakers:
+        elif kind in BARGE_IN and self.speakers and self._replying:
             self.speakers.queue.clear()
 
     def finish(self, timeout_s: float = 600.0) -> None:

@@ -1,5 +1,11 @@
 """Speech out of the server, driven by the openai SDK: spoken chat replies on /v1/realtime (with
-barge-in), the spoken interpretation of /v1/realtime/translations, and POST /v1/audio/speech."""
+barge-in), spoken translations there and on /v1/realtime/translations, session instructions, and
+POST /v1/audio/speech.
+
+The speech head speaks on a server over the fabricated omni model taught to answer the first
+recording aloud (as the server hears it); the shared server's untaught model says nothing by
+itself, so the TTS backend speaks for it.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,13 @@ import pytest
 import soundfile as sf
 
 from mooer.audio import SAMPLE_RATE, resample
-from mooer.llm.conversation import CHAT
-from mooer.server.pcm import encode_pcm16
+from mooer.llm.conversation import SYSTEM_TURN, Conversation, question_suffix
+from mooer.llm.decoding import STREAMING
+from mooer.llm.prompts import AUDIO_START, IM_END, build_prompt
+from mooer.llm.speech import SPEECH_CHAT_INSTRUCTION
+from mooer.server.http_api import speech_segments
+from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
+from tests.taught import teach, token_ids
 
 FRAME = 4800  # 100 ms at 24 kHz
 SPOKEN = {"type": "realtime", "output_modalities": ["audio"], "mooer": {"task": "chat"}}
@@ -31,6 +42,68 @@ async def _send(conn, pcm: bytes) -> None:
         )
 
 
+SPEAKING = replace(STREAMING, max_new_tokens=64)  # the head's audio tokens, greedy
+CHAT_REPLY = "fine thanks"
+TRANSLATION = "hello there"
+
+
+def _answer(text: str, audio_tokens: int) -> str:
+    return text + AUDIO_START + "".join(f"<A_{i % 16}>" for i in range(audio_tokens)) + IM_END
+
+
+@pytest.fixture(scope="module")
+def taught(fabricated, speech, session_defaults):
+    """The omni model taught to answer the first recording, as the server cuts it from 24 kHz
+    PCM16, aloud: in chat with CHAT_REPLY, to translate with TRANSLATION."""
+    from mooer.model import load_model
+
+    model = load_model(fabricated("omni"), device="cpu")
+    decoder = WireDecoder(WireFormat("pcm16", 24000))
+    pcm = _at_24k(speech[0])
+    heard = np.concatenate([decoder.decode(pcm), decoder.flush()])
+    start, end = speech_segments(heard, session_defaults.vad)[0]
+    embeds, lengths = model.embed([heard[start:end]])
+    audio = embeds[:, : int(lengths[0])].detach()  # (1, Ta, H)
+    tok = model.tokenizer
+    suffix = question_suffix(SPEECH_CHAT_INSTRUCTION)
+    chat = [token_ids(tok, SYSTEM_TURN), audio, token_ids(tok, suffix)]
+    translate = [audio, token_ids(tok, build_prompt("s2s_trans"))]
+    teach(
+        model.llm,
+        [
+            (chat, token_ids(tok, _answer(CHAT_REPLY, 24))),
+            (translate, token_ids(tok, _answer(TRANSLATION, 20))),
+        ],
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def serve_taught(taught, session_defaults):
+    """``serve_taught(**SessionConfig changes) -> RunningServer`` over the taught model."""
+    from mooer.agent.engine import Engine
+    from mooer.server.app import start
+    from mooer.server.config import ServerConfig
+    from mooer.server.hub import Hub
+
+    running = []
+
+    def make(**changes):
+        defaults = replace(session_defaults, **{"speech_options": SPEAKING, **changes})
+        hub = Hub(taught, Engine(taught, threads=1), ServerConfig(port=0), defaults)
+        running.append(start(hub))
+        return running[-1]
+
+    yield make
+    for server in running:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def head_server(serve_taught):
+    return serve_taught()
+
+
 def _pcm(events, response_id: str) -> np.ndarray:
     data = b"".join(
         base64.b64decode(e.delta)
@@ -40,11 +113,11 @@ def _pcm(events, response_id: str) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2")
 
 
-def test_a_spoken_reply_streams_audio_deltas_then_done(server, speech):
+def test_a_spoken_reply_streams_audio_deltas_then_done(head_server, speech):
     from openai import AsyncOpenAI
 
     async def run() -> list:
-        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        client = AsyncOpenAI(base_url=f"{head_server.url}/v1", api_key="unused")
         events = []
         async with client.realtime.connect(model="mooer") as conn:
             await conn.session.update(session=SPOKEN)  # type: ignore[arg-type]
@@ -78,20 +151,21 @@ def test_a_spoken_reply_streams_audio_deltas_then_done(server, speech):
     assert done.status == "completed" and done.output_modalities == ["audio"]
     transcript = next(e for e in events if e.type == "response.output_audio_transcript.done")
     deltas = [e.delta for e in events if e.type == "response.output_audio_transcript.delta"]
-    assert "".join(deltas) == transcript.transcript != ""
+    assert "".join(deltas) == transcript.transcript == CHAT_REPLY
     assert done.output[0].content[0].type == "output_audio"
     assert done.output[0].content[0].transcript == transcript.transcript
     audio = _pcm(events, done.id)
-    assert audio.size > 24000 // 2 and np.abs(audio).max() > 1000  # speech, not silence
+    assert audio.size == round((1 + 24 - 5) * 1024 * 24000 / 22050)  # the head's latents
+    assert np.abs(audio).max() > 0
+    assert len([e for e in events if e.type == "response.output_audio.delta"]) >= 3  # streamed
     pieces = [e for e in events if e.type == "response.output_audio.delta"]
     assert max(len(base64.b64decode(e.delta)) for e in pieces) <= 24000  # 500 ms at most
 
 
 @pytest.fixture(scope="module")
-def endless(start_server, session_defaults):
-    """Replies that never end by themselves: barge-in is what stops them."""
-    chat = replace(CHAT, max_new_tokens=5000, eos_bias=-1e9)
-    return start_server(defaults=replace(session_defaults, chat_options=chat))
+def endless(serve_taught):
+    """Spoken replies that never end by themselves: barge-in is what stops them."""
+    return serve_taught(speech_options=replace(STREAMING, max_new_tokens=5000, eos_bias=-1e9))
 
 
 def test_barge_in_clears_the_audio_and_stops_the_deltas(endless, speech):
@@ -117,6 +191,7 @@ def test_barge_in_clears_the_audio_and_stops_the_deltas(endless, speech):
     kinds = [e.type for e in events]
     done = next(e for e in events if e.type == "response.done").response
     assert done.status == "cancelled" and done.status_details.reason == "turn_detected"
+    assert done.output[0].content[0].transcript == CHAT_REPLY
     cleared = kinds.index("output_audio_buffer.cleared")
     assert events[cleared].response_id == done.id
     assert (
@@ -128,11 +203,14 @@ def test_barge_in_clears_the_audio_and_stops_the_deltas(endless, speech):
     assert "output_audio_buffer.stopped" not in kinds
 
 
-def test_the_interpretation_is_spoken(server, speech):
+@pytest.mark.parametrize("by", ["head", "backend"])
+def test_the_interpretation_is_spoken(head_server, server, speech, by):
     from openai import AsyncOpenAI
 
+    url = (head_server if by == "head" else server).url
+
     async def run() -> list:
-        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
         events = []
         async with client.realtime.translations.connect(model="mooer-translate") as conn:
             pcm = _at_24k(speech[0])
@@ -153,8 +231,82 @@ def test_the_interpretation_is_spoken(server, speech):
         "session.output_audio.delta"
     )
     pcm = np.frombuffer(b"".join(base64.b64decode(e.delta) for e in audio), dtype="<i2")
-    assert pcm.size > 24000 // 4 and np.abs(pcm).max() > 1000
+    if by == "head":
+        assert pcm.size == round((1 + 20 - 5) * 1024 * 24000 / 22050)
+    else:
+        assert pcm.size > 24000 // 4 and np.abs(pcm).max() > 1000  # espeak-ng: speech
     assert kinds[-1] == "session.closed"
+
+
+def test_an_ast_session_on_realtime_speaks_its_translations(head_server, speech):
+    from openai import AsyncOpenAI
+
+    async def run() -> list:
+        client = AsyncOpenAI(base_url=f"{head_server.url}/v1", api_key="unused")
+        events = []
+        async with client.realtime.connect(
+            model="mooer", extra_query={"intent": "transcription"}
+        ) as conn:
+            session = {
+                "type": "transcription",
+                "output_modalities": ["audio"],
+                "mooer": {"task": "ast"},
+            }
+            await conn.session.update(session=session)  # type: ignore[arg-type]
+            await _send(conn, _at_24k(speech[0]))
+            await conn.send({"type": "session.close"})  # type: ignore[arg-type]
+            async for event in conn:
+                events.append(event)
+        return events
+
+    events = asyncio.run(run())
+    kinds = [e.type for e in events]
+    updated = next(e for e in events if e.type == "session.updated")
+    assert updated.session.mooer["output_modalities"] == ["audio"]
+    spoken = [
+        e for e in events if e.type == "conversation.item.input_audio_translation.audio.delta"
+    ]
+    final = next(
+        e for e in events if e.type == "conversation.item.input_audio_transcription.completed"
+    )
+    assert spoken and {(e.item_id, e.sample_rate) for e in spoken} == {(final.item_id, 24000)}
+    assert kinds.index(final.type) < kinds.index(spoken[0].type)
+    pcm = np.frombuffer(b"".join(base64.b64decode(e.delta) for e in spoken), dtype="<i2")
+    assert pcm.size == round((1 + 20 - 5) * 1024 * 24000 / 22050)
+    assert kinds[-1] == "session.closed"
+
+
+def test_instructions_reach_the_llm_and_keep_the_conversation(server, model, session_defaults):
+    from openai import AsyncOpenAI
+
+    async def ask(conn, text: str) -> str:
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        }
+        await conn.conversation.item.create(item=item)  # type: ignore[arg-type]
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.done":
+                return event.response.output[0].content[0].text
+
+    async def run() -> list[str]:
+        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        async with client.realtime.connect(model="mooer") as conn:
+            manual = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+            await conn.session.update(session=manual)  # type: ignore[arg-type]
+            first = await ask(conn, "hello")
+            await conn.session.update(session={"instructions": "You are a pirate."})  # type: ignore[arg-type]
+            second = await ask(conn, "again")
+        return [first, second]
+
+    first, second = asyncio.run(run())
+    offline = Conversation(model)
+    options = session_defaults.chat_options
+    assert "".join(t for _, t in offline.reply_text("hello", options)) == first
+    offline.instructions = "You are a pirate."  # the first turn is kept
+    assert "".join(t for _, t in offline.reply_text("again", options)) == second
 
 
 def test_audio_speech_returns_a_wav_of_plausible_length(server):
