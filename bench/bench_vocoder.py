@@ -108,9 +108,10 @@ def main() -> None:
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     lookahead = StreamingVocoder(gen, speaker).lookahead
+    lookahead_ms = lookahead / cfg.sample_rate * 1e3
     print(f"generator: {sum(p.numel() for p in gen.parameters()) / 1e6:.2f} M parameters, "
           f"{cfg.hop} samples/frame at {cfg.sample_rate} Hz, streaming lookahead {lookahead} "
-          f"samples ({lookahead / cfg.hop:.2f} frames, {lookahead / cfg.sample_rate * 1e3:.0f} ms)")  # fmt: skip
+          f"samples ({lookahead / cfg.hop:.2f} frames, {lookahead_ms:.0f} ms)")  # fmt: skip
     print(f"{'audio':>6} {'mode':>15} {'wall s':>7} {'RTF':>5} {'x whole':>7} "
           f"{'cpu s':>6} {'x whole':>7} {'first audio after':>22}")  # fmt: skip
     for seconds in args.seconds:

@@ -59,8 +59,8 @@ def vocode(
 # --- layers run on a growing signal ---------------------------------------------------------------
 #
 # Each takes (1, C_in, n) new input samples and returns (1, C_out, m) newly final output samples;
-# ``flush`` takes the signal's last samples and returns every output still due. A layer turns n inputs into ``rate * n`` outputs
-# of which the last ``delay`` wait for inputs not yet seen.
+# ``flush`` takes the signal's last samples and returns every output still due. Of the
+# ``rate * n`` outputs of n inputs, the last ``delay`` wait for inputs not yet seen.
 
 
 # Below this many samples per call a plain matrix product beats torch's convolutions: oneDNN

@@ -30,7 +30,7 @@ def lively_generator() -> HifiganGenerator:
 
 @pytest.fixture(scope="module")
 def setup():
-    """In float64 chunked vocoding is bit-exact, so any context shortfall shows; float32 is below."""
+    """In float64 streaming matches to ~1e-15, so any missing state shows; float32 is below."""
     gen = lively_generator().double()
     latents = torch.randn(T, TINY.input_channels)
     speaker = torch.randn(1, TINY.speaker_channels, 1)
@@ -200,7 +200,7 @@ def test_a_different_utterance_after_reset_mid_chunk(setup):
 
 
 def test_short_utterances(setup):
-    """Utterances shorter than the lookahead come out whole at flush; nothing pushed, nothing out."""
+    """Utterances shorter than the lookahead come out whole at flush; no input, no output."""
     gen, latents, speaker, _ = setup
     voc = StreamingVocoder(gen, speaker)
     for n in (1, 2, 3):
