@@ -125,9 +125,12 @@ def main() -> None:
         whole = best([rd["whole"] for rd in rounds])
         for mode in rounds[0]:
             r = best([rd[mode] for rd in rounds])
-            first = f"{r.first_frames} frames + {r.first_s:.2f} s"
-            if mode == "whole" or not r.first_frames:
-                first = "-" if mode == "whole" else "only at flush"
+            if mode == "whole":
+                first = "-"
+            elif r.first_frames:
+                first = f"{r.first_frames} frames + {r.first_s:.2f} s"
+            else:
+                first = "only at flush"
             print(f"{audio_s:5.1f}s {mode:>15} {r.wall_s:7.2f} {r.wall_s / audio_s:5.2f} "
                   f"{r.wall_s / whole.wall_s:7.2f} {r.cpu_s:6.2f} {r.cpu_s / whole.cpu_s:7.2f} "
                   f"{first:>22}")  # fmt: skip
