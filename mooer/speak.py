@@ -304,7 +304,8 @@ def speak_natively(
     One chunk per token (often empty: the vocoder waits for a few frames), so that a caller can
     pause between tokens; a stopped ``generation`` drops the audio not yet given. ``voice``: a
     recording (default the checkpoint's ``prompt.wav``); ``sample_rate`` as ``speech_to_speech``.
-    The head is loaded at the first latents: an answer without speech never loads it.
+    Given a ``sample_rate``, the head is loaded at the first latents: an answer without speech
+    never loads it.
     """
     _check_rate(sample_rate)
     head = SpeechHead(model, voice, sample_rate)

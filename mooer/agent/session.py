@@ -298,11 +298,11 @@ def _ms(samples: int) -> int:
 class Session:
     """One live audio stream. Made by ``Engine.open``; see the module docstring.
 
-    ``feed``, ``commit``, ``clear``, ``create_response``, ``cancel_response``, ``reset`` and
-    ``close`` may be called from any thread (one at a time is the usual case); ``on_event`` is
-    called from the thread that calls them (speech started/stopped, committed) and from the
-    engine's worker (results), never concurrently for one session. It must return quickly and
-    must not call back into the session.
+    ``feed``, ``commit``, ``clear``, ``create_response``, ``cancel_response``, ``reset``,
+    ``set_instructions`` and ``close`` may be called from any thread (one at a time is the usual
+    case); ``on_event`` is called from the thread that calls them (speech started/stopped,
+    committed) and from the engine's worker (results), never concurrently for one session. It
+    must return quickly and must not call back into the session.
     """
 
     def __init__(

@@ -188,10 +188,9 @@ def test_a_spoken_chat_reply_speaks_and_is_remembered_as_text(taught):
     assert reply.ids + [eos] == _ids(tokenizer, CHAT_ANSWER)  # greedy text, sampled audio
     assert reply.text == "fine thanks" and reply.audio_tokens == 10
     # The latents are MooER's, over the whole chat text: system turn, audio, s2s_chat suffix.
-    prompt = torch.cat(
-        [embed_ids(llm, _ids(tokenizer, SYSTEM_TURN)), QUESTION, embed_ids(llm, _ids(tokenizer, _chat_suffix()))],
-        dim=1,
-    )  # fmt: skip
+    system = embed_ids(llm, _ids(tokenizer, SYSTEM_TURN))  # (1, S, H)
+    suffix = embed_ids(llm, _ids(tokenizer, _chat_suffix()))  # (1, U, H)
+    prompt = torch.cat([system, QUESTION, suffix], dim=1)
     reference = _reference_latents(llm, prompt, reply.ids + [eos], reply.audio_start)
     torch.testing.assert_close(reply.latents, reference, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.cat([s.latents for s in steps]), reply.latents)

@@ -297,7 +297,8 @@ def test_instructions_reach_the_llm_and_keep_the_conversation(server, model, ses
             manual = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
             await conn.session.update(session=manual)  # type: ignore[arg-type]
             first = await ask(conn, "hello")
-            await conn.session.update(session={"instructions": "You are a pirate."})  # type: ignore[arg-type]
+            pirate = {"instructions": "You are a pirate."}
+            await conn.session.update(session=pirate)  # type: ignore[arg-type]
             second = await ask(conn, "again")
         return [first, second]
 
