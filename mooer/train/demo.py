@@ -99,6 +99,9 @@ class DemoConfig:
     # each training chat dialogue also as text (``chat_text``), this many times per epoch: the
     # facts a pretrained LLM would bring, which a 3.5 M-parameter LLM from scratch lacks
     text_chat_repeats: int = 3
+    # the chat questions' audio also as asr items (target: the question's words): recognising
+    # "and minus four" is most of answering it, and short follow-ups were misheard
+    chat_transcripts: bool = True
     llm_leg: str = "llm"  # stage 2's folder under out_dir (a later leg gets its own)
     llm_init: str = ""  # an earlier leg's final.pt whose weights this leg starts from
     llm_lr: float = 1.5e-3
@@ -154,6 +157,17 @@ class CachedSet:
                     rng = np.random.default_rng([seed, epoch, made])
                     yield self._collate(group, epoch, masks, rng, as_encoder_out)
             epoch += 1
+
+    def transcribed(self, task: str) -> CachedSet:
+        """The utterances of ``task`` as asr items: the same audio, their words as the answer."""
+        chosen = [i for i, e in enumerate(self.entries) if e.task == task]
+        entries = [
+            dataclasses.replace(
+                self.entries[i], task="asr", target=self.entries[i].text, history=[]
+            )
+            for i in chosen
+        ]
+        return CachedSet(entries, [self.frames[i] for i in chosen])
 
     def one_pass(self, max_frames: int) -> Iterator[Batch]:
         """Every utterance once (the first epoch of ``batches``), unmasked."""
@@ -457,7 +471,10 @@ def _stage_llm(cfg: DemoConfig) -> None:
         torch.save(encoded.frames, cache)
     if cfg.llm_init:
         objective.load_state_dict(torch.load(cfg.llm_init))
-    data = _load_set(cfg, "train", "encoded").repeated("chat", cfg.chat_repeats)
+    speech = _load_set(cfg, "train", "encoded")
+    data = speech.repeated("chat", cfg.chat_repeats)
+    if cfg.chat_transcripts:
+        data = data + speech.transcribed("chat")
     if cfg.text_chat_repeats:
         data = data + text_chat_set(data.frames[0].shape[-1], cfg.text_chat_repeats)
     _fit(
@@ -603,6 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--text-chat-repeats", type=int, default=defaults.text_chat_repeats, metavar="N"
     )
+    parser.add_argument(
+        "--no-chat-transcripts",
+        dest="chat_transcripts",
+        action="store_false",
+        help="do not also train the chat questions' audio as asr items",
+    )
     parser.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
     parser.add_argument(
         "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
@@ -629,6 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         llm_steps=args.llm_steps,
         llm_lr=args.llm_lr,
         text_chat_repeats=args.text_chat_repeats,
+        chat_transcripts=args.chat_transcripts,
         llm_leg=args.llm_leg,
         llm_init=args.llm_init,
         seed=args.seed,

@@ -68,3 +68,17 @@ def test_a_later_leg_starts_from_the_earlier_legs_weights(run_dir):
     name = "llm.model.layers.0.mlp.gate_proj.weight"
     assert (resumed[name] - first[name]).abs().max() < 1e-7  # the first leg's trained weights
     assert (fresh[name] - first[name]).abs().max() > 1e-4  # not the initial weights
+
+
+def test_chat_questions_are_also_transcribed():
+    from mooer.train.data import Entry
+    from mooer.train.demo import CachedSet
+
+    chat = Entry(
+        "c", "", "chat", "and plus two", target="seven", history=[("two plus three", "five")]
+    )
+    asr = Entry("a", "", "asr", "go west", target="go west")
+    frames = [torch.randn(5, 4), torch.randn(3, 4)]
+    items = CachedSet([chat, asr], frames).transcribed("chat")
+    assert [(e.task, e.target, e.history) for e in items.entries] == [("asr", "and plus two", [])]
+    assert items.frames[0] is frames[0]  # the same audio, not a copy
