@@ -110,7 +110,7 @@ def stream_main(
     captions = Captions(mode, live=sys.stderr.isatty())
     key = api_key or os.environ.get("MOOER_API_KEY")
     chunks = file_chunks(samples, realtime=realtime)
-    _run(run_session(server, mode, chunks, key, captions, speech), speech, audio_out)
+    _run(run_session(server, mode, chunks, key, captions, speech), mode, speech, audio_out)
     return 1 if captions.errors else 0
 
 
@@ -144,7 +144,7 @@ def mic_main(
         chunks = microphone_chunks(stop, _device(device))
         await run_session(server, mode, chunks, key, captions, speech)
 
-    _run(session(), speech, audio_out)
+    _run(session(), mode, speech, audio_out)
     return 1 if captions.errors else 0
 
 
@@ -167,7 +167,10 @@ def _reply_audio(
 
 
 def _run(
-    session: Coroutine[Any, Any, Any], speech: ReplyAudio | None, audio_out: str | None
+    session: Coroutine[Any, Any, Any],
+    mode: str,
+    speech: ReplyAudio | None,
+    audio_out: str | None,
 ) -> None:
     """Run a client session; then let the last reply play out and close the reply audio."""
     if speech is None:
@@ -178,4 +181,5 @@ def _run(
         speech.finish()
     if audio_out is not None:
         seconds = speech.samples / speech.rate
-        print(f"mooer: wrote {seconds:.1f} s of spoken replies to {audio_out}", file=sys.stderr)
+        what = "spoken replies" if mode == "chat" else "spoken translations"
+        print(f"mooer: wrote {seconds:.1f} s of {what} to {audio_out}", file=sys.stderr)

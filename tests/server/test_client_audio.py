@@ -53,7 +53,7 @@ def test_stream_in_ast_writes_the_spoken_translations_to_a_wav(
     audio, rate = sf.read(out, dtype="int16")
     assert rate == 24000 and expected > 24000 // 2
     assert abs(audio.size - expected) <= expected // 100  # espeak-ng varies a little
-    assert f"s of spoken replies to {out}" in lines.err
+    assert f"s of spoken translations to {out}" in lines.err
 
 
 def test_a_transcript_is_not_spoken(server, speech_file, tmp_path):
