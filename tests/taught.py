@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from mooer.llm.conversation import embed_ids
+from mooer.llm.conversation import SYSTEM_TURN, embed_ids, question_suffix
+from mooer.llm.prompts import AUDIO_START, IM_END, build_prompt
+from mooer.llm.speech import SPEECH_CHAT_INSTRUCTION
 
 SAMPLED = 0.9  # every answer token this likely: sampling with top_p 0.85 keeps only it
 
@@ -58,3 +60,29 @@ def teach(
 
 def token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+CHAT_REPLY = "fine thanks"  # what a taught omni model says (and speaks) to the taught question
+TRANSLATION = "hello there"  # and its translation of it
+
+
+def spoken(text: str, audio_tokens: int) -> str:
+    """An omni answer: ``text``, then ``audio_tokens`` audio tokens for the head, then the end."""
+    return text + AUDIO_START + "".join(f"<A_{i % 16}>" for i in range(audio_tokens)) + IM_END
+
+
+def teach_to_speak(model, audio: torch.Tensor) -> None:
+    """Teach an omni model to answer the question ``audio`` (1, Ta, H) aloud in a spoken chat
+    (``s2s_chat`` after the system turn) with CHAT_REPLY, and to translate it (``s2s_trans``)
+    with TRANSLATION, each followed by audio tokens."""
+    tok = model.tokenizer
+    suffix = question_suffix(SPEECH_CHAT_INSTRUCTION)
+    chat = [token_ids(tok, SYSTEM_TURN), audio, token_ids(tok, suffix)]
+    translate = [audio, token_ids(tok, build_prompt("s2s_trans"))]
+    teach(
+        model.llm,
+        [
+            (chat, token_ids(tok, spoken(CHAT_REPLY, 24))),
+            (translate, token_ids(tok, spoken(TRANSLATION, 20))),
+        ],
+    )

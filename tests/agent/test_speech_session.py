@@ -22,16 +22,16 @@ from mooer.agent.session import SessionConfig
 from mooer.agent.vad import SpeechEnded, StreamingVad
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError
-from mooer.llm.conversation import CHAT, SYSTEM_TURN, Conversation, question_suffix
+from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import OFFLINE, STREAMING, splice
-from mooer.llm.prompts import AUDIO_START, IM_END, build_prompt
-from mooer.llm.speech import SPEECH_CHAT_INSTRUCTION, SpeechGeneration, spoken_reply
+from mooer.llm.prompts import build_prompt
+from mooer.llm.speech import SpeechGeneration, spoken_reply
 from mooer.model import load_model
 from mooer.speak import speak_reply, text_to_speech
 from mooer.tts.backend import split_sentences
 from mooer.tts.vocoder import vocode
 from tests.agent.recorder import Recorder
-from tests.taught import teach, token_ids
+from tests.taught import CHAT_REPLY, TRANSLATION, teach_to_speak
 
 CHUNK = SAMPLE_RATE // 50  # 20 ms
 REPLY = dataclasses.replace(CHAT, max_new_tokens=12)
@@ -46,12 +46,6 @@ SPOKEN_CHAT = SessionConfig(
 
 
 SPEAKING = dataclasses.replace(STREAMING, max_new_tokens=64)  # the head's audio tokens
-CHAT_REPLY = "fine thanks"
-TRANSLATION = "hello there"
-
-
-def _answer(text: str, audio_tokens: int) -> str:
-    return text + AUDIO_START + "".join(f"<A_{i % 16}>" for i in range(audio_tokens)) + IM_END
 
 
 @pytest.fixture(scope="module")
@@ -76,28 +70,33 @@ def model(fabricated):
 
 @pytest.fixture(scope="module")
 def omni(fabricated, utterance):
-    """The fabricated omni model, taught to answer ``utterance`` aloud: asked in chat
-    (``s2s_chat`` after the system turn) with CHAT_REPLY, to translate (``s2s_trans``) with
-    TRANSLATION, each followed by audio tokens."""
+    """The fabricated omni model, taught to answer ``utterance`` aloud (``teach_to_speak``)."""
     model = load_model(fabricated("omni"), device="cpu")
-    tokenizer = model.tokenizer
     with torch.no_grad():
         embeds, lengths = model.embed([utterance])  # fixed: the encoder is not trained
-    audio = embeds[:, : int(lengths[0])]  # (1, Ta, H)
-    chat = [token_ids(tokenizer, SYSTEM_TURN), audio, token_ids(tokenizer, _chat_suffix())]
-    translate = [audio, token_ids(tokenizer, build_prompt("s2s_trans"))]
-    teach(
-        model.llm,
-        [
-            (chat, token_ids(tokenizer, _answer(CHAT_REPLY, 24))),
-            (translate, token_ids(tokenizer, _answer(TRANSLATION, 20))),
-        ],
-    )
+    teach_to_speak(model, embeds[:, : int(lengths[0])])  # (1, Ta, H)
     return model
 
 
-def _chat_suffix() -> str:
-    return question_suffix(SPEECH_CHAT_INSTRUCTION)
+def _spoken_over(session, recorder: Recorder, speech: np.ndarray) -> ev.ResponseDone:
+    """Once the reply is audible, the user speaks ``speech``: the reply's audio is cleared once,
+    none of it follows the clear and it never completes. Returns the reply's ResponseDone."""
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseAudioDelta), WAIT_S)  # it speaks
+    _feed(session, speech)
+    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone), WAIT_S)
+    assert session.wait_idle(60)
+    first = recorder.of(ev.ResponseDone)[0]
+    events = recorder.events
+    cleared = [i for i, e in enumerate(events) if isinstance(e, ev.AudioCleared)]
+    assert len(cleared) == 1 and events[cleared[0]].response_id == first.response_id
+    spoke = [
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, ev.ResponseAudioDelta) and e.response_id == first.response_id
+    ]
+    assert spoke and max(spoke) < cleared[0]
+    assert not [e for e in recorder.of(ev.ResponseAudioDone) if e.response_id == first.response_id]
+    return first
 
 
 def _engine(model):
@@ -163,25 +162,12 @@ def test_barge_in_clears_the_audio_and_no_delta_follows(engine, clips):
     recorder = Recorder()
     session = engine.open(dataclasses.replace(SPOKEN_CHAT, chat_options=endless), recorder)
     _feed(session, clips[0])
-    recorder.wait_for(lambda e: isinstance(e, ev.ResponseAudioDelta), WAIT_S)  # it is speaking
-    _feed(session, clips[1][:SAMPLE_RATE])  # the user speaks again
-    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone), WAIT_S)
-    assert session.wait_idle(60)
-
-    first = recorder.of(ev.ResponseDone)[0]
+    first = _spoken_over(session, recorder, clips[1][:SAMPLE_RATE])
     assert first.status == "cancelled"
     events = recorder.events
-    cleared = [i for i, e in enumerate(events) if isinstance(e, ev.AudioCleared)]
-    assert len(cleared) == 1 and events[cleared[0]].response_id == first.response_id
-    spoke = [
-        i
-        for i, e in enumerate(events)
-        if isinstance(e, ev.ResponseAudioDelta) and e.response_id == first.response_id
-    ]
-    assert spoke and max(spoke) < cleared[0]
+    cleared = next(i for i, e in enumerate(events) if isinstance(e, ev.AudioCleared))
     started = next(i for i, e in enumerate(events) if isinstance(e, ev.SpeechStarted) and i > 0)
-    assert started < cleared[0]
-    assert not [e for e in recorder.of(ev.ResponseAudioDone) if e.response_id == first.response_id]
+    assert started < cleared
     session.close(flush=False)
     assert session.wait_closed(30)
 
@@ -315,22 +301,8 @@ def test_barge_in_stops_the_head_at_once(omni_engine, omni, clips):
     config = dataclasses.replace(NATIVE_CHAT, speech_options=endless)
     session = omni_engine.open(config, recorder)
     _feed(session, clips[0])
-    recorder.wait_for(lambda e: isinstance(e, ev.ResponseAudioDelta), WAIT_S)  # it speaks
-    _feed(session, clips[1][:SAMPLE_RATE])  # the user speaks again
-    recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone), WAIT_S)
-    assert session.wait_idle(60)
-    first = recorder.of(ev.ResponseDone)[0]
+    first = _spoken_over(session, recorder, clips[1][:SAMPLE_RATE])
     assert first.status == "cancelled" and first.text == CHAT_REPLY
-    events = recorder.events
-    cleared = [i for i, e in enumerate(events) if isinstance(e, ev.AudioCleared)]
-    assert len(cleared) == 1 and events[cleared[0]].response_id == first.response_id
-    spoke = [
-        i
-        for i, e in enumerate(events)
-        if isinstance(e, ev.ResponseAudioDelta) and e.response_id == first.response_id
-    ]
-    assert spoke and max(spoke) < cleared[0]
-    assert not [e for e in recorder.of(ev.ResponseAudioDone) if e.response_id == first.response_id]
     assert session.conversation.turns[0].answer == CHAT_REPLY
     assert session.conversation.turns[0].interrupted
     session.close(flush=False)

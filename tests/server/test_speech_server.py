@@ -19,13 +19,11 @@ import pytest
 import soundfile as sf
 
 from mooer.audio import SAMPLE_RATE, resample
-from mooer.llm.conversation import SYSTEM_TURN, Conversation, question_suffix
+from mooer.llm.conversation import Conversation
 from mooer.llm.decoding import STREAMING
-from mooer.llm.prompts import AUDIO_START, IM_END, build_prompt
-from mooer.llm.speech import SPEECH_CHAT_INSTRUCTION
 from mooer.server.http_api import speech_segments
 from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
-from tests.taught import teach, token_ids
+from tests.taught import CHAT_REPLY, teach_to_speak
 
 FRAME = 4800  # 100 ms at 24 kHz
 SPOKEN = {"type": "realtime", "output_modalities": ["audio"], "mooer": {"task": "chat"}}
@@ -43,12 +41,6 @@ async def _send(conn, pcm: bytes) -> None:
 
 
 SPEAKING = replace(STREAMING, max_new_tokens=64)  # the head's audio tokens, greedy
-CHAT_REPLY = "fine thanks"
-TRANSLATION = "hello there"
-
-
-def _answer(text: str, audio_tokens: int) -> str:
-    return text + AUDIO_START + "".join(f"<A_{i % 16}>" for i in range(audio_tokens)) + IM_END
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +55,7 @@ def taught(fabricated, speech, session_defaults):
     heard = np.concatenate([decoder.decode(pcm), decoder.flush()])
     start, end = speech_segments(heard, session_defaults.vad)[0]
     embeds, lengths = model.embed([heard[start:end]])
-    audio = embeds[:, : int(lengths[0])].detach()  # (1, Ta, H)
-    tok = model.tokenizer
-    suffix = question_suffix(SPEECH_CHAT_INSTRUCTION)
-    chat = [token_ids(tok, SYSTEM_TURN), audio, token_ids(tok, suffix)]
-    translate = [audio, token_ids(tok, build_prompt("s2s_trans"))]
-    teach(
-        model.llm,
-        [
-            (chat, token_ids(tok, _answer(CHAT_REPLY, 24))),
-            (translate, token_ids(tok, _answer(TRANSLATION, 20))),
-        ],
-    )
+    teach_to_speak(model, embeds[:, : int(lengths[0])].detach())  # (1, Ta, H)
     return model
 
 
