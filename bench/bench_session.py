@@ -22,6 +22,7 @@ late, which the end-of-speech latency then includes).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -80,23 +81,18 @@ class SpeechStream:
         silence, as many as fit in ``seconds``; silence pads the rest (no utterance is cut)."""
         total = int(seconds * SAMPLE_RATE)
         pause = np.zeros(int(pause_s * SAMPLE_RATE), dtype=np.float32)
-        parts, ends, at = [np.zeros(int(lead_s * SAMPLE_RATE), dtype=np.float32)], [], 0
+        parts = [np.zeros(int(lead_s * SAMPLE_RATE), dtype=np.float32)]
+        ends: list[int] = []
         at = parts[0].size
-        for k in range(10**6):
-            clip = clips[k % len(clips)]
+        for clip in itertools.cycle(clips):
             if at + clip.size + pause.size > total:
                 break
             parts += [clip, pause]
-            at += clip.size
-            ends.append(at)
-            at += pause.size
+            ends.append(at + clip.size)
+            at += clip.size + pause.size
         samples = np.concatenate(parts)
         samples = np.pad(samples, (0, max(0, total - samples.size)))
         return cls(samples, np.array(ends, dtype=np.int64))
-
-    @property
-    def seconds(self) -> float:
-        return self.samples.size / SAMPLE_RATE
 
     def nearest_end(self, sample: int) -> int:
         """The utterance end closest to ``sample`` (where a VAD put one)."""

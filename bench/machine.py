@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mooer.agent.engine import available_cores
+
 
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo, else what the platform module knows."""
@@ -25,14 +27,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def load_average() -> float:
     """The 1-minute load average (runnable processes, this one's threads included)."""
     return os.getloadavg()[0]
@@ -42,7 +36,7 @@ def describe() -> str:
     """One line naming the machine and how busy it is now."""
     one, five, fifteen = os.getloadavg()
     return (
-        f"machine: {cpu_model()}, {cores()} cores; load average {one:.1f} / {five:.1f} / "
+        f"machine: {cpu_model()}, {available_cores()} cores; load average {one:.1f} / {five:.1f} / "
         f"{fifteen:.1f} (1 / 5 / 15 min)"
     )
 
