@@ -617,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ctc-steps", type=int, default=defaults.ctc_steps)
     parser.add_argument("--llm-steps", type=int, default=defaults.llm_steps)
     parser.add_argument("--llm-lr", type=float, default=defaults.llm_lr)
+    parser.add_argument("--chat-repeats", type=int, default=defaults.chat_repeats, metavar="N")
     parser.add_argument(
         "--text-chat-repeats", type=int, default=defaults.text_chat_repeats, metavar="N"
     )
@@ -651,6 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctc_steps=args.ctc_steps,
         llm_steps=args.llm_steps,
         llm_lr=args.llm_lr,
+        chat_repeats=args.chat_repeats,
         text_chat_repeats=args.text_chat_repeats,
         chat_transcripts=args.chat_transcripts,
         llm_leg=args.llm_leg,
