@@ -1,0 +1,182 @@
+"""The real server over the bundled demo model, driven by real clients: ``mooer stream`` and the
+openai SDK. What it sends back equals the offline API on the same audio (``transcribe()``,
+``Conversation``), so these hold for any retrained demo model; the only fixed text is the model
+card's example transcript.
+
+Speech is the example recordings (``examples/audio``) and chat questions spoken at test time by
+espeak-ng in a voice the demo model never heard in training (as tests/agent/test_session.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mooer.agent.session import SessionConfig
+from mooer.audio import SAMPLE_RATE, load_audio, resample
+from mooer.llm.conversation import CHAT, Conversation
+from mooer.server.commands import stream_main
+from mooer.server.http_api import speech_segments
+from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
+from mooer.speak import text_to_speech
+from mooer.transcribe import transcribe
+from mooer.tts.backend import EspeakBackend
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audio"
+DEFAULTS = SessionConfig()  # what ``mooer serve`` gives every session
+FRAME = 4800  # 100 ms at 24 kHz, the Realtime API's wire rate
+PAUSE = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)  # before each utterance
+SILENCE = np.zeros(SAMPLE_RATE, dtype=np.float32)  # after it: the VAD ends the turn
+FINAL = "conversation.item.input_audio_transcription.completed"
+CLEAR_LINE = "\r\033[K"  # how ``mooer stream`` rewrites its partial line on a terminal
+# The second question is about the first's answer, so only a memory of the first answers it.
+QUESTIONS = ("what is ten plus five", "and plus one")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from mooer.model import load_model
+
+    return load_model()  # the bundled demo model
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo):
+    """The demo model served as ``mooer serve`` serves it, on a free loopback port."""
+    from mooer.agent.engine import Engine
+    from mooer.server.app import start
+    from mooer.server.config import ServerConfig
+    from mooer.server.hub import Hub
+
+    server = start(Hub(demo, Engine(demo, threads=1), ServerConfig(port=0), DEFAULTS))
+    yield server
+    server.stop()
+
+
+def _say(text: str) -> np.ndarray:
+    """``text`` spoken by espeak-ng's en-us+f4 (a held-out voice of the demo model), 16 kHz."""
+    pcm, _ = text_to_speech(text, "en", "f4", EspeakBackend(rate=180, pitch=50), SAMPLE_RATE)
+    return pcm.astype(np.float32) / 32768.0
+
+
+def _turn_at_24k(audio: np.ndarray) -> bytes:
+    """An utterance as a Realtime client sends it: a pause before, silence after, PCM16 24 kHz."""
+    return encode_pcm16(resample(np.concatenate([PAUSE, audio, SILENCE]), SAMPLE_RATE, 24000))
+
+
+def _heard(pcm: bytes) -> np.ndarray:
+    """What the server makes of a session's 24 kHz PCM16: the 16 kHz samples its VAD sees."""
+    decoder = WireDecoder(WireFormat("pcm16", 24000))
+    return np.concatenate([decoder.decode(pcm), decoder.flush()])
+
+
+async def _send(conn, pcm: bytes) -> None:
+    for i in range(0, len(pcm), FRAME * 2):
+        await conn.input_audio_buffer.append(
+            audio=base64.b64encode(pcm[i : i + FRAME * 2]).decode()
+        )
+
+
+class _Terminal(io.StringIO):
+    """stdout and stderr as one terminal: ``mooer stream`` shows partials there, in order with
+    the finals."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_mooer_stream_shows_partials_then_the_offline_transcript(demo, demo_server, monkeypatch):
+    wav = EXAMPLES / "zh_weather.wav"
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    # At the pace of speech, so partials are due while the utterance goes on.
+    status = stream_main(str(wav), server=demo_server.url, mode="asr", realtime=True)
+    monkeypatch.undo()
+    assert status == 0, terminal.getvalue()
+
+    *shown, printed = [piece for piece in terminal.getvalue().split(CLEAR_LINE) if piece]
+    expected = transcribe(demo, [wav])[0].text
+    assert printed == f"{expected}\n"  # the final, on stdout: the one line printed
+    assert expected == "星期一会下雨"  # the model card's example
+    # The partial line grew while speech went on, and the final's delta completed it last.
+    assert len(shown) >= 2 and all(shown), shown
+    assert shown[-1] == expected
+
+
+def test_ast_over_the_sdk_gives_the_offline_translation(demo, demo_server):
+    from openai import AsyncOpenAI
+
+    wav = EXAMPLES / "zh_translate.wav"
+    pcm = _turn_at_24k(load_audio(wav))
+
+    async def run() -> list:
+        client = AsyncOpenAI(base_url=f"{demo_server.url}/v1", api_key="unused")
+        events = []
+        async with client.realtime.connect(
+            model="mooer", extra_query={"intent": "transcription"}
+        ) as conn:
+            session = {"type": "transcription", "mooer": {"task": "ast"}}
+            await conn.session.update(session=session)  # type: ignore[arg-type]
+            await _send(conn, pcm)
+            await conn.send({"type": "session.close"})  # type: ignore[arg-type]
+            async for event in conn:
+                events.append(event)
+        return events
+
+    events = asyncio.run(run())
+    finals = [e.transcript for e in events if e.type == FINAL]
+    offline = transcribe(demo, [wav], task="ast")[0]
+    assert finals == [offline.translation]
+    assert offline.translation.isascii()  # English, not the Mandarin transcript
+    assert len(speech_segments(_heard(pcm), DEFAULTS.vad)) == 1
+    assert events[-1].type == "session.closed"
+
+
+def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server):
+    from openai import AsyncOpenAI
+
+    turns = [_turn_at_24k(_say(q)) for q in QUESTIONS]
+
+    async def run() -> tuple[list[str], list[str]]:
+        client = AsyncOpenAI(base_url=f"{demo_server.url}/v1", api_key="unused")
+        transcripts, answers = [], []
+        async with client.realtime.connect(model="mooer") as conn:
+            session = {"type": "realtime", "mooer": {"task": "chat"}}
+            await conn.session.update(session=session)  # type: ignore[arg-type]
+            for pcm in turns:  # the second is spoken once the first is answered
+                await _send(conn, pcm)
+                async for event in conn:
+                    if event.type == FINAL:
+                        transcripts.append(event.transcript)
+                    if event.type == "response.done":
+                        assert event.response.status == "completed"
+                        answers.append(event.response.output[0].content[0].text)
+                        break
+        return transcripts, answers
+
+    transcripts, answers = asyncio.run(run())
+    assert len(transcripts) == len(answers) == 2 and all(answers), (transcripts, answers)
+
+    # Each turn's audio as the server's VAD cut it from the one stream it decoded.
+    heard = _heard(b"".join(turns))
+    segments = speech_segments(heard, DEFAULTS.vad)
+    assert len(segments) == 2
+    waves = [heard[a:b] for a, b in segments]
+    assert transcripts == [r.text for r in transcribe(demo, waves)]  # the questions it heard
+    embeds, lengths = demo.embed([waves[1]])
+    second = embeds[0, : int(lengths[0])]  # (Ta, H)
+
+    remembering = Conversation(demo)
+    remembering.append(transcripts[0], answers[0])
+    expected = remembering.answer(second, CHAT, question=transcripts[1]).answer
+    assert answers[1] == expected
+    # Without the first turn the same question gets another answer: the memory answered it.
+    forgetful = Conversation(demo).answer(second, CHAT, question=transcripts[1]).answer
+    assert forgetful != answers[1]
