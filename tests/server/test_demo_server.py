@@ -105,7 +105,7 @@ def test_mooer_stream_shows_partials_then_the_offline_transcript(demo, demo_serv
     expected = transcribe(demo, [wav])[0].text
     assert printed == f"{expected}\n"  # the final, on stdout: the one line printed
     assert expected == "星期一会下雨"  # the model card's example
-    # The partial line grew while speech went on, and the final's delta completed it last.
+    # Partials were shown while speech went on; the final's delta rewrote the line last.
     assert len(shown) >= 2 and all(shown), shown
     assert shown[-1] == expected
 
@@ -135,7 +135,6 @@ def test_ast_over_the_sdk_gives_the_offline_translation(demo, demo_server):
     offline = transcribe(demo, [wav], task="ast")[0]
     assert finals == [offline.translation]
     assert offline.translation.isascii()  # English, not the Mandarin transcript
-    assert len(speech_segments(_heard(pcm), DEFAULTS.vad)) == 1
     assert events[-1].type == "session.closed"
 
 
