@@ -104,6 +104,8 @@ class DemoConfig:
     chat_transcripts: bool = True
     llm_leg: str = "llm"  # stage 2's folder under out_dir (a later leg gets its own)
     llm_init: str = ""  # an earlier leg's final.pt whose weights this leg starts from
+    # instead of training, this leg's weights are the mean of these legs' final.pt files
+    llm_average: tuple[str, ...] = ()
     llm_lr: float = 1.5e-3
     llm_frames_in_batch: int = 1500
     masks: MaskConfig = field(default_factory=MaskConfig)
@@ -459,8 +461,26 @@ def _llm_config(cfg: DemoConfig) -> TrainConfig:
     return _train_config(cfg, cfg.llm_leg, model, optim)
 
 
+def average_weights(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of state dicts (checkpoint averaging: the legs' errors differ)."""
+    states = [torch.load(p, map_location="cpu") for p in paths]
+    if not states or any(s.keys() != states[0].keys() for s in states):
+        raise ConfigError(f"cannot average {list(map(str, paths))}: not the same model's weights")
+    return {
+        k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
+        if v.is_floating_point()
+        else v
+        for k, v in states[0].items()
+    }
+
+
 def _stage_llm(cfg: DemoConfig) -> None:
     from mooer.train.objective import build_objective
+
+    if cfg.llm_average:
+        (cfg.out / cfg.llm_leg).mkdir(parents=True, exist_ok=True)
+        torch.save(average_weights(cfg.llm_average), cfg.out / cfg.llm_leg / "final.pt")
+        return
 
     train_cfg = _llm_config(cfg)
     torch.manual_seed(cfg.seed)
@@ -631,6 +651,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
     )
+    parser.add_argument(
+        "--average", nargs="+", default=[], metavar="FINAL_PT", help="stage 2: average these legs"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--workers", type=int, default=defaults.workers)
     parser.add_argument("--threads", type=int, default=defaults.threads)
@@ -657,6 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chat_transcripts=args.chat_transcripts,
         llm_leg=args.llm_leg,
         llm_init=args.llm_init,
+        llm_average=tuple(args.average),
         seed=args.seed,
         workers=args.workers,
         threads=args.threads,

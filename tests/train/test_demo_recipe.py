@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
+from mooer.errors import ConfigError
 from mooer.model import load_model
-from mooer.train.demo import main
+from mooer.train.demo import average_weights, main
 
 TINY = ["--train", "40", "--heldout", "12", "--ctc-steps", "2", "--llm-steps", "2"]
 
@@ -82,3 +83,18 @@ def test_chat_questions_are_also_transcribed():
     items = CachedSet([chat, asr], frames).transcribed("chat")
     assert [(e.task, e.target, e.history) for e in items.entries] == [("asr", "and plus two", [])]
     assert items.frames[0] is frames[0]  # the same audio, not a copy
+
+
+def test_a_leg_can_be_the_average_of_earlier_legs(run_dir):
+    legs = [run_dir / "llm" / "final.pt", run_dir / "fresh" / "final.pt"]
+    if not legs[1].exists():  # made by the test above when the module runs whole
+        assert main(["--out", str(run_dir), *TINY, "--stages", "llm", "--llm-leg", "fresh"]) == 0
+    args = ["--stages", "llm", "export", "--llm-leg", "avg", "--average", *map(str, legs)]
+    assert main(["--out", str(run_dir), *TINY, *args]) == 0
+    first, second = (torch.load(p) for p in legs)
+    mean = torch.load(run_dir / "avg" / "final.pt")
+    name = "llm.model.layers.0.mlp.gate_proj.weight"
+    assert torch.allclose(mean[name], (first[name] + second[name]) / 2)
+    assert (run_dir / "model-avg" / "adapter_project.pt").exists()
+    with pytest.raises(ConfigError, match="cannot average"):
+        average_weights([legs[0], run_dir / "model" / "paraformer-encoder.pth"])
