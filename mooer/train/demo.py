@@ -560,7 +560,7 @@ EXAMPLES = (
     Example("zh_weather", "cmn+f4", "asr", "星期一会下雨", "it will rain on monday"),
     Example("en_directions", "en-us+m7", "asr", "the park is to the north"),
     Example("zh_translate", "cmn+m7", "ast", "我想要一个蓝色的包", "i want a blue bag"),
-    Example("en_chat", "en-us+f4", "chat", "how many days are in a week", answer="seven"),
+    Example("en_chat", "en-us+f4", "chat", "what colour is grass", answer="green"),
 )
 
 
