@@ -34,7 +34,9 @@ def resolve_device(name: str | None = None) -> torch.device:
         "cpu": lambda: True,
         "cuda": torch.cuda.is_available,
         "musa": _musa_available,
-        "mps": lambda: bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+        "mps": lambda: (
+            bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+        ),
     }
     if kind not in available:
         raise ConfigError(f"unknown device {name!r}: expected cpu, cuda, musa, mps or auto")
