@@ -10,7 +10,6 @@ espeak-ng in a voice the demo model never heard in training (as tests/agent/test
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import sys
 from pathlib import Path
@@ -19,18 +18,17 @@ import numpy as np
 import pytest
 
 from mooer.agent.session import SessionConfig
-from mooer.audio import SAMPLE_RATE, load_audio, resample
+from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.server.commands import stream_main
 from mooer.server.http_api import speech_segments
-from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
 from mooer.speak import text_to_speech
 from mooer.transcribe import transcribe
 from mooer.tts.backend import EspeakBackend
+from tests.server.wire import as_received, at_24k, send_realtime
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audio"
 DEFAULTS = SessionConfig()  # what ``mooer serve`` gives every session
-FRAME = 4800  # 100 ms at 24 kHz, the Realtime API's wire rate
 PAUSE = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)  # before each utterance
 SILENCE = np.zeros(SAMPLE_RATE, dtype=np.float32)  # after it: the VAD ends the turn
 FINAL = "conversation.item.input_audio_transcription.completed"
@@ -67,20 +65,7 @@ def _say(text: str) -> np.ndarray:
 
 def _turn_at_24k(audio: np.ndarray) -> bytes:
     """An utterance as a Realtime client sends it: a pause before, silence after, PCM16 24 kHz."""
-    return encode_pcm16(resample(np.concatenate([PAUSE, audio, SILENCE]), SAMPLE_RATE, 24000))
-
-
-def _heard(pcm: bytes) -> np.ndarray:
-    """What the server makes of a session's 24 kHz PCM16: the 16 kHz samples its VAD sees."""
-    decoder = WireDecoder(WireFormat("pcm16", 24000))
-    return np.concatenate([decoder.decode(pcm), decoder.flush()])
-
-
-async def _send(conn, pcm: bytes) -> None:
-    for i in range(0, len(pcm), FRAME * 2):
-        await conn.input_audio_buffer.append(
-            audio=base64.b64encode(pcm[i : i + FRAME * 2]).decode()
-        )
+    return at_24k(np.concatenate([PAUSE, audio, SILENCE]))
 
 
 class _Terminal(io.StringIO):
@@ -124,7 +109,7 @@ def test_ast_over_the_sdk_gives_the_offline_translation(demo, demo_server):
         ) as conn:
             session = {"type": "transcription", "mooer": {"task": "ast"}}
             await conn.session.update(session=session)  # type: ignore[arg-type]
-            await _send(conn, pcm)
+            await send_realtime(conn, pcm)
             await conn.send({"type": "session.close"})  # type: ignore[arg-type]
             async for event in conn:
                 events.append(event)
@@ -150,7 +135,7 @@ def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server)
             session = {"type": "realtime", "mooer": {"task": "chat"}}
             await conn.session.update(session=session)  # type: ignore[arg-type]
             for pcm in turns:  # the second is spoken once the first is answered
-                await _send(conn, pcm)
+                await send_realtime(conn, pcm)
                 async for event in conn:
                     if event.type == FINAL:
                         transcripts.append(event.transcript)
@@ -164,7 +149,7 @@ def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server)
     assert len(transcripts) == len(answers) == 2 and all(answers), (transcripts, answers)
 
     # Each turn's audio as the server's VAD cut it from the one stream it decoded.
-    heard = _heard(b"".join(turns))
+    heard = as_received(b"".join(turns))
     segments = speech_segments(heard, DEFAULTS.vad)
     assert len(segments) == 2
     waves = [heard[a:b] for a, b in segments]

@@ -18,26 +18,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mooer.audio import SAMPLE_RATE, resample
+from mooer.audio import SAMPLE_RATE
 from mooer.llm.conversation import Conversation
 from mooer.llm.decoding import STREAMING
 from mooer.server.http_api import speech_segments
-from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
+from tests.server.wire import as_received, at_24k, send_realtime, send_translation
 from tests.taught import CHAT_REPLY, teach_to_speak
 
-FRAME = 4800  # 100 ms at 24 kHz
 SPOKEN = {"type": "realtime", "output_modalities": ["audio"], "mooer": {"task": "chat"}}
-
-
-def _at_24k(wave: np.ndarray) -> bytes:
-    return encode_pcm16(resample(wave, SAMPLE_RATE, 24000))
-
-
-async def _send(conn, pcm: bytes) -> None:
-    for i in range(0, len(pcm), FRAME * 2):
-        await conn.input_audio_buffer.append(
-            audio=base64.b64encode(pcm[i : i + FRAME * 2]).decode()
-        )
 
 
 SPEAKING = replace(STREAMING, max_new_tokens=64)  # the head's audio tokens, greedy
@@ -50,9 +38,7 @@ def taught(fabricated, speech, session_defaults):
     from mooer.model import load_model
 
     model = load_model(fabricated("omni"), device="cpu")
-    decoder = WireDecoder(WireFormat("pcm16", 24000))
-    pcm = _at_24k(speech[0])
-    heard = np.concatenate([decoder.decode(pcm), decoder.flush()])
+    heard = as_received(at_24k(speech[0]))
     start, end = speech_segments(heard, session_defaults.vad)[0]
     embeds, lengths = model.embed([heard[start:end]])
     teach_to_speak(model, embeds[:, : int(lengths[0])].detach())  # (1, Ta, H)
@@ -102,7 +88,7 @@ def test_a_spoken_reply_streams_audio_deltas_then_done(head_server, speech):
         events = []
         async with client.realtime.connect(model="mooer") as conn:
             await conn.session.update(session=SPOKEN)  # type: ignore[arg-type]
-            await _send(conn, _at_24k(speech[0]))
+            await send_realtime(conn, at_24k(speech[0]))
             async for event in conn:
                 events.append(event)
                 if event.type == "response.done":
@@ -157,13 +143,13 @@ def test_barge_in_clears_the_audio_and_stops_the_deltas(endless, speech):
         events = []
         async with client.realtime.connect(model="mooer") as conn:
             await conn.session.update(session=SPOKEN)  # type: ignore[arg-type]
-            await _send(conn, _at_24k(speech[0]))
+            await send_realtime(conn, at_24k(speech[0]))
             barged = False
             async for event in conn:
                 events.append(event)
                 if event.type == "response.output_audio.delta" and not barged:
                     barged = True  # the reply is speaking: the user talks over it
-                    await _send(conn, _at_24k(speech[1][:SAMPLE_RATE]))
+                    await send_realtime(conn, at_24k(speech[1][:SAMPLE_RATE]))
                 if event.type == "response.done":
                     break
         return events
@@ -194,10 +180,7 @@ def test_the_interpretation_is_spoken(head_server, server, speech, by):
         client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
         events = []
         async with client.realtime.translations.connect(model="mooer-translate") as conn:
-            pcm = _at_24k(speech[0])
-            for i in range(0, len(pcm), FRAME * 2):
-                chunk = base64.b64encode(pcm[i : i + FRAME * 2]).decode()
-                await conn.session.input_audio_buffer.append(audio=chunk)
+            await send_translation(conn, at_24k(speech[0]))
             await conn.session.close()
             async for event in conn:
                 events.append(event)
@@ -234,7 +217,7 @@ def test_an_ast_session_on_realtime_speaks_its_translations(head_server, speech)
                 "mooer": {"task": "ast"},
             }
             await conn.session.update(session=session)  # type: ignore[arg-type]
-            await _send(conn, _at_24k(speech[0]))
+            await send_realtime(conn, at_24k(speech[0]))
             await conn.send({"type": "session.close"})  # type: ignore[arg-type]
             async for event in conn:
                 events.append(event)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from dataclasses import replace
 
@@ -11,12 +10,9 @@ import numpy as np
 import pytest
 import websockets
 
-from mooer.audio import SAMPLE_RATE, resample
 from mooer.server.captions import join_texts
 from mooer.server.http_api import speech_segments
-from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
-
-FRAME = 4800  # 200 ms at 24 kHz, as the API suggests
+from tests.server.wire import as_received, at_24k, send_translation
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +21,12 @@ def finals_only(start_server, session_defaults):
     return start_server(defaults=replace(session_defaults, partial_interval_ms=0))
 
 
-def _as_received(pcm: bytes) -> np.ndarray:
-    """The 16 kHz samples the server makes of 24 kHz PCM16 (what its VAD and model see)."""
-    decoder = WireDecoder(WireFormat("pcm16", 24000))
-    return np.concatenate([decoder.decode(pcm), decoder.flush()])
-
-
 def test_sdk_translation_session_streams_both_transcripts(
     finals_only, offline, speech, session_defaults
 ):
     from openai import AsyncOpenAI
 
-    pcm = encode_pcm16(resample(np.concatenate(speech), SAMPLE_RATE, 24000))
+    pcm = at_24k(np.concatenate(speech))
 
     async def run():
         client = AsyncOpenAI(base_url=f"{finals_only.url}/v1", api_key="unused")
@@ -50,9 +40,7 @@ def test_sdk_translation_session_streams_both_transcripts(
                     }
                 }
             )
-            for i in range(0, len(pcm), 2 * FRAME):
-                chunk = base64.b64encode(pcm[i : i + 2 * FRAME]).decode()
-                await conn.session.input_audio_buffer.append(audio=chunk)
+            await send_translation(conn, pcm)
             await conn.session.close()
             async for event in conn:
                 events.append(event)
@@ -63,7 +51,7 @@ def test_sdk_translation_session_streams_both_transcripts(
     assert kinds[:2] == ["session.created", "session.updated"] and kinds[-1] == "session.closed"
     assert events[0].session.type == "translation" and events[0].session.model == "mooer-translate"
     assert events[1].session.audio.input.transcription.model == "mooer"
-    heard = _as_received(pcm)
+    heard = as_received(pcm)
     segments = [heard[a:b] for a, b in speech_segments(heard, session_defaults.vad)]
     assert len(segments) == 2
     source = "".join(e.delta for e in events if e.type == "session.input_transcript.delta")
@@ -89,7 +77,7 @@ def test_translation_errors_and_close(server, speech):
             ]:
                 await ws.send(json.dumps(message))
                 replies.append(json.loads(await ws.recv()))
-            await ws.send(encode_pcm16(resample(speech[0], SAMPLE_RATE, 24000)))  # binary PCM
+            await ws.send(at_24k(speech[0]))  # binary PCM
             await ws.send(json.dumps({"type": "session.close"}))
             rest = [json.loads(m) async for m in ws]  # until the server closes
             return created, replies, rest, ws.close_code

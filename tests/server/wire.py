@@ -1,0 +1,40 @@
+"""Audio as the openai SDK's realtime clients put it on the wire, and as the server receives it."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+from mooer.audio import SAMPLE_RATE, resample
+from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
+
+WIRE_RATE = 24000  # the Realtime APIs' PCM16 rate
+CHUNK = 2 * 4800  # bytes per append: 200 ms at 24 kHz, as the API suggests
+
+
+def at_24k(wave: np.ndarray) -> bytes:
+    """16 kHz float samples -> 24 kHz PCM16 bytes."""
+    return encode_pcm16(resample(wave, SAMPLE_RATE, WIRE_RATE))
+
+
+def as_received(pcm: bytes) -> np.ndarray:
+    """The 16 kHz samples the server makes of 24 kHz PCM16 (what its VAD and model see)."""
+    decoder = WireDecoder(WireFormat("pcm16", WIRE_RATE))
+    return np.concatenate([decoder.decode(pcm), decoder.flush()])
+
+
+def _chunks(pcm: bytes) -> list[str]:
+    return [base64.b64encode(pcm[i : i + CHUNK]).decode() for i in range(0, len(pcm), CHUNK)]
+
+
+async def send_realtime(conn, pcm: bytes) -> None:
+    """``input_audio_buffer.append`` on a ``client.realtime.connect()`` connection."""
+    for chunk in _chunks(pcm):
+        await conn.input_audio_buffer.append(audio=chunk)
+
+
+async def send_translation(conn, pcm: bytes) -> None:
+    """``session.input_audio_buffer.append`` on a ``client.realtime.translations`` connection."""
+    for chunk in _chunks(pcm):
+        await conn.session.input_audio_buffer.append(audio=chunk)
