@@ -187,12 +187,11 @@ def fix_heap_thresholds() -> bool:
     if {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"} & os.environ.keys():
         return False
     name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
+    if name is None:
         return False
-    if mallopt is None:
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # no mallopt: not glibc
         return False
     return all(mallopt(p, HEAP_THRESHOLD) == 1 for p in (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD))
 

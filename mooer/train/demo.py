@@ -134,9 +134,12 @@ class CachedSet:
     def __add__(self, other: CachedSet) -> CachedSet:
         return CachedSet(self.entries + other.entries, self.frames + other.frames)
 
+    def _of(self, task: str) -> list[int]:
+        return [i for i, e in enumerate(self.entries) if e.task == task]
+
     def repeated(self, task: str, times: int) -> CachedSet:
         """This set with each utterance of ``task`` ``times`` times."""
-        extra = [i for i, e in enumerate(self.entries) if e.task == task] * (times - 1)
+        extra = self._of(task) * (times - 1)
         return CachedSet(
             self.entries + [self.entries[i] for i in extra],
             self.frames + [self.frames[i] for i in extra],
@@ -162,7 +165,7 @@ class CachedSet:
 
     def transcribed(self, task: str) -> CachedSet:
         """The utterances of ``task`` as asr items: the same audio, their words as the answer."""
-        chosen = [i for i, e in enumerate(self.entries) if e.task == task]
+        chosen = self._of(task)
         entries = [
             dataclasses.replace(
                 self.entries[i], task="asr", target=self.entries[i].text, history=[]
