@@ -647,6 +647,11 @@ class _Sampler:
         return replace(item, history=list(item.history))  # a fresh object: ids are set later
 
 
+def _sampler(split: str, kind: tuple[str, str], seed: int) -> _Sampler:
+    rng = random.Random(f"mooer-corpus/{seed}/{split}/{kind[0]}/{kind[1]}")
+    return _Sampler(_pools(kind)[split], rng)
+
+
 def _counts(n: int) -> dict[tuple[str, str], int]:
     """``n`` split over ``TASK_MIX`` by largest remainders, so the counts add up to ``n``."""
     exact = {kind: n * share for kind, share in TASK_MIX.items()}
@@ -670,9 +675,8 @@ def build_corpus(
     counts = {"train": _counts(n_train), "heldout": _counts(n_heldout)}
     splits: dict[str, list[Utterance]] = {split: [] for split in SPLITS}
     for kind in TASK_MIX:
-        for split, groups in _pools(kind).items():
-            rng = random.Random(f"mooer-corpus/{seed}/{split}/{kind[0]}/{kind[1]}")
-            sampler = _Sampler(groups, rng)
+        for split in SPLITS:
+            sampler = _sampler(split, kind, seed)
             splits[split] += [sampler.draw() for _ in range(counts[split][kind])]
     result = []
     for split, items in splits.items():
@@ -681,3 +685,22 @@ def build_corpus(
             item.id = f"{split}-{i:06d}"
         result.append(items)
     return result[0], result[1]
+
+
+def more_chat(n_train: int, n: int, seed: int = 0) -> list[Utterance]:
+    """``n`` more training chat items, ids ``chat-000000``...: the ones ``build_corpus(n_train)``
+    would draw after its own, so dialogues it never spoke come first.
+
+    Chat is the task whose audio a small model learns by heart first: more spoken dialogues,
+    not more passes over the same ones, is what carries it to new questions.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+    kind = ("chat", "en")
+    sampler = _sampler("train", kind, seed)
+    for _ in range(_counts(n_train)[kind]):
+        sampler.draw()
+    items = [sampler.draw() for _ in range(n)]
+    for i, item in enumerate(items):
+        item.id = f"chat-{i:06d}"
+    return items

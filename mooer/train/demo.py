@@ -102,6 +102,9 @@ class DemoConfig:
     # the chat questions' audio also as asr items (target: the question's words): recognising
     # "and minus four" is most of answering it, and short follow-ups were misheard
     chat_transcripts: bool = True
+    # more spoken chat dialogues, for stage 2 only (data/chat-N, encoded once): a small model
+    # learns the training chat audio by heart long before it answers new questions
+    extra_chat: int = 0
     llm_leg: str = "llm"  # stage 2's folder under out_dir (a later leg gets its own)
     llm_init: str = ""  # an earlier leg's final.pt whose weights this leg starts from
     # instead of training, this leg's weights are the mean of these legs' final.pt files
@@ -287,15 +290,18 @@ def _raw_features(paths: list[str]) -> list[np.ndarray]:
     return [lfr(fbank(load_audio(p))).astype(np.float32) for p in paths]
 
 
+def _split_features(cfg: DemoConfig, split: str) -> list[np.ndarray]:
+    """Every utterance of a split -> (T, 560) LFR features without CMVN, in worker processes."""
+    paths = [e.audio for e in read_manifest(_manifest(cfg, split))]
+    chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(cfg.workers, mp_context=context) as pool:
+        return [f for chunk in pool.map(_raw_features, chunks) for f in chunk]
+
+
 def _stage_features(cfg: DemoConfig) -> None:
     """LFR features of both splits; am.mvn from every training frame; saved normalised, fp16."""
-    raw = {}
-    for split in ("train", "heldout"):
-        paths = [e.audio for e in read_manifest(_manifest(cfg, split))]
-        chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(cfg.workers, mp_context=context) as pool:
-            raw[split] = [f for chunk in pool.map(_raw_features, chunks) for f in chunk]
+    raw = {split: _split_features(cfg, split) for split in ("train", "heldout")}
     total = sum(f.sum(0, dtype=np.float64) for f in raw["train"])
     squares = sum((f.astype(np.float64) ** 2).sum(0) for f in raw["train"])
     count = sum(len(f) for f in raw["train"])
@@ -424,6 +430,29 @@ def _encode_set(objective, data: CachedSet) -> CachedSet:
     return CachedSet(data.entries, [outputs[e.id] for e in data.entries])
 
 
+def _extra_chat_set(cfg: DemoConfig, objective) -> CachedSet:
+    """``cfg.extra_chat`` more training chat items (``corpus.more_chat``): spoken by the training
+    voices, normalised with the run's am.mvn and encoded once; kept under data/chat-N."""
+    from mooer.train.corpus import more_chat
+    from mooer.train.synth import TRAIN_VOICES, synthesize_corpus
+
+    split = f"chat-{cfg.extra_chat}"
+    cache = cfg.out / f"encoded_{split}.pt"
+    if not cache.exists():
+        if not _manifest(cfg, split).exists():
+            items = more_chat(cfg.n_train, cfg.extra_chat, cfg.seed)
+            synthesize_corpus(
+                items, cfg.out / "data" / split, TRAIN_VOICES, cfg.seed, cfg.workers, True
+            )
+        cmvn = Cmvn.load(cfg.out / "am.mvn")
+        feats = [
+            torch.from_numpy(cmvn.apply(f).astype(np.float16)) for f in _split_features(cfg, split)
+        ]
+        entries = demo_tasks(read_manifest(_manifest(cfg, split)))
+        torch.save(_encode_set(objective, CachedSet(entries, feats)).frames, cache)
+    return _load_set(cfg, split, "encoded")
+
+
 def text_chat_set(width: int, repeats: int) -> CachedSet:
     """Every training chat dialogue as a ``chat_text`` item (no audio), ``repeats`` times.
 
@@ -492,9 +521,11 @@ def _stage_llm(cfg: DemoConfig) -> None:
     if not cache.exists():
         encoded = _encode_set(objective, _load_set(cfg, "train", "features"))
         torch.save(encoded.frames, cache)
+    speech = _load_set(cfg, "train", "encoded")
+    if cfg.extra_chat:
+        speech = speech + _extra_chat_set(cfg, objective)
     if cfg.llm_init:
         objective.load_state_dict(torch.load(cfg.llm_init))
-    speech = _load_set(cfg, "train", "encoded")
     data = speech.repeated("chat", cfg.chat_repeats)
     if cfg.chat_transcripts:
         data = data + speech.transcribed("chat")
@@ -650,6 +681,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_false",
         help="do not also train the chat questions' audio as asr items",
     )
+    parser.add_argument(
+        "--extra-chat",
+        type=int,
+        default=defaults.extra_chat,
+        metavar="N",
+        help="stage 2 also trains on N more spoken chat dialogues (synthesised on first use)",
+    )
     parser.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
     parser.add_argument(
         "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
@@ -681,6 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chat_repeats=args.chat_repeats,
         text_chat_repeats=args.text_chat_repeats,
         chat_transcripts=args.chat_transcripts,
+        extra_chat=args.extra_chat,
         llm_leg=args.llm_leg,
         llm_init=args.llm_init,
         llm_average=tuple(args.average),

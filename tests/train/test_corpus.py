@@ -17,6 +17,7 @@ from mooer.train.corpus import (
     english_sentences,
     is_heldout,
     mandarin_pairs,
+    more_chat,
 )
 
 WORD_VALUE = {english_number(n): n for n in range(100)}
@@ -165,6 +166,22 @@ def test_heldout_sentences_never_occur_in_training(split):
             assert root not in seen
         else:
             assert u.text not in seen and (u.translation or u.text) not in seen
+
+
+def test_more_chat_continues_the_corpus_chat_draws(split):
+    def dialogues(items):
+        return Counter((u.text, tuple(u.history), u.target) for u in items if u.task == "chat")
+
+    extra = more_chat(3000, 100, seed=7)
+    assert [u.id for u in extra] == [f"chat-{i:06d}" for i in range(100)]
+    assert {u.task for u in extra} == {"chat"}
+    assert not any(is_heldout(u.history[0][0] if u.history else u.text) for u in extra)
+    # 600 chat items in 3000, 700 in 3500: more_chat draws exactly the 100 that come next
+    bigger, _ = build_corpus(3500, 0, seed=7)
+    assert dialogues(split[0]) + dialogues(extra) == dialogues(bigger)
+    assert more_chat(3000, 0) == []
+    with pytest.raises(ConfigError, match="non-negative"):
+        more_chat(3000, -1)
 
 
 def test_heldout_split_is_stable_and_about_ten_percent():

@@ -98,3 +98,18 @@ def test_a_leg_can_be_the_average_of_earlier_legs(run_dir):
     assert (run_dir / "model-avg" / "adapter_project.pt").exists()
     with pytest.raises(ConfigError, match="cannot average"):
         average_weights([legs[0], run_dir / "model" / "paraformer-encoder.pth"])
+
+
+def test_a_leg_can_add_spoken_chat_dialogues(run_dir):
+    from mooer.train.data import read_manifest
+
+    leg = ["--stages", "llm", "--llm-leg", "chatty", "--extra-chat", "6", "--workers", "1"]
+    assert main(["--out", str(run_dir), *TINY, *leg]) == 0
+    entries = read_manifest(run_dir / "data" / "chat-6" / "manifest.jsonl")
+    assert [(e.id, e.task) for e in entries] == [(f"chat-{i:06d}", "chat") for i in range(6)]
+    encoded = torch.load(run_dir / "encoded_chat-6.pt")
+    width = torch.load(run_dir / "encoded_train.pt")[0].shape[-1]
+    for entry, hidden in zip(entries, encoded, strict=True):
+        assert hidden.shape[-1] == width
+        assert abs(hidden.shape[0] * 0.06 - entry.duration) < 0.12  # one frame per 60 ms
+    assert (run_dir / "chatty" / "final.pt").exists()
