@@ -10,9 +10,11 @@ features happen beside the training process, which only moves ready tensors to t
 
 Manifest: a ``.jsonl`` file, one utterance per line: ``id``, ``audio`` (a path relative to the
 manifest), optional ``start``/``end`` (seconds within the file), ``duration``, ``lang``, ``task``
-(asr | ast | mtl | chat, default asr), ``text`` (what is spoken), ``translation``, ``target`` (the
-LLM's answer; derived from text/translation for asr, ast and mtl) and ``history`` (chat: prior
-``[question, answer]`` turns). Manifests are permuted as a whole every epoch.
+(asr | ast | mtl | chat | chat_text, default asr), ``text`` (what is spoken), ``translation``,
+``target`` (the LLM's answer; derived from text/translation for asr, ast and mtl) and ``history``
+(chat: prior ``[question, answer]`` turns). A ``chat_text`` line has no ``audio``: its question
+``text`` stands where the audio would be, so text dialogues keep up what the LLM knows while it
+learns to listen. Manifests are permuted as a whole every epoch.
 
 Shards: a ``.tar`` holding ``{key}.wav`` (or .flac/.mp3/.ogg) + ``{key}.txt`` members, optionally
 ``{key}.json`` with the manifest fields above; data.train names a shard list file (one tar per
@@ -41,14 +43,15 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mooer.asr.frontend import Cmvn, Frontend, fbank, lfr, num_frames
-from mooer.audio import FRAME_MS, SAMPLE_RATE, load_audio
+from mooer.audio import FEATURE_DIM, FRAME_MS, SAMPLE_RATE, load_audio
 from mooer.errors import AudioError, ConfigError
 from mooer.train.config import DataConfig
 from mooer.train.manifest import iter_records
 
 log = logging.getLogger(__name__)
 
-TASKS = ("asr", "ast", "mtl", "chat")
+TASKS = ("asr", "ast", "mtl", "chat", "chat_text")
+TEXT_ITEM_FRAMES = 40  # batching cost of an item without audio (chat_text), in frames
 AUDIO_SUFFIXES = ("wav", "flac", "mp3", "ogg", "opus")
 MANIFEST_SUFFIXES = (".jsonl", ".json")
 
@@ -136,11 +139,15 @@ def parse_entry(record: Any, base: Path, where: str) -> Entry:
     """A manifest record (parsed JSON) -> ``Entry``; ``where`` names it in errors (file:line)."""
     if not isinstance(record, dict):
         raise ConfigError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if not isinstance(record.get("audio"), str) or not record["audio"]:
-        raise ConfigError(f"{where}: missing field 'audio' (a path relative to the manifest)")
     task = record.get("task", "asr")
     if task not in TASKS:
         raise ConfigError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
+    audio = record.get("audio", "")
+    if task == "chat_text":
+        if audio or not record.get("text"):
+            raise ConfigError(f"{where}: a chat_text item has a 'text' question and no 'audio'")
+    elif not isinstance(audio, str) or not audio:
+        raise ConfigError(f"{where}: missing field 'audio' (a path relative to the manifest)")
     strings = {}
     for name in ("id", "text", "translation", "target", "lang"):
         value = record.get(name, "")
@@ -162,10 +169,9 @@ def parse_entry(record: Any, base: Path, where: str) -> Entry:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"{where}: field {name!r} must be a number of seconds, got {value!r}")
         times[name] = value
-    audio = record["audio"]
     return Entry(
-        id=strings["id"] or Path(audio).stem,
-        audio=audio if audio.startswith("tar:") else str(base / audio),
+        id=strings["id"] or (Path(audio).stem if audio else where),
+        audio=audio if not audio or audio.startswith("tar:") else str(base / audio),
         task=task,
         text=strings["text"],
         translation=strings["translation"],
@@ -368,6 +374,9 @@ class SpeechDataset(IterableDataset):
     def _read(self, entries: Iterable[Entry], counters: _Counters) -> Iterator[_Utt]:
         lo, hi = self.cfg.min_duration, self.cfg.max_duration
         for entry in entries:
+            if entry.task == "chat_text":
+                yield _Utt(entry, 0, 0.0)
+                continue
             if entry.duration is not None and not lo <= entry.duration <= hi:
                 counters.filtered += 1
                 continue
@@ -390,7 +399,16 @@ class SpeechDataset(IterableDataset):
         return frame_batches(utts, self.cfg)
 
     def _collate(self, group: list[_Utt], epoch: int, counters: _Counters) -> Batch:
-        feats, lengths = self.frontend.batch([u.samples for u in group])  # (B, T, 560), (B,)
+        spoken = [b for b, u in enumerate(group) if u.frames]  # not the text-only items
+        feats, lengths = (
+            self.frontend.batch([group[b].samples for b in spoken])  # (B', T, 560), (B',)
+            if spoken
+            else (torch.zeros(0, 0, FEATURE_DIM), torch.zeros(0, dtype=torch.long))
+        )
+        if len(spoken) < len(group):  # (B', T, 560) -> (B, T, 560), text-only rows empty
+            rows = torch.tensor(spoken, dtype=torch.long)
+            feats = feats.new_zeros(len(group), *feats.shape[1:]).index_copy(0, rows, feats)
+            lengths = lengths.new_zeros(len(group)).index_copy(0, rows, lengths)
         skipped, filtered = counters.take()
         return _batch(group, epoch, feats=feats, feat_lengths=lengths, skipped=skipped,
                       filtered=filtered)  # fmt: skip
@@ -401,13 +419,13 @@ def frame_batches(utts: Iterable[_Utt], cfg: DataConfig) -> Iterator[list[_Utt]]
     group: list[_Utt] = []
     longest = 0
     for utt in utts:
-        wider = max(longest, utt.frames)
+        wider = max(longest, utt.frames or TEXT_ITEM_FRAMES)
         if group and (
             wider * (len(group) + 1) > cfg.max_frames_in_batch
             or len(group) >= cfg.max_utts_in_batch
         ):
             yield group
-            group, wider = [], utt.frames
+            group, wider = [], utt.frames or TEXT_ITEM_FRAMES
         group.append(utt)
         longest = wider
     if group:
@@ -539,7 +557,8 @@ def estimate_cmvn(sources: Sequence[str | Path], max_utts: int = 500, seed: int 
     total = np.zeros(Cmvn.identity().dim, np.float64)
     squares = np.zeros_like(total)
     count = 0
-    for utt in itertools.islice(dataset._read(entries, _Counters()), max_utts):
+    spoken = (u for u in dataset._read(entries, _Counters()) if u.frames)  # not chat_text
+    for utt in itertools.islice(spoken, max_utts):
         feats = lfr(fbank(utt.samples)).astype(np.float64)  # (T, 560)
         total += feats.sum(0)
         squares += (feats**2).sum(0)

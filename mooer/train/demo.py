@@ -46,14 +46,13 @@ from mooer.train.config import (
     OptimConfig,
     TrainConfig,
 )
-from mooer.train.data import Batch, Entry, read_manifest
+from mooer.train.data import TEXT_ITEM_FRAMES, Batch, Entry, read_manifest
 
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "tokenizer", "features", "ctc", "llm", "export", "eval")
 FRAME_S = 0.06  # one LFR frame
 LFR_BINS = 80  # mel bins in each of the 7 stacked fbank frames of an LFR frame
-TEXT_ITEM_FRAMES = 40  # batching cost of an item without audio, in frames
 
 
 @dataclass

@@ -173,6 +173,11 @@ def evaluate(
     """Decode and score ``entries`` -> (per-utterance results, summary)."""
     if not entries:
         raise ConfigError("the test set is empty")
+    text_only = [e.id for e in entries if e.task == "chat_text"]
+    if text_only:
+        raise ConfigError(
+            f"{text_only[0]}: a chat_text item has no audio to score (eval scores speech)"
+        )
     waves = [read_audio(e) for e in entries]
     audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
     # Similar lengths together: less padding, and prefixes of similar size

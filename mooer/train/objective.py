@@ -192,19 +192,33 @@ class SpeechObjective(nn.Module):
         return self
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch -> encoder output (B, T, D) and lengths (B,)."""
+        """Batch -> encoder output (B, T, D) and lengths (B,); rows without audio (chat_text)
+        stay empty, as the encoder takes only utterances of at least one frame."""
         if batch.encoder_out is not None:
             return batch.encoder_out, batch.encoder_lengths
+        feats, lengths = batch.feats, batch.feat_lengths
+        spoken = (lengths > 0).nonzero().flatten()
+        width = self.encoder.cfg.output_size
+        if len(spoken) == 0:
+            return feats.new_zeros(len(lengths), 0, width), lengths
         grad = torch.enable_grad() if self.train_encoder else torch.no_grad()
         with grad:
-            return self.encoder(batch.feats, batch.feat_lengths)
+            if len(spoken) == len(lengths):
+                return self.encoder(feats, lengths)
+            longest = int(lengths.max())
+            hidden, spoken_lengths = self.encoder(feats[spoken, :longest], lengths[spoken])
+            # (B', T, D) -> (B, T, D): the text-only rows are zeros of length 0
+            out = hidden.new_zeros(len(lengths), *hidden.shape[1:]).index_copy(0, spoken, hidden)
+            return out, lengths.new_zeros(len(lengths)).index_copy(0, spoken, spoken_lengths)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         hidden, lengths = self.encode(batch)  # (B, T, D)
         stats: dict[str, float] = {}
         loss = hidden.new_zeros((), dtype=torch.float32)
-        if self.ctc is not None and self.ctc_weight > 0:
-            ctc = self.ctc.loss(hidden, lengths, [self.ctc_vocab.encode(t) for t in batch.texts])
+        spoken = (lengths > 0).nonzero().flatten()  # CTC has nothing to align in text items
+        if self.ctc is not None and self.ctc_weight > 0 and len(spoken):
+            texts = [self.ctc_vocab.encode(batch.texts[b]) for b in spoken.tolist()]
+            ctc = self.ctc.loss(hidden[spoken], lengths[spoken], texts)
             loss = loss + self.ctc_weight * ctc
             stats["ctc"] = float(ctc.detach())
         if self.ctc_weight < 1:

@@ -158,3 +158,10 @@ def test_main_reports_a_bad_test_set_without_a_traceback(tmp_path, capsys):
     manifest.write_text('{"id": "u1", "task": "asr"}\n')
     assert main([str(manifest)]) == 1
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_main_refuses_text_only_lines_by_name(tmp_path, capsys):
+    manifest = tmp_path / "mixed.jsonl"
+    manifest.write_text('{"id": "t1", "task": "chat_text", "text": "hi", "target": "hello"}\n')
+    assert main([str(manifest)]) == 1
+    assert "t1: a chat_text item has no audio to score" in capsys.readouterr().err

@@ -182,3 +182,25 @@ def test_ctc_weight_mixes_the_losses(llm):
     assert "ctc" in mixed and "ctc" not in answer
     assert loss.item() == pytest.approx(0.25 * mixed["ctc"] + 0.75 * mixed["answer"], rel=1e-5)
     assert mixed["answer"] == pytest.approx(answer["answer"], rel=1e-5)
+
+
+def test_text_chat_rows_skip_the_encoder_and_match_the_cached_path(llm):
+    """The manifest pipeline (features with empty rows) trains as the demo's encoded cache does."""
+    objective = _objective(llm, 0.25).train()
+    feats, lengths = torch.randn(3, 12, 560), torch.tensor([12, 0, 9])
+    feats[1] = 0  # a chat_text row: no audio
+    batch = _batch(feats, lengths)
+    batch.tasks = ["asr", "chat_text", "chat"]
+    hidden, hidden_lengths = objective.encode(batch)
+    alone, alone_lengths = objective.encoder(feats[[0, 2]], lengths[[0, 2]])
+    assert hidden_lengths.tolist() == [alone_lengths[0], 0, alone_lengths[1]]
+    assert torch.equal(hidden[[0, 2]], alone) and not hidden[1].any()
+    loss, stats = objective(batch)
+    cached = _batch(None, lengths)
+    cached.tasks, cached.encoder_out, cached.encoder_lengths = batch.tasks, hidden, hidden_lengths
+    assert objective(cached)[0].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert torch.isfinite(loss) and stats["ctc"] > 0  # CTC over the two spoken rows only
+    text_only = _batch(torch.zeros(3, 0, 560), torch.zeros(3, dtype=torch.long))
+    text_only.tasks = ["chat_text"] * 3
+    loss, stats = objective(text_only)
+    assert torch.isfinite(loss) and "ctc" not in stats and stats["tokens"] > 0

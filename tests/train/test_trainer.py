@@ -122,6 +122,23 @@ def test_training_smoke_loss_falls_and_the_export_loads_and_decodes(corpus, tmp_
     assert decoded == texts
 
 
+@pytest.mark.parametrize("cache_encoder", [False, True])
+def test_text_chat_lines_train_beside_speech(corpus, tmp_path, cache_encoder):
+    """chat_text lines (no audio) in an ordinary manifest: CMVN, batches, the encoder cache."""
+    manifest = tmp_path / "mixed.jsonl"
+    text = [{"task": "chat_text", "text": f"say {w}", "target": w} for w in ("red", "blue sky")]
+    spoken = [json.loads(line) for line in corpus["manifest"].read_text().splitlines()[:3]]
+    spoken = [{**u, "audio": str(corpus["root"] / u["audio"])} for u in spoken]
+    lines = [json.dumps(u) for u in spoken + text]
+    manifest.write_text("\n".join(lines) + "\n")
+    raw = _raw_config(corpus, tmp_path / "run", max_steps=4, warmup_steps=1)
+    raw["data"].update(train=[str(manifest)], cache_encoder=cache_encoder, max_frames_in_batch=80)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main([str(path)]) == 0
+    assert all(np.isfinite(v) for v in _losses(tmp_path / "run").values())
+
+
 def test_resume_continues_the_same_trajectory(corpus, tmp_path):
     """LoRA (with dropout) + frozen encoder; 6 unbroken steps vs 3 steps, restart, 3 more."""
     raw = _raw_config(corpus, tmp_path / "x", max_steps=6, warmup_steps=2)
