@@ -407,11 +407,18 @@ class SpeechDataset(IterableDataset):
         )
         if len(spoken) < len(group):  # (B', T, 560) -> (B, T, 560), text-only rows empty
             rows = torch.tensor(spoken, dtype=torch.long)
-            feats = feats.new_zeros(len(group), *feats.shape[1:]).index_copy(0, rows, feats)
-            lengths = lengths.new_zeros(len(group)).index_copy(0, rows, lengths)
+            feats, lengths = (
+                place_rows(feats, rows, len(group)),
+                place_rows(lengths, rows, len(group)),
+            )
         skipped, filtered = counters.take()
         return _batch(group, epoch, feats=feats, feat_lengths=lengths, skipped=skipped,
                       filtered=filtered)  # fmt: skip
+
+
+def place_rows(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B', ...) values of some rows of a batch -> (B, ...) with zeros in the other rows."""
+    return values.new_zeros(batch, *values.shape[1:]).index_copy(0, rows, values)
 
 
 def frame_batches(utts: Iterable[_Utt], cfg: DataConfig) -> Iterator[list[_Utt]]:

@@ -298,6 +298,11 @@ def _split_features(cfg: DemoConfig, split: str) -> list[np.ndarray]:
         return [f for chunk in pool.map(_raw_features, chunks) for f in chunk]
 
 
+def _normalised(cmvn: Cmvn, raw: list[np.ndarray]) -> list[torch.Tensor]:
+    """Raw (T, 560) features -> CMVN-normalised fp16 tensors, as the caches keep them."""
+    return [torch.from_numpy(cmvn.apply(f).astype(np.float16)) for f in raw]
+
+
 def _stage_features(cfg: DemoConfig) -> None:
     """LFR features of both splits; am.mvn from every training frame; saved normalised, fp16."""
     raw = {split: _split_features(cfg, split) for split in ("train", "heldout")}
@@ -309,8 +314,7 @@ def _stage_features(cfg: DemoConfig) -> None:
     cmvn = Cmvn(shift=-mean, rescale=1.0 / np.maximum(std, 1e-2))
     cmvn.save(cfg.out / "am.mvn")
     for split, feats in raw.items():
-        normalised = [torch.from_numpy(cmvn.apply(f).astype(np.float16)) for f in feats]
-        torch.save(normalised, cfg.out / f"features_{split}.pt")
+        torch.save(_normalised(cmvn, feats), cfg.out / f"features_{split}.pt")
 
 
 def _load_set(cfg: DemoConfig, split: str, name: str) -> CachedSet:
@@ -443,10 +447,7 @@ def _extra_chat_set(cfg: DemoConfig, objective) -> CachedSet:
             synthesize_corpus(
                 items, cfg.out / "data" / split, TRAIN_VOICES, cfg.seed, cfg.workers, True
             )
-        cmvn = Cmvn.load(cfg.out / "am.mvn")
-        feats = [
-            torch.from_numpy(cmvn.apply(f).astype(np.float16)) for f in _split_features(cfg, split)
-        ]
+        feats = _normalised(Cmvn.load(cfg.out / "am.mvn"), _split_features(cfg, split))
         entries = demo_tasks(read_manifest(_manifest(cfg, split)))
         torch.save(_encode_set(objective, CachedSet(entries, feats)).frames, cache)
     return _load_set(cfg, split, "encoded")

@@ -37,7 +37,7 @@ from mooer.llm.decoding import token_id
 from mooer.llm.prompts import IM_END, PAD, build_prompt
 from mooer.train.config import ModelConfig, TrainConfig
 from mooer.train.ctc import CtcHead, CtcVocab, greedy_decode
-from mooer.train.data import Batch, estimate_cmvn
+from mooer.train.data import Batch, estimate_cmvn, place_rows
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +205,13 @@ class SpeechObjective(nn.Module):
         with grad:
             if len(spoken) == len(lengths):
                 return self.encoder(feats, lengths)
-            longest = int(lengths.max())
-            hidden, spoken_lengths = self.encoder(feats[spoken, :longest], lengths[spoken])
+            hidden, spoken_lengths = self.encoder(feats[spoken], lengths[spoken])
             # (B', T, D) -> (B, T, D): the text-only rows are zeros of length 0
-            out = hidden.new_zeros(len(lengths), *hidden.shape[1:]).index_copy(0, spoken, hidden)
-            return out, lengths.new_zeros(len(lengths)).index_copy(0, spoken, spoken_lengths)
+            batch_size = len(lengths)
+            return (
+                place_rows(hidden, spoken, batch_size),
+                place_rows(spoken_lengths, spoken, batch_size),
+            )
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         hidden, lengths = self.encode(batch)  # (B, T, D)
