@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ from mooer.train.config import (
     TrainConfig,
 )
 from mooer.train.data import TEXT_ITEM_FRAMES, Batch, Entry, read_manifest
+
+if TYPE_CHECKING:
+    from mooer.train.corpus import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,8 @@ class DemoConfig:
     # each training chat dialogue also as text (``chat_text``), this many times per epoch: the
     # facts a pretrained LLM would bring, which a 3.5 M-parameter LLM from scratch lacks
     text_chat_repeats: int = 3
+    # and this many more text chat items drawn as spoken chat is (facts as often as there)
+    text_chat_draws: int = 0
     # the chat questions' audio also as asr items (target: the question's words): recognising
     # "and minus four" is most of answering it, and short follow-ups were misheard
     chat_transcripts: bool = True
@@ -453,17 +459,22 @@ def _extra_chat_set(cfg: DemoConfig, objective) -> CachedSet:
     return _load_set(cfg, split, "encoded")
 
 
-def text_chat_set(width: int, repeats: int) -> CachedSet:
-    """Every training chat dialogue as a ``chat_text`` item (no audio), ``repeats`` times.
+def text_chat_set(width: int, repeats: int, drawn: Sequence[Utterance] = ()) -> CachedSet:
+    """Chat turns as ``chat_text`` items (no audio): every training chat dialogue ``repeats``
+    times, then the ``drawn`` ones (training chat items, e.g. from ``corpus.more_chat``).
 
-    Held-out questions are left out, as text too: the held-out score measures answering speech
-    whose words were never trained on in any form.
+    Drawn items come as the corpus's sampler draws them, so the small templates (facts,
+    opposites) are as frequent as in spoken chat; once per dialogue they are under 2 % of the
+    text. Held-out questions are left out, as text too: the held-out score measures answering
+    speech whose words were never trained on in any form.
     """
     from mooer.train.corpus import chat_dialogues, is_heldout
 
+    dialogues = [d for d in chat_dialogues() if not is_heldout(d[0][0])] * repeats
+    dialogues += [(*map(tuple, u.history), (u.text, u.target)) for u in drawn]
     entries = [
         Entry(
-            id=f"text-{i:05d}",
+            id=f"text-{i:06d}",
             audio="",
             task="chat_text",
             text=dialogue[-1][0],
@@ -471,10 +482,8 @@ def text_chat_set(width: int, repeats: int) -> CachedSet:
             history=list(dialogue[:-1]),
             lang="en",
         )
-        for i, dialogue in enumerate(chat_dialogues())
-        if not is_heldout(dialogue[0][0])
+        for i, dialogue in enumerate(dialogues)
     ]
-    entries *= repeats
     return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * len(entries))
 
 
@@ -506,11 +515,47 @@ def average_weights(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
     }
 
 
+# the settings that make one stage-2 leg differ from another
+_LEG_FIELDS = (
+    "llm_steps",
+    "llm_lr",
+    "llm_frames_in_batch",
+    "chat_repeats",
+    "text_chat_repeats",
+    "text_chat_draws",
+    "chat_transcripts",
+    "extra_chat",
+)
+_LEG_RECORD = "leg.json"
+
+
+def leg_record(final_pt: str | Path) -> dict:
+    """How the leg behind ``final_pt`` was made, back to the first leg: its settings and the
+    records of the leg it started from or the legs it averaged. Kept beside the weights because a
+    model built in legs has no single config that describes it."""
+    path = Path(final_pt).parent / _LEG_RECORD
+    if not path.exists():
+        return {"weights": str(final_pt), "settings": "not recorded"}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_leg_record(cfg: DemoConfig) -> None:
+    record: dict = {"leg": cfg.llm_leg}
+    if cfg.llm_average:
+        record["average_of"] = [leg_record(p) for p in cfg.llm_average]
+    else:
+        record["settings"] = {f: getattr(cfg, f) for f in _LEG_FIELDS}
+        record["init"] = leg_record(cfg.llm_init) if cfg.llm_init else None
+    path = cfg.out / cfg.llm_leg / _LEG_RECORD
+    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
 def _stage_llm(cfg: DemoConfig) -> None:
     from mooer.train.objective import build_objective
 
+    (cfg.out / cfg.llm_leg).mkdir(parents=True, exist_ok=True)
+    _write_leg_record(cfg)
     if cfg.llm_average:
-        (cfg.out / cfg.llm_leg).mkdir(parents=True, exist_ok=True)
         torch.save(average_weights(cfg.llm_average), cfg.out / cfg.llm_leg / "final.pt")
         return
 
@@ -529,8 +574,13 @@ def _stage_llm(cfg: DemoConfig) -> None:
     data = speech.repeated("chat", cfg.chat_repeats)
     if cfg.chat_transcripts:
         data = data + speech.transcribed("chat")
-    if cfg.text_chat_repeats:
-        data = data + text_chat_set(data.frames[0].shape[-1], cfg.text_chat_repeats)
+    if cfg.text_chat_repeats or cfg.text_chat_draws:
+        from mooer.train.corpus import more_chat
+
+        # drawn after the spoken extra ones: the sampler's next items, not a second copy of them
+        drawn = more_chat(cfg.n_train, cfg.extra_chat + cfg.text_chat_draws, cfg.seed)
+        width = data.frames[0].shape[-1]
+        data = data + text_chat_set(width, cfg.text_chat_repeats, drawn[cfg.extra_chat :])
     _fit(
         train_cfg,
         objective,
@@ -546,7 +596,14 @@ def _stage_export(cfg: DemoConfig) -> None:
     train_cfg = _llm_config(cfg)
     objective = build_objective(train_cfg, torch.device("cpu"))
     objective.load_state_dict(torch.load(cfg.out / cfg.llm_leg / "final.pt"))
-    recipe = {"demo_recipe": dataclasses.asdict(cfg)}
+    # stage 2 as its legs record it, not as this (perhaps averaging) invocation's flags say
+    recipe = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in (*_LEG_FIELDS, "llm_leg", "llm_init", "llm_average")
+    }
+    recipe["stage2"] = leg_record(cfg.out / cfg.llm_leg / "final.pt")
+    recipe = {"demo_recipe": recipe}
     export_model(objective.eval(), cfg.model_dir, train_cfg, extra=recipe)
 
 
@@ -660,8 +717,7 @@ def run(cfg: DemoConfig, stages: Sequence[str] = STAGES) -> Path:
     return cfg.model_dir
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``mooer train demo``: build the bundled demo model from nothing (about 75 min on 2 shared cores)."""
+def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="mooer train demo", description=main.__doc__)
     parser.add_argument("--out", default=defaults.out_dir, help="work folder (resumable)")
@@ -674,6 +730,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chat-repeats", type=int, default=defaults.chat_repeats, metavar="N")
     parser.add_argument(
         "--text-chat-repeats", type=int, default=defaults.text_chat_repeats, metavar="N"
+    )
+    parser.add_argument(
+        "--text-chat-draws",
+        type=int,
+        default=defaults.text_chat_draws,
+        metavar="N",
+        help="stage 2 also trains on N text chat items drawn as spoken chat is",
     )
     parser.add_argument(
         "--no-chat-transcripts",
@@ -703,11 +766,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--write-examples", type=Path, metavar="DIR", help="only speak the example wavs into DIR"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.write_examples is not None:
-        for path in write_examples(args.write_examples, args.seed):
-            print(path)
-        return 0
     cfg = dataclasses.replace(
         defaults,
         out_dir=args.out,
@@ -718,6 +776,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         llm_lr=args.llm_lr,
         chat_repeats=args.chat_repeats,
         text_chat_repeats=args.text_chat_repeats,
+        text_chat_draws=args.text_chat_draws,
         chat_transcripts=args.chat_transcripts,
         extra_chat=args.extra_chat,
         llm_leg=args.llm_leg,
@@ -727,6 +786,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         threads=args.threads,
     )
+    return cfg, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mooer train demo``: build the bundled demo model from nothing (about 75 min on 2 shared cores)."""
+    cfg, args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.write_examples is not None:
+        for path in write_examples(args.write_examples, args.seed):
+            print(path)
+        return 0
     model = run(cfg, args.stages)
     if args.install is not None:
         shutil.copytree(

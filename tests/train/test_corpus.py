@@ -216,3 +216,18 @@ def test_text_chat_items_leave_heldout_questions_out():
     assert all(f.shape == (0, 8) for f in texts.frames)  # no audio: the text is the question
     e = texts.entries[0]
     assert (tuple(e.history) + ((e.text, e.target),)) == kept[0]
+
+
+def test_drawn_text_chat_items_keep_spoken_chats_template_mix():
+    from mooer.train.demo import text_chat_set
+
+    drawn = more_chat(0, 2000, seed=0)
+    texts = text_chat_set(width=8, repeats=0, drawn=drawn)
+    turns = [(e.text, e.target, [tuple(t) for t in e.history]) for e in texts.entries]
+    assert turns == [(u.text, u.target, [tuple(t) for t in u.history]) for u in drawn]
+    assert any(e.history for e in texts.entries)  # follow-ups keep their first turn
+
+    def opposites(entries):  # a small template: 145 of the 8,427 training dialogues
+        return sum("opposite" in e.text for e in entries) / len(entries)
+
+    assert opposites(texts.entries) > 3 * opposites(text_chat_set(width=8, repeats=1).entries)

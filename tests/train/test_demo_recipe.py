@@ -10,7 +10,7 @@ import torch
 
 from mooer.errors import ConfigError
 from mooer.model import load_model
-from mooer.train.demo import average_weights, main
+from mooer.train.demo import DemoConfig, average_weights, leg_record, main
 
 TINY = ["--train", "40", "--heldout", "12", "--ctc-steps", "2", "--llm-steps", "2"]
 
@@ -69,6 +69,10 @@ def test_a_later_leg_starts_from_the_earlier_legs_weights(run_dir):
     name = "llm.model.layers.0.mlp.gate_proj.weight"
     assert (resumed[name] - first[name]).abs().max() < 1e-7  # the first leg's trained weights
     assert (fresh[name] - first[name]).abs().max() > 1e-4  # not the initial weights
+    record = leg_record(run_dir / "leg2" / "final.pt")
+    assert record["settings"]["llm_lr"] == 1e-12
+    assert record["init"] == leg_record(run_dir / "llm" / "final.pt")
+    assert record["init"]["settings"]["llm_lr"] == DemoConfig().llm_lr
 
 
 def test_chat_questions_are_also_transcribed():
@@ -96,6 +100,11 @@ def test_a_leg_can_be_the_average_of_earlier_legs(run_dir):
     name = "llm.model.layers.0.mlp.gate_proj.weight"
     assert torch.allclose(mean[name], (first[name] + second[name]) / 2)
     assert (run_dir / "model-avg" / "adapter_project.pt").exists()
+    # the export names the averaged legs and their settings, not the averaging command's flags
+    recipe = json.loads((run_dir / "model-avg" / "mooer.json").read_text())["demo_recipe"]
+    assert [leg["leg"] for leg in recipe["stage2"]["average_of"]] == ["llm", "fresh"]
+    assert recipe["stage2"]["average_of"][0]["settings"]["llm_steps"] == 2
+    assert "llm_lr" not in recipe and recipe["n_train"] == 40
     with pytest.raises(ConfigError, match="cannot average"):
         average_weights([legs[0], run_dir / "model" / "paraformer-encoder.pth"])
 
@@ -104,7 +113,9 @@ def test_a_leg_can_add_spoken_chat_dialogues(run_dir):
     from mooer.train.data import read_manifest
 
     leg = ["--stages", "llm", "--llm-leg", "chatty", "--extra-chat", "6", "--workers", "1"]
-    assert main(["--out", str(run_dir), *TINY, *leg]) == 0
+    assert main(["--out", str(run_dir), *TINY, *leg, "--text-chat-draws", "5"]) == 0
+    settings = leg_record(run_dir / "chatty" / "final.pt")["settings"]
+    assert (settings["extra_chat"], settings["text_chat_draws"]) == (6, 5)
     entries = read_manifest(run_dir / "data" / "chat-6" / "manifest.jsonl")
     assert [(e.id, e.task) for e in entries] == [(f"chat-{i:06d}", "chat") for i in range(6)]
     encoded = torch.load(run_dir / "encoded_chat-6.pt")
