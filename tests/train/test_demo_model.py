@@ -62,7 +62,8 @@ def test_heldout_transcripts_and_translations_meet_the_thresholds(heldout_summar
 @pytest.mark.xfail(
     strict=True,
     reason="the shipped demo model reaches 90.8 % chat exact match on the model card's 120 "
-    "held-out chat questions but 86.7-88.3 % on other draws, and 11 of this set's 12 are needed",
+    "held-out chat questions and 89.4 % on 360 others (draws of 120: 86.7-93.3 %); 11 of this "
+    "set's 12 are needed",
 )
 def test_heldout_chat_meets_the_issue_threshold(heldout_summary):
     assert heldout_summary["chat_exact_match"] >= 90.0, heldout_summary
