@@ -727,29 +727,21 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
     parser.add_argument("--ctc-steps", type=int, default=defaults.ctc_steps)
     parser.add_argument("--llm-steps", type=int, default=defaults.llm_steps)
     parser.add_argument("--llm-lr", type=float, default=defaults.llm_lr)
-    parser.add_argument("--chat-repeats", type=int, default=defaults.chat_repeats, metavar="N")
-    parser.add_argument(
-        "--text-chat-repeats", type=int, default=defaults.text_chat_repeats, metavar="N"
-    )
-    parser.add_argument(
-        "--text-chat-draws",
-        type=int,
-        default=defaults.text_chat_draws,
-        metavar="N",
-        help="stage 2 also trains on N text chat items drawn as spoken chat is",
-    )
+    for name, help_text in (
+        ("chat_repeats", "chat utterances this many times per epoch of stage 2"),
+        ("text_chat_repeats", "every training chat dialogue as text, this many times per epoch"),
+        ("text_chat_draws", "stage 2 also trains on N text chat items drawn as spoken chat is"),
+        ("extra_chat", "stage 2 also trains on N more spoken chat dialogues (synthesised once)"),
+    ):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag, type=int, default=getattr(defaults, name), metavar="N", help=help_text
+        )
     parser.add_argument(
         "--no-chat-transcripts",
         dest="chat_transcripts",
         action="store_false",
         help="do not also train the chat questions' audio as asr items",
-    )
-    parser.add_argument(
-        "--extra-chat",
-        type=int,
-        default=defaults.extra_chat,
-        metavar="N",
-        help="stage 2 also trains on N more spoken chat dialogues (synthesised on first use)",
     )
     parser.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
     parser.add_argument(
