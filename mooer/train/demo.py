@@ -530,24 +530,32 @@ _LEG_RECORD = "leg.json"
 
 
 def leg_record(final_pt: str | Path) -> dict:
-    """How the leg behind ``final_pt`` was made, back to the first leg: its settings and the
-    records of the leg it started from or the legs it averaged. Kept beside the weights because a
-    model built in legs has no single config that describes it."""
-    path = Path(final_pt).parent / _LEG_RECORD
+    """How the leg behind ``final_pt`` was made: ``{"leg": NAME, "legs": {NAME: entry, ...}}``,
+    every leg it came from once, earliest first. An entry holds a trained leg's settings and the
+    name of the leg it started from, or the names of the legs it averaged. Kept beside the
+    weights because a model built in legs has no single config that describes it."""
+    folder = Path(final_pt).parent
+    path = folder / _LEG_RECORD
     if not path.exists():
-        return {"weights": str(final_pt), "settings": "not recorded"}
+        entry = {"weights": str(final_pt), "settings": "not recorded"}
+        return {"leg": folder.name, "legs": {folder.name: entry}}
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _write_leg_record(cfg: DemoConfig) -> None:
-    record: dict = {"leg": cfg.llm_leg}
+    sources = list(cfg.llm_average) or [p for p in (cfg.llm_init,) if p]
+    parents = [leg_record(p) for p in sources]
     if cfg.llm_average:
-        record["average_of"] = [leg_record(p) for p in cfg.llm_average]
+        entry: dict = {"average_of": [r["leg"] for r in parents]}
     else:
-        record["settings"] = {f: getattr(cfg, f) for f in _LEG_FIELDS}
-        record["init"] = leg_record(cfg.llm_init) if cfg.llm_init else None
+        settings = {f: getattr(cfg, f) for f in _LEG_FIELDS}
+        entry = {"settings": settings, "init": parents[0]["leg"] if parents else None}
+    legs: dict = {}
+    for record in parents:
+        legs |= record["legs"]
+    legs[cfg.llm_leg] = entry
     path = cfg.out / cfg.llm_leg / _LEG_RECORD
-    path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({"leg": cfg.llm_leg, "legs": legs}, indent=1) + "\n", "utf-8")
 
 
 def _stage_llm(cfg: DemoConfig) -> None:
@@ -577,8 +585,9 @@ def _stage_llm(cfg: DemoConfig) -> None:
     if cfg.text_chat_repeats or cfg.text_chat_draws:
         from mooer.train.corpus import more_chat
 
-        # drawn after the spoken extra ones: the sampler's next items, not a second copy of them
-        drawn = more_chat(cfg.n_train, cfg.extra_chat + cfg.text_chat_draws, cfg.seed)
+        drawn = []
+        if cfg.text_chat_draws:  # after the spoken extra ones: the sampler's next items
+            drawn = more_chat(cfg.n_train, cfg.extra_chat + cfg.text_chat_draws, cfg.seed)
         width = data.frames[0].shape[-1]
         data = data + text_chat_set(width, cfg.text_chat_repeats, drawn[cfg.extra_chat :])
     _fit(

@@ -70,9 +70,11 @@ def test_a_later_leg_starts_from_the_earlier_legs_weights(run_dir):
     assert (resumed[name] - first[name]).abs().max() < 1e-7  # the first leg's trained weights
     assert (fresh[name] - first[name]).abs().max() > 1e-4  # not the initial weights
     record = leg_record(run_dir / "leg2" / "final.pt")
-    assert record["settings"]["llm_lr"] == 1e-12
-    assert record["init"] == leg_record(run_dir / "llm" / "final.pt")
-    assert record["init"]["settings"]["llm_lr"] == DemoConfig().llm_lr
+    assert record["leg"] == "leg2" and list(record["legs"]) == ["llm", "leg2"]
+    assert record["legs"]["leg2"]["settings"]["llm_lr"] == 1e-12
+    assert record["legs"]["leg2"]["init"] == "llm"
+    assert record["legs"]["llm"] == leg_record(run_dir / "llm" / "final.pt")["legs"]["llm"]
+    assert record["legs"]["llm"]["settings"]["llm_lr"] == DemoConfig().llm_lr
 
 
 def test_chat_questions_are_also_transcribed():
@@ -102,8 +104,9 @@ def test_a_leg_can_be_the_average_of_earlier_legs(run_dir):
     assert (run_dir / "model-avg" / "adapter_project.pt").exists()
     # the export names the averaged legs and their settings, not the averaging command's flags
     recipe = json.loads((run_dir / "model-avg" / "mooer.json").read_text())["demo_recipe"]
-    assert [leg["leg"] for leg in recipe["stage2"]["average_of"]] == ["llm", "fresh"]
-    assert recipe["stage2"]["average_of"][0]["settings"]["llm_steps"] == 2
+    recorded = recipe["stage2"]["legs"]
+    assert recorded["avg"] == {"average_of": ["llm", "fresh"]}
+    assert recorded["llm"]["settings"]["llm_steps"] == 2 and "settings" in recorded["fresh"]
     assert "llm_lr" not in recipe and recipe["n_train"] == 40
     with pytest.raises(ConfigError, match="cannot average"):
         average_weights([legs[0], run_dir / "model" / "paraformer-encoder.pth"])
@@ -114,7 +117,7 @@ def test_a_leg_can_add_spoken_chat_dialogues(run_dir):
 
     leg = ["--stages", "llm", "--llm-leg", "chatty", "--extra-chat", "6", "--workers", "1"]
     assert main(["--out", str(run_dir), *TINY, *leg, "--text-chat-draws", "5"]) == 0
-    settings = leg_record(run_dir / "chatty" / "final.pt")["settings"]
+    settings = leg_record(run_dir / "chatty" / "final.pt")["legs"]["chatty"]["settings"]
     assert (settings["extra_chat"], settings["text_chat_draws"]) == (6, 5)
     entries = read_manifest(run_dir / "data" / "chat-6" / "manifest.jsonl")
     assert [(e.id, e.task) for e in entries] == [(f"chat-{i:06d}", "chat") for i in range(6)]
