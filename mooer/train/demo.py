@@ -107,6 +107,9 @@ class DemoConfig:
     # the chat questions' audio also as asr items (target: the question's words): recognising
     # "and minus four" is most of answering it, and short follow-ups were misheard
     chat_transcripts: bool = True
+    # ... including the extra chat dialogues' questions: with tens of thousands of them, chat
+    # questions outnumber every other asr item and recognition drifts toward them
+    extra_chat_transcripts: bool = True
     # more spoken chat dialogues, for stage 2 only (data/chat-N, encoded once): a small model
     # learns the training chat audio by heart long before it answers new questions
     extra_chat: int = 0
@@ -524,6 +527,7 @@ _LEG_FIELDS = (
     "text_chat_repeats",
     "text_chat_draws",
     "chat_transcripts",
+    "extra_chat_transcripts",
     "extra_chat",
 )
 _LEG_RECORD = "leg.json"
@@ -558,6 +562,24 @@ def _write_leg_record(cfg: DemoConfig) -> None:
     path.write_text(json.dumps({"leg": cfg.llm_leg, "legs": legs}, indent=1) + "\n", "utf-8")
 
 
+def _leg_set(cfg: DemoConfig, main_set: CachedSet, extra: CachedSet | None) -> CachedSet:
+    """What one stage-2 leg trains on: the encoded main set and ``extra`` spoken chat, chat
+    repeated, chat questions as asr items, and chat as text."""
+    speech = main_set if extra is None else main_set + extra
+    data = speech.repeated("chat", cfg.chat_repeats)
+    if cfg.chat_transcripts:
+        data = data + (speech if cfg.extra_chat_transcripts else main_set).transcribed("chat")
+    if cfg.text_chat_repeats or cfg.text_chat_draws:
+        from mooer.train.corpus import more_chat
+
+        drawn = []
+        if cfg.text_chat_draws:  # after the spoken extra ones: the sampler's next items
+            drawn = more_chat(cfg.n_train, cfg.extra_chat + cfg.text_chat_draws, cfg.seed)
+        width = data.frames[0].shape[-1]
+        data = data + text_chat_set(width, cfg.text_chat_repeats, drawn[cfg.extra_chat :])
+    return data
+
+
 def _stage_llm(cfg: DemoConfig) -> None:
     from mooer.train.objective import build_objective
 
@@ -574,22 +596,11 @@ def _stage_llm(cfg: DemoConfig) -> None:
     if not cache.exists():
         encoded = _encode_set(objective, _load_set(cfg, "train", "features"))
         torch.save(encoded.frames, cache)
-    speech = _load_set(cfg, "train", "encoded")
-    if cfg.extra_chat:
-        speech = speech + _extra_chat_set(cfg, objective)
+    main_set = _load_set(cfg, "train", "encoded")
+    extra = _extra_chat_set(cfg, objective) if cfg.extra_chat else None
     if cfg.llm_init:
         objective.load_state_dict(torch.load(cfg.llm_init))
-    data = speech.repeated("chat", cfg.chat_repeats)
-    if cfg.chat_transcripts:
-        data = data + speech.transcribed("chat")
-    if cfg.text_chat_repeats or cfg.text_chat_draws:
-        from mooer.train.corpus import more_chat
-
-        drawn = []
-        if cfg.text_chat_draws:  # after the spoken extra ones: the sampler's next items
-            drawn = more_chat(cfg.n_train, cfg.extra_chat + cfg.text_chat_draws, cfg.seed)
-        width = data.frames[0].shape[-1]
-        data = data + text_chat_set(width, cfg.text_chat_repeats, drawn[cfg.extra_chat :])
+    data = _leg_set(cfg, main_set, extra)
     _fit(
         train_cfg,
         objective,
@@ -746,12 +757,12 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
         parser.add_argument(
             flag, type=int, default=getattr(defaults, name), metavar="N", help=help_text
         )
-    parser.add_argument(
-        "--no-chat-transcripts",
-        dest="chat_transcripts",
-        action="store_false",
-        help="do not also train the chat questions' audio as asr items",
-    )
+    for name, help_text in (
+        ("chat_transcripts", "do not also train the chat questions' audio as asr items"),
+        ("extra_chat_transcripts", "train only the main set's chat questions as asr items"),
+    ):
+        flag = "--no-" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, action="store_false", help=help_text)
     parser.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
     parser.add_argument(
         "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
@@ -779,6 +790,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
         text_chat_repeats=args.text_chat_repeats,
         text_chat_draws=args.text_chat_draws,
         chat_transcripts=args.chat_transcripts,
+        extra_chat_transcripts=args.extra_chat_transcripts,
         extra_chat=args.extra_chat,
         llm_leg=args.llm_leg,
         llm_init=args.llm_init,

@@ -3,6 +3,7 @@ model that the ordinary loader reads (the real run only changes the sizes)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -91,6 +92,30 @@ def test_chat_questions_are_also_transcribed():
     assert items.frames[0] is frames[0]  # the same audio, not a copy
 
 
+def test_extra_chat_questions_can_be_left_out_of_the_asr_items():
+    from mooer.train.data import Entry
+    from mooer.train.demo import CachedSet, _leg_set
+
+    def chat_set(*questions):
+        entries = [Entry(q, "", "chat", q, target="x") for q in questions]
+        return CachedSet(entries, [torch.randn(3, 4) for _ in questions])
+
+    main_set = chat_set("two plus three") + CachedSet(
+        [Entry("a", "", "asr", "go west", target="go west")], [torch.randn(3, 4)]
+    )
+    extra = chat_set("and plus two", "what day is it")
+    cfg = DemoConfig(chat_repeats=2, text_chat_repeats=0, extra_chat=2)
+
+    def asr_targets(**flags):
+        data = _leg_set(dataclasses.replace(cfg, **flags), main_set, extra)
+        assert sum(e.task == "chat" for e in data.entries) == 6  # every chat item, twice
+        return sorted(e.target for e in data.entries if e.task == "asr")
+
+    assert asr_targets() == ["and plus two", "go west", "two plus three", "what day is it"]
+    assert asr_targets(extra_chat_transcripts=False) == ["go west", "two plus three"]
+    assert asr_targets(chat_transcripts=False) == ["go west"]
+
+
 def test_a_leg_can_be_the_average_of_earlier_legs(run_dir):
     legs = [run_dir / "llm" / "final.pt", run_dir / "fresh" / "final.pt"]
     if not legs[1].exists():  # made by the test above when the module runs whole
@@ -116,9 +141,11 @@ def test_a_leg_can_add_spoken_chat_dialogues(run_dir):
     from mooer.train.data import read_manifest
 
     leg = ["--stages", "llm", "--llm-leg", "chatty", "--extra-chat", "6", "--workers", "1"]
-    assert main(["--out", str(run_dir), *TINY, *leg, "--text-chat-draws", "5"]) == 0
+    flags = ["--text-chat-draws", "5", "--no-extra-chat-transcripts"]
+    assert main(["--out", str(run_dir), *TINY, *leg, *flags]) == 0
     settings = leg_record(run_dir / "chatty" / "final.pt")["legs"]["chatty"]["settings"]
     assert (settings["extra_chat"], settings["text_chat_draws"]) == (6, 5)
+    assert settings["extra_chat_transcripts"] is False
     entries = read_manifest(run_dir / "data" / "chat-6" / "manifest.jsonl")
     assert [(e.id, e.task) for e in entries] == [(f"chat-{i:06d}", "chat") for i in range(6)]
     encoded = torch.load(run_dir / "encoded_chat-6.pt")
