@@ -35,6 +35,15 @@ from mooer.errors import ConfigError
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")
 SCHEDULES = ("cosine", "linear", "constant")
+# DeepSpeed settings the trainer derives from ``optim`` (one source for each)
+DEEPSPEED_FROM_OPTIM = {
+    "gradient_accumulation_steps": "optim.grad_accum",
+    "gradient_clipping": "optim.clip_norm",
+    "optimizer": "optim (mooer's AdamW)",
+    "scheduler": "optim (warmup_steps, schedule)",
+    "train_batch_size": "optim.grad_accum (a micro-batch is one dynamic batch)",
+    "train_micro_batch_size_per_gpu": "data.max_frames_in_batch",
+}
 Check = Callable[[Any], str | None]  # returns what was expected, or None when the value is fine
 
 
@@ -158,7 +167,7 @@ class TrainConfig:
     valid_interval: int = _checked(1000, _positive)
     keep_checkpoints: int = _checked(2, _positive)
     resume: bool = True  # continue from the newest checkpoint in output_dir
-    deepspeed: dict[str, Any] | None = None  # a DeepSpeed config (ZeRO-2); needs deepspeed
+    deepspeed: dict[str, Any] | None = None  # DeepSpeed settings (ZeRO-2 by default); needs it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,10 +248,28 @@ def _check_consistency(cfg: TrainConfig) -> None:
         )
     if m.llm is not None and m.llm_scratch is not None:
         raise ConfigError("model.llm_scratch: give either model.llm or model.llm_scratch, not both")
+    if cfg.deepspeed is not None:
+        _check_deepspeed(cfg.deepspeed)
     unknown = sorted(set(m.lora_targets) - set(LORA_TARGETS))
     if unknown:
         raise ConfigError(
             f"model.lora_targets: expected names among {', '.join(LORA_TARGETS)}, got {unknown}"
+        )
+
+
+def _check_deepspeed(ds: Mapping[str, Any]) -> None:
+    """ZeRO stages 0-2 only (the trainer reads whole parameters), and no second optim source."""
+    for key, instead in DEEPSPEED_FROM_OPTIM.items():
+        if key in ds:
+            raise ConfigError(f"deepspeed.{key}: set by the trainer from {instead}; remove it")
+    zero = ds.get("zero_optimization", {})
+    if not isinstance(zero, Mapping):
+        raise ConfigError(f"deepspeed.zero_optimization: expected a mapping, got {_show(zero)}")
+    stage = zero.get("stage", 2)
+    if stage not in (0, 1, 2) or isinstance(stage, bool):
+        raise ConfigError(
+            f"deepspeed.zero_optimization.stage: expected 0, 1 or 2 (ZeRO-3 partitions the "
+            f"parameters, which export and checkpoints read whole), got {_show(stage)}"
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -205,7 +206,7 @@ class Trainer:
         from tqdm import tqdm
 
         state = self.state
-        stream = iter(batches(state.batches))
+        stream = self._lookahead(iter(batches(state.batches)))
         bar = tqdm(
             total=self.optim.max_steps,
             initial=state.step,
@@ -239,48 +240,63 @@ class Trainer:
             max_epochs is not None and self.state.epoch >= max_epochs
         )
 
-    def _update(self, stream: Iterator[Any], meter: _Meter) -> tuple[bool, bool]:
-        """One optimizer update over ``grad_accum`` batches -> (stepped, stream ended)."""
+    def _update(self, stream: Iterator[tuple[Any, bool]], meter: _Meter) -> tuple[bool, bool]:
+        """One optimizer update over ``grad_accum`` batches (fewer at the end) -> (stepped, ended).
+
+        The update's last batch reduces gradients across ranks (DDP: ``no_sync`` before it) and
+        is DeepSpeed's accumulation boundary, also when the stream ends before ``grad_accum``.
+        """
         accum = self.optim.grad_accum
-        took = 0
-        ended = False
-        for i in range(accum):
-            batch = next(stream, None)
-            ended = self._stream_ended(batch)
-            if ended:
-                break
+        took, last = 0, False
+        for batch, last in itertools.islice(stream, accum):
+            took += 1
             self.state.batches += 1
+            self.state.epoch = max(self.state.epoch, batch.epoch)
             self.state.skipped += getattr(batch, "skipped", 0)
             self.state.filtered += getattr(batch, "filtered", 0)
-            last = i == accum - 1
+            boundary = last or took == accum
             sync = contextlib.nullcontext()
-            if not last and self.engine is None and hasattr(self.wrapped, "no_sync"):
+            if self.engine is not None:
+                self.engine.set_gradient_accumulation_boundary(boundary)
+            elif not boundary and hasattr(self.wrapped, "no_sync"):
                 sync = self.wrapped.no_sync()  # DDP: reduce gradients once per update
             with sync:
                 loss, stats = self._forward(batch.to(self.device, non_blocking=True))
                 if self.engine is not None:
-                    self.engine.backward(loss)
+                    self.engine.backward(loss)  # DeepSpeed divides by grad_accum itself
                 else:
                     (loss / accum).backward()
-            took += 1
             meter.add(stats, len(batch), batch.audio_seconds)
         if took:
             self._step(took)
-        return took > 0, ended
+        return took > 0, took == 0 or last
 
-    def _stream_ended(self, batch: Any) -> bool:
-        """The stream ran out or reached epoch ``max_epochs``; under DDP every rank agrees."""
+    def _lookahead(self, stream: Iterator[Any]) -> Iterator[tuple[Any, bool]]:
+        """Each batch with whether the stream ends after it: ``_update`` must know its last."""
+        batch = self._take(stream)
+        while batch is not None:
+            following = self._take(stream)
+            yield batch, following is None
+            batch = following
+
+    def _take(self, stream: Iterator[Any]) -> Any:
+        """The next batch; None when the stream ran out or reached epoch ``max_epochs``.
+
+        Under DDP every rank agrees (an all-reduce of the flag).
+        """
+        batch = next(stream, None)
         ended = batch is None
         if batch is not None:
-            self.state.epoch = max(self.state.epoch, batch.epoch)
             ended = self.optim.max_epochs is not None and batch.epoch >= self.optim.max_epochs
+            if ended:
+                self.state.epoch = max(self.state.epoch, batch.epoch)  # every epoch is done
         if self.dist.world_size > 1:
             import torch.distributed as dist
 
             flag = torch.tensor([float(ended)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             ended = bool(flag.item())
-        return ended
+        return None if ended else batch
 
     def _forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         with autocast(self.device, self.optim.bf16):
@@ -288,7 +304,9 @@ class Trainer:
 
     def _step(self, took: int) -> None:
         if self.engine is not None:
-            self.engine.step()  # clipping, accumulation and the scheduler are DeepSpeed's
+            # clipping, the optimizer and scheduler steps are DeepSpeed's; a short last update
+            # stays the sum of its batches' gradients / grad_accum (not rescaled as below)
+            self.engine.step()
             return
         if took < self.optim.grad_accum:  # a short last update: rescale to a mean over `took`
             for p in self.model.parameters():
@@ -349,12 +367,15 @@ class Trainer:
         path = self.checkpoint_path(self.state.step)
         path.parent.mkdir(parents=True, exist_ok=True)
         _save_atomic(_rng_state(), path.with_suffix(f".rng{self.dist.rank}"))
-        if self.engine is not None:
-            self.engine.save_checkpoint(str(path.parent), tag=path.stem)
+        if self.engine is not None:  # the frozen parts (a whole base LLM) are not state
+            self.engine.save_checkpoint(
+                str(path.parent), tag=path.stem, exclude_frozen_parameters=True
+            )
         if self.dist.is_main:
             checkpoint = {
                 "state": dataclasses.asdict(self.state),
                 "config": self.cfg.to_dict(),
+                "deepspeed": self.engine is not None,
             }
             if self.engine is None:
                 checkpoint.update(
@@ -388,8 +409,14 @@ class Trainer:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         except (OSError, RuntimeError, EOFError) as err:
             raise CheckpointError(f"cannot read training checkpoint {path}: {err}") from err
+        if checkpoint.get("deepspeed", False) != (self.engine is not None):
+            raise CheckpointError(
+                f"training checkpoint {path} was written "
+                f"{'with' if checkpoint.get('deepspeed') else 'without'} DeepSpeed; resume it "
+                "with the same deepspeed setting, or start in a new output_dir"
+            )
         if self.engine is not None:
-            self.engine.load_checkpoint(str(path.parent), tag=path.stem)
+            self._load_deepspeed(path)
         else:
             self._load_trainable(checkpoint.get("model", {}), path)
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -420,21 +447,46 @@ class Trainer:
                     )
                 param.copy_(saved[name])
 
+    def _load_deepspeed(self, path: Path) -> None:
+        """The engine's state from its folder beside ``path`` (the trainable parameters only)."""
+        folder = path.with_suffix("")  # save_checkpoint(dir, tag) writes dir/tag/
+        if not folder.is_dir():  # DeepSpeed would fail a bare assert
+            raise CheckpointError(f"training checkpoint {path}: its DeepSpeed folder is missing")
+        try:
+            self.engine.load_checkpoint(str(path.parent), tag=path.stem, load_module_strict=False)
+        except (RuntimeError, ValueError, KeyError, IndexError, AssertionError) as err:
+            raise CheckpointError(
+                f"training checkpoint {path} does not fit this model (was the config changed?): "
+                f"{err}"
+            ) from err
+
     def _deepspeed_engine(self) -> Any:
+        """The engine: it owns accumulation, clipping, the optimizer and the scheduler steps."""
         try:
             import deepspeed
+            from deepspeed.accelerator import get_accelerator
         except ImportError as err:
             raise ConfigError(
                 "deepspeed: the config asks for DeepSpeed but it is not installed "
                 "(pip install deepspeed), or remove the deepspeed section to train with DDP"
             ) from err
+        import torch.distributed as dist
+
+        if not dist.is_initialized() and self.dist.world_size == 1:
+            # one process without a launcher: DeepSpeed would look for MPI; an in-process
+            # store is all a group of one needs (no port), and LOCAL_RANK what it asks for
+            os.environ.setdefault("LOCAL_RANK", "0")
+            backend = get_accelerator().communication_backend_name()
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        given = self.cfg.deepspeed
         ds_config = {
             "train_micro_batch_size_per_gpu": 1,  # a batch is one dynamic batch of utterances
             "gradient_accumulation_steps": self.optim.grad_accum,
             "gradient_clipping": self.optim.clip_norm,
             "bf16": {"enabled": self.optim.bf16 and self.device.type != "cpu"},
-            "zero_optimization": {"stage": 2},
-            **self.cfg.deepspeed,
+            **given,
+            # ZeRO-2 unless told otherwise, also when only other zero settings are given
+            "zero_optimization": {"stage": 2, **given.get("zero_optimization", {})},
         }
         engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.model,

@@ -73,6 +73,15 @@ def test_overrides_apply_before_validation(tmp_path):
         ({**MINIMAL, "data": {}}, "data.train: expected at least one"),
         ({**MINIMAL, "model": {"llm": "x"}}, "model.checkpoint: give a checkpoint folder"),
         ({**MINIMAL, "logging": 1}, "logging: unknown key"),
+        (
+            {**MINIMAL, "deepspeed": {"gradient_accumulation_steps": 4}},
+            "deepspeed.gradient_accumulation_steps: set by the trainer from optim.grad_accum",
+        ),
+        (
+            {**MINIMAL, "deepspeed": {"zero_optimization": {"stage": 3}}},
+            "deepspeed.zero_optimization.stage: expected 0, 1 or 2 .*got 3",
+        ),
+        ({**MINIMAL, "deepspeed": {"zero_optimization": 2}}, "deepspeed.zero_optimization: exp"),
     ],
 )
 def test_bad_values_name_the_field(raw, message):

@@ -139,31 +139,32 @@ def test_text_chat_lines_train_beside_speech(corpus, tmp_path, cache_encoder):
     assert all(np.isfinite(v) for v in _losses(tmp_path / "run").values())
 
 
+def _session(raw: dict, out: Path, stop_after: int | None = None) -> Trainer:
+    """Build, resume and fit the model ``raw`` describes; the stream ends at ``stop_after``."""
+    cfg = config_from_dict({**raw, "output_dir": str(out)})
+    seed_everything(cfg.optim.seed)
+    objective = build_objective(cfg, torch.device("cpu"))
+    trainer = Trainer(objective, cfg, torch.device("cpu"))
+    trainer.resume()
+    frontend = Frontend(objective.cmvn)
+
+    def stream(start: int):
+        dataset = SpeechDataset(cfg.data.train, frontend, cfg.data, seed=0, start_batch=start)
+        batches = make_loader(dataset, 0)
+        return batches if stop_after is None else islice(batches, stop_after - start)
+
+    trainer.fit(stream)
+    return trainer
+
+
 def test_resume_continues_the_same_trajectory(corpus, tmp_path):
     """LoRA (with dropout) + frozen encoder; 6 unbroken steps vs 3 steps, restart, 3 more."""
     raw = _raw_config(corpus, tmp_path / "x", max_steps=6, warmup_steps=2)
     raw["model"].update(full_llm=False, lora_r=4)
     raw.update(save_interval=100)
-
-    def session(out: Path, stop_after: int | None = None) -> Trainer:
-        cfg = config_from_dict({**raw, "output_dir": str(out)})
-        seed_everything(cfg.optim.seed)
-        objective = build_objective(cfg, torch.device("cpu"))
-        trainer = Trainer(objective, cfg, torch.device("cpu"))
-        trainer.resume()
-        frontend = Frontend(objective.cmvn)
-
-        def stream(start: int):
-            dataset = SpeechDataset(cfg.data.train, frontend, cfg.data, seed=0, start_batch=start)
-            batches = make_loader(dataset, 0)
-            return batches if stop_after is None else islice(batches, stop_after - start)
-
-        trainer.fit(stream)
-        return trainer
-
-    unbroken = session(tmp_path / "a")
-    session(tmp_path / "b", stop_after=3)  # an interrupted run: saves at step 3
-    resumed = session(tmp_path / "b")
+    unbroken = _session(raw, tmp_path / "a")
+    _session(raw, tmp_path / "b", stop_after=3)  # an interrupted run: saves at step 3
+    resumed = _session(raw, tmp_path / "b")
     assert resumed.state.step == 6 and resumed.state.batches == 6
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert [b[s] for s in (4, 5, 6)] == pytest.approx([a[s] for s in (4, 5, 6)], rel=1e-6)
@@ -222,6 +223,69 @@ def test_deepspeed_without_the_package_is_a_config_error(corpus, tmp_path):
     )
     with pytest.raises(ConfigError, match="deepspeed: .*pip install deepspeed"):
         Trainer(build_objective(cfg, torch.device("cpu")), cfg, torch.device("cpu"))
+
+
+def test_deepspeed_zero2_follows_the_plain_loop_resumes_and_exports(corpus, tmp_path, monkeypatch):
+    """ZeRO-2 on DeepSpeed's CPU accelerator in one process, no launcher.
+
+    The engine owns accumulation (a short last update included), clipping, the optimizer and
+    scheduler steps; mooer repeats none of them, so the trajectory is the plain loop's. Its
+    checkpoints hold the trainable parameters only, resume exactly, and the model exports.
+    """
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # read when deepspeed first picks one
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the trainer's default, undone after the test
+    pytest.importorskip("deepspeed")
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        pytest.skip("deepspeed was imported with another accelerator before this test")
+    was_initialized = dist.is_initialized()
+    # 7 batches in updates of 2: the 4th update is short; clipping is on in every update
+    raw = _raw_config(corpus, tmp_path, max_steps=4, warmup_steps=2, grad_accum=2, clip_norm=0.05)
+    raw["data"]["max_frames_in_batch"] = 150
+    raw.update(save_interval=2)
+    deep = {**raw, "deepspeed": {"zero_optimization": {"stage": 2}}}
+    try:
+        plain = _session(raw, tmp_path / "plain", stop_after=7)
+        unbroken = _session(deep, tmp_path / "a", stop_after=7)
+        _session(deep, tmp_path / "b", stop_after=4)  # interrupted after 2 updates
+        resumed = _session(deep, tmp_path / "b", stop_after=7)
+    finally:
+        if not was_initialized and dist.is_initialized():
+            dist.destroy_process_group()  # the group of one the trainer made
+    engine = unbroken.engine
+    assert unbroken.state.step == engine.global_steps == unbroken.scheduler.last_epoch == 4
+    assert unbroken.state.batches == 7 and engine.gradient_clipping() == 0.05
+    p, a, b = _losses(tmp_path / "plain"), _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert list(a) == [1, 2, 3, 4] and a[4] < 0.8 * a[1]
+    assert a == pytest.approx(p, rel=1e-4)
+    assert b == pytest.approx(a, rel=1e-6)
+    for (name, x), y, z in zip(
+        plain.model.named_parameters(), unbroken.model.parameters(), resumed.model.parameters()
+    ):
+        assert torch.allclose(x, y, atol=1e-3), name
+        assert torch.allclose(y, z, atol=1e-6), name
+
+    checkpoints = tmp_path / "b" / "checkpoints"
+    assert {"step_00000002", "step_00000004.pt"} <= {f.name for f in checkpoints.iterdir()}
+    saved = torch.load(
+        checkpoints / "step_00000004" / "mp_rank_00_model_states.pt", weights_only=False
+    )
+    trainable = {n for n, q in resumed.model.named_parameters() if q.requires_grad}
+    assert trainable <= saved["module"].keys()  # the frozen encoder is left out
+    assert not any(name.startswith("encoder.") for name in saved["module"])
+
+    trained = resumed.model.eval()
+    loaded = load_model(export_model(trained, tmp_path / "final"))
+    for (name, x), y in zip(trained.llm.named_parameters(), loaded.llm.parameters(), strict=True):
+        assert torch.equal(x, y), name
+    wave = sf.read(corpus["root"] / "red0.wav", dtype="float32")[0]
+    with torch.no_grad():
+        embeds, _ = loaded.embed([wave])
+        feats = Frontend(trained.cmvn)(wave)[None]
+        expected, _ = trained.adapter(*trained.encoder(feats, torch.tensor([feats.shape[1]])))
+    assert torch.allclose(embeds, expected, atol=1e-5)
 
 
 def test_ctc_stage_trains_the_encoder_and_export_drops_the_head(corpus, tmp_path):
