@@ -99,6 +99,9 @@ class DemoConfig:
     ctc_frames_in_batch: int = 4000
     llm_steps: int = 1800
     chat_repeats: int = 2  # chat items per epoch of stage 2: facts need more sightings than words
+    # the main training set this many times per epoch of stage 2: with tens of thousands of
+    # extra chat dialogues it keeps recognition and translation their share of the batches
+    main_repeats: int = 1
     # each training chat dialogue also as text (``chat_text``), this many times per epoch: the
     # facts a pretrained LLM would bring, which a 3.5 M-parameter LLM from scratch lacks
     text_chat_repeats: int = 3
@@ -524,6 +527,7 @@ _LEG_FIELDS = (
     "llm_lr",
     "llm_frames_in_batch",
     "chat_repeats",
+    "main_repeats",
     "text_chat_repeats",
     "text_chat_draws",
     "chat_transcripts",
@@ -565,6 +569,7 @@ def _write_leg_record(cfg: DemoConfig) -> None:
 def _leg_set(cfg: DemoConfig, main_set: CachedSet, extra: CachedSet | None) -> CachedSet:
     """What one stage-2 leg trains on: the encoded main set and ``extra`` spoken chat, chat
     repeated, chat questions as asr items, and chat as text."""
+    main_set = CachedSet(main_set.entries * cfg.main_repeats, main_set.frames * cfg.main_repeats)
     speech = main_set if extra is None else main_set + extra
     data = speech.repeated("chat", cfg.chat_repeats)
     if cfg.chat_transcripts:
@@ -749,6 +754,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
     parser.add_argument("--llm-lr", type=float, default=defaults.llm_lr)
     for name, help_text in (
         ("chat_repeats", "chat utterances this many times per epoch of stage 2"),
+        ("main_repeats", "the main training set this many times per epoch of stage 2"),
         ("text_chat_repeats", "every training chat dialogue as text, this many times per epoch"),
         ("text_chat_draws", "stage 2 also trains on N text chat items drawn as spoken chat is"),
         ("extra_chat", "stage 2 also trains on N more spoken chat dialogues (synthesised once)"),
@@ -787,6 +793,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
         llm_steps=args.llm_steps,
         llm_lr=args.llm_lr,
         chat_repeats=args.chat_repeats,
+        main_repeats=args.main_repeats,
         text_chat_repeats=args.text_chat_repeats,
         text_chat_draws=args.text_chat_draws,
         chat_transcripts=args.chat_transcripts,

@@ -92,7 +92,7 @@ def test_chat_questions_are_also_transcribed():
     assert items.frames[0] is frames[0]  # the same audio, not a copy
 
 
-def test_extra_chat_questions_can_be_left_out_of_the_asr_items():
+def test_what_a_leg_trains_on():
     from mooer.train.data import Entry
     from mooer.train.demo import CachedSet, _leg_set
 
@@ -114,6 +114,11 @@ def test_extra_chat_questions_can_be_left_out_of_the_asr_items():
     assert asr_targets() == ["and plus two", "go west", "two plus three", "what day is it"]
     assert asr_targets(extra_chat_transcripts=False) == ["go west", "two plus three"]
     assert asr_targets(chat_transcripts=False) == ["go west"]
+    # the main set weighed against the extra dialogues: its items twice, the extra ones once
+    data = _leg_set(dataclasses.replace(cfg, main_repeats=2, chat_repeats=1), main_set, extra)
+    counts = {t: sum(e.text == t for e in data.entries) for t in ("go west", "two plus three")}
+    assert counts == {"go west": 2, "two plus three": 4}  # the chat item and its transcript
+    assert sum(e.text == "and plus two" for e in data.entries) == 2
 
 
 def test_a_leg_can_be_the_average_of_earlier_legs(run_dir):
