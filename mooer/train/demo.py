@@ -513,12 +513,16 @@ def average_weights(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
     states = [torch.load(p, map_location="cpu") for p in paths]
     if not states or any(s.keys() != states[0].keys() for s in states):
         raise ConfigError(f"cannot average {list(map(str, paths))}: not the same model's weights")
-    return {
-        k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
-        if v.is_floating_point()
-        else v
-        for k, v in states[0].items()
-    }
+    return {k: _mean([s[k] for s in states]) for k in states[0]}
+
+
+def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Their mean; a tensor all legs share (the frozen encoder) comes back bit for bit, where
+    a sum of five equal floats divided by five can be off by one unit in the last place."""
+    first = tensors[0]
+    if not first.is_floating_point() or all(torch.equal(first, t) for t in tensors[1:]):
+        return first
+    return torch.stack([t.float() for t in tensors]).mean(0).to(first.dtype)
 
 
 # the settings that make one stage-2 leg differ from another

@@ -142,6 +142,18 @@ def test_a_leg_can_be_the_average_of_earlier_legs(run_dir):
         average_weights([legs[0], run_dir / "model" / "paraformer-encoder.pth"])
 
 
+def test_averaging_keeps_a_tensor_every_leg_shares_bit_for_bit(tmp_path):
+    frozen = torch.tensor([0.11984150856733322])  # the float32 mean of five copies is 7e-9 off
+    assert not torch.equal(torch.stack([frozen] * 5).mean(0), frozen)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"leg{i}.pt")
+        torch.save({"frozen": frozen.clone(), "trained": torch.tensor([float(i)])}, paths[-1])
+    mean = average_weights(paths)
+    assert torch.equal(mean["frozen"], frozen)
+    assert mean["trained"].item() == 2.0
+
+
 def test_a_leg_can_add_spoken_chat_dialogues(run_dir):
     from mooer.train.data import read_manifest
 
