@@ -348,3 +348,26 @@ def test_torchrun_ddp_on_two_cpu_processes(corpus, tmp_path):
         [np.zeros(SAMPLE_RATE, np.float32)], [training_prompt("asr")], STREAMING
     )  # the exported LoRA model loads and decodes
     assert isinstance(answer, str)
+
+
+@pytest.mark.parametrize("full_llm", [False, True])
+def test_a_training_step_runs_under_bf16_autocast(corpus, tmp_path, full_llm):
+    """What ``optim.bf16`` runs on a GPU: encoder, adapter, the splice of audio into the prompt
+    and the LLM (LoRA or full) under bf16 autocast, here the CPU's (the trainer keeps CPU runs
+    in fp32); the loss stays float32 and close to the fp32 loss, every gradient finite."""
+    raw = _raw_config(corpus, tmp_path)
+    raw["model"].update(full_llm=full_llm, lora_r=4)
+    cfg = config_from_dict(raw)
+    seed_everything(0)
+    objective = build_objective(cfg, torch.device("cpu")).eval()  # no dropout: comparable
+    dataset = SpeechDataset(cfg.data.train, Frontend(objective.cmvn), cfg.data, seed=0)
+    batch = next(iter(make_loader(dataset, 0)))
+    reference, _ = objective(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = objective(batch)
+    loss.backward()
+    assert loss.dtype == torch.float32 and 0 <= stats["acc"] <= 1
+    assert loss.item() == pytest.approx(reference.item(), rel=0.05)
+    assert loss.item() != reference.item()  # bf16 arithmetic did run
+    trained = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None and p.grad.isfinite().all() for _, p in trained)
