@@ -814,7 +814,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mooer train demo``: build the bundled demo model from nothing (about 75 min on 2 shared cores)."""
+    """``mooer train demo``: a demo model from nothing; run whole, one stage-2 leg (about 50 min
+    on 2 shared cores; the bundled model took further legs, see docs/demo-model.md)."""
     cfg, args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.write_examples is not None:
