@@ -99,8 +99,8 @@ class DemoConfig:
     ctc_frames_in_batch: int = 4000
     llm_steps: int = 1800
     chat_repeats: int = 2  # chat items per epoch of stage 2: facts need more sightings than words
-    # the main training set this many times per epoch of stage 2: with tens of thousands of
-    # extra chat dialogues it keeps recognition and translation their share of the batches
+    # the main training set this many times per epoch of stage 2, to weigh it against tens of
+    # thousands of extra chat dialogues (3 did not help English: legs 19, 20 of the model card)
     main_repeats: int = 1
     # each training chat dialogue also as text (``chat_text``), this many times per epoch: the
     # facts a pretrained LLM would bring, which a 3.5 M-parameter LLM from scratch lacks
@@ -110,8 +110,8 @@ class DemoConfig:
     # the chat questions' audio also as asr items (target: the question's words): recognising
     # "and minus four" is most of answering it, and short follow-ups were misheard
     chat_transcripts: bool = True
-    # ... including the extra chat dialogues' questions: with tens of thousands of them, chat
-    # questions outnumber every other asr item and recognition drifts toward them
+    # ... including the extra chat dialogues' questions, which then outnumber every other asr
+    # item (leaving them out did not help English: legs 17, 18 of the model card)
     extra_chat_transcripts: bool = True
     # more spoken chat dialogues, for stage 2 only (data/chat-N, encoded once): a small model
     # learns the training chat audio by heart long before it answers new questions
@@ -746,6 +746,20 @@ def run(cfg: DemoConfig, stages: Sequence[str] = STAGES) -> Path:
     return cfg.model_dir
 
 
+# stage 2's count flags (--NAME N) and switches (--no-NAME), each a DemoConfig field
+_COUNT_FLAGS = {
+    "chat_repeats": "chat utterances this many times per epoch of stage 2",
+    "main_repeats": "the main training set this many times per epoch of stage 2",
+    "text_chat_repeats": "every training chat dialogue as text, this many times per epoch",
+    "text_chat_draws": "stage 2 also trains on N text chat items drawn as spoken chat is",
+    "extra_chat": "stage 2 also trains on N more spoken chat dialogues (synthesised once)",
+}
+_SWITCHES = {
+    "chat_transcripts": "do not also train the chat questions' audio as asr items",
+    "extra_chat_transcripts": "train only the main set's chat questions as asr items",
+}
+
+
 def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="mooer train demo", description=main.__doc__)
@@ -756,21 +770,12 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
     parser.add_argument("--ctc-steps", type=int, default=defaults.ctc_steps)
     parser.add_argument("--llm-steps", type=int, default=defaults.llm_steps)
     parser.add_argument("--llm-lr", type=float, default=defaults.llm_lr)
-    for name, help_text in (
-        ("chat_repeats", "chat utterances this many times per epoch of stage 2"),
-        ("main_repeats", "the main training set this many times per epoch of stage 2"),
-        ("text_chat_repeats", "every training chat dialogue as text, this many times per epoch"),
-        ("text_chat_draws", "stage 2 also trains on N text chat items drawn as spoken chat is"),
-        ("extra_chat", "stage 2 also trains on N more spoken chat dialogues (synthesised once)"),
-    ):
+    for name, help_text in _COUNT_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         parser.add_argument(
             flag, type=int, default=getattr(defaults, name), metavar="N", help=help_text
         )
-    for name, help_text in (
-        ("chat_transcripts", "do not also train the chat questions' audio as asr items"),
-        ("extra_chat_transcripts", "train only the main set's chat questions as asr items"),
-    ):
+    for name, help_text in _SWITCHES.items():
         flag = "--no-" + name.replace("_", "-")
         parser.add_argument(flag, dest=name, action="store_false", help=help_text)
     parser.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
@@ -796,13 +801,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
         ctc_steps=args.ctc_steps,
         llm_steps=args.llm_steps,
         llm_lr=args.llm_lr,
-        chat_repeats=args.chat_repeats,
-        main_repeats=args.main_repeats,
-        text_chat_repeats=args.text_chat_repeats,
-        text_chat_draws=args.text_chat_draws,
-        chat_transcripts=args.chat_transcripts,
-        extra_chat_transcripts=args.extra_chat_transcripts,
-        extra_chat=args.extra_chat,
+        **{name: getattr(args, name) for name in (*_COUNT_FLAGS, *_SWITCHES)},
         llm_leg=args.llm_leg,
         llm_init=args.llm_init,
         llm_average=tuple(args.average),
