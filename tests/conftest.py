@@ -5,6 +5,7 @@ in the s3tokenizer wheel)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where the training and demo-model tests run: the CPU, or ``MOOER_TEST_DEVICE`` (e.g. cuda,
+    to run them on a GPU, in bf16 where the code uses it there)."""
+    from mooer.devices import resolve_device
+
+    return resolve_device(os.environ.get("MOOER_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,11 @@ DEEPSPEED_FROM_OPTIM = {
     "scheduler": "optim (warmup_steps, schedule)",
     "train_batch_size": "optim.grad_accum (a micro-batch is one dynamic batch)",
     "train_micro_batch_size_per_gpu": "data.max_frames_in_batch",
+    # DeepSpeed's own half-precision weights would cast the frozen encoder too; the model runs
+    # under mooer's autocast instead, as in the plain loop
+    "bf16": "optim.bf16 (autocast)",
+    "fp16": "optim.bf16 (autocast)",
+    "torch_autocast": "optim.bf16 (autocast)",
 }
 Check = Callable[[Any], str | None]  # returns what was expected, or None when the value is fine
 

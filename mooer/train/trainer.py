@@ -61,8 +61,12 @@ class Distributed:
         return self.rank == 0
 
 
-def init_distributed() -> Distributed:
-    """Join the ``torchrun`` process group when WORLD_SIZE > 1 (NCCL on cuda, gloo otherwise)."""
+# The collective backend for each training device: CPU runs use gloo even where a GPU is present.
+_BACKENDS = {"cuda": "nccl", "musa": "mccl"}
+
+
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the ``torchrun`` process group when WORLD_SIZE > 1, with ``device``'s backend."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Distributed()
@@ -70,7 +74,7 @@ def init_distributed() -> Distributed:
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(_BACKENDS.get(device.type, "gloo"))
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -462,6 +466,9 @@ class Trainer:
 
     def _deepspeed_engine(self) -> Any:
         """The engine: it owns accumulation, clipping, the optimizer and the scheduler steps."""
+        # DeepSpeed picks its accelerator once, on first use: the CPU where the run trains on it
+        if self.device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         try:
             import deepspeed
             from deepspeed.accelerator import get_accelerator
@@ -471,6 +478,13 @@ class Trainer:
                 "(pip install deepspeed), or remove the deepspeed section to train with DDP"
             ) from err
         import torch.distributed as dist
+
+        if get_accelerator().device_name() != self.device.type:
+            raise ConfigError(
+                f"deepspeed: it runs on {get_accelerator().device_name()!r} but the training "
+                f"device is {self.device.type!r}; set DS_ACCELERATOR={self.device.type} (or the "
+                "config's device) before DeepSpeed is first imported"
+            )
 
         if not dist.is_initialized() and self.dist.world_size == 1:
             # one process without a launcher: DeepSpeed would look for MPI; an in-process
@@ -483,7 +497,13 @@ class Trainer:
             "train_micro_batch_size_per_gpu": 1,  # a batch is one dynamic batch of utterances
             "gradient_accumulation_steps": self.optim.grad_accum,
             "gradient_clipping": self.optim.clip_norm,
-            "bf16": {"enabled": self.optim.bf16 and self.device.type != "cpu"},
+            # The engine turns an outer cuda autocast off unless told to keep it; an empty list
+            # of "lower precision" modules keeps gradient reductions in fp32, as in DDP.
+            "torch_autocast": {
+                "enabled": self.optim.bf16 and self.device.type != "cpu",
+                "dtype": "bfloat16",
+                "lower_precision_safe_modules": [],
+            },
             **given,
             # ZeRO-2 unless told otherwise, also when only other zero settings are given
             "zero_optimization": {"stage": 2, **given.get("zero_optimization", {})},
@@ -535,8 +555,8 @@ def train(cfg: TrainConfig) -> Path | None:
     from mooer.train.data import EncodedDataset, SpeechDataset, encode_corpus, make_loader
     from mooer.train.export import export_model
 
-    dist = init_distributed()
     device = resolve_device(cfg.device)
+    dist = init_distributed(device)
     if dist.world_size > 1 and device.type != "cpu":
         device = torch.device(device.type, dist.local_rank)
         getattr(torch, device.type).set_device(device)

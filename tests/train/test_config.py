@@ -78,6 +78,10 @@ def test_overrides_apply_before_validation(tmp_path):
             "deepspeed.gradient_accumulation_steps: set by the trainer from optim.grad_accum",
         ),
         (
+            {**MINIMAL, "deepspeed": {"bf16": {"enabled": True}}},
+            r"deepspeed.bf16: set by the trainer from optim.bf16 \(autocast\)",
+        ),
+        (
             {**MINIMAL, "deepspeed": {"zero_optimization": {"stage": 3}}},
             "deepspeed.zero_optimization.stage: expected 0, 1 or 2 .*got 3",
         ),

@@ -26,8 +26,8 @@ MAX_BYTES = 30 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model(device="cpu")
+def model(device):
+    return load_model(device=str(device))
 
 
 @pytest.fixture(scope="module")

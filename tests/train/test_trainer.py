@@ -22,7 +22,7 @@ from mooer.train.data import SpeechDataset, make_loader
 from mooer.train.export import export_model
 from mooer.train.objective import build_objective, training_prompt
 from mooer.train.tokenizer import train_tokenizer
-from mooer.train.trainer import LOG_FILE, Trainer, lr_factor, main, seed_everything
+from mooer.train.trainer import LOG_FILE, Trainer, autocast, lr_factor, main, seed_everything
 
 # Three "words", each a tone chord the tiny model can tell apart, each with a fixed answer.
 PHRASES = {"red": (300,), "green light": (500, 1250), "blue sky": (800, 1900, 2700)}
@@ -55,10 +55,10 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     return {"manifest": root / "train.jsonl", "llm": llm, "root": root}
 
 
-def _raw_config(corpus, out: Path, **optim) -> dict:
+def _raw_config(corpus, out: Path, device: torch.device, **optim) -> dict:
     return {
         "output_dir": str(out),
-        "device": "cpu",
+        "device": str(device),
         "log_interval": 1,
         "data": {
             "train": [str(corpus["manifest"])],
@@ -93,9 +93,9 @@ def test_lr_warms_up_then_decays():
     assert lr_factor(500, replace(optim, schedule="constant")) == 1.0
 
 
-def test_training_smoke_loss_falls_and_the_export_loads_and_decodes(corpus, tmp_path):
+def test_training_smoke_loss_falls_and_the_export_loads_and_decodes(corpus, tmp_path, device):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(_raw_config(corpus, tmp_path / "run")))
+    path.write_text(yaml.safe_dump(_raw_config(corpus, tmp_path / "run", device)))
     overrides = [f"data.valid=[{corpus['manifest']}]", "data.cache_encoder=true"]
     assert main([str(path), *(arg for o in overrides for arg in ("--set", o))]) == 0
 
@@ -112,7 +112,7 @@ def test_training_smoke_loss_falls_and_the_export_loads_and_decodes(corpus, tmp_
         "mooer.json",
         "paraformer-encoder.pth",
     ]  # fmt: skip  (the whole LLM was trained: no lora/)
-    model = load_model(final)
+    model = load_model(final, device=str(device))
     waves, texts = [], []
     for line in corpus["manifest"].read_text().splitlines()[:6]:
         item = json.loads(line)
@@ -123,7 +123,7 @@ def test_training_smoke_loss_falls_and_the_export_loads_and_decodes(corpus, tmp_
 
 
 @pytest.mark.parametrize("cache_encoder", [False, True])
-def test_text_chat_lines_train_beside_speech(corpus, tmp_path, cache_encoder):
+def test_text_chat_lines_train_beside_speech(corpus, tmp_path, device, cache_encoder):
     """chat_text lines (no audio) in an ordinary manifest: CMVN, batches, the encoder cache."""
     manifest = tmp_path / "mixed.jsonl"
     text = [{"task": "chat_text", "text": f"say {w}", "target": w} for w in ("red", "blue sky")]
@@ -131,7 +131,7 @@ def test_text_chat_lines_train_beside_speech(corpus, tmp_path, cache_encoder):
     spoken = [{**u, "audio": str(corpus["root"] / u["audio"])} for u in spoken]
     lines = [json.dumps(u) for u in spoken + text]
     manifest.write_text("\n".join(lines) + "\n")
-    raw = _raw_config(corpus, tmp_path / "run", max_steps=4, warmup_steps=1)
+    raw = _raw_config(corpus, tmp_path / "run", device, max_steps=4, warmup_steps=1)
     raw["data"].update(train=[str(manifest)], cache_encoder=cache_encoder, max_frames_in_batch=80)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -142,9 +142,10 @@ def test_text_chat_lines_train_beside_speech(corpus, tmp_path, cache_encoder):
 def _session(raw: dict, out: Path, stop_after: int | None = None) -> Trainer:
     """Build, resume and fit the model ``raw`` describes; the stream ends at ``stop_after``."""
     cfg = config_from_dict({**raw, "output_dir": str(out)})
+    device = torch.device(cfg.device)
     seed_everything(cfg.optim.seed)
-    objective = build_objective(cfg, torch.device("cpu"))
-    trainer = Trainer(objective, cfg, torch.device("cpu"))
+    objective = build_objective(cfg, device)
+    trainer = Trainer(objective, cfg, device)
     trainer.resume()
     frontend = Frontend(objective.cmvn)
 
@@ -157,9 +158,9 @@ def _session(raw: dict, out: Path, stop_after: int | None = None) -> Trainer:
     return trainer
 
 
-def test_resume_continues_the_same_trajectory(corpus, tmp_path):
+def test_resume_continues_the_same_trajectory(corpus, tmp_path, device):
     """LoRA (with dropout) + frozen encoder; 6 unbroken steps vs 3 steps, restart, 3 more."""
-    raw = _raw_config(corpus, tmp_path / "x", max_steps=6, warmup_steps=2)
+    raw = _raw_config(corpus, tmp_path / "x", device, max_steps=6, warmup_steps=2)
     raw["model"].update(full_llm=False, lora_r=4)
     raw.update(save_interval=100)
     unbroken = _session(raw, tmp_path / "a")
@@ -167,11 +168,15 @@ def test_resume_continues_the_same_trajectory(corpus, tmp_path):
     resumed = _session(raw, tmp_path / "b")
     assert resumed.state.step == 6 and resumed.state.batches == 6
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
-    assert [b[s] for s in (4, 5, 6)] == pytest.approx([a[s] for s in (4, 5, 6)], rel=1e-6)
+    exact = device.type == "cpu"  # elsewhere the base is bf16 and autocast is on
+    steps = (4, 5, 6)
+    assert [b[s] for s in steps] == pytest.approx(
+        [a[s] for s in steps], rel=1e-6 if exact else 1e-4
+    )
     for (name, p), q in zip(
         unbroken.model.named_parameters(), resumed.model.parameters(), strict=True
     ):
-        assert torch.allclose(p, q, atol=1e-6), name
+        assert torch.allclose(p, q, atol=1e-6 if exact else 1e-4), name
 
     # Checkpoints hold the trainable parameters only: LoRA and adapter, not the frozen parts.
     saved = torch.load(resumed.latest_checkpoint(), weights_only=False)["model"]
@@ -183,34 +188,40 @@ def test_resume_continues_the_same_trajectory(corpus, tmp_path):
     # The LoRA layout exports and loads with the released loader (merged into the base).
     final = export_model(resumed.model, tmp_path / "final")
     assert (final / "lora" / "adapter_config.json").exists()
-    loaded = load_model(final)
+    loaded = load_model(final, device=str(device))
     wave = sf.read(corpus["root"] / "red0.wav", dtype="float32")[0]
     trained = resumed.model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, not exact):
         embeds, _ = loaded.embed([wave])
-        feats = Frontend(trained.cmvn)(wave)[None]  # (1, T, 560)
-        expected, _ = trained.adapter(*trained.encoder(feats, torch.tensor([feats.shape[1]])))
-        assert torch.allclose(embeds, expected, atol=1e-5)
-        merged = loaded.llm(inputs_embeds=embeds).logits
-        assert torch.allclose(merged, trained.llm(inputs_embeds=expected).logits, atol=1e-4)
+        feats = Frontend(trained.cmvn)(wave)[None].to(device)  # (1, T, 560)
+        lengths = torch.tensor([feats.shape[1]], device=device)
+        expected, _ = trained.adapter(*trained.encoder(feats, lengths))
+        assert torch.allclose(embeds.float(), expected.float(), atol=1e-5 if exact else 0.05)
+        merged = loaded.llm(inputs_embeds=embeds).logits.float()
+        logits = trained.llm(inputs_embeds=expected.to(embeds.dtype)).logits.float()
+    if exact:
+        assert torch.allclose(merged, logits, atol=1e-4)
+    else:  # LoRA merged into a bf16 base rounds each weight: compare the predictions
+        assert (merged - logits).abs().mean() < 0.05
+        assert (merged.argmax(-1) == logits.argmax(-1)).float().mean() > 0.9
 
 
-def test_a_checkpoint_from_another_config_is_refused(corpus, tmp_path):
-    cfg = config_from_dict(_raw_config(corpus, tmp_path, max_steps=1, warmup_steps=0))
-    objective = build_objective(cfg, torch.device("cpu"))
-    trainer = Trainer(objective, cfg, torch.device("cpu"))
+def test_a_checkpoint_from_another_config_is_refused(corpus, tmp_path, device):
+    cfg = config_from_dict(_raw_config(corpus, tmp_path, device, max_steps=1, warmup_steps=0))
+    objective = build_objective(cfg, device)
+    trainer = Trainer(objective, cfg, device)
     path = trainer.save()
     other = config_from_dict(
-        {**_raw_config(corpus, tmp_path, max_steps=1), "model": {
-            **_raw_config(corpus, tmp_path)["model"], "full_llm": False, "lora_r": 2,
+        {**_raw_config(corpus, tmp_path, device, max_steps=1), "model": {
+            **_raw_config(corpus, tmp_path, device)["model"], "full_llm": False, "lora_r": 2,
         }}
     )  # fmt: skip
-    stranger = Trainer(build_objective(other, torch.device("cpu")), other, torch.device("cpu"))
+    stranger = Trainer(build_objective(other, device), other, device)
     with pytest.raises(CheckpointError, match="does not fit this model"):
         stranger.resume(path)
 
 
-def test_deepspeed_without_the_package_is_a_config_error(corpus, tmp_path):
+def test_deepspeed_without_the_package_is_a_config_error(corpus, tmp_path, device):
     pytest.importorskip("torch")
     try:
         import deepspeed  # noqa: F401
@@ -219,30 +230,36 @@ def test_deepspeed_without_the_package_is_a_config_error(corpus, tmp_path):
     else:
         pytest.skip("deepspeed is installed")
     cfg = config_from_dict(
-        {**_raw_config(corpus, tmp_path), "deepspeed": {"zero_optimization": {}}}
+        {**_raw_config(corpus, tmp_path, device), "deepspeed": {"zero_optimization": {}}}
     )
     with pytest.raises(ConfigError, match="deepspeed: .*pip install deepspeed"):
-        Trainer(build_objective(cfg, torch.device("cpu")), cfg, torch.device("cpu"))
+        Trainer(build_objective(cfg, device), cfg, device)
 
 
-def test_deepspeed_zero2_follows_the_plain_loop_resumes_and_exports(corpus, tmp_path, monkeypatch):
-    """ZeRO-2 on DeepSpeed's CPU accelerator in one process, no launcher.
+def test_deepspeed_zero2_follows_the_plain_loop_resumes_and_exports(
+    corpus, tmp_path, device, monkeypatch
+):
+    """ZeRO-2 in one process, no launcher: on DeepSpeed's CPU accelerator, or on the GPU of
+    ``MOOER_TEST_DEVICE`` (there under bf16 autocast, like the plain loop).
 
     The engine owns accumulation (a short last update included), clipping, the optimizer and
     scheduler steps; mooer repeats none of them, so the trajectory is the plain loop's. Its
     checkpoints hold the trainable parameters only, resume exactly, and the model exports.
     """
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # read when deepspeed first picks one
+    monkeypatch.setenv("DS_ACCELERATOR", device.type)  # read when deepspeed first picks one
     monkeypatch.setenv("LOCAL_RANK", "0")  # the trainer's default, undone after the test
     pytest.importorskip("deepspeed")
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
-    if get_accelerator().device_name() != "cpu":
+    if get_accelerator().device_name() != device.type:
         pytest.skip("deepspeed was imported with another accelerator before this test")
+    exact = device.type == "cpu"  # no autocast: fp32 throughout
     was_initialized = dist.is_initialized()
     # 7 batches in updates of 2: the 4th update is short; clipping is on in every update
-    raw = _raw_config(corpus, tmp_path, max_steps=4, warmup_steps=2, grad_accum=2, clip_norm=0.05)
+    raw = _raw_config(
+        corpus, tmp_path, device, max_steps=4, warmup_steps=2, grad_accum=2, clip_norm=0.05
+    )
     raw["data"]["max_frames_in_batch"] = 150
     raw.update(save_interval=2)
     deep = {**raw, "deepspeed": {"zero_optimization": {"stage": 2}}}
@@ -259,13 +276,14 @@ def test_deepspeed_zero2_follows_the_plain_loop_resumes_and_exports(corpus, tmp_
     assert unbroken.state.batches == 7 and engine.gradient_clipping() == 0.05
     p, a, b = _losses(tmp_path / "plain"), _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert list(a) == [1, 2, 3, 4] and a[4] < 0.8 * a[1]
-    assert a == pytest.approx(p, rel=1e-4)
-    assert b == pytest.approx(a, rel=1e-6)
+    assert a == pytest.approx(p, rel=1e-4 if exact else 1e-3)
+    assert b == pytest.approx(a, rel=1e-6 if exact else 1e-3)
     for (name, x), y, z in zip(
         plain.model.named_parameters(), unbroken.model.parameters(), resumed.model.parameters()
     ):
-        assert torch.allclose(x, y, atol=1e-3), name
-        assert torch.allclose(y, z, atol=1e-6), name
+        x, y, z = x.float(), y.float(), z.float()
+        assert torch.allclose(x, y, atol=1e-3 if exact else 5e-3), name
+        assert torch.allclose(y, z, atol=1e-6 if exact else 1e-3), name
 
     checkpoints = tmp_path / "b" / "checkpoints"
     assert {"step_00000002", "step_00000004.pt"} <= {f.name for f in checkpoints.iterdir()}
@@ -277,30 +295,32 @@ def test_deepspeed_zero2_follows_the_plain_loop_resumes_and_exports(corpus, tmp_
     assert not any(name.startswith("encoder.") for name in saved["module"])
 
     trained = resumed.model.eval()
-    loaded = load_model(export_model(trained, tmp_path / "final"))
+    loaded = load_model(export_model(trained, tmp_path / "final"), device=str(device))
     for (name, x), y in zip(trained.llm.named_parameters(), loaded.llm.parameters(), strict=True):
-        assert torch.equal(x, y), name
+        assert torch.equal(x.to(y.dtype), y), name
     wave = sf.read(corpus["root"] / "red0.wav", dtype="float32")[0]
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, not exact):
         embeds, _ = loaded.embed([wave])
-        feats = Frontend(trained.cmvn)(wave)[None]
-        expected, _ = trained.adapter(*trained.encoder(feats, torch.tensor([feats.shape[1]])))
-    assert torch.allclose(embeds, expected, atol=1e-5)
+        feats = Frontend(trained.cmvn)(wave)[None].to(device)
+        lengths = torch.tensor([feats.shape[1]], device=device)
+        expected, _ = trained.adapter(*trained.encoder(feats, lengths))
+    assert torch.allclose(embeds.float(), expected.float(), atol=1e-5 if exact else 0.05)
 
 
-def test_ctc_stage_trains_the_encoder_and_export_drops_the_head(corpus, tmp_path):
-    raw = _raw_config(corpus, tmp_path / "ctc", max_steps=40, lr=1e-2)
+def test_ctc_stage_trains_the_encoder_and_export_drops_the_head(corpus, tmp_path, device):
+    raw = _raw_config(corpus, tmp_path / "ctc", device, max_steps=40, lr=1e-2)
     raw["model"] = {"encoder": TINY_ENCODER, "train_encoder": True, "ctc_weight": 1.0}
     cfg = config_from_dict(raw)
     seed_everything(0)
-    objective = build_objective(cfg, torch.device("cpu"))
+    objective = build_objective(cfg, device)
     assert objective.llm is None and objective.adapter is None
-    trainer = Trainer(objective, cfg, torch.device("cpu"))
+    trainer = Trainer(objective, cfg, device)
     frontend = Frontend(objective.cmvn)
     trainer.fit(lambda start: make_loader(SpeechDataset(cfg.data.train, frontend, cfg.data), 0))
     losses = _losses(tmp_path / "ctc")
     assert losses[40] < 0.3 * losses[1]
     batch = next(iter(SpeechDataset(cfg.data.train, frontend, cfg.data, train=False)))
+    batch = batch.to(device)
     objective.eval()
     hits = sum(h == t for h, t in zip(objective.ctc_transcribe(batch), batch.texts))
     assert hits >= len(batch) // 2
@@ -315,9 +335,9 @@ def test_ctc_stage_trains_the_encoder_and_export_drops_the_head(corpus, tmp_path
     # the next stage starts from it
     raw["model"] = {"encoder_init": str(final / "paraformer-encoder.pth"), "cmvn": str(final / "am.mvn"),
                     "llm": str(corpus["llm"]), "adapter_hidden": 64}  # fmt: skip
-    staged = build_objective(config_from_dict(raw), torch.device("cpu"))
+    staged = build_objective(config_from_dict(raw), device)
     for name, tensor in staged.encoder.state_dict().items():
-        assert torch.equal(tensor, state[name])
+        assert torch.equal(tensor.cpu(), state[name])
     assert not any(p.requires_grad for p in staged.encoder.parameters())
 
 
@@ -328,7 +348,9 @@ def test_torchrun_ddp_on_two_cpu_processes(corpus, tmp_path):
     import subprocess
     import sys
 
-    raw = _raw_config(corpus, tmp_path / "ddp", max_steps=4, warmup_steps=1, grad_accum=2)
+    raw = _raw_config(
+        corpus, tmp_path / "ddp", torch.device("cpu"), max_steps=4, warmup_steps=1, grad_accum=2
+    )
     raw["model"].update(full_llm=False, lora_r=4)
     raw.update(threads=1)
     raw["data"]["max_frames_in_batch"] = 100  # several batches per rank
@@ -336,7 +358,10 @@ def test_torchrun_ddp_on_two_cpu_processes(corpus, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", "29533", "-m", "mooer.cli", "train", str(path)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    path = os.pathsep.join(
+        filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")])
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "ddp"
@@ -351,19 +376,20 @@ def test_torchrun_ddp_on_two_cpu_processes(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("full_llm", [False, True])
-def test_a_training_step_runs_under_bf16_autocast(corpus, tmp_path, full_llm):
+def test_a_training_step_runs_under_bf16_autocast(corpus, tmp_path, device, full_llm):
     """What ``optim.bf16`` runs on a GPU: encoder, adapter, the splice of audio into the prompt
-    and the LLM (LoRA or full) under bf16 autocast, here the CPU's (the trainer keeps CPU runs
-    in fp32); the loss stays float32 and close to the fp32 loss, every gradient finite."""
-    raw = _raw_config(corpus, tmp_path)
+    and the LLM (LoRA or full) under bf16 autocast, the CPU's unless ``MOOER_TEST_DEVICE`` names
+    a GPU (the trainer keeps CPU runs in fp32); the loss stays float32 and close to the loss
+    without autocast, every gradient finite."""
+    raw = _raw_config(corpus, tmp_path, device)
     raw["model"].update(full_llm=full_llm, lora_r=4)
     cfg = config_from_dict(raw)
     seed_everything(0)
-    objective = build_objective(cfg, torch.device("cpu")).eval()  # no dropout: comparable
+    objective = build_objective(cfg, device).eval()  # no dropout: comparable
     dataset = SpeechDataset(cfg.data.train, Frontend(objective.cmvn), cfg.data, seed=0)
-    batch = next(iter(make_loader(dataset, 0)))
+    batch = next(iter(make_loader(dataset, 0))).to(device)
     reference, _ = objective(batch)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         loss, stats = objective(batch)
     loss.backward()
     assert loss.dtype == torch.float32 and 0 <= stats["acc"] <= 1
