@@ -325,15 +325,13 @@ def build_objective(
 def _make_trainable(llm: nn.Module, m: ModelConfig) -> nn.Module:
     if m.full_llm:
         return llm.requires_grad_(True)
-    from peft import get_peft_model
-
-    from mooer.llm.qwen import release_lora_config
+    from mooer.llm.qwen import attach_lora, release_lora_config
 
     lora = dataclasses.replace(
         release_lora_config(m.lora_r, m.lora_alpha, m.lora_dropout),
         target_modules=list(m.lora_targets),
     )
-    return get_peft_model(llm, lora)
+    return attach_lora(llm, lora)
 
 
 def _scratch_llm(cfg: TrainConfig, out: Path) -> Path:
