@@ -172,7 +172,8 @@ class TrainConfig:
     valid_interval: int = _checked(1000, _positive)
     keep_checkpoints: int = _checked(2, _positive)
     resume: bool = True  # continue from the newest checkpoint in output_dir
-    deepspeed: dict[str, Any] | None = None  # DeepSpeed settings (ZeRO-2 by default); needs it
+    # DeepSpeed settings (ZeRO-2 by default), or a DeepSpeed JSON file such as the release's
+    deepspeed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -219,9 +220,36 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "config") -> TrainCon
     """Build a ``TrainConfig`` from plain data (the parsed YAML), validating every field."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {_show(raw)}")
+    if isinstance(raw.get("deepspeed"), (str, Path)):
+        raw = {**raw, "deepspeed": read_deepspeed_file(raw["deepspeed"])}
     cfg = _build(TrainConfig, raw, "")
     _check_consistency(cfg)
     return cfg
+
+
+def read_deepspeed_file(path: str | Path) -> dict[str, Any]:
+    """A DeepSpeed JSON config written for another trainer (the release's ``deepspeed_config_zero2
+    .json``): its ZeRO and other settings are kept; the keys mooer derives from ``optim`` describe
+    that trainer's run, so they are dropped with a warning rather than refused as inline ones are."""
+    import json
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"deepspeed: DeepSpeed config file not found: {path}")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"deepspeed: {path} is not valid JSON: {err}") from err
+    if not isinstance(settings, dict):
+        raise ConfigError(f"deepspeed: {path} holds {_show(settings)}, expected a JSON object")
+    dropped = [key for key in settings if key in DEEPSPEED_FROM_OPTIM]
+    if dropped:
+        ruled = "; ".join(f"{key} by {DEEPSPEED_FROM_OPTIM[key]}" for key in dropped)
+        warnings.warn(
+            f"deepspeed: {path}: ignoring the settings mooer makes: {ruled}", stacklevel=3
+        )
+    return {key: value for key, value in settings.items() if key not in dropped}
 
 
 def _check_consistency(cfg: TrainConfig) -> None:

@@ -109,3 +109,33 @@ def test_missing_and_malformed_files(tmp_path):
     good.write_text("data: {train: a.jsonl}\nmodel: {encoder: {}, llm: x}\noptim: {max_steps: 5}\n")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(good, overrides=["lr"])
+
+
+def test_a_deepspeed_file_like_the_release_keeps_zero_and_drops_what_optim_sets(
+    release_zero2, tmp_path
+):
+    with pytest.warns(UserWarning) as caught:
+        cfg = config_from_dict({**MINIMAL, "deepspeed": str(release_zero2)})
+    dropped = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
+               "scheduler", "fp16", "bf16")  # fmt: skip
+    assert all(key in str(caught[0].message) for key in dropped)
+    assert "gradient_accumulation_steps by optim.grad_accum" in str(caught[0].message)
+    assert set(cfg.deepspeed) == {
+        "steps_per_print",
+        "zero_optimization",
+        "activation_checkpointing",
+    }
+    assert cfg.deepspeed["zero_optimization"]["overlap_comm"] is True
+    assert cfg.optim.grad_accum == 1  # the file's 2 is not adopted
+
+    for text, message in (("{", "not valid JSON"), ("[1, 2]", "expected a JSON object")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=f"deepspeed: .*bad.json.*{message}"):
+            config_from_dict({**MINIMAL, "deepspeed": str(bad)})
+    with pytest.raises(ConfigError, match="DeepSpeed config file not found: .*nope.json"):
+        config_from_dict({**MINIMAL, "deepspeed": str(tmp_path / "nope.json")})
+    stage3 = tmp_path / "zero3.json"
+    stage3.write_text('{"zero_optimization": {"stage": 3}}')
+    with pytest.raises(ConfigError, match="stage: expected 0, 1 or 2"):
+        config_from_dict({**MINIMAL, "deepspeed": str(stage3)})

@@ -236,11 +236,13 @@ def test_deepspeed_without_the_package_is_a_config_error(corpus, tmp_path, devic
         Trainer(build_objective(cfg, device), cfg, device)
 
 
+@pytest.mark.filterwarnings("ignore:deepspeed.*ignoring the settings mooer makes")
 def test_deepspeed_zero2_follows_the_plain_loop_resumes_and_exports(
-    corpus, tmp_path, device, monkeypatch
+    corpus, tmp_path, device, monkeypatch, release_zero2
 ):
-    """ZeRO-2 in one process, no launcher: on DeepSpeed's CPU accelerator, or on the GPU of
-    ``MOOER_TEST_DEVICE`` (there under bf16 autocast, like the plain loop).
+    """ZeRO-2 in one process, no launcher, configured by a file like the release's: on
+    DeepSpeed's CPU accelerator, or on the GPU of ``MOOER_TEST_DEVICE`` (there under bf16
+    autocast, like the plain loop).
 
     The engine owns accumulation (a short last update included), clipping, the optimizer and
     scheduler steps; mooer repeats none of them, so the trajectory is the plain loop's. Its
@@ -262,7 +264,7 @@ def test_deepspeed_zero2_follows_the_plain_loop_resumes_and_exports(
     )
     raw["data"]["max_frames_in_batch"] = 150
     raw.update(save_interval=2)
-    deep = {**raw, "deepspeed": {"zero_optimization": {"stage": 2}}}
+    deep = {**raw, "deepspeed": str(release_zero2)}  # overlap_comm, buckets, ...
     try:
         plain = _session(raw, tmp_path / "plain", stop_after=7)
         unbroken = _session(deep, tmp_path / "a", stop_after=7)
@@ -274,6 +276,7 @@ def test_deepspeed_zero2_follows_the_plain_loop_resumes_and_exports(
     engine = unbroken.engine
     assert unbroken.state.step == engine.global_steps == unbroken.scheduler.last_epoch == 4
     assert unbroken.state.batches == 7 and engine.gradient_clipping() == 0.05
+    assert engine.zero_optimization_stage() == 2 and engine.zero_overlap_comm()  # the file's
     p, a, b = _losses(tmp_path / "plain"), _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert list(a) == [1, 2, 3, 4] and a[4] < 0.8 * a[1]
     assert a == pytest.approx(p, rel=1e-4 if exact else 1e-3)
