@@ -69,6 +69,17 @@ class MaskConfig:
     max_time_width: int = 3  # LFR frames (180 ms)
 
 
+# the smallest value of each count; a chat count may be 0, the main set must be there
+_LOWEST = {
+    "n_train": 1, "n_heldout": 1, "workers": 1, "threads": 1, "ctc_steps": 1, "llm_steps": 1,
+    "main_repeats": 1, "chat_repeats": 0, "text_chat_repeats": 0, "text_chat_draws": 0,
+    "extra_chat": 0,
+}  # fmt: skip
+_FLAGS = {"n_train": "--train", "n_heldout": "--heldout"}  # flags not named for their field
+# what the shared data in a work folder was made from: a run asking for other values needs its own
+_WORK_FOLDER_KEYS = ("seed", "n_train", "n_heldout", "vocab_size")
+
+
 @dataclass
 class DemoConfig:
     """Everything the demo model depends on; stored in its ``mooer.json``."""
@@ -123,6 +134,18 @@ class DemoConfig:
     llm_lr: float = 1.5e-3
     llm_frames_in_batch: int = 1500
     masks: MaskConfig = field(default_factory=MaskConfig)
+
+    def __post_init__(self) -> None:
+        for name, low in _LOWEST.items():
+            value = getattr(self, name)
+            if value < low:
+                flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+                raise ConfigError(f"{flag} (DemoConfig.{name}) must be >= {low}, got {value}")
+        for name in ("ctc_lr", "llm_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                )
 
     @property
     def out(self) -> Path:
@@ -728,12 +751,28 @@ _STAGE_RUN = {
 }
 
 
+def _claim_work_folder(cfg: DemoConfig) -> None:
+    """Record what the work folder's data is made from, or refuse a run that asks for other
+    data there: its stages would find the old corpus, features and caches and use them."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    record = cfg.out / "work_folder.json"
+    wanted = {key: getattr(cfg, key) for key in _WORK_FOLDER_KEYS}
+    if not record.exists():
+        record.write_text(json.dumps(wanted, indent=1) + "\n")
+        return
+    made = json.loads(record.read_text())
+    differ = [key for key in _WORK_FOLDER_KEYS if made.get(key) != wanted[key]]
+    if differ:
+        what = ", ".join(f"{key} {made.get(key)} (asked: {wanted[key]})" for key in differ)
+        raise ConfigError(f"{cfg.out} holds data made with {what}; give this run another --out")
+
+
 def run(cfg: DemoConfig, stages: Sequence[str] = STAGES) -> Path:
     """Run ``stages`` in order, skipping those already done; returns the exported model dir."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}: expected some of {', '.join(STAGES)}")
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    _claim_work_folder(cfg)
     torch.set_num_threads(cfg.threads)
     for stage in (s for s in STAGES if s in stages):
         if _STAGE_DONE[stage](cfg):

@@ -42,6 +42,35 @@ def test_a_finished_run_is_not_redone(run_dir, caplog):
     assert sum("done before, skipped" in r.getMessage() for r in caplog.records) == 7
 
 
+def test_a_work_folder_refuses_a_run_that_asks_for_other_data(run_dir):
+    made = json.loads((run_dir / "work_folder.json").read_text())
+    assert made == {"seed": 0, "n_train": 40, "n_heldout": 12, "vocab_size": 1200}
+    with pytest.raises(ConfigError, match=r"holds data made with seed 0 \(asked: 1\); give"):
+        main(["--out", str(run_dir), *TINY, "--seed", "1"])
+    with pytest.raises(ConfigError, match=r"n_train 40 \(asked: 41\)"):
+        main(["--out", str(run_dir), *TINY, "--train", "41", "--stages", "eval"])
+    assert json.loads((run_dir / "work_folder.json").read_text()) == made
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--main-repeats", "0"],
+            r"--main-repeats \(DemoConfig.main_repeats\) must be >= 1, got 0",
+        ),
+        (["--extra-chat", "-1"], r"--extra-chat \(DemoConfig.extra_chat\) must be >= 0, got -1"),
+        (["--train", "0"], r"--train \(DemoConfig.n_train\) must be >= 1, got 0"),
+        (["--llm-lr", "0"], r"--llm-lr must be > 0, got 0.0"),
+    ],
+)
+def test_counts_out_of_range_are_refused_by_flag(tmp_path, flags, message):
+    with pytest.raises(ConfigError, match=message):
+        main(["--out", str(tmp_path / "never"), *flags])
+    assert not (tmp_path / "never").exists()  # refused before anything was made
+    assert DemoConfig(chat_repeats=0).chat_repeats == 0  # no chat is allowed
+
+
 def test_a_later_leg_starts_from_the_earlier_legs_weights(run_dir):
     first = torch.load(run_dir / "llm" / "final.pt")
     leg = ["--stages", "llm", "--llm-leg", "leg2", "--llm-lr", "1e-12"]
