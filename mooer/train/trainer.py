@@ -99,9 +99,14 @@ def lr_factor(step: int, optim: OptimConfig) -> float:
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * decay
 
 
+def uses_bf16(device: torch.device, enabled: bool) -> bool:
+    """Whether ``optim.bf16`` (``enabled``) means bf16 autocast here: on accelerators only."""
+    return enabled and device.type != "cpu"
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on accelerators when ``enabled``; the CPU trains in fp32."""
-    if not enabled or device.type == "cpu":
+    if not uses_bf16(device, enabled):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
@@ -500,7 +505,7 @@ class Trainer:
             # The engine turns an outer cuda autocast off unless told to keep it; an empty list
             # of "lower precision" modules keeps gradient reductions in fp32, as in DDP.
             "torch_autocast": {
-                "enabled": self.optim.bf16 and self.device.type != "cpu",
+                "enabled": uses_bf16(self.device, self.optim.bf16),
                 "dtype": "bfloat16",
                 "lower_precision_safe_modules": [],
             },
