@@ -27,8 +27,12 @@ section prints its traceback and the others still run; the exit code is 1 if any
 H200 the default run took 45 s (``--size 1.5b`` 38 s); ``--size tiny --device cpu`` about 30 s
 (``--repeats 1``, 2 timed steps by default there). Figures: docs/training.md, "On a GPU".
 
+``--deepspeed`` trains under DeepSpeed ZeRO-2 with the release's ZeRO settings instead of the
+plain loop; ``--sections`` picks what to time (the model is built either way).
+
     python3 bench/bench_gpu.py [--size 7b|1.5b|tiny] [--device auto] [--out gpu.json]
-        [--tokenizer DIR] [--repeats 3] [--train-steps 5]
+        [--tokenizer DIR] [--repeats 3] [--train-steps 5] [--sections speech decode train]
+        [--deepspeed]
 """
 
 from __future__ import annotations
@@ -111,6 +115,7 @@ SIZES = {
         Qwen2Dims(256, 512, 2, 4, 2, 152064, tied=False),  # the real vocabulary: same code path
     ),
 }
+SECTIONS = ("speech", "decode", "train")
 NEW_TOKENS = 64
 TRAIN_BATCH, TRAIN_SECONDS, WARMUP_STEPS = 8, 10.0, 2
 WORDS = (
@@ -226,8 +231,20 @@ def write_clips(root: Path, count: int, seconds: float) -> Path:
     return root / "train.jsonl"
 
 
+# ZeRO-2 as the release configured it (its other keys are mooer's optim settings)
+RELEASE_ZERO2 = {"zero_optimization": {
+    "stage": 2, "allgather_partitions": True, "allgather_bucket_size": 2e8, "overlap_comm": True,
+    "reduce_scatter": True, "reduce_bucket_size": 2e8, "contiguous_gradients": True,
+}}  # fmt: skip
+
+
 def train(
-    model: SpeechLLM, dev: torch.device, size: Size, tokenizer: str | None, steps: int
+    model: SpeechLLM,
+    dev: torch.device,
+    size: Size,
+    tokenizer: str | None,
+    steps: int,
+    deepspeed: bool = False,
 ) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -240,6 +257,7 @@ def train(
             "model": {"encoder": asdict(size.encoder), "llm_scratch": size.llm.scratch(tokenizer),
                       "adapter_hidden": size.adapter_hidden},
             "optim": {"lr": 1e-4, "warmup_steps": 0, "schedule": "constant", "max_steps": 1},
+            "deepspeed": RELEASE_ZERO2 if deepspeed else None,
         })  # fmt: skip
         batch = next(iter(SpeechDataset(cfg.data.train, model.frontend, cfg.data)))  # (8, 167, 560)
         # as build_objective: frozen base in _llm_dtype (bf16 on accelerators) + LoRA, adapter
@@ -266,14 +284,16 @@ def train(
         raise FloatingPointError(f"training loss not finite: {losses}")
     trainable = [p for p in objective.parameters() if p.requires_grad]
     targets = model.tokenizer(batch.targets, add_special_tokens=False)["input_ids"]
-    row = {"batch": len(batch), "audio_s": batch.audio_seconds, "step_s": step_s,
+    row = {"deepspeed": deepspeed, "batch": len(batch), "audio_s": batch.audio_seconds,
+           "step_s": step_s,
            "utt_per_s": len(batch) / step_s, "audio_s_per_s": batch.audio_seconds / step_s,
            "trainable_params": sum(p.numel() for p in trainable),
            "trainable_dtypes": sorted({str(p.dtype) for p in trainable}),
            "base_dtype": str(model.llm_dtype), "losses": losses,
            "mean_target_tokens": float(np.mean([len(t) for t in targets]))}  # fmt: skip
     print(
-        f"  x{len(batch)} ({batch.audio_seconds:.0f} s audio, {row['mean_target_tokens']:.1f} "
+        f"  {'ZeRO-2 ' if deepspeed else ''}x{len(batch)} ({batch.audio_seconds:.0f} s audio, "
+        f"{row['mean_target_tokens']:.1f} "
         f"target tokens)  {step_s:.3f} s/step  {row['utt_per_s']:.1f} utt/s  "
         f"{row['audio_s_per_s']:.0f} audio-s/s  trainable {row['trainable_params'] / 1e6:.1f} M "
         f"{row['trainable_dtypes']}  loss {losses[0]:.3f} -> {losses[-1]:.3f}"
@@ -308,6 +328,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed runs (default 3; tiny 1)")
     parser.add_argument("--train-steps", type=int, help="timed steps (default 5; tiny 2)")
     parser.add_argument("--out", type=Path, help="write all figures here as JSON")
+    parser.add_argument(
+        "--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to time"
+    )
+    parser.add_argument(
+        "--deepspeed", action="store_true", help="train under DeepSpeed ZeRO-2 (the release's)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     tiny = args.size == "tiny"
@@ -334,11 +360,13 @@ def main() -> None:
     ok = run_section("build", build_section, dev, results)
     if ok:
         model = built.pop()
-        ok &= run_section("speech", lambda: speech(model, dev, repeats), dev, results)
-        ok &= run_section("decode", lambda: decode(model, dev, repeats), dev, results)
-        ok &= run_section(
-            "train", lambda: train(model, dev, size, args.tokenizer, steps), dev, results
-        )
+        sections = {
+            "speech": lambda: speech(model, dev, repeats),
+            "decode": lambda: decode(model, dev, repeats),
+            "train": lambda: train(model, dev, size, args.tokenizer, steps, args.deepspeed),
+        }
+        for name in (s for s in SECTIONS if s in args.sections):  # train last: it adds LoRA
+            ok &= run_section(name, sections[name], dev, results)
     wall = time.perf_counter() - started
     print(f"total wall time {wall:.0f} s" + ("" if ok else "; some sections FAILED"))
     if args.out:
