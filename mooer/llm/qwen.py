@@ -10,7 +10,6 @@ fails with a message instead of producing a quietly unchanged model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from mooer.errors import CheckpointError
+from mooer.errors import CheckpointError, read_json_file
 from mooer.llm.prompts import IM_END, PAD
 
 log = logging.getLogger(__name__)
@@ -129,10 +128,7 @@ def read_lora_config(lora_dir: str | Path) -> LoraConfig:
         raise CheckpointError(f"LoRA dir {lora_dir} does not exist")
     if not path.is_file():
         raise CheckpointError(f"LoRA dir {lora_dir} has no {LORA_CONFIG_FILE}")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    raw = read_json_file(path, CheckpointError)
     if raw.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path}: peft_type is {raw['peft_type']!r}, expected 'LORA'")
     known = {field.name for field in dataclasses.fields(LoraConfig)}

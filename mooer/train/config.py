@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mooer.asr.encoder import EncoderConfig
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, read_json_file
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -231,16 +231,12 @@ def read_deepspeed_file(path: str | Path) -> dict[str, Any]:
     """A DeepSpeed JSON config written for another trainer (the release's ``deepspeed_config_zero2
     .json``): its ZeRO and other settings are kept; the keys mooer derives from ``optim`` describe
     that trainer's run, so they are dropped with a warning rather than refused as inline ones are."""
-    import json
     import warnings
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"deepspeed: DeepSpeed config file not found: {path}")
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"deepspeed: {path} is not valid JSON: {err}") from err
+    settings = read_json_file(path, ConfigError, where="deepspeed: ")
     if not isinstance(settings, dict):
         raise ConfigError(f"deepspeed: {path} holds {_show(settings)}, expected a JSON object")
     dropped = [key for key in settings if key in DEEPSPEED_FROM_OPTIM]
