@@ -39,7 +39,7 @@ import torch
 
 from mooer.asr.encoder import EncoderConfig
 from mooer.asr.frontend import Cmvn
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, read_json_file
 from mooer.train.config import (
     DataConfig,
     LlmScratchConfig,
@@ -76,6 +76,13 @@ _LOWEST = {
     "extra_chat": 0,
 }  # fmt: skip
 _FLAGS = {"n_train": "--train", "n_heldout": "--heldout"}  # flags not named for their field
+
+
+def _flag(name: str) -> str:
+    """The command-line flag that sets DemoConfig field ``name``."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 # what the shared data in a work folder was made from: a run asking for other values needs its own
 _WORK_FOLDER_KEYS = ("seed", "n_train", "n_heldout", "vocab_size")
 
@@ -139,13 +146,12 @@ class DemoConfig:
         for name, low in _LOWEST.items():
             value = getattr(self, name)
             if value < low:
-                flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
-                raise ConfigError(f"{flag} (DemoConfig.{name}) must be >= {low}, got {value}")
+                raise ConfigError(
+                    f"{_flag(name)} (DemoConfig.{name}) must be >= {low}, got {value}"
+                )
         for name in ("ctc_lr", "llm_lr"):
             if not getattr(self, name) > 0:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
-                )
+                raise ConfigError(f"{_flag(name)} must be > 0, got {getattr(self, name)}")
 
     @property
     def out(self) -> Path:
@@ -760,7 +766,7 @@ def _claim_work_folder(cfg: DemoConfig) -> None:
     if not record.exists():
         record.write_text(json.dumps(wanted, indent=1) + "\n")
         return
-    made = json.loads(record.read_text())
+    made = read_json_file(record, ConfigError)
     differ = [key for key in _WORK_FOLDER_KEYS if made.get(key) != wanted[key]]
     if differ:
         what = ", ".join(f"{key} {made.get(key)} (asked: {wanted[key]})" for key in differ)
@@ -810,9 +816,8 @@ def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
     parser.add_argument("--llm-steps", type=int, default=defaults.llm_steps)
     parser.add_argument("--llm-lr", type=float, default=defaults.llm_lr)
     for name, help_text in _COUNT_FLAGS.items():
-        flag = "--" + name.replace("_", "-")
         parser.add_argument(
-            flag, type=int, default=getattr(defaults, name), metavar="N", help=help_text
+            _flag(name), type=int, default=getattr(defaults, name), metavar="N", help=help_text
         )
     for name, help_text in _SWITCHES.items():
         flag = "--no-" + name.replace("_", "-")

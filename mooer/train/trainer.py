@@ -484,9 +484,10 @@ class Trainer:
             ) from err
         import torch.distributed as dist
 
-        if get_accelerator().device_name() != self.device.type:
+        accelerator = get_accelerator()
+        if accelerator.device_name() != self.device.type:
             raise ConfigError(
-                f"deepspeed: it runs on {get_accelerator().device_name()!r} but the training "
+                f"deepspeed: it runs on {accelerator.device_name()!r} but the training "
                 f"device is {self.device.type!r}; set DS_ACCELERATOR={self.device.type} (or the "
                 "config's device) before DeepSpeed is first imported"
             )
@@ -495,7 +496,7 @@ class Trainer:
             # one process without a launcher: DeepSpeed would look for MPI; an in-process
             # store is all a group of one needs (no port), and LOCAL_RANK what it asks for
             os.environ.setdefault("LOCAL_RANK", "0")
-            backend = get_accelerator().communication_backend_name()
+            backend = accelerator.communication_backend_name()
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         given = self.cfg.deepspeed
         ds_config = {

@@ -52,6 +52,13 @@ def test_a_work_folder_refuses_a_run_that_asks_for_other_data(run_dir):
     assert json.loads((run_dir / "work_folder.json").read_text()) == made
 
 
+def test_a_damaged_work_folder_record_is_named(tmp_path):
+    (tmp_path / "work_folder.json").write_text('{"seed": 0,')
+    with pytest.raises(ConfigError, match=r"work_folder.json is not valid JSON"):
+        main(["--out", str(tmp_path), *TINY])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work_folder.json"]  # nothing made
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

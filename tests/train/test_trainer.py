@@ -360,10 +360,10 @@ def test_torchrun_ddp_on_two_cpu_processes(corpus, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", "29533", "-m", "mooer.cli", "train", str(path)]  # fmt: skip
-    path = os.pathsep.join(
+    pythonpath = os.pathsep.join(
         filter(None, [str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH")])
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "ddp"
