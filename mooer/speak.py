@@ -37,6 +37,7 @@ from mooer.llm.decoding import SPEECH, STREAMING, DecodingOptions, splice
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SpeechGeneration
 from mooer.model import SpeechLLM
+from mooer.text import has_chinese, language_of
 from mooer.transcribe import split_long
 from mooer.tts.backend import (
     EspeakBackend,
@@ -154,9 +155,9 @@ class _Translation:
     def of(self, answer: str, done: bool) -> str:
         head, newline, rest = answer.partition("\n")
         if self.whole is None:
-            if newline and (self.mtl or _has_cjk(head)):
+            if newline and (self.mtl or has_chinese(head)):
                 self.whole = False
-            elif head and not self.mtl and not _has_cjk(head):
+            elif head and not self.mtl and not has_chinese(head):
                 self.whole = True
             elif done:
                 # no newline: an MTL answer has no translation (as transcribe reads it)
@@ -181,7 +182,7 @@ class _SentenceSpeaker:
         ready = sentences if done else sentences[:-1]
         for sentence in ready[self.spoken :]:
             self.spoken += 1
-            language = self.language or ("zh" if _has_cjk(sentence) else "en")
+            language = self.language or language_of(sentence)
             for pcm in self.backend.stream(sentence, language, self.voice):
                 yield pcm.astype(np.float32) / 32768.0
 
@@ -192,10 +193,6 @@ def _write_pcm16(path: str | os.PathLike, pcm: np.ndarray, sample_rate: int) -> 
         sf.write(os.fspath(path), pcm, sample_rate, subtype="PCM_16")
     except (sf.SoundFileError, ValueError, TypeError) as exc:
         raise ConfigError(f"cannot write audio to {os.fspath(path)}: {exc}") from exc
-
-
-def _has_cjk(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
 def _as_samples(samples: np.ndarray | str | os.PathLike) -> np.ndarray:

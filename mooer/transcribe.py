@@ -27,6 +27,7 @@ from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions
 from mooer.llm.prompts import build_prompt, split_mtl
 from mooer.model import SpeechLLM
+from mooer.text import join_texts
 
 TASKS = ("asr", "ast", "mtl")
 PROMPT_OF_TASK = {"asr": "asr", "ast": "ast", "mtl": "ast"}
@@ -190,12 +191,7 @@ def transcribe(
 
     for idx, parts in answers.items():
         read = [read_answer(task, p, mtl_model) for p in parts]
-        joiner = "" if _is_cjk(" ".join(t for t, _ in read)) else " "
-        results[idx].text = joiner.join(t for t, _ in read if t).strip()
+        results[idx].text = join_texts(t for t, _ in read)
         if task != "asr":
             results[idx].translation = " ".join(tr for _, tr in read if tr).strip()
     return results
-
-
-def _is_cjk(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)

@@ -25,7 +25,6 @@ import contextlib
 import itertools
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from mooer.agent import events as ev
+from mooer.agent.stable_text import StableText
 from mooer.agent.vad import (
     SpeechEnded,
     SpeechStarted,
@@ -51,6 +51,7 @@ from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SPOKEN_REPLY, SpeechGeneration, SpeechReply, spoken_reply
 from mooer.speak import speak_natively, speak_reply, text_to_speech
+from mooer.text import language_of
 from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, read_answer, transcribe
 from mooer.tts.backend import float_to_pcm16, split_sentences
 
@@ -175,65 +176,6 @@ class SessionStats:
     """Chat: from the end of the utterance (or create_response) to the reply's first text."""
 
 
-# -- stable partial text ----------------------------------------------------------------------
-
-# Characters that are whole units by themselves: CJK ideographs and CJK/full-width punctuation.
-_UNIT_CHAR = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
-
-
-def _in_word(ch: str) -> bool:
-    """Part of a multi-character unit (a Latin word, number...)."""
-    return not ch.isspace() and _UNIT_CHAR.match(ch) is None
-
-
-def agreed_prefix(a: str, b: str) -> str:
-    """The longest common prefix of two hypotheses that ends between whole words or characters.
-
-    A word counts only when both hypotheses go on past it: "hello wor" and "hello world"
-    agree on "hello ", "你好吗" and "你好呀" on "你好".
-    """
-    n = 0
-    limit = min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    if n and _in_word(a[n - 1]):
-        finished = n < len(a) and n < len(b) and not _in_word(a[n]) and not _in_word(b[n])
-        if not finished:
-            while n and _in_word(a[n - 1]):
-                n -= 1
-    return a[:n]
-
-
-class StableText:
-    """Successive partial hypotheses of one utterance -> append-only stable text.
-
-    The stable text grows to the agreed prefix of the last two hypotheses and never shrinks;
-    a hypothesis that contradicts it is shown only up to the stable text.
-    """
-
-    def __init__(self) -> None:
-        self.stable = ""
-        self.shown = ""
-        self._last: str | None = None
-
-    def update(self, hypothesis: str) -> str:
-        """Take a new partial; return the text it adds to ``stable`` (often "")."""
-        delta = ""
-        if self._last is not None:
-            agreed = agreed_prefix(self._last, hypothesis)
-            if len(agreed) > len(self.stable) and agreed.startswith(self.stable):
-                delta, self.stable = agreed[len(self.stable) :], agreed
-        self._last = hypothesis
-        self.shown = hypothesis if hypothesis.startswith(self.stable) else self.stable
-        return delta
-
-    def finish(self, final: str) -> str:
-        """Take the final text; return what it adds to ``stable`` ("" if it revised it)."""
-        delta = final[len(self.stable) :] if final.startswith(self.stable) else ""
-        self.stable = self.shown = final
-        return delta
-
-
 @dataclass
 class _Track:
     """The partial state of the utterance being decoded (worker thread only)."""
@@ -275,12 +217,6 @@ def _one_torch_thread() -> Iterator[None]:
     finally:
         if threads != 1:
             torch.set_num_threads(threads)
-
-
-def _language(text: str) -> str | None:
-    if _UNIT_CHAR.search(text):
-        return "zh"
-    return "en" if text else None
 
 
 _NO_AUDIO = np.zeros(0, dtype=np.int16)
@@ -655,7 +591,7 @@ class Session:
                 delta = track.transcript.finish(transcript)
                 if delta:
                     self._emit(ev.TranscriptDelta(item, delta, transcript, transcript))
-                self._emit(ev.Transcript(item, transcript, _language(transcript)))
+                self._emit(ev.Transcript(item, transcript, language_of(transcript) if transcript else None))
             if translation is not None:
                 delta = track.translation.finish(translation)
                 if delta:
@@ -825,7 +761,7 @@ class Session:
         for sentence in split_sentences(text):
             if cancelled():
                 return
-            spoken = language or _language(sentence) or "en"
+            spoken = language or language_of(sentence)
             pcm, _ = text_to_speech(sentence, spoken, self.config.voice, backend, rate)
             if pcm.size:
                 yield pcm

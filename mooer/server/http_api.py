@@ -40,10 +40,10 @@ from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import DecodingOptions
 from mooer.model import SpeechLLM
-from mooer.server.captions import join_texts
 from mooer.server.connection import ProtocolError
 from mooer.server.hub import Hub
 from mooer.server.realtime_session import OPENAI_VOICES
+from mooer.text import join_texts, language_of
 from mooer.transcribe import split_long, transcribe
 from mooer.tts import espeak
 from mooer.tts.backend import EspeakBackend, resample_pcm16
@@ -104,7 +104,7 @@ def synthesise_sentences(
     low, high = espeak.RATE_RANGE
     backend = EspeakBackend(rate=min(high, max(low, round(ESPEAK_WPM * speed))))
     try:
-        sentences = backend.stream(text, _language_of(text), _espeak_voice(voice))
+        sentences = backend.stream(text, language_of(text), _espeak_voice(voice))
     except MooerError as exc:
         raise ProtocolError("invalid_value", str(exc), "voice") from exc
     chunks: list[np.ndarray] = []
@@ -347,10 +347,6 @@ def _encode(pcm: np.ndarray, rate: int, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _language_of(text: str) -> str:
-    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
-
-
 def _media_type(fmt: str) -> str:
     return "audio/pcm" if fmt == "pcm" else SPEECH_FORMATS[fmt][2]
 
@@ -390,7 +386,7 @@ def _render(
     if task == "ast":
         language = "en"
     elif language is None:
-        language = _language_of(text)
+        language = language_of(text)
     body = {
         "task": "translate" if task == "ast" else "transcribe",
         "language": LANGUAGE_NAMES.get(language, language),

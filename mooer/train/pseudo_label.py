@@ -24,6 +24,7 @@ import torch
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
 from mooer.llm.prompts import build_prompt_text
+from mooer.text import language_of
 from mooer.transcribe import Result, read_inputs, transcribe
 
 TRANSLATE_MODES = ("text", "speech")
@@ -42,11 +43,6 @@ class Label:
     text: str
     translation: str
     target: str
-
-
-def spoken_language(text: str) -> str:
-    """ "zh" when the transcript holds CJK characters, else "en"."""
-    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
 
 
 @torch.inference_mode()
@@ -93,7 +89,7 @@ def pseudo_label(
             print(f"skipping {result.audio}: {result.error or 'empty transcript'}", file=sys.stderr)
             continue
         kept.append((path, result))
-    zh = [(p, r) for p, r in kept if spoken_language(r.text) == "zh"]
+    zh = [(p, r) for p, r in kept if language_of(r.text) == "zh"]
     translations: dict[str, str] = {}
     if translate == "text":
         texts = translate_text(model, [r.text for _, r in zh], options, batch_size)
@@ -107,7 +103,7 @@ def pseudo_label(
     labels: list[Label] = []
     for index, (path, result) in enumerate(kept):
         audio = os.path.relpath(Path(path).resolve(), out.parent.resolve())
-        lang = spoken_language(result.text)
+        lang = language_of(result.text)
         uid = Path(result.audio).stem or f"utt{index:06d}"
         labels.append(Label(uid, audio, result.duration, lang, "asr", result.text, "", result.text))
         translation = translations.get(path, "")

@@ -18,7 +18,8 @@ import pytest
 
 from mooer.agent import events as ev
 from mooer.agent.engine import Engine
-from mooer.agent.session import SessionConfig, StableText, agreed_prefix
+from mooer.agent.session import SessionConfig
+from mooer.agent.stable_text import StableText
 from mooer.agent.vad import SpeechEnded, StreamingVad, VadConfig
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.errors import AudioError, ConfigError
@@ -26,6 +27,7 @@ from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import OFFLINE, STREAMING
 from mooer.model import load_model
 from mooer.speak import text_to_speech
+from mooer.text import agreed_prefix
 from mooer.transcribe import transcribe
 from mooer.tts.backend import EspeakBackend
 from tests.agent.recorder import Recorder

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from mooer.server.captions import AppendOnlyText, join_texts
+from mooer.server.captions import AppendOnlyText
+from mooer.text import join_texts
 
 
 def test_only_settled_text_is_sent_and_the_final_completes_it():

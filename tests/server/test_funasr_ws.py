@@ -11,11 +11,11 @@ import pytest
 import websockets
 
 from mooer.audio import SAMPLE_RATE
-from mooer.server.captions import join_texts
 from mooer.server.connection import ProtocolError
 from mooer.server.funasr_ws import FunasrSettings, apply_frame
 from mooer.server.http_api import speech_segments
 from mooer.server.pcm import encode_pcm16
+from mooer.text import join_texts
 
 CONFIG = {
     "chunk_size": [5, 10, 5],

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import websockets
 
-from mooer.server.captions import join_texts
 from mooer.server.http_api import speech_segments
+from mooer.text import join_texts
 from tests.server.wire import as_received, at_24k, send_translation
 
 

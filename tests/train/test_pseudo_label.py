@@ -8,8 +8,9 @@ import pytest
 
 from mooer.llm.decoding import OFFLINE
 from mooer.model import load_model
+from mooer.text import language_of
 from mooer.train.data import read_manifest
-from mooer.train.pseudo_label import main, pseudo_label, spoken_language, translate_text
+from mooer.train.pseudo_label import main, pseudo_label, translate_text
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "audio"
 GREEDY = replace(OFFLINE, num_beams=1)
@@ -20,10 +21,10 @@ def demo_model():
     return load_model(device="cpu")
 
 
-def test_spoken_language_follows_the_script():
-    assert spoken_language("今天星期三") == "zh"
-    assert spoken_language("today is wednesday") == "en"
-    assert spoken_language("") == "en"
+def test_language_of_follows_the_script():
+    assert language_of("今天星期三") == "zh"
+    assert language_of("today is wednesday") == "en"
+    assert language_of("") == "en"
 
 
 def test_labels_examples_into_a_manifest_the_trainer_reads(demo_model, tmp_path):
