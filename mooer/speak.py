@@ -32,8 +32,9 @@ import torch
 
 from mooer.audio import SAMPLE_RATE, load_audio, to_mono_16k
 from mooer.errors import ConfigError
-from mooer.llm.conversation import CHAT, Conversation, Generation, require_single_beam
+from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import SPEECH, STREAMING, DecodingOptions, splice
+from mooer.llm.generation import Generation, require_single_beam
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SpeechGeneration
 from mooer.model import SpeechLLM

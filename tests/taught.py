@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from mooer.llm.conversation import SYSTEM_TURN, embed_ids, question_suffix
+from mooer.llm.conversation import SYSTEM_TURN, question_suffix
+from mooer.llm.generation import embed_ids
 from mooer.llm.prompts import AUDIO_START, IM_END, build_prompt
 from mooer.llm.speech import SPEECH_CHAT_INSTRUCTION
 

@@ -46,8 +46,9 @@ from mooer.agent.vad import (
 )
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError
-from mooer.llm.conversation import CHAT, Conversation, Generation, Reply
+from mooer.llm.conversation import CHAT, Conversation, Reply
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids, splice
+from mooer.llm.generation import Generation
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SPOKEN_REPLY, SpeechGeneration, SpeechReply, spoken_reply
 from mooer.speak import speak_natively, speak_reply, text_to_speech
@@ -591,7 +592,9 @@ class Session:
                 delta = track.transcript.finish(transcript)
                 if delta:
                     self._emit(ev.TranscriptDelta(item, delta, transcript, transcript))
-                self._emit(ev.Transcript(item, transcript, language_of(transcript) if transcript else None))
+                self._emit(
+                    ev.Transcript(item, transcript, language_of(transcript) if transcript else None)
+                )
             if translation is not None:
                 delta = track.translation.finish(translation)
                 if delta:

@@ -20,27 +20,27 @@ without any it is the released one byte for byte, the text the checkpoints were 
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
-from transformers import (
-    DynamicCache,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import DynamicCache
 
 from mooer.errors import ConfigError
-from mooer.llm.decoding import DecodingOptions, EosBias, token_id
+from mooer.llm.decoding import DecodingOptions
+from mooer.llm.generation import (
+    Generation,
+    embed_ids,
+    forward_cached,
+    require_single_beam,
+    turn_end_id,
+)
 from mooer.llm.prompts import IM_END, TEMPLATE
-from mooer.model import SpeechLLM
+
+if TYPE_CHECKING:
+    from mooer.model import SpeechLLM
 
 CHAT_INSTRUCTION = "Answer my question. "
 SYSTEM_TURN = TEMPLATE.split("<|im_start|>user", 1)[0]  # the released system turn, byte for byte
@@ -288,102 +288,6 @@ class Conversation:
         return forward_cached(self.model.llm, self._cache, inputs_embeds)
 
 
-@functools.lru_cache(maxsize=8)
-def turn_end_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id of ``<|im_end|>``, looked up once per tokenizer (``token_id`` reads the whole
-    vocabulary: about 0.1 s for Qwen's)."""
-    return token_id(tokenizer, IM_END)
-
-
-def require_single_beam(options: DecodingOptions) -> None:
-    if options.num_beams != 1:
-        raise ConfigError(
-            f"token-by-token generation needs num_beams 1, got num_beams={options.num_beams}"
-        )
-
-
-def embed_ids(llm: PreTrainedModel, ids: list[int]) -> Tensor:
-    """Token ids -> their input embeddings (1, N, H)."""
-    embed = llm.get_input_embeddings()
-    return embed(torch.tensor([ids], device=embed.weight.device))
-
-
-def forward_cached(llm: PreTrainedModel, cache: DynamicCache, inputs_embeds: Tensor) -> Tensor:
-    """Run (1, N, H) after the tokens ``cache`` holds, extending it; logits (V,) of the last."""
-    start = cache.get_seq_length()
-    positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
-    out = llm(
-        inputs_embeds=inputs_embeds,
-        position_ids=positions[None],  # (1, N)
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out.logits[0, -1]  # (V,)
-
-
-class Generation:
-    """Tokens generated one LLM step at a time after what ``cache`` holds (default: nothing).
-
-    Each ``next()`` runs one step and gives ``(token id, text delta)``: the first runs
-    ``inputs_embeds`` (1, N, H), each later one the previous token. It ends at ``<|im_end|>``,
-    after ``max_new_tokens`` or at ``stop()``. Unlike ``generate()`` it can be paused between
-    tokens and stopped at once, and it costs far less per token on a CPU.
-    """
-
-    def __init__(
-        self,
-        llm: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        inputs_embeds: Tensor,
-        options: DecodingOptions,
-        cache: DynamicCache | None = None,
-    ) -> None:
-        require_single_beam(options)
-        self.llm = llm
-        self.options = options
-        self.cache = cache if cache is not None else DynamicCache(config=llm.config)
-        self.ids: list[int] = []
-        self.ended = False
-        self.interrupted = False  # ended by stop()
-        self._eos = turn_end_id(tokenizer)
-        self._pending = inputs_embeds  # (1, N, H) not yet run
-        self._choose = TokenChooser(options, self._eos)
-        self._text = TextStream(tokenizer)
-
-    @property
-    def text(self) -> str:
-        """The answer so far: the concatenation of the deltas given."""
-        return self._text.text
-
-    def __iter__(self) -> Iterator[tuple[int, str]]:
-        return self
-
-    @torch.inference_mode()
-    def __next__(self) -> tuple[int, str]:
-        if self.ended:
-            raise StopIteration
-        if len(self.ids) >= self.options.max_new_tokens:
-            self._end(interrupted=False)
-            raise StopIteration
-        logits = forward_cached(self.llm, self.cache, self._pending)  # (V,)
-        token = self._choose(logits, self.ids)
-        if token == self._eos:
-            self._end(interrupted=False)
-            raise StopIteration
-        self.ids.append(token)
-        self._pending = embed_ids(self.llm, [token])  # (1, 1, H)
-        return token, self._text.push(token)
-
-    def stop(self) -> None:
-        """End now (barge-in); a no-op once ended."""
-        if not self.ended:
-            self._end(interrupted=True)
-
-    def _end(self, interrupted: bool) -> None:
-        self.ended, self.interrupted = True, interrupted
-
-
 class Reply(Generation):
     """A chat answer: a Generation after the conversation's cached prefix, whose end crops the
     cache and remembers the turn (then ``turn`` is set).
@@ -411,51 +315,3 @@ class Reply(Generation):
     def _end(self, interrupted: bool) -> None:
         super()._end(interrupted)
         self.turn = self.conversation._finish(self)
-
-
-class TokenChooser:
-    """Picks the next token from the LLM's scores as ``DecodingOptions`` say (greedy or sampled)."""
-
-    def __init__(self, options: DecodingOptions, eos_id: int) -> None:
-        self.sample = options.do_sample
-        self.processors = LogitsProcessorList()
-        if options.repetition_penalty != 1.0:
-            self.processors.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
-        if options.eos_bias:
-            self.processors.append(EosBias(eos_id, options.eos_bias))
-        if options.do_sample and options.temperature != 1.0:
-            self.processors.append(TemperatureLogitsWarper(options.temperature))
-        if options.do_sample and options.top_p < 1.0:
-            self.processors.append(TopPLogitsWarper(options.top_p))
-
-    def __call__(self, logits: Tensor, generated: list[int]) -> int:
-        """logits (V,), the answer's tokens so far -> the next token id."""
-        previous = torch.tensor([generated], dtype=torch.long, device=logits.device)  # (1, n)
-        scores = self.processors(previous, logits.float()[None])  # (1, V)
-        if self.sample:
-            return int(torch.multinomial(scores.softmax(-1), 1)[0, 0])
-        return int(scores[0].argmax())
-
-
-class TextStream:
-    """Token ids -> text deltas that never need taking back; they concatenate to ``text``.
-
-    Text is held back while it ends in an incomplete UTF-8 character (a byte-level token can
-    split one) or in whitespace (the answer is stripped); leading whitespace is dropped.
-    """
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ""  # given out so far
-
-    def push(self, token: int) -> str:
-        """The text that ``token`` adds (often "", while a character or word is incomplete)."""
-        self.ids.append(token)
-        decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        decoded = decoded.rstrip("\ufffd").strip()
-        if not decoded.startswith(self.text):
-            return ""  # the tokenizer rewrote earlier text; keep what was given
-        delta = decoded[len(self.text) :]
-        self.text = decoded
-        return delta

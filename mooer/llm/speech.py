@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from mooer.llm.conversation import CHAT, Conversation, Generation, Reply, TokenChooser, embed_ids
+from mooer.llm.conversation import CHAT, Conversation, Reply
 from mooer.llm.decoding import SPEECH, DecodingOptions, token_id
+from mooer.llm.generation import Generation, TokenChooser, embed_ids
 from mooer.llm.prompts import AUDIO_START, TASK_PROMPTS
 
 TAIL_DROP = 5  # collected latents the reference does not keep (it drops 6 positions, one is eos)

@@ -18,14 +18,13 @@ from mooer.llm.conversation import (
     CHAT_INSTRUCTION,
     SYSTEM_TURN,
     Conversation,
-    Generation,
-    TextStream,
     history_prefix,
     question_suffix,
     system_turn,
     text_turn,
 )
 from mooer.llm.decoding import STREAMING, generate_ids, splice, token_id
+from mooer.llm.generation import Generation, TextStream
 from mooer.llm.prompts import IM_END, build_prompt, build_prompt_text
 
 SHORT = replace(CHAT, max_new_tokens=10)

@@ -13,16 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mooer.llm.conversation import (
-    CHAT,
-    SYSTEM_TURN,
-    Conversation,
-    Generation,
-    Turn,
-    embed_ids,
-    question_suffix,
-)
+from mooer.llm.conversation import CHAT, SYSTEM_TURN, Conversation, Turn, question_suffix
 from mooer.llm.decoding import SPEECH, STREAMING, token_id
+from mooer.llm.generation import Generation, embed_ids
 from mooer.llm.prompts import AUDIO_START, IM_END, build_prompt
 from mooer.llm.qwen import load_llm
 from mooer.llm.speech import (
