@@ -1,8 +1,8 @@
 """The speech LLM: front end -> frozen SAN-M encoder -> adapter -> Qwen2, loaded once, used by all.
 
 ``SpeechLLM`` holds the parts on one device and turns waveforms into LLM input embeddings; decoding
-strategies live in ``mooer.llm.decoding`` and the task logic (which prompt, how to read the answer)
-in ``mooer.transcribe``.
+strategies live in ``mooer.llm.decoding`` and the task recipe (which prompts, how to read the
+answers) in ``mooer.tasks``.
 """
 
 from __future__ import annotations
@@ -83,6 +83,12 @@ class SpeechLLM(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.adapter.linear1.weight.device
+
+    @property
+    def is_mtl(self) -> bool:
+        """Whether the LLM answers the ast prompt with ``"{transcript}\\n{translation}"`` (the
+        MTL checkpoints' asr_ast_mtl variant)."""
+        return self.paths is not None and self.paths.variant == "asr_ast_mtl"
 
     @property
     def llm_dtype(self) -> torch.dtype:

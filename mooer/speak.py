@@ -466,10 +466,9 @@ def _translations(
     model: SpeechLLM, wave: np.ndarray, options: DecodingOptions
 ) -> Iterator[tuple[Generation, Callable[[str, bool], str]]]:
     """Per piece of the audio: its ``ast`` answer as it is generated, and how to read it."""
-    mtl = model.paths is not None and model.paths.variant == "asr_ast_mtl"
     for piece in _segments(wave, "s2s_trans"):
         inputs = _prompt_inputs(model, piece, "ast")
-        yield Generation(model.llm, model.tokenizer, inputs, options), _Translation(mtl).of
+        yield Generation(model.llm, model.tokenizer, inputs, options), _Translation(model.is_mtl).of
 
 
 def _chat_reply(

@@ -1,14 +1,7 @@
 """Offline transcription and translation of files or arrays: tasks, long audio, batching, input lists.
 
-A task decides the prompt and how the answer is read:
-
-========  ==================================  ======================================
-task      prompt                              answer
-========  ==================================  ======================================
-asr       ``Transcribe speech to text.``      the transcript
-ast       ``Translate speech to english...``  the translation (MTL model: ``asr\\nast``)
-mtl       the ``ast`` prompt on asr_ast_mtl/  ``"{transcript}\\n{translation}"``
-========  ==================================  ======================================
+Each input is cut into segments, encoded, and decoded for its task in batches across inputs; the
+task recipe (which prompts, how answers are read) is ``mooer.tasks``.
 """
 
 from __future__ import annotations
@@ -25,12 +18,8 @@ from tqdm import tqdm
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions
-from mooer.llm.prompts import build_prompt, split_mtl
 from mooer.model import SpeechLLM
-from mooer.text import join_texts
-
-TASKS = ("asr", "ast", "mtl")
-PROMPT_OF_TASK = {"asr": "asr", "ast": "ast", "mtl": "ast"}
+from mooer.tasks import Texts, check_task, decode
 
 MAX_SEGMENT_S = 30.0  # longer audio is cut into segments of at most this length
 MIN_CUT_S = 20.0  # ... at the quietest 100 ms between 20 s and 30 s
@@ -109,16 +98,6 @@ def _relative_to(listing: Path, entry: str) -> Path:
     return p if p.is_absolute() else listing.parent / p
 
 
-def read_answer(task: str, answer: str, mtl_model: bool) -> tuple[str, str | None]:
-    """The task's (main text, translation) from a raw answer; an MTL model answers "asr\\nast"."""
-    if task == "asr":
-        return answer, None
-    if task == "mtl" or mtl_model:
-        transcript, translation = split_mtl(answer)
-        return (transcript if task == "mtl" else translation), translation
-    return answer, answer
-
-
 def _batches(seq: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
@@ -139,17 +118,12 @@ def transcribe(
     Long inputs are split into segments of at most 30 s whose answers are joined. With
     ``keep_going`` an unreadable input gives a ``Result`` with ``error`` set instead of raising.
     """
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    check_task(model, task)
     names = (
         list(names)
         if names is not None
         else [x if isinstance(x, (str, Path)) else f"array{i}" for i, x in enumerate(inputs)]
     )
-    prompt = build_prompt(PROMPT_OF_TASK[task])
-    mtl_model = model.paths is not None and model.paths.variant == "asr_ast_mtl"
-    if task == "mtl" and model.paths is not None and model.paths.layout == "mtl" and not mtl_model:
-        raise ConfigError("task mtl needs the asr_ast_mtl variant of an MTL checkpoint")
 
     results: list[Result] = []
     # (result index, samples) for every segment, decoded in batches across inputs
@@ -180,18 +154,17 @@ def transcribe(
         )
         pieces.extend((len(results) - 1, samples[a:b]) for a, b in ranges)
 
-    answers: dict[int, list[str]] = {}
+    decoded: dict[int, list[Texts]] = {}
     bar = tqdm(total=len(pieces), unit="seg", disable=not progress, file=sys.stderr)
     for batch in _batches(pieces, batch_size):
-        texts = model.generate([w for _, w in batch], [prompt] * len(batch), options)
-        for (idx, _), text in zip(batch, texts):
-            answers.setdefault(idx, []).append(text)
+        embeds, lengths = model.embed([w for _, w in batch])  # (B, Ta, H), (B,)
+        for (idx, _), texts in zip(batch, decode(model, embeds, lengths, task, options)):
+            decoded.setdefault(idx, []).append(texts)
         bar.update(len(batch))
     bar.close()
 
-    for idx, parts in answers.items():
-        read = [read_answer(task, p, mtl_model) for p in parts]
-        results[idx].text = join_texts(t for t, _ in read)
-        if task != "asr":
-            results[idx].translation = " ".join(tr for _, tr in read if tr).strip()
+    for idx, parts in decoded.items():
+        texts = Texts.join(parts)
+        results[idx].text = (texts.translation if task == "ast" else texts.transcript) or ""
+        results[idx].translation = texts.translation
     return results

@@ -47,13 +47,13 @@ from mooer.agent.vad import (
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError
 from mooer.llm.conversation import CHAT, Conversation, Reply
-from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids, splice
-from mooer.llm.generation import Generation
+from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, splice
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SPOKEN_REPLY, SpeechGeneration, SpeechReply, spoken_reply
 from mooer.speak import speak_natively, speak_reply, text_to_speech
+from mooer.tasks import Texts, decode
 from mooer.text import language_of
-from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, read_answer, transcribe
+from mooer.transcribe import MAX_SEGMENT_S, split_long
 from mooer.tts.backend import float_to_pcm16, split_sentences
 
 if TYPE_CHECKING:
@@ -105,6 +105,11 @@ class SessionConfig:
     tts_backend: str = "espeak"
     speech_options: DecodingOptions = SPOKEN_REPLY  # audio tokens of the speech head
     instructions: str = ""
+
+    @property
+    def task(self) -> str:
+        """The ``mooer.tasks`` task that the mode's utterances are decoded with."""
+        return {"asr": "asr", "chat": "asr", "ast": "ast", "asr+ast": "mtl"}[self.mode]
 
     def __post_init__(self) -> None:
         _require("mode", self.mode in MODES, f"one of {', '.join(MODES)}")
@@ -275,7 +280,6 @@ class Session:
         self._muted = False  # no more events, but SessionClosed
         self._finished = threading.Event()
         # Worker-thread state.
-        self._mtl = model_is_mtl(self.model)
         self._native = config.speech_output and self.model.has_speech_head
         self.conversation = (
             Conversation(self.model, config.max_context_tokens, config.instructions)
@@ -505,43 +509,21 @@ class Session:
 
     # -- model work (worker thread) ---------------------------------------------------------
 
-    def _decode(
-        self, run: Callable[[str], tuple[str, str | None]]
-    ) -> tuple[str | None, str | None]:
-        """(transcript, translation) as the mode wants them (None: not wanted), where
-        ``run(task)`` gives a ``transcribe`` task's (text, translation)."""
-        mode = self.config.mode
-        if mode in ("asr", "chat"):
-            return run("asr")[0], None
-        if mode == "ast":
-            return None, run("ast")[1]
-        if self._mtl:  # one decode answers "{transcript}\n{translation}"
-            return run("mtl")
-        return run("asr")[0], run("ast")[1]
+    def _texts(
+        self, audio: np.ndarray, options: DecodingOptions, step_by_step: bool = False
+    ) -> tuple[Texts, torch.Tensor]:
+        """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
 
-    def _final_texts(self, audio: np.ndarray) -> tuple[str | None, str | None]:
-        """Exactly what offline ``transcribe()`` gives for the utterance."""
-
-        def run(task: str) -> tuple[str, str | None]:
-            result = transcribe(self.model, [audio], task, self.config.final_options)[0]
-            return result.text, result.translation
-
-        return self._decode(run)
-
-    def _partial_texts(self, audio: np.ndarray) -> tuple[str | None, str | None]:
-        """Greedy decodes token by token with a KV cache: far cheaper than ``generate()``."""
-        model = self.model
-        embeds, lengths = model.embed([audio])  # (1, Ta, H), once for every prompt
-
-        def run(task: str) -> tuple[str, str | None]:
-            prompt = build_prompt(PROMPT_OF_TASK[task])
-            inputs, _ = splice(model.llm, model.tokenizer, embeds, lengths, [prompt])  # (1, L, H)
-            generation = Generation(model.llm, model.tokenizer, inputs, self.config.partial_options)
-            for _ in generation:
-                pass
-            return read_answer(task, generation.text, self._mtl)
-
-        return self._decode(run)
+        The audio is encoded once for every prompt the mode runs; a manual turn longer than the
+        model's segments is decoded in pieces, as ``transcribe()`` would.
+        """
+        pieces = [audio[a:b] for a, b in split_long(audio)]
+        embeds, lengths = self.model.embed(pieces)  # (P, Ta, H), (P,)
+        texts = decode(
+            self.model, embeds, lengths, self.config.task, options, step_by_step=step_by_step
+        )
+        audio_embeds = torch.cat([embeds[p, : int(n)] for p, n in enumerate(lengths)])  # (Ta, H)
+        return Texts.join(texts), audio_embeds
 
     def _track_of(self, item: str) -> _Track:
         if self._track is None or self._track.item_id != item:
@@ -551,7 +533,8 @@ class Session:
     def _partial(self, item: str, audio: np.ndarray) -> None:
         if item != self._item:
             return  # cleared, or ended since: its final says more
-        transcript, translation = self._partial_texts(audio)
+        texts, _ = self._texts(audio, self.config.partial_options, step_by_step=True)
+        transcript, translation = texts.transcript, texts.translation
         self.stats.partials += 1
         if item != self._item:
             return
@@ -572,22 +555,11 @@ class Session:
     ) -> Iterator[None]:
         track = self._track_of(item)
         try:
-            if self.conversation is None:
-                transcript, translation = self._final_texts(audio)
-                question = None
-            else:
-                embeds, lengths = self.model.embed([audio])  # (1, Ta, H), (1,)
-                ids = generate_ids(
-                    self.model.llm,
-                    self.model.tokenizer,
-                    embeds,
-                    lengths,
-                    [build_prompt("asr")],
-                    self.config.final_options,
-                )
-                transcript = self.model.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
-                translation = None
-                question = _UserTurn(item, transcript, embeds[0, : int(lengths[0])])
+            texts, audio_embeds = self._texts(audio, self.config.final_options)
+            transcript, translation = texts.transcript, texts.translation
+            question = None
+            if self.conversation is not None:
+                question = _UserTurn(item, transcript or "", audio_embeds)
             if transcript is not None:
                 delta = track.transcript.finish(transcript)
                 if delta:
@@ -808,9 +780,3 @@ class Session:
             self._on_event(event)
         except Exception:  # the owner's bug must not stop the engine or the session
             log.exception("session %s: on_event failed on %r", self.id, event)
-
-
-def model_is_mtl(model) -> bool:
-    """Whether the model answers the ast prompt with ``"{transcript}\\n{translation}"``."""
-    paths = getattr(model, "paths", None)
-    return paths is not None and paths.variant == "asr_ast_mtl"

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mooer import tasks
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
-from mooer.llm.prompts import build_prompt, split_mtl
+from mooer.llm.prompts import split_mtl
+from mooer.tasks import TASKS, Texts
 from mooer.train.data import Entry, read_audio, read_manifest
 from mooer.train.metrics import bleu, char_errors, normalize_en, word_errors
-
-PROMPT_OF_TASK = {"asr": "asr", "ast": "ast", "mtl": "ast"}
 
 
 @dataclass
@@ -55,16 +55,17 @@ class Scored:
     correct: bool | None = None  # chat: the answer matches exactly
 
 
-def score_entry(entry: Entry, answer: str) -> Scored:
-    """Compare one decoded ``answer`` with the entry's references."""
-    answer = answer.strip()
+def score_entry(entry: Entry, answer: str | Texts) -> Scored:
+    """Compare one decoded answer with the entry's references: the ``mooer.tasks`` texts of a
+    speech task, or raw answer text (``"{transcript}\\n{translation}"`` for mtl)."""
+    if isinstance(answer, str):
+        answer = answer.strip()
+        transcript, translation = split_mtl(answer) if entry.task == "mtl" else (answer, answer)
+    else:
+        transcript, translation = answer.transcript or "", answer.translation or ""
+        answer = translation if entry.task == "ast" else transcript
     scored = Scored(entry.id, entry.task, entry.lang, "", answer)
-    transcript = answer
     if entry.task in ("ast", "mtl"):
-        if entry.task == "mtl":
-            transcript, translation = split_mtl(answer)
-        else:
-            translation = answer
         scored.ref_translation, scored.hyp_translation = entry.translation, translation
     if entry.task in ("asr", "mtl"):
         scored.ref, scored.hyp = entry.text, transcript
@@ -126,15 +127,11 @@ def format_table(summary: dict) -> str:
     return "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows)
 
 
-def prompt_parts(entry: Entry) -> tuple[str, str]:
-    """(text before the audio, text after it) of an entry's task (chat: ``conversation``)."""
+def chat_parts(entry: Entry) -> tuple[str, str]:
+    """(text before the audio, text after it) of a chat entry, as ``conversation`` lays it out."""
     from mooer.llm.conversation import history_prefix, question_suffix
 
-    if entry.task == "chat":
-        return history_prefix(entry.history), question_suffix()
-    if entry.task not in PROMPT_OF_TASK:
-        raise ConfigError(f"{entry.id}: unknown task {entry.task!r}")
-    return "", build_prompt(PROMPT_OF_TASK[entry.task])
+    return history_prefix(entry.history), question_suffix()
 
 
 @torch.inference_mode()
@@ -180,19 +177,30 @@ def evaluate(
         )
     waves = [read_audio(e) for e in entries]
     audio_s = sum(len(w) for w in waves) / SAMPLE_RATE
-    # Similar lengths together: less padding, and prefixes of similar size
-    order = sorted(range(len(entries)), key=lambda i: (entries[i].task, len(waves[i])))
-    answers: dict[int, str] = {}
+    unknown = [e for e in entries if e.task != "chat" and e.task not in TASKS]
+    if unknown:
+        raise ConfigError(f"{unknown[0].id}: unknown task {unknown[0].task!r}")
+    # One task per batch, similar lengths together: less padding, prefixes of similar size
+    answers: dict[int, str | Texts] = {}
     started = time.perf_counter()
     bar = tqdm(total=len(entries), unit="utt", disable=not progress, file=sys.stderr)
-    for first in range(0, len(order), batch_size):
-        chunk = order[first : first + batch_size]
-        parts = [prompt_parts(entries[i]) for i in chunk]
-        decoded = decode(
-            model, [waves[i] for i in chunk], [p for p, _ in parts], [s for _, s in parts], options
+    for task in sorted({e.task for e in entries}):
+        order = sorted(
+            (i for i, e in enumerate(entries) if e.task == task), key=lambda i: len(waves[i])
         )
-        answers.update(zip(chunk, decoded))
-        bar.update(len(chunk))
+        for first in range(0, len(order), batch_size):
+            chunk = order[first : first + batch_size]
+            batch = [waves[i] for i in chunk]
+            if task == "chat":
+                parts = [chat_parts(entries[i]) for i in chunk]
+                decoded = decode(
+                    model, batch, [p for p, _ in parts], [s for _, s in parts], options
+                )
+            else:
+                embeds, lengths = model.embed(batch)  # (B, Ta, H), (B,)
+                decoded = tasks.decode(model, embeds, lengths, task, options)
+            answers.update(zip(chunk, decoded))
+            bar.update(len(chunk))
     bar.close()
     decode_s = time.perf_counter() - started
     scored = [score_entry(e, answers[i]) for i, e in enumerate(entries)]

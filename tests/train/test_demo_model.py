@@ -16,7 +16,7 @@ from mooer.model import DEMO_MODEL_DIR, load_model
 from mooer.train.corpus import build_corpus
 from mooer.train.data import Entry, read_manifest
 from mooer.train.demo import EXAMPLES, demo_tasks
-from mooer.train.evaluate import decode, evaluate, prompt_parts
+from mooer.train.evaluate import chat_parts, decode, evaluate
 from mooer.train.synth import HELDOUT_VOICES, synthesize_corpus
 from mooer.transcribe import transcribe
 
@@ -69,7 +69,7 @@ def test_the_example_recordings_are_understood(model):
         wav = EXAMPLE_DIR / f"{example.name}.wav"
         if example.task == "chat":
             entry = Entry(example.name, str(wav), "chat", example.text, target=example.answer)
-            before, after = prompt_parts(entry)
+            before, after = chat_parts(entry)
             (answer,) = decode(model, [load_audio(wav)], [before], [after], OFFLINE)
             assert answer == example.answer
             continue
