@@ -575,7 +575,7 @@ class Session:
             self.stats.finals += 1
             self.stats.final_latency_s.append(time.perf_counter() - endpoint)
             if translation and self.config.speech_output:
-                yield from self._speak_translation(item, translation, audio)
+                yield from self._speak_translation(item, translation, audio_embeds)
             if question is not None:
                 if response is None:
                     self._await_reply(question)
@@ -692,14 +692,16 @@ class Session:
             if not self._muted and not response.cancelled.is_set():
                 self._call(ev.ResponseAudioDelta(response.response_id, data, rate))
 
-    def _speak_translation(self, item: str, text: str, audio: np.ndarray) -> Iterator[None]:
+    def _speak_translation(
+        self, item: str, text: str, audio_embeds: torch.Tensor
+    ) -> Iterator[None]:
         """A final translation spoken between other sessions' work: by the speech head (the
         ``s2s_trans`` answer to the utterance's ``audio``, a step per token), or by the TTS
         backend a sentence per step (also when the head said nothing)."""
         rate = self.config.output_sample_rate
         if self._native:
             spoke = False
-            for pcm in self._translation_speech(audio):
+            for pcm in self._translation_speech(audio_embeds):
                 if pcm.size:
                     spoke = True
                     self._emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
@@ -710,10 +712,12 @@ class Session:
             self._emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
             yield
 
-    def _translation_speech(self, audio: np.ndarray) -> Iterator[np.ndarray]:
-        """PCM16 per token of the head's ``s2s_trans`` answer (often empty)."""
+    def _translation_speech(self, audio_embeds: torch.Tensor) -> Iterator[np.ndarray]:
+        """PCM16 per token of the head's ``s2s_trans`` answer to the utterance's audio
+        embeddings (Ta, H), encoded once for its final (often empty)."""
         model = self.model
-        embeds, lengths = model.embed([audio])  # (1, Ta, H), (1,)
+        embeds = audio_embeds[None]  # (1, Ta, H)
+        lengths = torch.tensor([len(audio_embeds)], device=embeds.device)  # (1,)
         prompt = build_prompt("s2s_trans")
         inputs, _ = splice(model.llm, model.tokenizer, embeds, lengths, [prompt])  # (1, L, H)
         generation = SpeechGeneration(
