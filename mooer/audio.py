@@ -32,6 +32,17 @@ SAMPLES_PER_TOKEN = SAMPLE_RATE * TOKEN_MS // 1000  # 1920 samples
 
 MAX_CHANNELS = 32  # a wider (N, C) array is almost surely a transposed (C, N) one
 
+
+def samples_to_ms(samples: int) -> int:
+    """A count of 16 kHz samples as whole milliseconds (rounded down)."""
+    return samples * 1000 // SAMPLE_RATE
+
+
+def ms_to_samples(milliseconds: float) -> int:
+    """Milliseconds as the nearest count of 16 kHz samples."""
+    return int(round(milliseconds * SAMPLE_RATE / 1000))
+
+
 AudioSource = str | os.PathLike | bytes | BinaryIO
 
 

@@ -7,8 +7,13 @@ they happened and never concurrently; see ``Engine`` for the threads they arrive
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -164,3 +169,43 @@ class SessionClosed(Event):
     """The last event of a session, after ``close()`` (and the finals it flushed)."""
 
     session_id: str
+
+
+class Outbox:
+    """Delivers one session's events to its owner's callback: one at a time, from any thread,
+    none after ``mute()`` but the ``SessionClosed`` of ``close()``.
+
+    ``lock`` is held while an event is delivered; a caller that must decide and deliver in one
+    step (no audio delta after its response was cancelled) holds it and calls ``deliver``.
+    """
+
+    def __init__(self, session_id: str, on_event: Callable[[Event], None]) -> None:
+        self.session_id = session_id
+        self.lock = threading.Lock()
+        self.muted = False
+        self._on_event = on_event
+
+    def emit(self, event: Event) -> None:
+        with self.lock:
+            self.deliver(event)
+
+    def deliver(self, event: Event) -> None:
+        """``emit`` for a caller that holds ``lock``."""
+        if not self.muted:
+            self._call(event)
+
+    def mute(self) -> None:
+        with self.lock:
+            self.muted = True
+
+    def close(self) -> None:
+        """Send ``SessionClosed``, the last event, and mute."""
+        with self.lock:
+            self._call(SessionClosed(self.session_id))
+            self.muted = True
+
+    def _call(self, event: Event) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # the owner's bug must not stop the engine or the session
+            log.exception("session %s: on_event failed on %r", self.session_id, event)

@@ -1,19 +1,10 @@
 """One live session: audio in; turns, partial and final results, chat replies and barge-in out.
 
-The calls (``feed``, ``commit``, ``clear``, ``create_response``...) return at once: they run the
-voice activity detector inline (about 0.3 ms of one core per 32 ms of audio) and queue any work
-for the speech LLM on the engine's single worker thread as a job. A session's jobs run in order:
-
-- partial: re-decode the growing utterance greedily every ``partial_interval_ms``; a newer
-  partial replaces one still queued, and the utterance's final drops both;
-- final: decode the whole utterance with the offline settings (equal to ``transcribe()``), and
-  in chat mode go on to the reply, generated one token per step so that the worker can serve
-  other sessions between tokens and a barge-in stops it before the next token.
-
-Spoken output (``speech_output``) takes one of two ways, by the model: one with the MooER speech
-head (omni, S2ST) speaks by itself, its latents vocoded as they are generated (``s2s_chat`` on
-the conversation's cache for replies, ``s2s_trans`` for translations); any other model's text is
-spoken sentence by sentence by the TTS backend.
+The calls (``feed``, ``commit``, ``clear``, ``create_response``...) return at once, on the
+caller's thread: they run the voice activity detector inline (about 0.3 ms of one core per
+32 ms of audio), keep the utterance's audio, and queue the model work for the engine's single
+worker thread as jobs, which ``mooer.agent.session_work`` holds: a session's jobs run in order,
+a newer partial replaces one still queued, and the utterance's final drops both.
 
 Results arrive as ``mooer.agent.events`` through the ``on_event`` callback given to
 ``Engine.open``.
@@ -35,7 +26,7 @@ import numpy as np
 import torch
 
 from mooer.agent import events as ev
-from mooer.agent.stable_text import StableText
+from mooer.agent.session_work import Responses, SessionWork, UserTurn
 from mooer.agent.vad import (
     SpeechEnded,
     SpeechStarted,
@@ -44,17 +35,12 @@ from mooer.agent.vad import (
     VadEvent,
     check_chunk,
 )
-from mooer.audio import SAMPLE_RATE
+from mooer.audio import SAMPLE_RATE, ms_to_samples, samples_to_ms
 from mooer.errors import ConfigError
-from mooer.llm.conversation import CHAT, Conversation, Reply
-from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, splice
-from mooer.llm.prompts import build_prompt
-from mooer.llm.speech import SPOKEN_REPLY, SpeechGeneration, SpeechReply, spoken_reply
-from mooer.speak import speak_natively, speak_reply, text_to_speech
-from mooer.tasks import Texts, decode
-from mooer.text import language_of
-from mooer.transcribe import MAX_SEGMENT_S, split_long
-from mooer.tts.backend import float_to_pcm16, split_sentences
+from mooer.llm.conversation import CHAT, Conversation
+from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions
+from mooer.llm.speech import SPOKEN_REPLY
+from mooer.transcribe import MAX_SEGMENT_S
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine
@@ -182,36 +168,6 @@ class SessionStats:
     """Chat: from the end of the utterance (or create_response) to the reply's first text."""
 
 
-@dataclass
-class _Track:
-    """The partial state of the utterance being decoded (worker thread only)."""
-
-    item_id: str
-    transcript: StableText = field(default_factory=StableText)
-    translation: StableText = field(default_factory=StableText)
-
-
-# -- replies ----------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Response:
-    """A chat reply that was asked for; ``cancelled`` is set from any thread."""
-
-    response_id: str
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    started: bool = False  # ResponseStarted was sent (under the emit lock)
-
-
-@dataclass(eq=False)
-class _UserTurn:
-    """A user turn waiting for its reply: spoken (audio embeds) or typed (embeds None)."""
-
-    item_id: str
-    question: str
-    audio_embeds: torch.Tensor | None  # (Ta, H)
-
-
 @contextlib.contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """The VAD's tiny windows run fastest on one thread (see ``VadModel``)."""
@@ -223,18 +179,6 @@ def _one_torch_thread() -> Iterator[None]:
     finally:
         if threads != 1:
             torch.set_num_threads(threads)
-
-
-_NO_AUDIO = np.zeros(0, dtype=np.int16)
-
-
-def _pcm_bytes(pcm: np.ndarray) -> bytes:
-    """(N,) int16 -> little-endian PCM16 bytes, as every wire format here carries them."""
-    return pcm.astype("<i2").tobytes()
-
-
-def _ms(samples: int) -> int:
-    return samples * 1000 // SAMPLE_RATE
 
 
 class Session:
@@ -259,8 +203,7 @@ class Session:
         self.engine = engine
         self.model = engine.model
         self.stats = SessionStats()
-        self._on_event = on_event
-        self._emit_lock = threading.Lock()
+        self.outbox = ev.Outbox(session_id, on_event)
         self._lock = threading.RLock()  # the caller-side state below
         self._vad = (
             StreamingVad(replace(config.vad, max_segment_s=config.max_segment_s), engine.vad_model)
@@ -274,20 +217,10 @@ class Session:
         self._item_start = 0  # its first sample, in the VAD's stream
         self._next_partial = 0  # utterance length (samples) at which the next partial is due
         self._items = itertools.count(1)
-        self._response_ids = itertools.count(1)
-        self._responses: list[_Response] = []  # asked for and not yet done
+        self._responses = Responses(session_id, self.outbox, config.speech_output)
         self._closed = False  # no more input accepted
-        self._muted = False  # no more events, but SessionClosed
         self._finished = threading.Event()
-        # Worker-thread state.
-        self._native = config.speech_output and self.model.has_speech_head
-        self.conversation = (
-            Conversation(self.model, config.max_context_tokens, config.instructions)
-            if config.mode == "chat"
-            else None
-        )
-        self._track: _Track | None = None
-        self._unanswered: _UserTurn | None = None
+        self._work = SessionWork(self, self._responses)  # the worker thread's side
 
     # -- input (caller's thread) ------------------------------------------------------------
 
@@ -315,7 +248,9 @@ class Session:
             self._check_open("commit")
             item = self._end_utterance()
             if item is None:
-                self._emit(ev.Error("empty_commit", f"session {self.id}: no speech to commit"))
+                self.outbox.emit(
+                    ev.Error("empty_commit", f"session {self.id}: no speech to commit")
+                )
             return item
 
     def clear(self) -> None:
@@ -336,8 +271,8 @@ class Session:
         with self._lock:
             self._check_open("add_text")
             item = self._new_item()
-            turn = _UserTurn(item, text.strip(), None)
-            self.engine.submit(self, "control", lambda: self._await_reply(turn))
+            turn = UserTurn(item, text.strip(), None)
+            self.engine.submit(self, "control", lambda: self._work.await_reply(turn))
             return item
 
     def create_response(self) -> str:
@@ -348,22 +283,22 @@ class Session:
         self._require_chat("create_response")
         with self._lock:
             self._check_open("create_response")
-            response = self._new_response()
+            response = self._responses.new()
             asked = time.perf_counter()
-            self.engine.submit(self, "response", self._respond_to_pending(response, asked))
+            self.engine.submit(self, "response", self._work.respond_to_pending(response, asked))
             return response.response_id
 
     def cancel_response(self) -> bool:
         """Chat: stop the reply being generated (and any queued); False if there was none."""
         with self._lock:
-            return self._cancel_responses()
+            return self._responses.cancel_all()
 
     def reset(self) -> None:
         """Chat: forget the conversation (replies in progress are cancelled)."""
         with self._lock:
             self._check_open("reset")
-            self._cancel_responses()
-            self.engine.submit(self, "control", self._forget)
+            self._responses.cancel_all()
+            self.engine.submit(self, "control", self._work.forget)
 
     def set_instructions(self, instructions: str) -> None:
         """Chat's new system turn, from the next reply on; the turns are kept (their cache is
@@ -388,11 +323,11 @@ class Session:
             if self._closed:
                 return
             self._closed = True
-            self._cancel_responses()
+            self._responses.cancel_all()
             if flush:
                 self._end_utterance()
             else:
-                self._muted = True
+                self.outbox.mute()
                 self.engine.discard(self, partials_only=False)
             self.engine.submit(self, "control", self._finish)
 
@@ -407,6 +342,17 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def conversation(self) -> Conversation | None:
+        """Chat mode's memory (owned by the worker thread: read it only while the session is
+        idle)."""
+        return self._work.conversation
+
+    @property
+    def open_item(self) -> str | None:
+        """The id of the utterance in progress (a partial decoded after it ended is dropped)."""
+        return self._item
 
     # -- caller-side helpers (hold self._lock) ----------------------------------------------
 
@@ -424,22 +370,6 @@ class Session:
     def _new_item(self) -> str:
         return f"item_{self.id}_{next(self._items)}"
 
-    def _new_response(self) -> _Response:
-        response = _Response(f"resp_{self.id}_{next(self._response_ids)}")
-        self._responses.append(response)
-        return response
-
-    def _cancel_responses(self) -> bool:
-        live = [r for r in self._responses if not r.cancelled.is_set()]
-        for response in live:
-            response.cancelled.set()
-            if self.config.speech_output:
-                # After set(): no audio delta of this response can follow the cleared event.
-                with self._emit_lock:
-                    if response.started and not self._muted:
-                        self._call(ev.AudioCleared(response.response_id))
-        return bool(live)
-
     def _buffer_audio(self, chunk: np.ndarray) -> None:
         if self._item is None:
             self._item = self._new_item()
@@ -453,12 +383,14 @@ class Session:
                 self._item, self._item_start = self._new_item(), event.sample
                 self._next_partial = self._interval()
                 self.stats.utterances += 1
-                self._emit(ev.SpeechStarted(self._item, _ms(self._offset + event.sample)))
+                self.outbox.emit(
+                    ev.SpeechStarted(self._item, samples_to_ms(self._offset + event.sample))
+                )
                 if self.config.barge_in:
-                    self._cancel_responses()
+                    self._responses.cancel_all()
             elif isinstance(event, SpeechEnded) and self._item is not None:
                 item, self._item = self._item, None
-                self._emit(ev.SpeechStopped(item, _ms(self._offset + event.end)))
+                self.outbox.emit(ev.SpeechStopped(item, samples_to_ms(self._offset + event.end)))
                 self._commit_audio(item, event.audio)
 
     def _end_utterance(self) -> str | None:
@@ -477,15 +409,15 @@ class Session:
         return item
 
     def _commit_audio(self, item: str, audio: np.ndarray) -> None:
-        self._emit(ev.Committed(item))
+        self.outbox.emit(ev.Committed(item))
         endpoint = time.perf_counter()
         response = None
         if self.conversation is not None and self.config.auto_response and not self._closed:
-            response = self._new_response()
-        self.engine.submit(self, "final", self._final(item, audio, endpoint, response))
+            response = self._responses.new()
+        self.engine.submit(self, "final", self._work.final(item, audio, endpoint, response))
 
     def _interval(self) -> int:
-        return self.config.partial_interval_ms * SAMPLE_RATE // 1000
+        return ms_to_samples(self.config.partial_interval_ms)
 
     def _partial_if_due(self) -> None:
         if self._item is None or not self.config.partial_interval_ms:
@@ -505,263 +437,10 @@ class Session:
             audio = self._vad.current_segment()
         self._next_partial = length + self._interval()
         item = self._item
-        self.engine.submit(self, "partial", lambda: self._partial(item, audio))
-
-    # -- model work (worker thread) ---------------------------------------------------------
-
-    def _texts(
-        self, audio: np.ndarray, options: DecodingOptions, step_by_step: bool = False
-    ) -> tuple[Texts, torch.Tensor]:
-        """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
-
-        The audio is encoded once for every prompt the mode runs; a manual turn longer than the
-        model's segments is decoded in pieces, as ``transcribe()`` would.
-        """
-        pieces = [audio[a:b] for a, b in split_long(audio)]
-        embeds, lengths = self.model.embed(pieces)  # (P, Ta, H), (P,)
-        texts = decode(
-            self.model, embeds, lengths, self.config.task, options, step_by_step=step_by_step
-        )
-        audio_embeds = torch.cat([embeds[p, : int(n)] for p, n in enumerate(lengths)])  # (Ta, H)
-        return Texts.join(texts), audio_embeds
-
-    def _track_of(self, item: str) -> _Track:
-        if self._track is None or self._track.item_id != item:
-            self._track = _Track(item)
-        return self._track
-
-    def _partial(self, item: str, audio: np.ndarray) -> None:
-        if item != self._item:
-            return  # cleared, or ended since: its final says more
-        texts, _ = self._texts(audio, self.config.partial_options, step_by_step=True)
-        transcript, translation = texts.transcript, texts.translation
-        self.stats.partials += 1
-        if item != self._item:
-            return
-        track = self._track_of(item)
-        if transcript is not None:
-            shown = track.transcript.shown
-            delta = track.transcript.update(transcript)
-            if delta or track.transcript.shown != shown:
-                stable = track.transcript.stable
-                self._emit(ev.TranscriptDelta(item, delta, stable, track.transcript.shown))
-        if translation is not None:
-            delta = track.translation.update(translation)
-            if delta:
-                self._emit(ev.TranslationDelta(item, delta))
-
-    def _final(
-        self, item: str, audio: np.ndarray, endpoint: float, response: _Response | None
-    ) -> Iterator[None]:
-        track = self._track_of(item)
-        try:
-            texts, audio_embeds = self._texts(audio, self.config.final_options)
-            transcript, translation = texts.transcript, texts.translation
-            question = None
-            if self.conversation is not None:
-                question = _UserTurn(item, transcript or "", audio_embeds)
-            if transcript is not None:
-                delta = track.transcript.finish(transcript)
-                if delta:
-                    self._emit(ev.TranscriptDelta(item, delta, transcript, transcript))
-                self._emit(
-                    ev.Transcript(item, transcript, language_of(transcript) if transcript else None)
-                )
-            if translation is not None:
-                delta = track.translation.finish(translation)
-                if delta:
-                    self._emit(ev.TranslationDelta(item, delta))
-                self._emit(ev.Translation(item, translation))
-            self.stats.finals += 1
-            self.stats.final_latency_s.append(time.perf_counter() - endpoint)
-            if translation and self.config.speech_output:
-                yield from self._speak_translation(item, translation, audio_embeds)
-            if question is not None:
-                if response is None:
-                    self._await_reply(question)
-                else:
-                    yield from self._respond(response, question, endpoint)
-        finally:
-            if response is not None:
-                self._retire(response)  # never started (a failure above): nothing was sent
-
-    def _respond_to_pending(self, response: _Response, asked: float) -> Iterator[None]:
-        question, self._unanswered = self._unanswered, None
-        if question is None:
-            self._retire(response)
-            self._emit(ev.Error("no_input", f"session {self.id}: no user turn to answer"))
-            return
-        yield from self._respond(response, question, asked)
-
-    def _respond(self, response: _Response, question: _UserTurn, since: float) -> Iterator[None]:
-        """Generate the reply one token per step; stop when cancelled."""
-        assert self.conversation is not None
-        with self._emit_lock:
-            response.started = True  # from now on a cancel clears its audio
-            if not self._muted:
-                self._call(ev.ResponseStarted(response.response_id, question.item_id))
-        self.stats.responses += 1
-        reply: Reply | None = None
-        status: ev.ResponseStatus = "cancelled"
-        try:
-            if response.cancelled.is_set():  # before it began: the question still counts
-                self.conversation.append(question.question, "", interrupted=True)
-            elif question.audio_embeds is None:
-                reply = self.conversation.reply_text(question.question, self.config.chat_options)
-            elif self._native:
-                reply = spoken_reply(
-                    self.conversation,
-                    question.audio_embeds,
-                    question=question.question,
-                    options=self.config.chat_options,
-                    audio_options=self.config.speech_options,
-                    should_stop=response.cancelled.is_set,
-                )
-            else:
-                reply = self.conversation.reply(
-                    question.audio_embeds,
-                    question=question.question,
-                    options=self.config.chat_options,
-                )
-            if reply is not None:
-                for text, audio in self._reply_pieces(response, reply):
-                    if text:
-                        if reply.text == text:  # the reply's first text
-                            self.stats.reply_latency_s.append(time.perf_counter() - since)
-                        self._emit(ev.ResponseTextDelta(response.response_id, text))
-                    if audio.size:
-                        self._emit_audio(response, audio)
-                    yield  # other sessions' work may run here
-                reply.stop()
-                assert reply.turn is not None
-                status = "cancelled" if reply.turn.interrupted else "completed"
-                if status == "completed" and self.config.speech_output:
-                    self._emit(ev.ResponseAudioDone(response.response_id))
-        except Exception as exc:  # the Error says why; the session goes on
-            status = "failed"
-            self.report_error(exc)
-        finally:
-            if reply is not None:
-                reply.stop()  # remember what was said, even on failure
-            self._retire(response)
-            if status == "cancelled":
-                self.stats.responses_cancelled += 1
-            text = reply.text if reply is not None else ""
-            self._emit(ev.ResponseDone(response.response_id, text, status))
-
-    def _reply_pieces(self, response: _Response, reply: Reply) -> Iterator[tuple[str, np.ndarray]]:
-        """(text delta, PCM16 audio) per step of the reply, until it ends or is cancelled.
-
-        The speech head gives its audio as the latents come (a step per token); the TTS backend
-        synthesises each finished sentence in the step that finishes it (espeak-ng:
-        milliseconds), so a long reply never holds the worker for longer than one sentence.
-        """
-        if not self.config.speech_output:
-            while not response.cancelled.is_set():
-                step = next(reply, None)
-                if step is None:
-                    return
-                yield step[1], _NO_AUDIO
-            return
-        rate = self.config.output_sample_rate
-        if isinstance(reply, SpeechReply):
-            spoke = False
-            for chunk in speak_natively(reply, self.model, sample_rate=rate):
-                spoke = spoke or bool(chunk.audio.size)
-                yield chunk.text, float_to_pcm16(chunk.audio)
-            if not spoke and not reply.interrupted:  # the head said nothing: the backend does
-                for pcm in self._tts_sentences(reply.text, None, response.cancelled.is_set):
-                    yield "", pcm
-            return
-        stream = speak_reply(
-            reply,
-            self.engine.tts_backend(self.config.tts_backend),
-            voice=self.config.voice,
-            sample_rate=rate,
-            should_stop=response.cancelled.is_set,
-        )
-        for chunk in stream:
-            yield chunk.text, float_to_pcm16(chunk.audio)
-
-    def _emit_audio(self, response: _Response, pcm: np.ndarray) -> None:
-        """A reply's speech (PCM16); dropped once the response is cancelled (its AudioCleared
-        is sent under the same lock, after the cancel: no delta can follow it)."""
-        data = _pcm_bytes(pcm)
-        rate = self.config.output_sample_rate
-        with self._emit_lock:
-            if not self._muted and not response.cancelled.is_set():
-                self._call(ev.ResponseAudioDelta(response.response_id, data, rate))
-
-    def _speak_translation(
-        self, item: str, text: str, audio_embeds: torch.Tensor
-    ) -> Iterator[None]:
-        """A final translation spoken between other sessions' work: by the speech head (the
-        ``s2s_trans`` answer to the utterance's ``audio``, a step per token), or by the TTS
-        backend a sentence per step (also when the head said nothing)."""
-        rate = self.config.output_sample_rate
-        if self._native:
-            spoke = False
-            for pcm in self._translation_speech(audio_embeds):
-                if pcm.size:
-                    spoke = True
-                    self._emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
-                yield
-            if spoke:
-                return
-        for pcm in self._tts_sentences(text, "en", lambda: False):
-            self._emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
-            yield
-
-    def _translation_speech(self, audio_embeds: torch.Tensor) -> Iterator[np.ndarray]:
-        """PCM16 per token of the head's ``s2s_trans`` answer to the utterance's audio
-        embeddings (Ta, H), encoded once for its final (often empty)."""
-        model = self.model
-        embeds = audio_embeds[None]  # (1, Ta, H)
-        lengths = torch.tensor([len(audio_embeds)], device=embeds.device)  # (1,)
-        prompt = build_prompt("s2s_trans")
-        inputs, _ = splice(model.llm, model.tokenizer, embeds, lengths, [prompt])  # (1, L, H)
-        generation = SpeechGeneration(
-            model.llm,
-            model.tokenizer,
-            inputs,
-            replace(self.config.final_options, num_beams=1),
-            audio_options=self.config.speech_options,
-        )
-        for chunk in speak_natively(generation, model, sample_rate=self.config.output_sample_rate):
-            yield float_to_pcm16(chunk.audio)
-
-    def _tts_sentences(
-        self, text: str, language: str | None, cancelled: Callable[[], bool]
-    ) -> Iterator[np.ndarray]:
-        """``text`` spoken by the TTS backend: PCM16 of each sentence, until ``cancelled``;
-        ``language`` None: Mandarin for a sentence with Chinese in it, else English."""
-        backend = self.engine.tts_backend(self.config.tts_backend)
-        rate = self.config.output_sample_rate
-        for sentence in split_sentences(text):
-            if cancelled():
-                return
-            spoken = language or language_of(sentence)
-            pcm, _ = text_to_speech(sentence, spoken, self.config.voice, backend, rate)
-            if pcm.size:
-                yield pcm
-
-    def _retire(self, response: _Response) -> None:
-        with self._lock:
-            if response in self._responses:
-                self._responses.remove(response)
-
-    def _await_reply(self, question: _UserTurn) -> None:
-        self._unanswered = question
-
-    def _forget(self) -> None:
-        assert self.conversation is not None
-        self.conversation.reset()
-        self._unanswered = None
+        self.engine.submit(self, "partial", lambda: self._work.partial(item, audio))
 
     def _finish(self) -> None:
-        with self._emit_lock:
-            self._call(ev.SessionClosed(self.id))
-            self._muted = True
+        self.outbox.close()
         self._finished.set()
         self.engine.forget(self)
 
@@ -772,15 +451,4 @@ class Session:
         session goes on."""
         self.stats.errors += 1
         log.warning("session %s: %s", self.id, exc, exc_info=exc)
-        self._emit(ev.Error("model_error", f"{type(exc).__name__}: {exc}"))
-
-    def _emit(self, event: ev.Event) -> None:
-        with self._emit_lock:
-            if not self._muted:
-                self._call(event)
-
-    def _call(self, event: ev.Event) -> None:
-        try:
-            self._on_event(event)
-        except Exception:  # the owner's bug must not stop the engine or the session
-            log.exception("session %s: on_event failed on %r", self.id, event)
+        self.outbox.emit(ev.Error("model_error", f"{type(exc).__name__}: {exc}"))

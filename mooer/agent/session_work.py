@@ -1,0 +1,387 @@
+"""The model work of one live session, run on the engine's worker thread as the session's jobs.
+
+- partial: re-decode the growing utterance greedily, token by token; its stable prefix goes out;
+- final: decode the whole utterance with the offline settings (the ``mooer.tasks`` recipe, as
+  ``transcribe()`` decodes a segment), and in chat mode go on to the reply, generated one token
+  per step so that the worker can serve other sessions between tokens and a barge-in stops it
+  before the next token.
+
+Spoken output (``speech_output``) takes one of two ways, by the model: one with the MooER speech
+head (omni, S2ST) speaks by itself, its latents vocoded as they are generated (``s2s_chat`` on
+the conversation's cache for replies, ``s2s_trans`` for translations); any other model's text is
+spoken sentence by sentence by the TTS backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mooer.agent import events as ev
+from mooer.agent.stable_text import StableText
+from mooer.llm.conversation import Conversation, Reply
+from mooer.llm.decoding import DecodingOptions, splice
+from mooer.llm.prompts import build_prompt
+from mooer.llm.speech import SpeechGeneration, SpeechReply, spoken_reply
+from mooer.speak import speak_natively, speak_reply, text_to_speech
+from mooer.tasks import Texts, decode
+from mooer.text import language_of
+from mooer.transcribe import split_long
+from mooer.tts.backend import float_to_pcm16, split_sentences
+
+if TYPE_CHECKING:
+    from mooer.agent.session import Session, SessionConfig
+
+_NO_AUDIO = np.zeros(0, dtype=np.int16)
+
+
+def _pcm_bytes(pcm: np.ndarray) -> bytes:
+    """(N,) int16 -> little-endian PCM16 bytes, as every wire format here carries them."""
+    return pcm.astype("<i2").tobytes()
+
+
+@dataclass
+class _Track:
+    """The partial state of the utterance being decoded."""
+
+    item_id: str
+    transcript: StableText = field(default_factory=StableText)
+    translation: StableText = field(default_factory=StableText)
+
+
+@dataclass(eq=False)
+class PendingResponse:
+    """A chat reply that was asked for; ``cancelled`` is set from any thread."""
+
+    response_id: str
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: bool = False  # ResponseStarted was sent (under the outbox's lock)
+
+
+@dataclass(eq=False)
+class UserTurn:
+    """A user turn waiting for its reply: spoken (audio embeds) or typed (embeds None)."""
+
+    item_id: str
+    question: str
+    audio_embeds: torch.Tensor | None  # (Ta, H)
+
+
+class Responses:
+    """The replies of a session asked for and not yet done: made and cancelled on the caller's
+    thread, retired on the worker's."""
+
+    def __init__(self, session_id: str, outbox: ev.Outbox, speech_output: bool) -> None:
+        self.session_id = session_id
+        self.outbox = outbox
+        self.speech_output = speech_output
+        self._ids = itertools.count(1)
+        self._live: list[PendingResponse] = []
+        self._lock = threading.Lock()
+
+    def new(self) -> PendingResponse:
+        with self._lock:
+            response = PendingResponse(f"resp_{self.session_id}_{next(self._ids)}")
+            self._live.append(response)
+            return response
+
+    def cancel_all(self) -> bool:
+        """Cancel every live reply (a speaking one's audio is cleared); False if none was live."""
+        with self._lock:
+            live = [r for r in self._live if not r.cancelled.is_set()]
+        for response in live:
+            response.cancelled.set()
+            if self.speech_output:
+                # After set(): no audio delta of this response can follow the cleared event.
+                with self.outbox.lock:
+                    if response.started:
+                        self.outbox.deliver(ev.AudioCleared(response.response_id))
+        return bool(live)
+
+    def retire(self, response: PendingResponse) -> None:
+        with self._lock:
+            if response in self._live:
+                self._live.remove(response)
+
+
+class SessionWork:
+    """A session's model work and the state only it touches (the conversation, the partial
+    track, the turn awaiting its reply). Every method runs on the engine's worker thread."""
+
+    def __init__(self, session: Session, responses: Responses) -> None:
+        self.session = session
+        self.model = session.model
+        self.engine = session.engine
+        self.stats = session.stats
+        self.outbox = session.outbox
+        self.responses = responses
+        config = session.config
+        self.native = config.speech_output and self.model.has_speech_head
+        self.conversation = (
+            Conversation(self.model, config.max_context_tokens, config.instructions)
+            if config.mode == "chat"
+            else None
+        )
+        self._track: _Track | None = None
+        self._unanswered: UserTurn | None = None
+
+    @property
+    def config(self) -> SessionConfig:
+        """The session's config now (``set_instructions`` replaces it)."""
+        return self.session.config
+
+    def texts(
+        self, audio: np.ndarray, options: DecodingOptions, step_by_step: bool = False
+    ) -> tuple[Texts, torch.Tensor]:
+        """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
+
+        The audio is encoded once for every prompt the mode runs; a manual turn longer than the
+        model's segments is decoded in pieces, as ``transcribe()`` would.
+        """
+        pieces = [audio[a:b] for a, b in split_long(audio)]
+        embeds, lengths = self.model.embed(pieces)  # (P, Ta, H), (P,)
+        texts = decode(
+            self.model, embeds, lengths, self.config.task, options, step_by_step=step_by_step
+        )
+        audio_embeds = torch.cat([embeds[p, : int(n)] for p, n in enumerate(lengths)])  # (Ta, H)
+        return Texts.join(texts), audio_embeds
+
+    def _track_of(self, item: str) -> _Track:
+        if self._track is None or self._track.item_id != item:
+            self._track = _Track(item)
+        return self._track
+
+    def partial(self, item: str, audio: np.ndarray) -> None:
+        if item != self.session.open_item:
+            return  # cleared, or ended since: its final says more
+        texts, _ = self.texts(audio, self.config.partial_options, step_by_step=True)
+        transcript, translation = texts.transcript, texts.translation
+        self.stats.partials += 1
+        if item != self.session.open_item:
+            return
+        track = self._track_of(item)
+        if transcript is not None:
+            shown = track.transcript.shown
+            delta = track.transcript.update(transcript)
+            if delta or track.transcript.shown != shown:
+                stable = track.transcript.stable
+                self.outbox.emit(ev.TranscriptDelta(item, delta, stable, track.transcript.shown))
+        if translation is not None:
+            delta = track.translation.update(translation)
+            if delta:
+                self.outbox.emit(ev.TranslationDelta(item, delta))
+
+    def final(
+        self, item: str, audio: np.ndarray, endpoint: float, response: PendingResponse | None
+    ) -> Iterator[None]:
+        track = self._track_of(item)
+        try:
+            texts, audio_embeds = self.texts(audio, self.config.final_options)
+            transcript, translation = texts.transcript, texts.translation
+            question = None
+            if self.conversation is not None:
+                question = UserTurn(item, transcript or "", audio_embeds)
+            if transcript is not None:
+                delta = track.transcript.finish(transcript)
+                if delta:
+                    self.outbox.emit(ev.TranscriptDelta(item, delta, transcript, transcript))
+                self.outbox.emit(
+                    ev.Transcript(item, transcript, language_of(transcript) if transcript else None)
+                )
+            if translation is not None:
+                delta = track.translation.finish(translation)
+                if delta:
+                    self.outbox.emit(ev.TranslationDelta(item, delta))
+                self.outbox.emit(ev.Translation(item, translation))
+            self.stats.finals += 1
+            self.stats.final_latency_s.append(time.perf_counter() - endpoint)
+            if translation and self.config.speech_output:
+                yield from self._speak_translation(item, translation, audio_embeds)
+            if question is not None:
+                if response is None:
+                    self.await_reply(question)
+                else:
+                    yield from self._respond(response, question, endpoint)
+        finally:
+            if response is not None:
+                self.responses.retire(response)  # never started (a failure above): nothing was sent
+
+    def respond_to_pending(self, response: PendingResponse, asked: float) -> Iterator[None]:
+        question, self._unanswered = self._unanswered, None
+        if question is None:
+            self.responses.retire(response)
+            self.outbox.emit(
+                ev.Error("no_input", f"session {self.session.id}: no user turn to answer")
+            )
+            return
+        yield from self._respond(response, question, asked)
+
+    def _respond(
+        self, response: PendingResponse, question: UserTurn, since: float
+    ) -> Iterator[None]:
+        """Generate the reply one token per step; stop when cancelled."""
+        assert self.conversation is not None
+        with self.outbox.lock:
+            response.started = True  # from now on a cancel clears its audio
+            self.outbox.deliver(ev.ResponseStarted(response.response_id, question.item_id))
+        self.stats.responses += 1
+        reply: Reply | None = None
+        status: ev.ResponseStatus = "cancelled"
+        try:
+            if response.cancelled.is_set():  # before it began: the question still counts
+                self.conversation.append(question.question, "", interrupted=True)
+            elif question.audio_embeds is None:
+                reply = self.conversation.reply_text(question.question, self.config.chat_options)
+            elif self.native:
+                reply = spoken_reply(
+                    self.conversation,
+                    question.audio_embeds,
+                    question=question.question,
+                    options=self.config.chat_options,
+                    audio_options=self.config.speech_options,
+                    should_stop=response.cancelled.is_set,
+                )
+            else:
+                reply = self.conversation.reply(
+                    question.audio_embeds,
+                    question=question.question,
+                    options=self.config.chat_options,
+                )
+            if reply is not None:
+                for text, audio in self._reply_pieces(response, reply):
+                    if text:
+                        if reply.text == text:  # the reply's first text
+                            self.stats.reply_latency_s.append(time.perf_counter() - since)
+                        self.outbox.emit(ev.ResponseTextDelta(response.response_id, text))
+                    if audio.size:
+                        self._emit_audio(response, audio)
+                    yield  # other sessions' work may run here
+                reply.stop()
+                assert reply.turn is not None
+                status = "cancelled" if reply.turn.interrupted else "completed"
+                if status == "completed" and self.config.speech_output:
+                    self.outbox.emit(ev.ResponseAudioDone(response.response_id))
+        except Exception as exc:  # the Error says why; the session goes on
+            status = "failed"
+            self.session.report_error(exc)
+        finally:
+            if reply is not None:
+                reply.stop()  # remember what was said, even on failure
+            self.responses.retire(response)
+            if status == "cancelled":
+                self.stats.responses_cancelled += 1
+            text = reply.text if reply is not None else ""
+            self.outbox.emit(ev.ResponseDone(response.response_id, text, status))
+
+    def _reply_pieces(
+        self, response: PendingResponse, reply: Reply
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        """(text delta, PCM16 audio) per step of the reply, until it ends or is cancelled.
+
+        The speech head gives its audio as the latents come (a step per token); the TTS backend
+        synthesises each finished sentence in the step that finishes it (espeak-ng:
+        milliseconds), so a long reply never holds the worker for longer than one sentence.
+        """
+        if not self.config.speech_output:
+            while not response.cancelled.is_set():
+                step = next(reply, None)
+                if step is None:
+                    return
+                yield step[1], _NO_AUDIO
+            return
+        rate = self.config.output_sample_rate
+        if isinstance(reply, SpeechReply):
+            spoke = False
+            for chunk in speak_natively(reply, self.model, sample_rate=rate):
+                spoke = spoke or bool(chunk.audio.size)
+                yield chunk.text, float_to_pcm16(chunk.audio)
+            if not spoke and not reply.interrupted:  # the head said nothing: the backend does
+                for pcm in self._tts_sentences(reply.text, None, response.cancelled.is_set):
+                    yield "", pcm
+            return
+        stream = speak_reply(
+            reply,
+            self.engine.tts_backend(self.config.tts_backend),
+            voice=self.config.voice,
+            sample_rate=rate,
+            should_stop=response.cancelled.is_set,
+        )
+        for chunk in stream:
+            yield chunk.text, float_to_pcm16(chunk.audio)
+
+    def _emit_audio(self, response: PendingResponse, pcm: np.ndarray) -> None:
+        """A reply's speech (PCM16); dropped once the response is cancelled (its AudioCleared
+        is sent under the same lock, after the cancel: no delta can follow it)."""
+        data = _pcm_bytes(pcm)
+        rate = self.config.output_sample_rate
+        with self.outbox.lock:
+            if not response.cancelled.is_set():
+                self.outbox.deliver(ev.ResponseAudioDelta(response.response_id, data, rate))
+
+    def _speak_translation(
+        self, item: str, text: str, audio_embeds: torch.Tensor
+    ) -> Iterator[None]:
+        """A final translation spoken between other sessions' work: by the speech head (the
+        ``s2s_trans`` answer to the utterance's ``audio``, a step per token), or by the TTS
+        backend a sentence per step (also when the head said nothing)."""
+        rate = self.config.output_sample_rate
+        if self.native:
+            spoke = False
+            for pcm in self._translation_speech(audio_embeds):
+                if pcm.size:
+                    spoke = True
+                    self.outbox.emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
+                yield
+            if spoke:
+                return
+        for pcm in self._tts_sentences(text, "en", lambda: False):
+            self.outbox.emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
+            yield
+
+    def _translation_speech(self, audio_embeds: torch.Tensor) -> Iterator[np.ndarray]:
+        """PCM16 per token of the head's ``s2s_trans`` answer to the utterance's audio
+        embeddings (Ta, H), encoded once for its final (often empty)."""
+        model = self.model
+        embeds = audio_embeds[None]  # (1, Ta, H)
+        lengths = torch.tensor([len(audio_embeds)], device=embeds.device)  # (1,)
+        prompt = build_prompt("s2s_trans")
+        inputs, _ = splice(model.llm, model.tokenizer, embeds, lengths, [prompt])  # (1, L, H)
+        generation = SpeechGeneration(
+            model.llm,
+            model.tokenizer,
+            inputs,
+            replace(self.config.final_options, num_beams=1),
+            audio_options=self.config.speech_options,
+        )
+        for chunk in speak_natively(generation, model, sample_rate=self.config.output_sample_rate):
+            yield float_to_pcm16(chunk.audio)
+
+    def _tts_sentences(
+        self, text: str, language: str | None, cancelled: Callable[[], bool]
+    ) -> Iterator[np.ndarray]:
+        """``text`` spoken by the TTS backend: PCM16 of each sentence, until ``cancelled``;
+        ``language`` None: Mandarin for a sentence with Chinese in it, else English."""
+        backend = self.engine.tts_backend(self.config.tts_backend)
+        rate = self.config.output_sample_rate
+        for sentence in split_sentences(text):
+            if cancelled():
+                return
+            spoken = language or language_of(sentence)
+            pcm, _ = text_to_speech(sentence, spoken, self.config.voice, backend, rate)
+            if pcm.size:
+                yield pcm
+
+    def await_reply(self, question: UserTurn) -> None:
+        self._unanswered = question
+
+    def forget(self) -> None:
+        assert self.conversation is not None
+        self.conversation.reset()
+        self._unanswered = None
