@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from mooer.agent import events as ev
-from mooer.agent.vad import (
+from mooer.asr.vad import (
     SpeechEnded,
     SpeechStarted,
     StreamingVad,
