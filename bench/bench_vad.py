@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mooer.agent.vad import SpeechEnded, StreamingVad, shared_vad_model
+from mooer.asr.vad import SpeechEnded, StreamingVad, shared_vad_model
 from mooer.audio import SAMPLE_RATE, load_audio
 
 CHUNK = SAMPLE_RATE // 50  # 20 ms

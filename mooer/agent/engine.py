@@ -35,7 +35,7 @@ import torch
 
 from mooer.agent.events import Event
 from mooer.agent.session import Session, SessionConfig
-from mooer.agent.vad import VadModel, shared_vad_model
+from mooer.asr.vad import VadModel, shared_vad_model
 from mooer.errors import ConfigError
 from mooer.llm.generation import turn_end_id
 from mooer.model import SpeechLLM

@@ -27,7 +27,7 @@ import torch
 
 from mooer.agent import events as ev
 from mooer.agent.session_work import Responses, SessionWork, UserTurn
-from mooer.agent.vad import (
+from mooer.asr.vad import (
     SpeechEnded,
     SpeechStarted,
     StreamingVad,

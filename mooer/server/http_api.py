@@ -35,7 +35,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from mooer.agent.vad import SpeechEnded, StreamingVad, VadConfig
+from mooer.asr.vad import SpeechEnded, StreamingVad, VadConfig
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import DecodingOptions

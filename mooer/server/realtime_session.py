@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mooer.agent.session import SessionConfig
-from mooer.agent.vad import VadConfig
+from mooer.asr.vad import VadConfig
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import MooerError
 from mooer.server.connection import ProtocolError

@@ -20,7 +20,7 @@ from mooer.agent import events as ev
 from mooer.agent.engine import Engine
 from mooer.agent.session import SessionConfig
 from mooer.agent.stable_text import StableText
-from mooer.agent.vad import SpeechEnded, StreamingVad, VadConfig
+from mooer.asr.vad import SpeechEnded, StreamingVad, VadConfig
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.errors import AudioError, ConfigError
 from mooer.llm.conversation import CHAT, Conversation

@@ -19,7 +19,7 @@ import torch
 from mooer.agent import events as ev
 from mooer.agent.engine import Engine
 from mooer.agent.session import SessionConfig
-from mooer.agent.vad import SpeechEnded, StreamingVad
+from mooer.asr.vad import SpeechEnded, StreamingVad
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError
 from mooer.llm.conversation import CHAT, Conversation

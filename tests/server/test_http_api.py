@@ -15,7 +15,7 @@ import soundfile as sf
 
 from mooer.agent import events as ev
 from mooer.agent.session import SessionConfig
-from mooer.agent.vad import VadConfig
+from mooer.asr.vad import VadConfig
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.server.http_api import speech_segments
 from mooer.text import join_texts

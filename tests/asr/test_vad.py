@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mooer.agent.vad import (
+from mooer.asr.vad import (
     SpeechEnded,
     SpeechStarted,
     StreamingVad,

@@ -1,4 +1,4 @@
-"""Voice activity detection for live sessions, on silero-vad's network.
+"""Voice activity detection for live sessions and offline files, on silero-vad's network.
 
 One ``VadModel`` (the weights) is loaded once per process and shared; every session owns a
 ``StreamingVad`` whose ``VadState`` holds that stream's recurrent state, context samples and audio.
