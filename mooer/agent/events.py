@@ -97,10 +97,12 @@ class TranslationAudioDelta(Event):
 
 @dataclass(frozen=True)
 class ResponseStarted(Event):
-    """A chat reply to the user turn ``item_id`` begins."""
+    """A chat reply begins: to the spoken user turn ``item_id``, or (None) to the conversation
+    as remembered; ``output_item_id`` names the assistant message it makes."""
 
     response_id: str
-    item_id: str
+    item_id: str | None
+    output_item_id: str
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,8 @@ class ResponseDone(Event):
 class Error(Event):
     """Something the session could not do; it goes on working.
 
-    Codes: ``empty_commit`` (commit with no audio), ``no_input`` (create_response with no user
-    turn to answer), ``model_error`` (model work failed; message says why).
+    Codes: ``empty_commit`` (commit with no audio), ``model_error`` (model work failed; message
+    says why).
     """
 
     code: str

@@ -20,7 +20,7 @@ from mooer.server.connection import (
 from mooer.server.pcm import WireDecoder, WireFormat
 
 # Engine error codes a client caused (the rest are the server's own failures)
-CLIENT_ERRORS = frozenset({"empty_commit", "no_input"})
+CLIENT_ERRORS = frozenset({"empty_commit"})
 
 
 def error_kind(code: str) -> str:
