@@ -328,20 +328,13 @@ def test_bad_input_is_refused(model, questions):
         conversation.reply(questions[0], question="x", options=replace(SHORT, num_beams=2))
 
 
-@torch.inference_mode()
 def _greedy_after_text(model, prefix: str, max_new_tokens: int) -> list[int]:
-    """Greedy answer ids from full forward passes over ``prefix`` + the assistant's opening."""
-    embed = model.llm.get_input_embeddings()
-    ids = model.tokenizer(prefix + REPLY_START, add_special_tokens=False)["input_ids"]
-    seq = embed(torch.tensor(ids))  # (L, H)
-    eos, answer = token_id(model.tokenizer, IM_END), []
-    for _ in range(max_new_tokens):
-        token = int(model.llm(inputs_embeds=seq[None], logits_to_keep=1).logits[0, -1].argmax())
-        if token == eos:
-            break
-        answer.append(token)
-        seq = torch.cat([seq, embed(torch.tensor([token]))])  # (L + 1, H)
-    return answer
+    """Greedy answer ids after ``prefix`` (the system turn and messages) and the assistant's
+    opening, from full forward passes."""
+    assert prefix.startswith(SYSTEM_TURN)
+    no_audio = torch.zeros(0, model.llm.config.hidden_size)  # (0, H)
+    suffix = prefix.removeprefix(SYSTEM_TURN) + REPLY_START
+    return _greedy_without_cache(model, [], no_audio, max_new_tokens, suffix)
 
 
 def test_messages_added_removed_and_rewritten_keep_the_cache_true(model, questions):
