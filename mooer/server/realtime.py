@@ -2,11 +2,14 @@
 
 ``AsyncOpenAI(base_url="http://HOST:PORT/v1").realtime.connect(model=...)`` connects unchanged.
 Client events: ``session.update``, ``input_audio_buffer.append|commit|clear``,
-``response.create|cancel``; binary frames carry raw audio in the session's input format.
+``conversation.item.create|retrieve|delete|truncate``, ``response.create|cancel``,
+``output_audio_buffer.clear``; binary frames carry raw audio in the session's input format.
 Server events: ``session.created|updated``, ``input_audio_buffer.speech_started|speech_stopped|
-committed|cleared``, ``conversation.item.added|done``,
+committed|cleared``, ``conversation.item.added|done|retrieved|deleted|truncated``,
 ``conversation.item.input_audio_transcription.delta|completed``, the ``response.*`` text
-sequence, and ``error``. With ``output_modalities`` ``["audio"]`` a reply is spoken:
+sequence, and ``error``. The conversation's items (``mooer.server.realtime_items``) keep the
+client's ids; the session's chat memory follows each change. With ``output_modalities``
+``["audio"]`` (the default of realtime sessions) a reply is spoken:
 ``response.output_audio.delta|done`` (base64 PCM16), ``response.output_audio_transcript.delta|
 done`` in place of the text events, and ``output_audio_buffer.started|stopped|cleared`` (cleared
 at barge-in or on ``output_audio_buffer.clear``). docs/protocol.md describes every message.

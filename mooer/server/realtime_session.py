@@ -3,11 +3,13 @@
 Both the GA shape (``session.audio.input.format``, ``...turn_detection``, ``...transcription``,
 ``output_modalities``) and the older beta names (``input_audio_format``, ``turn_detection``,
 ``input_audio_transcription``, ``modalities`` at the session's top level) are read.
-``output_modalities`` ``["audio"]`` makes chat replies spoken, and in the ast tasks the final
+``output_modalities`` ``["audio"]`` (a realtime session's default, as OpenAI's) makes chat
+replies spoken, and in the ast tasks the final
 translations (PCM16, 24 kHz unless ``audio.output.format.rate`` says 16000): by the model's own
 speech head when it has one, else by the TTS backend, whose voice ``audio.output.voice`` names
 (espeak-ng ``m1``..``m8``, ``f1``..``f5``; OpenAI's voice names pick the default one).
-``instructions`` become the chat's system turn (empty: the released one). The ``mooer``
+``instructions`` become the chat's system turn (empty: the released one);
+``audio.input.transcription`` null silences a chat's transcription events. The ``mooer``
 object is this server's own: ``{"task": "asr"|"ast"|"asr+ast"|"chat",
 "partial_interval_ms": int}``. Fields mooer has no use for (tools, tracing, noise_reduction,
 ...) are accepted and ignored so that existing clients work unchanged.
