@@ -147,11 +147,18 @@ ResponseStatus = Literal["completed", "cancelled", "failed"]
 @dataclass(frozen=True)
 class ResponseDone(Event):
     """The reply ended: ``completed``, ``cancelled`` (barge-in or cancel_response, ``text`` is
-    what was said so far) or ``failed`` (an Error event says why)."""
+    what was said so far) or ``failed`` (an Error event says why).
+
+    Tokens: ``input_tokens`` the LLM read (``cached_tokens`` of them from the conversation's
+    cache), ``output_tokens`` of text it generated.
+    """
 
     response_id: str
     text: str
     status: ResponseStatus
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -301,8 +301,17 @@ class SessionWork:
             self.responses.retire(response)
             if status == "cancelled":
                 self.stats.responses_cancelled += 1
-            text = reply.text if reply is not None else ""
-            self.outbox.emit(ev.ResponseDone(response.response_id, text, status))
+            done = ev.ResponseDone(response.response_id, "", status)
+            if reply is not None:
+                done = ev.ResponseDone(
+                    response.response_id,
+                    reply.text,
+                    status,
+                    reply.input_tokens,
+                    reply.cached_tokens,
+                    len(reply.ids),
+                )
+            self.outbox.emit(done)
 
     def _reply_pieces(
         self, response: PendingResponse, reply: Reply

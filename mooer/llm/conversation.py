@@ -457,6 +457,8 @@ class Reply(Generation):
         self.conversation = conversation
         self.question = question
         self.turn: Turn | None = None
+        self.cached_tokens = conversation.cached_tokens  # the prefix it reads from the cache
+        self.input_tokens = self.cached_tokens + inputs_embeds.shape[1]  # all it reads
         # What the end remembers: the question's message, the answer's id, whether at all
         self.memo: tuple[Message | None, str | None, bool] = (None, None, True)
 

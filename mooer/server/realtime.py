@@ -525,7 +525,15 @@ class RealtimeProtocol(OpenAIWire):
             details = {"type": "cancelled", "reason": reason}
         elif status == "failed":
             details = {"type": "failed", "error": {"type": "server_error", "code": "failed"}}
-        self.emit("response.done", response=self._response_object(status, [item], details))
+        usage = {
+            "total_tokens": e.input_tokens + e.output_tokens,
+            "input_tokens": e.input_tokens,
+            "output_tokens": e.output_tokens,
+            "input_token_details": {"cached_tokens": e.cached_tokens},
+            "output_token_details": {"text_tokens": e.output_tokens, "audio_tokens": 0},
+        }
+        done = self._response_object(status, [item], details)
+        self.emit("response.done", response={**done, "usage": usage})
         if response.audio_started and status == "completed":
             self.emit("output_audio_buffer.stopped", response_id=e.response_id)
         self.response, self.cancel_requested = None, False

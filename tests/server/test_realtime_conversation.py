@@ -119,6 +119,11 @@ def test_items_keep_their_ids_and_the_memory_follows_create_and_delete(
     )
     done = events[-1]
     assert done.response.status == "completed" and _text(done) == expected
+    usage = done.response.usage  # the prompt came from the cache, the opening was read anew
+    assert usage.input_tokens > usage.input_token_details.cached_tokens > 0
+    assert (
+        usage.output_tokens > 0 and usage.total_tokens == usage.input_tokens + usage.output_tokens
+    )
 
 
 def test_a_truncated_reply_is_remembered_as_heard(server, model, session_defaults):
