@@ -202,7 +202,9 @@ class RealtimeProtocol(OpenAIWire):
             raise ProtocolError("invalid_value", "item.id must be a non-empty string", "item.id")
         if item["id"] in self.conversation:
             raise ProtocolError(
-                "invalid_value", f"item.id {item['id']!r} is already in the conversation", "item.id"
+                "item_create_duplicate_item_id",
+                f"item.id {item['id']!r} is already in the conversation",
+                "item.id",
             )
         after = event.get("previous_item_id")
         if after is not None and after != ROOT:

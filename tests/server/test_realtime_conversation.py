@@ -103,7 +103,7 @@ def test_items_keep_their_ids_and_the_memory_follows_create_and_delete(
     errors = [e.error for e in events if e.type == "error"]
     assert [(e.code, e.param, e.event_id) for e in errors] == [
         ("item_not_found", "item_id", "gone"),
-        ("invalid_value", "item.id", "taken"),
+        ("item_create_duplicate_item_id", "item.id", "taken"),
         ("item_not_found", "previous_item_id", "lost"),
     ]
     # No user turn was spoken: the reply answers the conversation as the memory holds it.
