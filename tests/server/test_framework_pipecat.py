@@ -1,8 +1,8 @@
 """Pipecat's ``OpenAIRealtimeLLMService`` (pipecat-ai 1.14.0) against a real server.
 
 A pipeline as a Pipecat bot builds it, without a transport: the context aggregators around the
-service, the bot speaking first (``LLMRunFrame``) from a context with system, user and
-assistant messages, then a spoken turn (server VAD) answered with audio, then a second; no
+service, the bot speaking first (``LLMRunFrame``) from its instructions and a context with user
+and assistant messages, then a spoken turn (server VAD) answered with audio, then a second; no
 error frame on the way (Pipecat ends the session at the first ``error`` event).
 The frameworks live in their own environment (``.ci/run`` makes it); elsewhere this skips.
 """
@@ -32,12 +32,12 @@ def test_a_pipecat_realtime_bot_runs_its_standard_flows(server, speech):
         TTSTextFrame,
     )
     from pipecat.pipeline.pipeline import Pipeline
-    from pipecat.pipeline.runner import PipelineRunner
-    from pipecat.pipeline.task import PipelineTask
+    from pipecat.pipeline.worker import PipelineWorker
     from pipecat.processors.aggregators.llm_context import LLMContext
     from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
     from pipecat.processors.frame_processor import FrameProcessor
     from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+    from pipecat.workers.runner import WorkerRunner
 
     class Seen(FrameProcessor):
         """Passes every frame on and keeps the ones a test asks about."""
@@ -57,7 +57,10 @@ def test_a_pipecat_realtime_bot_runs_its_standard_flows(server, speech):
 
     async def run():
         url = f"ws://{server.host}:{server.port}/v1/realtime"
-        llm = OpenAIRealtimeLLMService(api_key="unused", base_url=url)
+        settings = OpenAIRealtimeLLMService.Settings(
+            system_instruction="You are a helpful assistant."
+        )
+        llm = OpenAIRealtimeLLMService(api_key="unused", base_url=url, settings=settings)
         sent = []  # the client events it sends, by type
         send = llm.send_client_event
 
@@ -68,7 +71,6 @@ def test_a_pipecat_realtime_bot_runs_its_standard_flows(server, speech):
         llm.send_client_event = record
         context = LLMContext(
             [
-                {"role": "system", "content": "You are a helpful assistant."},
                 {"role": "user", "content": "what is two plus two"},
                 {"role": "assistant", "content": "four"},
             ]
@@ -78,8 +80,10 @@ def test_a_pipecat_realtime_bot_runs_its_standard_flows(server, speech):
         pipeline = Pipeline(
             [upstream, aggregators.user(), llm, downstream, aggregators.assistant()]
         )
-        task = PipelineTask(pipeline)
-        runner = asyncio.create_task(PipelineRunner(handle_sigint=False).run(task))
+        task = PipelineWorker(pipeline)
+        runner = WorkerRunner(handle_sigint=False)
+        await runner.add_workers(task)
+        running = asyncio.create_task(runner.run())
         await task.queue_frames([LLMRunFrame()])  # the bot speaks first
         await asyncio.wait_for(downstream.replies.get(), 60)
         opening = list(downstream.frames)
@@ -92,7 +96,7 @@ def test_a_pipecat_realtime_bot_runs_its_standard_flows(server, speech):
         await asyncio.wait_for(downstream.replies.get(), 60)
         await asyncio.sleep(0.3)
         await task.cancel()
-        await asyncio.wait_for(runner, 30)
+        await asyncio.wait_for(running, 30)
         return opening, downstream.frames, upstream.frames, context, sent
 
     opening, frames, upstream, context, sent = asyncio.run(run())
@@ -106,5 +110,5 @@ def test_a_pipecat_realtime_bot_runs_its_standard_flows(server, speech):
     assert "conversation.item.truncate" in sent
     messages = [m for m in context.get_messages() if isinstance(m, dict)]
     roles = [m["role"] for m in messages]
-    assert roles == ["system", "user", "assistant", "assistant", "user", "assistant"]
+    assert roles == ["user", "assistant", "assistant", "user", "assistant"]
     assert all(m["content"].strip() for m in messages)  # the transcript and both replies
