@@ -184,9 +184,9 @@ def _one_torch_thread() -> Iterator[None]:
 class Session:
     """One live audio stream. Made by ``Engine.open``; see the module docstring.
 
-    ``feed``, ``commit``, ``clear``, ``create_response``, ``cancel_response``, ``reset``,
-    ``set_instructions`` and ``close`` may be called from any thread (one at a time is the usual
-    case); ``on_event`` is called from the thread that calls them (speech started/stopped,
+    ``feed``, ``commit``, ``clear``, ``add_message``, ``delete_item``, ``rewrite_item``,
+    ``create_response``, ``cancel_response``, ``reset``, ``set_instructions`` and ``close`` may be
+    called from any thread (one at a time is the usual case); ``on_event`` is called from the thread that calls them (speech started/stopped,
     committed) and from the engine's worker (results), never concurrently for one session. It
     must return quickly and must not call back into the session.
     """

@@ -154,6 +154,7 @@ class RealtimeProtocol(OpenAIWire):
                 self.link.hub.engine.check_speech(config)  # a bad voice
                 self.reopen(config)
                 self.commit_mark = self.samples_fed
+                self.conversation = Items()  # the new engine session's memory starts afresh
         self.settings = new
         self.emit("session.updated", session=self._describe())
 
