@@ -97,10 +97,12 @@ class TranslationAudioDelta(Event):
 
 @dataclass(frozen=True)
 class ResponseStarted(Event):
-    """A chat reply to the user turn ``item_id`` begins."""
+    """A chat reply begins: to the spoken user turn ``item_id``, or (None) to the conversation
+    as remembered; ``output_item_id`` names the assistant message it makes."""
 
     response_id: str
-    item_id: str
+    item_id: str | None
+    output_item_id: str
 
 
 @dataclass(frozen=True)
@@ -145,19 +147,26 @@ ResponseStatus = Literal["completed", "cancelled", "failed"]
 @dataclass(frozen=True)
 class ResponseDone(Event):
     """The reply ended: ``completed``, ``cancelled`` (barge-in or cancel_response, ``text`` is
-    what was said so far) or ``failed`` (an Error event says why)."""
+    what was said so far) or ``failed`` (an Error event says why).
+
+    Tokens: ``input_tokens`` the LLM read (``cached_tokens`` of them from the conversation's
+    cache), ``output_tokens`` of text it generated.
+    """
 
     response_id: str
     text: str
     status: ResponseStatus
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class Error(Event):
     """Something the session could not do; it goes on working.
 
-    Codes: ``empty_commit`` (commit with no audio), ``no_input`` (create_response with no user
-    turn to answer), ``model_error`` (model work failed; message says why).
+    Codes: ``empty_commit`` (commit with no audio), ``model_error`` (model work failed; message
+    says why).
     """
 
     code: str

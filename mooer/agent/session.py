@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mooer.agent import events as ev
-from mooer.agent.session_work import Responses, SessionWork, UserTurn
+from mooer.agent.session_work import Responses, SessionWork
 from mooer.asr.vad import (
     SpeechEnded,
     SpeechStarted,
@@ -37,7 +37,7 @@ from mooer.asr.vad import (
 )
 from mooer.audio import SAMPLE_RATE, ms_to_samples, samples_to_ms
 from mooer.errors import ConfigError
-from mooer.llm.conversation import CHAT, Conversation
+from mooer.llm.conversation import CHAT, ROLES, Conversation, Message
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions
 from mooer.llm.speech import SPOKEN_REPLY
 from mooer.transcribe import MAX_SEGMENT_S
@@ -184,9 +184,9 @@ def _one_torch_thread() -> Iterator[None]:
 class Session:
     """One live audio stream. Made by ``Engine.open``; see the module docstring.
 
-    ``feed``, ``commit``, ``clear``, ``create_response``, ``cancel_response``, ``reset``,
-    ``set_instructions`` and ``close`` may be called from any thread (one at a time is the usual
-    case); ``on_event`` is called from the thread that calls them (speech started/stopped,
+    ``feed``, ``commit``, ``clear``, ``add_message``, ``delete_item``, ``rewrite_item``,
+    ``create_response``, ``cancel_response``, ``reset``, ``set_instructions`` and ``close`` may be
+    called from any thread (one at a time is the usual case); ``on_event`` is called from the thread that calls them (speech started/stopped,
     committed) and from the engine's worker (results), never concurrently for one session. It
     must return quickly and must not call back into the session.
     """
@@ -217,7 +217,7 @@ class Session:
         self._item_start = 0  # its first sample, in the VAD's stream
         self._next_partial = 0  # utterance length (samples) at which the next partial is due
         self._items = itertools.count(1)
-        self._responses = Responses(session_id, self.outbox, config.speech_output)
+        self._responses = Responses(session_id, self.outbox)
         self._closed = False  # no more input accepted
         self._finished = threading.Event()
         self._work = SessionWork(self, self._responses)  # the worker thread's side
@@ -263,27 +263,66 @@ class Session:
             self._buffer, self._buffered, self._item = [], 0, None
             self.engine.discard(self, partials_only=True)
 
-    def add_text(self, text: str) -> str:
-        """Chat: a typed user turn, answered by the next ``create_response()``; its item id."""
-        self._require_chat("add_text")
+    def add_message(
+        self,
+        text: str,
+        role: str = "user",
+        item_id: str | None = None,
+        after: str | None = None,
+        first: bool = False,
+    ) -> str:
+        """Chat: a typed message remembered at once (a user one is answered by the next
+        ``create_response()``); its item id (``item_id``, or a new one).
+
+        It goes last, or first, or after the message ``after``. System messages are system
+        turns at their place in the conversation.
+        """
+        self._require_chat("add_message")
         if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"session {self.id}: add_text needs a non-empty string")
+            raise ConfigError(f"session {self.id}: add_message needs a non-empty string")
+        if role not in ROLES:
+            raise ConfigError(f"session {self.id}: role must be one of {', '.join(ROLES)}")
         with self._lock:
-            self._check_open("add_text")
-            item = self._new_item()
-            turn = UserTurn(item, text.strip(), None)
-            self.engine.submit(self, "control", lambda: self._work.await_reply(turn))
+            self._check_open("add_message")
+            item = item_id or self._new_item()
+            message = Message(role, text.strip(), item)
+            self._control(lambda work: work.add_message(message, after, first))
             return item
 
-    def create_response(self) -> str:
-        """Chat: reply to the last user turn not yet answered; returns the response id.
+    def delete_item(self, item_id: str) -> None:
+        """Chat: forget the message (or spoken turn) ``item_id``; unknown ids are ignored."""
+        self._require_chat("delete_item")
+        with self._lock:
+            self._check_open("delete_item")
+            self._control(lambda work: work.delete(item_id))
 
-        With no such turn when the reply's turn comes, an Error ``no_input`` is sent instead.
+    def rewrite_item(self, item_id: str, text: str) -> None:
+        """Chat: the message ``item_id`` is remembered as ``text`` (an answer cut to what the
+        listener heard, flagged interrupted); unknown ids are ignored."""
+        self._require_chat("rewrite_item")
+        with self._lock:
+            self._check_open("rewrite_item")
+            self._control(lambda work: work.conversation.rewrite(item_id, text))
+
+    def create_response(
+        self, instructions: str = "", remember: bool = True, speak: bool | None = None
+    ) -> str:
+        """Chat: reply to the spoken turn waiting for its answer, else to the conversation as
+        remembered; returns the response id.
+
+        ``instructions``: the reply's own, besides the session's; ``remember`` False: an
+        out-of-band reply, not remembered; ``speak``: spoken or not (default: as
+        ``speech_output``).
         """
         self._require_chat("create_response")
         with self._lock:
             self._check_open("create_response")
-            response = self._responses.new()
+            response = self._responses.new(
+                self._new_item(),
+                self.config.speech_output if speak is None else speak,
+                instructions=instructions,
+                remember=remember,
+            )
             asked = time.perf_counter()
             self.engine.submit(self, "response", self._work.respond_to_pending(response, asked))
             return response.response_id
@@ -315,6 +354,11 @@ class Session:
                     conversation.instructions = instructions
 
                 self.engine.submit(self, "control", change)
+
+    def _control(self, change: Callable[[SessionWork], None]) -> None:
+        """Run ``change`` on the worker, in order with the session's other work."""
+        work = self._work
+        self.engine.submit(self, "control", lambda: change(work))
 
     def close(self, flush: bool = True) -> None:
         """End the session. ``flush``: the utterance in progress still gets its final results
@@ -413,7 +457,7 @@ class Session:
         endpoint = time.perf_counter()
         response = None
         if self.conversation is not None and self.config.auto_response and not self._closed:
-            response = self._responses.new()
+            response = self._responses.new(self._new_item(), self.config.speech_output)
         self.engine.submit(self, "final", self._work.final(item, audio, endpoint, response))
 
     def _interval(self) -> int:

@@ -19,14 +19,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mooer.agent import events as ev
 from mooer.agent.stable_text import StableText
-from mooer.llm.conversation import Conversation, Reply
+from mooer.llm.conversation import Conversation, Message, Reply
 from mooer.llm.decoding import DecodingOptions, splice
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SpeechGeneration, SpeechReply, spoken_reply
@@ -58,37 +58,48 @@ class _Track:
 
 @dataclass(eq=False)
 class PendingResponse:
-    """A chat reply that was asked for; ``cancelled`` is set from any thread."""
+    """A chat reply that was asked for; ``cancelled`` is set from any thread.
+
+    ``item_id`` names the assistant message it makes; ``speak``: its text is also spoken;
+    ``instructions``: its own (read just before it, not remembered); ``remember`` False: an
+    out-of-band reply, not remembered.
+    """
 
     response_id: str
+    item_id: str
+    speak: bool = False
+    instructions: str = ""
+    remember: bool = True
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: bool = False  # ResponseStarted was sent (under the outbox's lock)
 
 
 @dataclass(eq=False)
 class UserTurn:
-    """A user turn waiting for its reply: spoken (audio embeds) or typed (embeds None)."""
+    """A spoken user turn waiting for its reply (typed ones are remembered at once)."""
 
     item_id: str
     question: str
-    audio_embeds: torch.Tensor | None  # (Ta, H)
+    audio_embeds: torch.Tensor  # (Ta, H)
 
 
 class Responses:
     """The replies of a session asked for and not yet done: made and cancelled on the caller's
     thread, retired on the worker's."""
 
-    def __init__(self, session_id: str, outbox: ev.Outbox, speech_output: bool) -> None:
+    def __init__(self, session_id: str, outbox: ev.Outbox) -> None:
         self.session_id = session_id
         self.outbox = outbox
-        self.speech_output = speech_output
         self._ids = itertools.count(1)
         self._live: list[PendingResponse] = []
         self._lock = threading.Lock()
 
-    def new(self) -> PendingResponse:
+    def new(self, item_id: str, speak: bool, **fields: Any) -> PendingResponse:
+        """A new reply making the assistant message ``item_id``; ``fields``: the rest of its
+        ``PendingResponse``."""
         with self._lock:
-            response = PendingResponse(f"resp_{self.session_id}_{next(self._ids)}")
+            response_id = f"resp_{self.session_id}_{next(self._ids)}"
+            response = PendingResponse(response_id, item_id, speak, **fields)
             self._live.append(response)
             return response
 
@@ -98,7 +109,7 @@ class Responses:
             live = [r for r in self._live if not r.cancelled.is_set()]
         for response in live:
             response.cancelled.set()
-            if self.speech_output:
+            if response.speak:
                 # After set(): no audio delta of this response can follow the cleared event.
                 with self.outbox.lock:
                     if response.started:
@@ -123,7 +134,7 @@ class SessionWork:
         self.outbox = session.outbox
         self.responses = responses
         config = session.config
-        self.native = config.speech_output and self.model.has_speech_head
+        self.native = config.speech_output and self.model.has_speech_head  # translations
         self.conversation = (
             Conversation(self.model, config.max_context_tokens, config.instructions)
             if config.mode == "chat"
@@ -208,51 +219,64 @@ class SessionWork:
                 if response is None:
                     self.await_reply(question)
                 else:
+                    self._settle()
                     yield from self._respond(response, question, endpoint)
         finally:
             if response is not None:
                 self.responses.retire(response)  # never started (a failure above): nothing was sent
 
     def respond_to_pending(self, response: PendingResponse, asked: float) -> Iterator[None]:
-        question, self._unanswered = self._unanswered, None
-        if question is None:
-            self.responses.retire(response)
-            self.outbox.emit(
-                ev.Error("no_input", f"session {self.session.id}: no user turn to answer")
-            )
-            return
+        """Answer the spoken turn waiting for its reply, if any, else the conversation as
+        remembered (the assistant may speak first). An out-of-band reply answers the memory,
+        the waiting turn's transcript put there first."""
+        question = None
+        if response.remember:
+            question, self._unanswered = self._unanswered, None
+        else:
+            self._settle()
         yield from self._respond(response, question, asked)
 
     def _respond(
-        self, response: PendingResponse, question: UserTurn, since: float
+        self, response: PendingResponse, question: UserTurn | None, since: float
     ) -> Iterator[None]:
         """Generate the reply one token per step; stop when cancelled."""
-        assert self.conversation is not None
+        conversation = self.conversation
+        assert conversation is not None
         with self.outbox.lock:
             response.started = True  # from now on a cancel clears its audio
-            self.outbox.deliver(ev.ResponseStarted(response.response_id, question.item_id))
+            asked = question.item_id if question is not None else None
+            self.outbox.deliver(ev.ResponseStarted(response.response_id, asked, response.item_id))
         self.stats.responses += 1
         reply: Reply | None = None
         status: ev.ResponseStatus = "cancelled"
+        options = self.config.chat_options
+        names = {"answer_id": response.item_id, "instructions": response.instructions}
         try:
             if response.cancelled.is_set():  # before it began: the question still counts
-                self.conversation.append(question.question, "", interrupted=True)
-            elif question.audio_embeds is None:
-                reply = self.conversation.reply_text(question.question, self.config.chat_options)
-            elif self.native:
+                if question is not None:
+                    conversation.add(Message("user", question.question, question.item_id))
+                if response.remember:
+                    conversation.add(Message("assistant", "", response.item_id, True))
+            elif question is None:
+                reply = conversation.respond(options, remember=response.remember, **names)
+            elif response.speak and self.model.has_speech_head:
                 reply = spoken_reply(
-                    self.conversation,
+                    conversation,
                     question.audio_embeds,
                     question=question.question,
-                    options=self.config.chat_options,
+                    options=options,
                     audio_options=self.config.speech_options,
                     should_stop=response.cancelled.is_set,
+                    question_id=question.item_id,
+                    **names,
                 )
             else:
-                reply = self.conversation.reply(
+                reply = conversation.reply(
                     question.audio_embeds,
                     question=question.question,
-                    options=self.config.chat_options,
+                    options=options,
+                    question_id=question.item_id,
+                    **names,
                 )
             if reply is not None:
                 for text, audio in self._reply_pieces(response, reply):
@@ -266,7 +290,7 @@ class SessionWork:
                 reply.stop()
                 assert reply.turn is not None
                 status = "cancelled" if reply.turn.interrupted else "completed"
-                if status == "completed" and self.config.speech_output:
+                if status == "completed" and response.speak:
                     self.outbox.emit(ev.ResponseAudioDone(response.response_id))
         except Exception as exc:  # the Error says why; the session goes on
             status = "failed"
@@ -277,8 +301,17 @@ class SessionWork:
             self.responses.retire(response)
             if status == "cancelled":
                 self.stats.responses_cancelled += 1
-            text = reply.text if reply is not None else ""
-            self.outbox.emit(ev.ResponseDone(response.response_id, text, status))
+            done = ev.ResponseDone(response.response_id, "", status)
+            if reply is not None:
+                done = ev.ResponseDone(
+                    response.response_id,
+                    reply.text,
+                    status,
+                    reply.input_tokens,
+                    reply.cached_tokens,
+                    len(reply.ids),
+                )
+            self.outbox.emit(done)
 
     def _reply_pieces(
         self, response: PendingResponse, reply: Reply
@@ -289,7 +322,7 @@ class SessionWork:
         synthesises each finished sentence in the step that finishes it (espeak-ng:
         milliseconds), so a long reply never holds the worker for longer than one sentence.
         """
-        if not self.config.speech_output:
+        if not response.speak:
             while not response.cancelled.is_set():
                 step = next(reply, None)
                 if step is None:
@@ -379,7 +412,33 @@ class SessionWork:
                 yield pcm
 
     def await_reply(self, question: UserTurn) -> None:
+        self._settle()
         self._unanswered = question
+
+    def _settle(self) -> None:
+        """A spoken turn still waiting for its reply enters the memory as its transcript (what
+        comes after it in the conversation must follow it)."""
+        if self._unanswered is not None and self.conversation is not None:
+            turn, self._unanswered = self._unanswered, None
+            self.conversation.add(Message("user", turn.question, turn.item_id))
+
+    def add_message(self, message: Message, after: str | None, first: bool) -> None:
+        """Remember a typed message: last, first, or after the message named ``after`` (first
+        when the memory no longer holds it)."""
+        assert self.conversation is not None
+        self._settle()
+        index = 0 if first else None
+        if after is not None:
+            found = self.conversation.index_of(after)
+            index = 0 if found is None else found + 1
+        self.conversation.add(message, index)
+
+    def delete(self, item_id: str) -> None:
+        """Forget the message (or the waiting spoken turn) ``item_id``."""
+        assert self.conversation is not None
+        if self._unanswered is not None and self._unanswered.item_id == item_id:
+            self._unanswered = None
+        self.conversation.remove(item_id)
 
     def forget(self) -> None:
         assert self.conversation is not None

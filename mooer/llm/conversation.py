@@ -14,6 +14,11 @@ cache is cropped back to the remembered prefix and the new turn's text is append
 question runs only its own tokens through the LLM. When the context would exceed its budget the
 oldest turns are dropped and the cache is rebuilt from the remaining text.
 
+The memory is a list of messages (user, assistant or system, each a ``<|im_start|>role`` block;
+a turn is a user message and the assistant's answer), so a live session can also add typed
+messages anywhere, drop one, or cut an answer to what was heard (OpenAI Realtime's conversation
+items): the cache keeps the messages before the first one changed and recomputes the rest.
+
 The system turn holds the session's instructions (OpenAI Realtime ``session.instructions``);
 without any it is the released one byte for byte, the text the checkpoints were trained on.
 """
@@ -21,7 +26,7 @@ without any it is the released one byte for byte, the text the checkpoints were 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -57,9 +62,18 @@ def system_turn(instructions: str = "") -> str:
     return f"<|im_start|>system\n{instructions.strip()}{IM_END}\n"
 
 
+ROLES = ("user", "assistant", "system")
+REPLY_START = "<|im_start|>assistant\n"  # what the LLM reads before it answers
+
+
+def message_text(role: str, text: str) -> str:
+    """One remembered message as the cached text holds it."""
+    return f"<|im_start|>{role}\n{text}{IM_END}\n"
+
+
 def text_turn(question: str, answer: str) -> str:
     """A finished turn as the cached text remembers it."""
-    return f"<|im_start|>user\n{question}{IM_END}\n<|im_start|>assistant\n{answer}{IM_END}\n"
+    return message_text("user", question) + message_text("assistant", answer)
 
 
 def history_prefix(history: Sequence[tuple[str, str]], instructions: str = "") -> str:
@@ -70,7 +84,7 @@ def history_prefix(history: Sequence[tuple[str, str]], instructions: str = "") -
 
 def question_suffix(instruction: str = CHAT_INSTRUCTION) -> str:
     """What follows the current question's audio: the user turn and the assistant's opening."""
-    return f"<|im_start|>user\n{instruction}{IM_END}\n<|im_start|>assistant\n"
+    return message_text("user", instruction) + REPLY_START
 
 
 @dataclass
@@ -82,8 +96,19 @@ class Turn:
     interrupted: bool = False
 
 
+@dataclass
+class Message:
+    """One remembered message; ``id`` is its owner's name for it (a Realtime item id), if any;
+    ``interrupted``: an answer cut short (barge-in, or cut to what was heard)."""
+
+    role: str
+    text: str
+    id: str | None = None
+    interrupted: bool = False
+
+
 class Conversation:
-    """The chat state of one session: its turns and the KV cache of their text.
+    """The chat state of one session: its messages and the KV cache of their text.
 
     Not thread-safe: one thread (the engine's worker) runs all of a conversation's model work.
     """
@@ -97,13 +122,13 @@ class Conversation:
             raise ConfigError(f"max_context_tokens must be >= 64, got {max_context_tokens}")
         self.model = model
         self.max_context_tokens = max_context_tokens
-        self.turns: list[Turn] = []
+        self.messages: list[Message] = []
         turn_end_id(model.tokenizer)  # fail early on a tokenizer without turns
         self._system_ids = self._ids(system_turn(instructions))
         self._instructions = instructions
-        self._turn_ids: list[list[int]] = []  # token ids of text_turn() of each turn
+        self._message_ids: list[list[int]] = []  # token ids of message_text() of each message
         self._cache: DynamicCache | None = None
-        self._cached_turns = 0  # turns whose text is in the cache, after the system turn
+        self._cached = 0  # messages whose text is in the cache, after the system turn
         self._active: Reply | None = None
 
     # -- memory -----------------------------------------------------------------------------
@@ -122,30 +147,85 @@ class Conversation:
         self._stop_active()
         self._instructions = instructions
         self._system_ids = self._ids(system)
-        self._cache, self._cached_turns = None, 0
+        self._cache, self._cached = None, 0
+
+    @property
+    def turns(self) -> list[Turn]:
+        """The remembered questions and answers: each assistant message after a user one."""
+        pairs = zip(self.messages, self.messages[1:])
+        return [
+            Turn(q.text, a.text, a.interrupted)
+            for q, a in pairs
+            if q.role == "user" and a.role == "assistant"
+        ]
 
     def reset(self) -> None:
-        """Forget every turn."""
+        """Forget every message."""
         self._stop_active()
-        self.turns.clear()
-        self._turn_ids.clear()
-        self._cache, self._cached_turns = None, 0
+        self.messages.clear()
+        self._message_ids.clear()
+        self._cache, self._cached = None, 0
 
     def append(self, question: str, answer: str, interrupted: bool = False) -> Turn:
         """Remember a turn given as text (its tokens enter the cache at the next ``sync``)."""
-        turn = Turn(question.strip(), answer.strip(), interrupted)
-        self.turns.append(turn)
-        self._turn_ids.append(self._ids(text_turn(turn.question, turn.answer)))
-        return turn
+        self.add(Message("user", question))
+        answered = self.add(Message("assistant", answer, interrupted=interrupted))
+        return Turn(self.messages[-2].text, answered.text, interrupted)
+
+    def add(self, message: Message, index: int | None = None) -> Message:
+        """Remember ``message`` (its text stripped) at ``index`` (default: last); the cache keeps
+        the messages before it. A reply in progress ends first (and is remembered)."""
+        if message.role not in ROLES:
+            raise ConfigError(f"message role must be one of {', '.join(ROLES)}: {message.role!r}")
+        if not isinstance(message.text, str):
+            raise ConfigError(f"message text must be a string, got {type(message.text).__name__}")
+        self._stop_active()
+        message = replace(message, text=message.text.strip())
+        index = len(self.messages) if index is None else max(0, min(index, len(self.messages)))
+        self._uncache_from(index)
+        self.messages.insert(index, message)
+        self._message_ids.insert(index, self._ids(message_text(message.role, message.text)))
+        return message
+
+    def index_of(self, message_id: str) -> int | None:
+        """Where the message named ``message_id`` is, or None (never given, or dropped)."""
+        for index, message in enumerate(self.messages):
+            if message.id == message_id:
+                return index
+        return None
+
+    def remove(self, message_id: str) -> bool:
+        """Forget the message named ``message_id``; False if there is none."""
+        self._stop_active()
+        index = self.index_of(message_id)
+        if index is None:
+            return False
+        self._uncache_from(index)
+        del self.messages[index], self._message_ids[index]
+        return True
+
+    def rewrite(self, message_id: str, text: str, interrupted: bool = True) -> bool:
+        """Replace the text of the message named ``message_id`` (an answer cut to what was
+        heard); False if there is none."""
+        self._stop_active()
+        index = self.index_of(message_id)
+        if index is None:
+            return False
+        self._uncache_from(index)
+        message = replace(self.messages[index], text=text.strip(), interrupted=interrupted)
+        self.messages[index] = message
+        self._message_ids[index] = self._ids(message_text(message.role, message.text))
+        return True
 
     def prompt_text(self) -> str:
         """The remembered prefix as text: what the cache holds once synced."""
-        return history_prefix([(t.question, t.answer) for t in self.turns], self.instructions)
+        messages = "".join(message_text(m.role, m.text) for m in self.messages)
+        return system_turn(self.instructions) + messages
 
     @property
     def context_tokens(self) -> int:
-        """Tokens of the remembered prefix (system turn and every turn's text)."""
-        return len(self._system_ids) + sum(len(ids) for ids in self._turn_ids)
+        """Tokens of the remembered prefix (system turn and every message's text)."""
+        return len(self._system_ids) + sum(len(ids) for ids in self._message_ids)
 
     @property
     def cache(self) -> DynamicCache | None:
@@ -159,28 +239,29 @@ class Conversation:
 
     @torch.inference_mode()
     def sync(self, incoming: int = 0) -> None:
-        """Bring the cache up to date with ``turns``, keeping room for ``incoming`` more tokens.
+        """Bring the cache up to date with ``messages``, keeping room for ``incoming`` more
+        tokens.
 
-        The oldest turns are dropped while the prefix plus ``incoming`` exceeds the budget; a
-        question too long for the budget even alone still runs, with no turns remembered.
+        The oldest messages are dropped while the prefix plus ``incoming`` exceeds the budget; a
+        question too long for the budget even alone still runs, with nothing remembered.
         """
         dropped = 0
-        while self.turns and self.context_tokens + incoming > self.max_context_tokens:
-            self.turns.pop(0)
-            self._turn_ids.pop(0)
+        while self.messages and self.context_tokens + incoming > self.max_context_tokens:
+            self.messages.pop(0)
+            self._message_ids.pop(0)
             dropped += 1
-        if dropped and self._cached_turns:  # cached keys carry their positions: rebuild
+        if dropped and self._cached:  # cached keys carry their positions: rebuild
             self._cache = None
         ids: list[int] = []
         if self._cache is None:
             self._cache = DynamicCache(config=self.model.llm.config)
-            self._cached_turns = 0
+            self._cached = 0
             ids = list(self._system_ids)
-        for turn_ids in self._turn_ids[self._cached_turns :]:
-            ids += turn_ids
+        for message_ids in self._message_ids[self._cached :]:
+            ids += message_ids
         if ids:
             self._forward(self._embed_ids(ids))
-        self._cached_turns = len(self.turns)
+        self._cached = len(self.messages)
 
     # -- answering --------------------------------------------------------------------------
 
@@ -191,16 +272,50 @@ class Conversation:
         question: str,
         options: DecodingOptions = CHAT,
         instruction: str = CHAT_INSTRUCTION,
+        question_id: str | None = None,
+        answer_id: str | None = None,
+        instructions: str = "",
     ) -> Reply:
         """Start answering the spoken question ``audio_embeds`` (Ta, H); iterate the Reply.
 
-        ``question`` is its transcript, remembered in place of the audio once answered.
+        ``question`` is its transcript, remembered in place of the audio once answered;
+        ``question_id`` and ``answer_id`` name the two messages remembered; ``instructions``
+        as for ``start``.
         """
-        return self.start(self.question_inputs(audio_embeds, instruction), question, options)
+        inputs = self.question_inputs(audio_embeds, instruction)
+        return self.start(
+            inputs,
+            question,
+            options,
+            question_id=question_id,
+            answer_id=answer_id,
+            instructions=instructions,
+        )
 
     def reply_text(self, question: str, options: DecodingOptions = CHAT) -> Reply:
-        """Start answering a typed question."""
-        return self.start(self._embed_ids(self._ids(question_suffix(question))), question, options)
+        """Start answering a typed question (remembered at once)."""
+        self.add(Message("user", question))
+        return self.respond(options)
+
+    def respond(
+        self,
+        options: DecodingOptions = CHAT,
+        *,
+        instructions: str = "",
+        answer_id: str | None = None,
+        remember: bool = True,
+    ) -> Reply:
+        """Start an answer to the remembered messages alone (a typed question, or none: the
+        assistant speaks first); the arguments as for ``start``."""
+        inputs = self._embed_ids(self._ids(REPLY_START))  # (1, S, H)
+        return self.start(
+            inputs,
+            None,
+            options,
+            answer_id=answer_id,
+            remember=remember,
+            instructions=instructions,
+        )
 
     def question_inputs(self, audio_embeds: Tensor, instruction: str = CHAT_INSTRUCTION) -> Tensor:
         """A spoken question as the LLM reads it after the prefix: its audio (Ta, H), then
@@ -218,15 +333,24 @@ class Conversation:
     def start(
         self,
         inputs_embeds: Tensor,
-        question: str,
+        question: str | None,
         options: DecodingOptions,
         *,
         kind: type[R] | None = None,
         new_tokens: int | None = None,
+        question_id: str | None = None,
+        answer_id: str | None = None,
+        remember: bool = True,
+        instructions: str = "",
         **generation: Any,
     ) -> R:
         """Start a reply to ``inputs_embeds`` (1, N, H) after the remembered prefix.
 
+        ``question``: the user message remembered before the answer (None: none, the question
+        is already remembered or there is none); ``question_id`` and ``answer_id`` name the two
+        messages; ``remember`` False: neither is remembered (the cache is only cropped back).
+        ``instructions``: this reply's own, read as a system message just before
+        ``inputs_embeds`` and not remembered (the system turn stays).
         ``kind``: a ``Reply`` subclass (default ``Reply``), made with ``generation`` as its
         further arguments (``mooer.llm.speech.SpeechReply`` speaks). ``new_tokens``: the most
         tokens it may add (default ``options.max_new_tokens``), for which the token budget
@@ -234,9 +358,17 @@ class Conversation:
         """
         require_single_beam(options)  # before anything changes
         self._stop_active()
+        if instructions.strip():
+            system = self._embed_ids(self._ids(message_text("system", instructions.strip())))
+            inputs_embeds = torch.cat([system.to(inputs_embeds.dtype), inputs_embeds], dim=1)
         room = options.max_new_tokens if new_tokens is None else new_tokens
         self.sync(incoming=inputs_embeds.shape[1] + room)
-        reply = (kind or Reply)(self, inputs_embeds, question, options, **generation)
+        reply = (kind or Reply)(self, inputs_embeds, question or "", options, **generation)
+        reply.memo = (
+            Message("user", question, question_id) if question is not None else None,
+            answer_id,
+            remember,
+        )
         self._active = reply
         return reply  # type: ignore[return-value]
 
@@ -269,13 +401,27 @@ class Conversation:
         if self._active is not None:
             self._active.stop()
 
+    def _uncache_from(self, index: int) -> None:
+        """The messages from ``index`` on leave the cache (``sync`` recomputes them)."""
+        if self._cache is None or index >= self._cached:
+            return
+        keep = len(self._system_ids) + sum(len(ids) for ids in self._message_ids[:index])
+        with torch.inference_mode():
+            self._cache.crop(keep - self._cache.get_seq_length())
+        self._cached = index
+
     def _finish(self, reply: Reply) -> Turn:
-        """Crop the cache back to the remembered prefix and remember the reply's turn."""
+        """Crop the cache back to the remembered prefix and remember the reply's messages."""
         assert self._cache is not None
         with torch.inference_mode():
             self._cache.crop(self.context_tokens - self._cache.get_seq_length())
         self._active = None
-        return self.append(reply.question, reply.text, reply.interrupted)
+        question, answer_id, remember = reply.memo
+        if remember:
+            if question is not None:
+                self.add(question)
+            self.add(Message("assistant", reply.text, answer_id, reply.interrupted))
+        return Turn(reply.question.strip(), reply.text.strip(), reply.interrupted)
 
     def _ids(self, text: str) -> list[int]:
         return self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -311,6 +457,10 @@ class Reply(Generation):
         self.conversation = conversation
         self.question = question
         self.turn: Turn | None = None
+        self.cached_tokens = conversation.cached_tokens  # the prefix it reads from the cache
+        self.input_tokens = self.cached_tokens + inputs_embeds.shape[1]  # all it reads
+        # What the end remembers: the question's message, the answer's id, whether at all
+        self.memo: tuple[Message | None, str | None, bool] = (None, None, True)
 
     def _end(self, interrupted: bool) -> None:
         super()._end(interrupted)

@@ -172,12 +172,15 @@ def spoken_reply(
     options: DecodingOptions = CHAT,
     audio_options: DecodingOptions = SPOKEN_REPLY,
     should_stop: Callable[[], bool] | None = None,
+    question_id: str | None = None,
+    answer_id: str | None = None,
+    instructions: str = "",
 ) -> SpeechReply:
     """Start answering the spoken question ``audio_embeds`` (Ta, H) aloud, ``s2s_chat`` style.
 
     The text is decoded with ``options`` (a text reply's), the audio tokens with
-    ``audio_options``; the budget keeps room for both. ``question`` is remembered as for
-    ``Conversation.reply``.
+    ``audio_options``; the budget keeps room for both. ``question`` (and the two ids) are
+    remembered as for ``Conversation.reply``.
     """
     inputs = conversation.question_inputs(audio_embeds, SPEECH_CHAT_INSTRUCTION)  # (1, N, H)
     return conversation.start(
@@ -186,6 +189,9 @@ def spoken_reply(
         options,
         kind=SpeechReply,
         new_tokens=options.max_new_tokens + audio_options.max_new_tokens,
+        question_id=question_id,
+        answer_id=answer_id,
+        instructions=instructions,
         should_stop=should_stop,
         audio_options=audio_options,
     )

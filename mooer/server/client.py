@@ -186,6 +186,8 @@ async def _send(
         "mooer": {"task": captions.task},
     }
     speaks_translations = reply_audio is not None and captions.task != "chat"
+    if captions.task == "chat":  # the API's default is spoken replies
+        session["output_modalities"] = ["text"]
     if reply_audio is not None:
         session["output_modalities"] = ["audio"]
         session["audio"]["output"] = {"format": {"type": "audio/pcm", "rate": reply_audio.rate}}

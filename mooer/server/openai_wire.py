@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mooer.errors import MooerError
 from mooer.server.connection import (
     CLOSE_POLICY,
     Link,
@@ -20,7 +21,7 @@ from mooer.server.connection import (
 from mooer.server.pcm import WireDecoder, WireFormat
 
 # Engine error codes a client caused (the rest are the server's own failures)
-CLIENT_ERRORS = frozenset({"empty_commit", "no_input"})
+CLIENT_ERRORS = frozenset({"empty_commit"})
 
 
 def error_kind(code: str) -> str:
@@ -99,6 +100,8 @@ class OpenAIWire(WireProtocol):
         except ProtocolError as error:
             error.event_id = error.event_id or client_id
             raise
+        except MooerError as error:  # bad settings found below the protocol: still its event's
+            raise ProtocolError("invalid_value", str(error), event_id=client_id) from error
 
     def on_binary(self, data: bytes) -> None:
         """Binary frames carry raw audio in the session's input format (a mooer extension)."""

@@ -2,11 +2,14 @@
 
 ``AsyncOpenAI(base_url="http://HOST:PORT/v1").realtime.connect(model=...)`` connects unchanged.
 Client events: ``session.update``, ``input_audio_buffer.append|commit|clear``,
-``response.create|cancel``; binary frames carry raw audio in the session's input format.
+``conversation.item.create|retrieve|delete|truncate``, ``response.create|cancel``,
+``output_audio_buffer.clear``; binary frames carry raw audio in the session's input format.
 Server events: ``session.created|updated``, ``input_audio_buffer.speech_started|speech_stopped|
-committed|cleared``, ``conversation.item.added|done``,
+committed|cleared``, ``conversation.item.added|done|retrieved|deleted|truncated``,
 ``conversation.item.input_audio_transcription.delta|completed``, the ``response.*`` text
-sequence, and ``error``. With ``output_modalities`` ``["audio"]`` a reply is spoken:
+sequence, and ``error``. The conversation's items (``mooer.server.realtime_items``) keep the
+client's ids; the session's chat memory follows each change. With ``output_modalities``
+``["audio"]`` (the default of realtime sessions) a reply is spoken:
 ``response.output_audio.delta|done`` (base64 PCM16), ``response.output_audio_transcript.delta|
 done`` in place of the text events, and ``output_audio_buffer.started|stopped|cleared`` (cleared
 at barge-in or on ``output_audio_buffer.clear``). docs/protocol.md describes every message.
@@ -36,12 +39,9 @@ from mooer.audio import SAMPLE_RATE
 from mooer.server.connection import CLOSE_NORMAL, Link, ProtocolError, new_id
 from mooer.server.openai_wire import OpenAIWire, audio_pieces, error_kind, json_object
 from mooer.server.pcm import WireDecoder
-from mooer.server.realtime_session import RealtimeSettings, apply_update
+from mooer.server.realtime_items import ROOT, Items, Speech, read_message
+from mooer.server.realtime_session import RealtimeSettings, apply_update, read_modalities
 
-# Known client events mooer does not serve.
-UNSUPPORTED = frozenset(
-    {"conversation.item.delete", "conversation.item.retrieve", "conversation.item.truncate"}
-)
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
 # Engine error codes that have an OpenAI name
 OPENAI_CODES = {"empty_commit": "input_audio_buffer_commit_empty"}
@@ -57,12 +57,24 @@ class _Utterance:
 
 
 @dataclass
+class _Request:
+    """What a ``response.create`` asked for, until its response starts."""
+
+    audio: bool  # spoken
+    remember: bool = True  # conversation "auto" (False: "none", out of band)
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass
 class _Response:
     response_id: str
     item_id: str  # the assistant message's id
     audio: bool = False  # spoken: audio content, transcript events
     audio_started: bool = False  # output_audio_buffer.started was sent
     audio_done: bool = False  # response.output_audio.done was sent
+    remember: bool = True  # in the conversation (False: out of band)
+    metadata: dict[str, Any] | None = None
+    speech: Speech | None = None  # what was spoken, for truncate
 
 
 class RealtimeProtocol(OpenAIWire):
@@ -70,7 +82,6 @@ class RealtimeProtocol(OpenAIWire):
 
     name = "realtime"
     subprotocols = ("realtime",)
-    unsupported = UNSUPPORTED
 
     def __init__(self, link: Link) -> None:
         kind = "transcription" if link.query.get("intent") == "transcription" else "realtime"
@@ -81,7 +92,8 @@ class RealtimeProtocol(OpenAIWire):
         self.commit_mark = 0  # samples_fed at the last commit or clear
         self.committed_ms = 0  # audio the last client commit covered
         self.items: dict[str, _Utterance] = {}
-        self.last_item_id: str | None = None
+        self.conversation = Items()
+        self.requests: dict[str, _Request] = {}  # asked for, not started yet
         self.response: _Response | None = None
         self.cancel_requested = False
         self.close_requested = False  # session.close: session.closed ends the connection
@@ -92,6 +104,9 @@ class RealtimeProtocol(OpenAIWire):
             "input_audio_buffer.commit": self._commit,
             "input_audio_buffer.clear": self._clear,
             "conversation.item.create": self._item_create,
+            "conversation.item.retrieve": self._item_retrieve,
+            "conversation.item.delete": self._item_delete,
+            "conversation.item.truncate": self._item_truncate,
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
             "output_audio_buffer.clear": self._output_clear,
@@ -139,6 +154,7 @@ class RealtimeProtocol(OpenAIWire):
                 self.link.hub.engine.check_speech(config)  # a bad voice
                 self.reopen(config)
                 self.commit_mark = self.samples_fed
+                self.conversation = Items()  # the new engine session's memory starts afresh
         self.settings = new
         self.emit("session.updated", session=self._describe())
 
@@ -179,40 +195,141 @@ class RealtimeProtocol(OpenAIWire):
             )
 
     def _item_create(self, event: dict[str, Any]) -> None:
-        """A typed user message (chat): answered by the next ``response.create``."""
+        """A typed message (user, assistant or system) into the conversation, under the
+        client's id if it gave one; a user one is answered by the next ``response.create``."""
         self._require_chat("conversation.item.create")
-        item = json_object(event.get("item"), "item")
-        if item.get("type", "message") != "message" or item.get("role") != "user":
+        role, text, item = read_message(json_object(event.get("item"), "item"))
+        if item["id"] is not None and (not isinstance(item["id"], str) or not item["id"]):
+            raise ProtocolError("invalid_value", "item.id must be a non-empty string", "item.id")
+        if item["id"] in self.conversation:
             raise ProtocolError(
-                "unsupported_value", "mooer takes user messages with input_text only", "item"
+                "item_create_duplicate_item_id",
+                f"item.id {item['id']!r} is already in the conversation",
+                "item.id",
             )
-        parts = item.get("content") if isinstance(item.get("content"), list) else []
-        texts = [
-            p.get("text") for p in parts if isinstance(p, dict) and p.get("type") == "input_text"
-        ]
-        text = " ".join(t.strip() for t in texts if isinstance(t, str) and t.strip())
-        if not text:
+        after = event.get("previous_item_id")
+        if after is not None and after != ROOT:
+            self.conversation.get(after, "previous_item_id")
+        item["id"] = self.session.add_message(
+            text, role, item["id"], after if after != ROOT else None, first=after == ROOT
+        )
+        previous = self.conversation.add(item, after)
+        self.emit("conversation.item.added", previous_item_id=previous, item=item)
+        self.emit("conversation.item.done", item=item)
+
+    def _item_retrieve(self, event: dict[str, Any]) -> None:
+        self.conversation.get(event.get("item_id"))
+        self.emit("conversation.item.retrieved", item=self.conversation.retrieved(event["item_id"]))
+
+    def _item_delete(self, event: dict[str, Any]) -> None:
+        """Drop an item; the chat memory forgets it (a reply still being made is cancelled)."""
+        self.conversation.get(event.get("item_id"))
+        item_id = event["item_id"]
+        self._cancel_if_making(item_id)
+        self.conversation.remove(item_id)
+        if self.settings.task == "chat":
+            self.session.delete_item(item_id)
+        self.emit("conversation.item.deleted", item_id=item_id)
+
+    def _item_truncate(self, event: dict[str, Any]) -> None:
+        """Cut a spoken reply to the audio heard: its stored audio, its transcript, and what
+        the chat memory remembers of it (a reply still being made is cancelled first)."""
+        item = self.conversation.get(event.get("item_id"))
+        item_id = item["id"]
+        if event.get("content_index", 0) != 0:
             raise ProtocolError(
-                "invalid_value", "item.content needs an input_text part with text", "item.content"
+                "invalid_value", "content_index must be 0: a reply has one part", "content_index"
             )
-        item_id = self.session.add_text(text)
-        added = _user_item(item_id, {"type": "input_text", "text": text})
-        self.emit("conversation.item.added", previous_item_id=self.last_item_id, item=added)
-        self.emit("conversation.item.done", item=added)
-        self.last_item_id = item_id
+        end_ms = event.get("audio_end_ms")
+        if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
+            raise ProtocolError(
+                "invalid_value", "audio_end_ms must be a whole number >= 0", "audio_end_ms"
+            )
+        speech = self.conversation.speech.get(item_id)
+        if self.response is not None and self.response.item_id == item_id:
+            speech = self.response.speech  # still being made (or its end not seen yet)
+        if speech is None:
+            raise ProtocolError(
+                "invalid_value",
+                f"item {item_id!r} is not a spoken reply whose audio is kept: only those can "
+                "be truncated",
+                "item_id",
+            )
+        if end_ms > speech.duration_ms:
+            raise ProtocolError(
+                "invalid_value",
+                f"audio_end_ms {end_ms} is beyond the {speech.duration_ms} ms of audio of "
+                f"item {item_id!r}",
+                "audio_end_ms",
+            )
+        self._cancel_if_making(item_id)
+        heard = speech.truncate(end_ms)
+        item["content"] = [{"type": "output_audio", "transcript": heard}]
+        self.session.rewrite_item(item_id, heard)
+        self.emit(
+            "conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=end_ms
+        )
+
+    def _cancel_if_making(self, item_id: str) -> None:
+        if self.response is not None and self.response.item_id == item_id:
+            self.cancel_requested = True
+            self.session.cancel_response()
 
     def _response_create(self, event: dict[str, Any]) -> None:
+        """A reply: to the spoken turn waiting for one, else to the conversation as it is (with
+        no user turn, the assistant speaks first), with the ``response`` object's fields."""
         self._require_chat("response.create")
-        if self.response is not None:
+        asked = json_object(event.get("response"), "response")
+        conversation = asked.get("conversation", "auto")
+        if conversation not in ("auto", "none"):
+            raise ProtocolError(
+                "invalid_value",
+                f"response.conversation {conversation!r}: expected 'auto' or 'none'",
+                "response.conversation",
+            )
+        remember = conversation == "auto"
+        if remember and (self.response is not None and self.response.remember or self._asked()):
             raise ProtocolError(
                 "conversation_already_has_active_response",
-                f"response {self.response.response_id} is still in progress",
+                f"response {self._active_id()} is still in progress",
             )
-        self.session.create_response()
+        if asked.get("input") is not None:
+            raise ProtocolError(
+                "unsupported_value",
+                "response.input is not served: a response answers the conversation",
+                "response.input",
+            )
+        audio = self.settings.speaks
+        if "output_modalities" in asked:
+            audio = "audio" in read_modalities(
+                asked["output_modalities"], "response.output_modalities"
+            )
+        instructions = asked.get("instructions") or ""
+        if not isinstance(instructions, str):
+            raise ProtocolError(
+                "invalid_value", "response.instructions must be a string", "response.instructions"
+            )
+        metadata = asked.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ProtocolError(
+                "invalid_value", "response.metadata must be an object", "response.metadata"
+            )
+        response_id = self.session.create_response(instructions, remember, audio)
+        self.requests[response_id] = _Request(audio, remember, metadata)
+
+    def _asked(self) -> bool:
+        """An in-conversation response was asked for and has not started."""
+        return any(r.remember for r in self.requests.values())
+
+    def _active_id(self) -> str:
+        if self.response is not None:
+            return self.response.response_id
+        return next(iter(self.requests), "")
 
     def _response_cancel(self, event: dict[str, Any]) -> None:
         wanted = event.get("response_id")
-        if self.response is None or wanted not in (None, self.response.response_id):
+        active = ([self.response.response_id] if self.response else []) + list(self.requests)
+        if not active or wanted not in (None, *active):
             raise ProtocolError(
                 "response_cancel_not_active",
                 "there is no active response to cancel"
@@ -251,15 +368,10 @@ class RealtimeProtocol(OpenAIWire):
         # A manual turn has no speech_started: its length is what the commit covered.
         self.items.setdefault(e.item_id, _Utterance(0, self.committed_ms))
         self.commit_mark = self.samples_fed
-        self.emit(
-            "input_audio_buffer.committed", item_id=e.item_id, previous_item_id=self.last_item_id
-        )
-        self.emit(
-            "conversation.item.added",
-            previous_item_id=self.last_item_id,
-            item=_user_item(e.item_id, {"type": "input_audio", "transcript": None}),
-        )
-        self.last_item_id = e.item_id
+        item = _user_item(e.item_id, {"type": "input_audio", "transcript": None})
+        previous = self.conversation.add(item)
+        self.emit("input_audio_buffer.committed", item_id=e.item_id, previous_item_id=previous)
+        self.emit("conversation.item.added", previous_item_id=previous, item=item)
 
     def _on_transcript_delta(self, e: ev.TranscriptDelta) -> None:
         self._transcription_delta(e.item_id, e.delta, stable_text=e.stable_text, text=e.text)
@@ -289,7 +401,15 @@ class RealtimeProtocol(OpenAIWire):
                 translation=e.text,
             )
 
+    @property
+    def _transcribes(self) -> bool:
+        """Input transcription events are sent (a chat session with transcription null has
+        none; the other tasks' whole output is their transcript)."""
+        return self.settings.transcription is not None or self.settings.task != "chat"
+
     def _transcription_delta(self, item_id: str, delta: str, **extra: Any) -> None:
+        if not delta or not self._transcribes:
+            return  # a partial that changed only the unstable tail: its text comes later
         self.emit(
             "conversation.item.input_audio_transcription.delta",
             item_id=item_id,
@@ -301,30 +421,46 @@ class RealtimeProtocol(OpenAIWire):
     def _transcription_done(self, item_id: str, text: str) -> None:
         item = self.items.pop(item_id, _Utterance())
         seconds = max(0, item.end_ms - item.start_ms) / 1000
-        self.emit(
-            "conversation.item.input_audio_transcription.completed",
-            item_id=item_id,
-            content_index=0,
-            transcript=text,
-            usage={"type": "duration", "seconds": seconds},
-        )
-        done = _user_item(item_id, {"type": "input_audio", "transcript": text})
+        if self._transcribes:
+            self.emit(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=text,
+                usage={"type": "duration", "seconds": seconds},
+            )
+        transcript = text if self._transcribes else None
+        done = _user_item(item_id, {"type": "input_audio", "transcript": transcript})
+        if item_id in self.conversation:  # not deleted meanwhile
+            self.conversation.update(done)
         self.emit("conversation.item.done", item=done)
 
     def _on_response_started(self, e: ev.ResponseStarted) -> None:
-        self.response = _Response(e.response_id, new_id("item"), audio=self.settings.speaks)
+        asked = self.requests.pop(e.response_id, None) or _Request(self.settings.speaks)
+        self.response = response = _Response(
+            e.response_id,
+            e.output_item_id,
+            audio=asked.audio,
+            remember=asked.remember,
+            metadata=asked.metadata,
+        )
+        if response.audio:
+            response.speech = Speech(self.settings.output_rate)
         item = self._assistant_item("in_progress", "")
         self.emit("response.created", response=self._response_object("in_progress", []))
         self.emit(
             "response.output_item.added", response_id=e.response_id, output_index=0, item=item
         )
-        self.emit("conversation.item.added", previous_item_id=self.last_item_id, item=item)
+        if response.remember:
+            previous = self.conversation.add(item)
+            self.emit("conversation.item.added", previous_item_id=previous, item=item)
         self.emit("response.content_part.added", **self._text_position(), part=self._part(""))
-        self.last_item_id = self.response.item_id
 
     def _on_response_text_delta(self, e: ev.ResponseTextDelta) -> None:
         if self.response is None or e.response_id != self.response.response_id:
             return
+        if self.response.speech is not None:
+            self.response.speech.add_text(e.delta)
         kind = "output_audio_transcript" if self.response.audio else "output_text"
         self.emit(f"response.{kind}.delta", **self._text_position(), delta=e.delta)
 
@@ -335,6 +471,8 @@ class RealtimeProtocol(OpenAIWire):
         if not response.audio_started:
             response.audio_started = True
             self.emit("output_audio_buffer.started", response_id=e.response_id)
+        if response.speech is not None:
+            response.speech.add_audio(e.audio)
         for piece in audio_pieces(e.audio, e.sample_rate):
             self.emit("response.output_audio.delta", **self._text_position(), delta=piece)
 
@@ -376,14 +514,29 @@ class RealtimeProtocol(OpenAIWire):
             self.emit("response.output_text.done", **self._text_position(), text=text)
         self.emit("response.content_part.done", **self._text_position(), part=self._part(text))
         self.emit("response.output_item.done", response_id=e.response_id, output_index=0, item=item)
-        self.emit("conversation.item.done", item=item)
+        if response.remember and response.item_id in self.conversation:  # not deleted
+            speech = response.speech
+            if speech is not None and speech.cut:  # truncated: the memory holds what was heard
+                item = self._assistant_item(item["status"], speech.transcript)
+            self.conversation.update(item)
+            if speech is not None:
+                self.conversation.keep_speech(response.item_id, speech)
+            self.emit("conversation.item.done", item=item)
         details: dict[str, Any] | None = None
         if status == "cancelled":
             reason = "client_cancelled" if self.cancel_requested else "turn_detected"
             details = {"type": "cancelled", "reason": reason}
         elif status == "failed":
             details = {"type": "failed", "error": {"type": "server_error", "code": "failed"}}
-        self.emit("response.done", response=self._response_object(status, [item], details))
+        usage = {
+            "total_tokens": e.input_tokens + e.output_tokens,
+            "input_tokens": e.input_tokens,
+            "output_tokens": e.output_tokens,
+            "input_token_details": {"cached_tokens": e.cached_tokens},
+            "output_token_details": {"text_tokens": e.output_tokens, "audio_tokens": 0},
+        }
+        done = self._response_object(status, [item], details)
+        self.emit("response.done", response={**done, "usage": usage})
         if response.audio_started and status == "completed":
             self.emit("output_audio_buffer.stopped", response_id=e.response_id)
         self.response, self.cancel_requested = None, False
@@ -411,9 +564,10 @@ class RealtimeProtocol(OpenAIWire):
             "status": status,
             "status_details": details,
             "output": output,
-            "conversation_id": self.session_id,
+            "conversation_id": self.session_id if self.response.remember else None,
             "output_modalities": ["audio" if self.response.audio else "text"],
             "max_output_tokens": "inf",
+            "metadata": self.response.metadata,
             "usage": None,
         }
 

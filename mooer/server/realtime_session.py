@@ -3,11 +3,13 @@
 Both the GA shape (``session.audio.input.format``, ``...turn_detection``, ``...transcription``,
 ``output_modalities``) and the older beta names (``input_audio_format``, ``turn_detection``,
 ``input_audio_transcription``, ``modalities`` at the session's top level) are read.
-``output_modalities`` ``["audio"]`` makes chat replies spoken, and in the ast tasks the final
+``output_modalities`` ``["audio"]`` (a realtime session's default, as OpenAI's) makes chat
+replies spoken, and in the ast tasks the final
 translations (PCM16, 24 kHz unless ``audio.output.format.rate`` says 16000): by the model's own
 speech head when it has one, else by the TTS backend, whose voice ``audio.output.voice`` names
 (espeak-ng ``m1``..``m8``, ``f1``..``f5``; OpenAI's voice names pick the default one).
-``instructions`` become the chat's system turn (empty: the released one). The ``mooer``
+``instructions`` become the chat's system turn (empty: the released one);
+``audio.input.transcription`` null silences a chat's transcription events. The ``mooer``
 object is this server's own: ``{"task": "asr"|"ast"|"asr+ast"|"chat",
 "partial_interval_ms": int}``. Fields mooer has no use for (tools, tracing, noise_reduction,
 ...) are accepted and ignored so that existing clients work unchanged.
@@ -29,6 +31,10 @@ from mooer.server.pcm import WireFormat
 TASKS = ("asr", "ast", "asr+ast", "chat")
 SESSION_TYPES = ("realtime", "transcription")
 DEFAULT_TASK = {"realtime": "chat", "transcription": "asr"}
+# OpenAI's default output by session type: spoken replies; transcription sessions have none
+DEFAULT_MODALITIES = {"realtime": ("audio",), "transcription": ("text",)}
+# mooer transcribes what it hears unless a chat session sets audio.input.transcription null
+DEFAULT_TRANSCRIPTION = {"model": "mooer"}
 GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
 BETA_FORMATS = {"pcm16": "pcm16", "g711_ulaw": "pcmu", "g711_alaw": "pcma"}
 # semantic_vad has no model here: its eagerness picks how much silence ends a turn
@@ -76,7 +82,10 @@ class RealtimeSettings:
     task: str = "chat"
     format: WireFormat = field(default_factory=WireFormat)
     turn_detection: TurnDetection | None = field(default_factory=TurnDetection)
-    transcription: dict[str, Any] | None = None  # echoed back; mooer has one recogniser
+    # echoed back (mooer has one recogniser); null: a chat session sends no transcription events
+    transcription: dict[str, Any] | None = field(
+        default_factory=lambda: dict(DEFAULT_TRANSCRIPTION)
+    )
     instructions: str = ""
     partial_interval_ms: int = 480
     output_modalities: tuple[str, ...] = ("text",)
@@ -99,6 +108,7 @@ class RealtimeSettings:
         return cls(
             type=session_type,
             task=DEFAULT_TASK[session_type],
+            output_modalities=DEFAULT_MODALITIES[session_type],
             turn_detection=TurnDetection(vad=defaults.vad),
             partial_interval_ms=defaults.partial_interval_ms,
         )
@@ -180,7 +190,9 @@ def apply_update(settings: RealtimeSettings, session: object) -> RealtimeSetting
             param="session.type",
         )
     if kind != settings.type:
-        new = replace(new, type=kind, task=DEFAULT_TASK[kind])
+        new = replace(
+            new, type=kind, task=DEFAULT_TASK[kind], output_modalities=DEFAULT_MODALITIES[kind]
+        )
 
     audio = json_object(session.get("audio"), "session.audio")
     audio_input = json_object(audio.get("input"), "session.audio.input")
@@ -216,7 +228,7 @@ def apply_update(settings: RealtimeSettings, session: object) -> RealtimeSetting
         new = replace(new, instructions=session["instructions"])
     for key in ("output_modalities", "modalities"):
         if key in session:
-            new = replace(new, output_modalities=_modalities(session[key], f"session.{key}"))
+            new = replace(new, output_modalities=read_modalities(session[key], f"session.{key}"))
             break
     new = _apply_output(new, session, json_object(audio.get("output"), "session.audio.output"))
 
@@ -307,7 +319,7 @@ def _turn_detection(value: object, param: str) -> TurnDetection | None:
     return TurnDetection(type=kind, vad=vad, eagerness=eagerness, **flags)
 
 
-def _modalities(value: object, param: str) -> tuple[str, ...]:
+def read_modalities(value: object, param: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(m in MODALITIES for m in value):
         raise ProtocolError(
             "invalid_value", f"{param} must be a list of 'text' and/or 'audio'", param

@@ -346,19 +346,30 @@ def test_manual_chat_answers_on_request(engine, clips):
     recorder = Recorder()
     config = dataclasses.replace(CHAT_MODE, turn_detection=False, auto_response=False)
     session = engine.open(config, recorder)
-    session.create_response()
+    opening = session.create_response()  # no user turn yet: the assistant speaks first
     _feed(session, _say(QUESTIONS[0]))
     spoken = session.commit()
     first = session.create_response()
-    typed = session.add_text("and now a typed question")
+    typed = session.add_message("and now a typed question", item_id="client_1")
     second = session.create_response()
     assert session.wait_idle(30)
-    assert [e.code for e in recorder.of(ev.Error)] == ["no_input"]  # nothing to answer yet
-    assert [(e.response_id, e.item_id) for e in recorder.of(ev.ResponseStarted)] == [
+    assert recorder.of(ev.Error) == []
+    started = recorder.of(ev.ResponseStarted)
+    assert [(e.response_id, e.item_id) for e in started] == [
+        (opening, None),  # answers the conversation as remembered
         (first, spoken),
-        (second, typed),
+        (second, None),  # the typed question is remembered already
     ]
-    assert [e.status for e in recorder.of(ev.ResponseDone)] == ["completed", "completed"]
+    assert typed == "client_1"
+    assert [e.status for e in recorder.of(ev.ResponseDone)] == ["completed"] * 3
+    messages = session.conversation.messages
+    assert [(m.role, m.id) for m in messages] == [
+        ("assistant", started[0].output_item_id),
+        ("user", spoken),
+        ("assistant", started[1].output_item_id),
+        ("user", "client_1"),
+        ("assistant", started[2].output_item_id),
+    ]
     questions = [t.question for t in session.conversation.turns]
     assert questions == [recorder.of(ev.Transcript)[0].text, "and now a typed question"]
     session.reset()

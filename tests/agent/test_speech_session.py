@@ -373,11 +373,11 @@ def test_instructions_reach_the_llm_and_can_change_mid_session(omni_model, clips
     try:
         session = engine.open(text_chat, recorder)
         assert session.conversation.instructions == ""  # the released system turn
-        session.add_text("hello")
+        session.add_message("hello")
         session.create_response()
         recorder.wait_for(lambda e: isinstance(e, ev.ResponseDone), WAIT_S)
         session.set_instructions(instructions)
-        session.add_text("again")
+        session.add_message("again")
         session.create_response()
         recorder.wait_for(lambda e: len(recorder.of(ev.ResponseDone)) == 2, WAIT_S)
     finally:

@@ -16,9 +16,12 @@ from mooer.errors import ConfigError
 from mooer.llm.conversation import (
     CHAT,
     CHAT_INSTRUCTION,
+    REPLY_START,
     SYSTEM_TURN,
     Conversation,
+    Message,
     history_prefix,
+    message_text,
     question_suffix,
     system_turn,
     text_turn,
@@ -323,3 +326,73 @@ def test_bad_input_is_refused(model, questions):
         conversation.reply(questions[0][None], question="x")
     with pytest.raises(ConfigError, match="needs num_beams 1"):
         conversation.reply(questions[0], question="x", options=replace(SHORT, num_beams=2))
+
+
+def _greedy_after_text(model, prefix: str, max_new_tokens: int) -> list[int]:
+    """Greedy answer ids after ``prefix`` (the system turn and messages) and the assistant's
+    opening, from full forward passes."""
+    assert prefix.startswith(SYSTEM_TURN)
+    no_audio = torch.zeros(0, model.llm.config.hidden_size)  # (0, H)
+    suffix = prefix.removeprefix(SYSTEM_TURN) + REPLY_START
+    return _greedy_without_cache(model, [], no_audio, max_new_tokens, suffix)
+
+
+def test_messages_added_removed_and_rewritten_keep_the_cache_true(model, questions):
+    conversation = Conversation(model)
+    turn, _, _ = _answer(conversation, questions[0], "spoken")
+    conversation.add(Message("system", "Be brief."))
+    conversation.add(Message("user", "typed", "u1"))
+    conversation.add(Message("assistant", "an earlier answer", "a0"), index=0)
+    conversation.sync()
+    assert [m.role for m in conversation.messages] == [
+        "assistant",
+        "user",
+        "assistant",
+        "system",
+        "user",
+    ]
+    expected = SYSTEM_TURN + "".join(
+        message_text(role, text)
+        for role, text in [
+            ("assistant", "an earlier answer"),
+            ("user", "spoken"),
+            ("assistant", turn.answer),
+            ("system", "Be brief."),
+            ("user", "typed"),
+        ]
+    )
+    assert conversation.prompt_text() == expected
+    reply = conversation.respond(SHORT, answer_id="a1")
+    tokens = [token for token, _ in reply]
+    assert tokens == _greedy_after_text(model, expected, SHORT.max_new_tokens)
+    assert conversation.messages[-1].id == "a1" and conversation.turns[-1].question == "typed"
+
+    # Cutting the answer, dropping the typed question: the cache recomputes from the first
+    # message changed, and equals a cache built from the text.
+    assert conversation.rewrite("a1", "cut short") and conversation.remove("u1")
+    assert not conversation.remove("nobody") and conversation.index_of("u1") is None
+    assert conversation.messages[-1] == Message("assistant", "cut short", "a1", True)
+    conversation.sync()
+    rebuilt = Conversation(model)
+    for message in conversation.messages:
+        rebuilt.add(message)
+    rebuilt.sync()
+    assert conversation.prompt_text() == rebuilt.prompt_text()
+    assert conversation.cached_tokens == rebuilt.cached_tokens == conversation.context_tokens
+    for kept, fresh in zip(conversation.cache.layers, rebuilt.cache.layers):
+        torch.testing.assert_close(kept.keys, fresh.keys, atol=1e-5, rtol=1e-4)
+
+
+def test_an_out_of_band_answer_with_its_own_instructions_is_not_remembered(model):
+    conversation = Conversation(model)
+    conversation.add(Message("user", "hello"))
+    before = conversation.prompt_text()
+    reply = conversation.respond(SHORT, instructions="Say goodbye.", remember=False)
+    tokens = [token for token, _ in reply]
+    prefix = before + message_text("system", "Say goodbye.")
+    assert tokens == _greedy_after_text(model, prefix, SHORT.max_new_tokens)
+    assert tokens != _greedy_after_text(model, before, SHORT.max_new_tokens)
+    assert conversation.prompt_text() == before and len(conversation.messages) == 1
+    assert conversation.cached_tokens == conversation.context_tokens
+    with pytest.raises(ConfigError, match="role"):
+        conversation.add(Message("tool", "x"))

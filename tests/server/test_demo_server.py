@@ -132,7 +132,7 @@ def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server)
         client = AsyncOpenAI(base_url=f"{demo_server.url}/v1", api_key="unused")
         transcripts, answers = [], []
         async with client.realtime.connect(model="mooer") as conn:
-            session = {"type": "realtime", "mooer": {"task": "chat"}}
+            session = {"type": "realtime", "output_modalities": ["text"], "mooer": {"task": "chat"}}
             await conn.session.update(session=session)  # type: ignore[arg-type]
             for pcm in turns:  # the second is spoken once the first is answered
                 await send_realtime(conn, pcm)

@@ -119,6 +119,7 @@ def test_sdk_session_streams_partials_then_the_final(server, offline, speech):
     assert updated.session.audio.input.format.rate == 24000
     deltas = [e for e in events if e.type == "conversation.item.input_audio_transcription.delta"]
     assert deltas and kinds.index(deltas[0].type) < kinds.index(FINAL)
+    assert all(e.delta for e in deltas)  # a partial that only changed its tail sends none
     final = events[-1]
     assert final.item_id == deltas[0].item_id
     assert final.transcript.strip()
@@ -180,7 +181,9 @@ def test_translation_tasks(server, offline, speech, task):
 def test_chat_turns_spoken_and_typed_get_responses(server, speech):
     async def run():
         client = await _connect(server, query="model=mooer")
-        session = await client.configure(**manual_16k("chat", kind="realtime"))
+        session = await client.configure(
+            **manual_16k("chat", kind="realtime"), output_modalities=["text"]
+        )
         assert session["type"] == "realtime" and session["output_modalities"] == ["text"]
         await client.stream(speech[0][: 2 * SAMPLE_RATE])
         await client.send("input_audio_buffer.commit")
@@ -230,7 +233,12 @@ def test_bad_messages_get_errors_and_the_session_goes_on(server, offline, speech
             ("array", "[1, 2]"),
             ("no_type", json.dumps({"audio": "AAAA"})),
             ("unknown", json.dumps({"type": "input_audio_buffer.flush", "event_id": "ev1"})),
-            ("unsupported", json.dumps({"type": "conversation.item.truncate"})),
+            (
+                "unknown_item",
+                json.dumps(
+                    {"type": "conversation.item.retrieve", "item_id": "nope", "event_id": "ev2"}
+                ),
+            ),
             ("no_audio", json.dumps({"type": "input_audio_buffer.append"})),
             ("base64", json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"})),
             (
@@ -280,7 +288,9 @@ def test_bad_messages_get_errors_and_the_session_goes_on(server, offline, speech
     assert replies["unknown"]["code"] == "unknown_event"
     assert replies["unknown"]["event_id"] == "ev1"
     assert "input_audio_buffer.flush" in replies["unknown"]["message"]
-    assert replies["unsupported"]["code"] == "unsupported_event"
+    assert replies["unknown_item"]["code"] == "item_not_found"
+    assert replies["unknown_item"]["param"] == "item_id"
+    assert replies["unknown_item"]["event_id"] == "ev2"
     assert replies["no_audio"]["param"] == "audio"
     assert "base64" in replies["base64"]["message"]
     assert replies["rate"]["param"] == "session.audio.input.format.rate"

@@ -258,7 +258,11 @@ def test_instructions_reach_the_llm_and_keep_the_conversation(server, model, ses
     async def run() -> list[str]:
         client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
         async with client.realtime.connect(model="mooer") as conn:
-            manual = {"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+            manual = {
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "audio": {"input": {"turn_detection": None}},
+            }
             await conn.session.update(session=manual)  # type: ignore[arg-type]
             first = await ask(conn, "hello")
             pirate = {"instructions": "You are a pirate."}
