@@ -23,6 +23,7 @@ class ServerConfig:
     port: int = 8000
     funasr_port: int | None = None  # also serve the FunASR protocol at ws://host:funasr_port/
     api_key: str | None = None  # required from every client when set
+    funasr_open: bool = False  # websockets on funasr_port need no api_key (a trusted network)
     allowed_origins: tuple[str, ...] = ()
     max_sessions: int = 16  # live websocket sessions; more are refused, not queued
     max_message_bytes: int = 1 * MIB  # one websocket message (base64 text or binary PCM)
@@ -42,6 +43,13 @@ class ServerConfig:
                 raise ConfigError(
                     f"ServerConfig.funasr_port={self.funasr_port}: must differ from port"
                 )
+        if not isinstance(self.funasr_open, bool):
+            raise ConfigError(f"ServerConfig.funasr_open={self.funasr_open!r}: expected a bool")
+        if self.funasr_open and self.funasr_port is None:
+            raise ConfigError(
+                "ServerConfig.funasr_open: needs funasr_port (--funasr-open opens only FunASR's "
+                "own port; /funasr on the main port keeps requiring the key)"
+            )
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ConfigError("ServerConfig.api_key: expected a non-empty string or None")
         if isinstance(self.allowed_origins, str) or not all(
