@@ -17,6 +17,7 @@ next file on the same connection. ``hotwords`` and ``itn`` are accepted and igno
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -135,19 +136,23 @@ class FunasrProtocol(WireProtocol):
         self.refused = True
         super().refuse(error, code)
 
-    def _key_refused(self, key: object) -> bool:
-        """On a connection whose key is awaited: check ``key``; refuse the client if wrong."""
+    def _key_refused(self, frame: dict[str, Any] | None) -> bool:
+        """On a connection whose key is awaited: check the key of the first message (None: a
+        binary one); refuse the client if it is wrong, in reply to its own file."""
         if not self.link.key_awaited:
             return False
-        error = self.link.admit_key(key, KEY_WHERE)
+        error = self.link.admit_key(None if frame is None else frame.get(KEY_FIELD), KEY_WHERE)
         if error is not None:
+            with contextlib.suppress(ProtocolError):
+                self.settings = apply_frame(self.settings, frame or {})
             self.refuse(error, CLOSE_POLICY)
         return error is not None
 
     def on_text(self, text: str) -> None:
         frame = parse_json_object(text)
-        if self._key_refused(frame.pop(KEY_FIELD, None)):
+        if self._key_refused(frame):
             return
+        frame.pop(KEY_FIELD, None)
         if self.ending or self.held is not None:
             raise ProtocolError(
                 "busy", "the previous file is still being finished; wait for its is_final reply"
