@@ -237,7 +237,7 @@ def _ga_format(value: object) -> WireFormat:
     param = "session.audio.input.format"
     fmt = json_object(value, param)
     kind = fmt.get("type", "audio/pcm")
-    if kind not in GA_FORMATS:
+    if not isinstance(kind, str) or kind not in GA_FORMATS:
         raise ProtocolError(
             "invalid_value",
             f"{param}.type {kind!r} is not supported: expected one of {sorted(GA_FORMATS)}",
@@ -249,7 +249,7 @@ def _ga_format(value: object) -> WireFormat:
 
 
 def _beta_format(value: object) -> WireFormat:
-    if value not in BETA_FORMATS:
+    if not isinstance(value, str) or value not in BETA_FORMATS:
         raise ProtocolError(
             "invalid_value",
             f"session.input_audio_format {value!r} is not supported: expected one of "
@@ -287,7 +287,7 @@ def _turn_detection(value: object, param: str) -> TurnDetection | None:
     eagerness = None
     if kind == "semantic_vad":
         eagerness = obj.get("eagerness", "auto")
-        if eagerness not in EAGERNESS_SILENCE_MS:
+        if not isinstance(eagerness, str) or eagerness not in EAGERNESS_SILENCE_MS:
             raise ProtocolError(
                 "invalid_value",
                 f"{param}.eagerness {eagerness!r}: expected one of {sorted(EAGERNESS_SILENCE_MS)}",
