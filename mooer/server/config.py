@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, check_number
 
 MIB = 1 << 20
 
@@ -60,9 +60,7 @@ class ServerConfig:
                 "origins such as 'https://example.com', or ('*',)"
             )
         for name in ("max_sessions", "max_message_bytes", "max_upload_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"ServerConfig.{name}={value!r}: expected an integer >= 1")
+            check_number(getattr(self, name), f"ServerConfig.{name}", 1, integer=True)
         if self.max_message_bytes < 4096:
             raise ConfigError(
                 f"ServerConfig.max_message_bytes={self.max_message_bytes}: expected >= 4096 "
@@ -87,6 +85,4 @@ class ServerConfig:
 
 
 def _check_port(name: str, value: object, allow_zero: bool) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
-        raise ConfigError(f"ServerConfig.{name}={value!r}: expected a port in {low}..65535")
+    check_number(value, f"ServerConfig.{name}", 0 if allow_zero else 1, 65535, integer=True)
