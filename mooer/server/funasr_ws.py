@@ -12,6 +12,9 @@ After ``is_speaking: false`` the pending utterance is decoded and the last reply
 ``is_final: true`` and ``is_end: true`` (an empty-text reply if nothing was said), so clients
 that wait for the end-of-input acknowledgement return. Another JSON frame may then start the
 next file on the same connection. ``hotwords`` and ``itn`` are accepted and ignored.
+
+On a server with an API key, the first JSON frame carries it as ``api_key`` (mooer's addition:
+FunASR's clients send no headers); ``ServerConfig.funasr_open`` waives it on the FunASR port.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ CHUNK_FRAME_MS = 60  # chunk_size counts 60 ms encoder frames; its middle value 
 CHUNK_FRAMES = 1000  # the most frames of each chunk_size count: 60 s
 KEY_FIELD = "api_key"  # mooer's addition to the first JSON message, on a server with a key
 KEY_WHERE = (
-    f'send it as "{KEY_FIELD}" in the first JSON message (a FunASR client that cannot needs '
-    "a server started with --funasr-open)"
+    f'send it as "{KEY_FIELD}" in the first JSON message (for clients that cannot, the server '
+    "may open its FunASR port with --funasr-open)"
 )
 
 
