@@ -24,7 +24,7 @@ REDACTED = "[redacted]"
 # a JSON field such as FunASR's first message.
 SECRET_PATTERNS = (
     re.compile(r"(?i)(\bapi[_-]?key=)[^&\s\"'#]+"),
-    re.compile(r"(?i)(\bbearer\s+)[^\s\"',]+"),
+    re.compile(r"(?i)(\bbearer\s+)(?!KEY\b)[^\s\"',]+"),  # not the placeholder of our hints
     re.compile(r"(?i)(openai-insecure-api-key\.)[^\s\"',]+"),
     re.compile(r"(?i)([\"']api[_-]?key[\"']\s*:\s*[\"'])[^\"']*"),
 )
