@@ -1,14 +1,18 @@
-"""What the server's log lines may say: no API key, and each websocket handshake's real outcome.
+"""What the server's log lines may say: no API key, each websocket handshake's real outcome, and
+no traceback for a client's fault.
 
 Clients send keys where logs look: browsers in the URL (``?api_key=``, which uvicorn's access
 lines print) or a subprotocol, SDKs in an ``Authorization`` header, FunASR clients in their
-first JSON message. ``SecretFilter`` sits on every handler the server's lines pass through and
+first JSON message. ``ServerLogFilter`` sits on every handler the server's lines pass through and
 blanks keys in all those forms, plus the configured key wherever it appears.
 
 uvicorn logs ``"WebSocket /path" [accepted]`` when the app accepts the socket, but mooer
 accepts first and checks the key, origin and session limit after (so that a refused client
 gets an error event it can show): that line is dropped, and ``log_handshake`` writes the
 outcome instead, in the same form, once it is known.
+
+uvicorn also logs a client's text frame that is not UTF-8 as an error with a traceback (it then
+closes the connection with 1007, as RFC 6455 asks): that becomes a one-line warning.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ SECRET_PATTERNS = (
 MIN_LITERAL_KEY = 8  # shorter configured keys are blanked by the patterns only
 HANDSHAKE = '%s - "WebSocket %s" [%s]'
 UVICORN_ACCEPTED = '%s - "WebSocket %s" [accepted]'  # logged by uvicorn before the checks
+# uvicorn's lines about a client's fault that come with a traceback
+CLIENT_FAULTS = {"Invalid UTF-8 sequence received from client.": "closed it with 1007"}
 
 _handshakes = logging.getLogger("uvicorn.error")  # where uvicorn writes its websocket lines
 
@@ -45,17 +51,21 @@ def redact(text: str, key: str | None = None) -> str:
     return text
 
 
-class SecretFilter(logging.Filter):
+class ServerLogFilter(logging.Filter):
     """Blanks keys in a record's message, arguments and traceback; drops uvicorn's early
-    ``[accepted]`` websocket line."""
+    ``[accepted]`` websocket line; turns its client-fault tracebacks into warnings."""
 
     def __init__(self, key: str | None) -> None:
-        super().__init__("mooer-secrets")
+        super().__init__("mooer-server")
         self.key = key
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "uvicorn.error" and record.msg == UVICORN_ACCEPTED:
             return False
+        if record.name == "uvicorn.error" and record.msg in CLIENT_FAULTS:
+            record.msg = f"{record.msg} {CLIENT_FAULTS[record.msg]}"
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         if isinstance(record.msg, str):
             record.msg = redact(record.msg, self.key)
         if isinstance(record.args, tuple):  # kept a tuple: uvicorn's access formatter unpacks it
@@ -72,13 +82,13 @@ class SecretFilter(logging.Filter):
         return redact(value, self.key) if isinstance(value, str) else value
 
 
-def install_secret_filter(key: str | None) -> None:
-    """Put a ``SecretFilter`` on the handlers of the root logger and uvicorn's loggers (once
+def install_log_filter(key: str | None) -> None:
+    """Put a ``ServerLogFilter`` on the handlers of the root logger and uvicorn's loggers (once
     each; uvicorn makes new handlers whenever it configures logging)."""
     for name in (None, "uvicorn", "uvicorn.error", "uvicorn.access"):
         for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, SecretFilter) for f in handler.filters):
-                handler.addFilter(SecretFilter(key))
+            if not any(isinstance(f, ServerLogFilter) for f in handler.filters):
+                handler.addFilter(ServerLogFilter(key))
 
 
 def log_handshake(websocket: WebSocket, outcome: str) -> None:

@@ -95,3 +95,19 @@ def test_funasr_refuses_bad_frames_and_serves_on(demo_server, demo_expected):
         pcm = encode_pcm16(np.concatenate([load_audio(NORMAL_WAV), silence(0.5)]))
         replies = _funasr_file(ws, pcm, wav_format="pcm")
         assert "".join(r["text"] for r in replies) == demo_expected
+
+
+@pytest.mark.parametrize("path", ["/v1/realtime", "/v1/realtime/translations", "/funasr"])
+def test_text_frames_that_are_not_utf8_close_the_connection(demo_server, still_serves, path):
+    """RFC 6455: a text frame must be UTF-8; the server fails the connection with 1007 (and
+    logs one line, no traceback: checked by the log fixture)."""
+    start = len(demo_server.log_text())
+    with connect(demo_server.ws(path), additional_headers=BEARER) as ws:
+        ws.send(b'\xff\xfe{"type": "x"}', text=True)
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=10)
+        assert ws.close_code == 1007
+    still_serves()
+    log = demo_server.log_text()[start:]
+    assert "WARNING:  Invalid UTF-8 sequence received from client. closed it with 1007" in log

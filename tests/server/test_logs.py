@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
-from mooer.server.logs import UVICORN_ACCEPTED, SecretFilter, redact
+from mooer.server.logs import CLIENT_FAULTS, UVICORN_ACCEPTED, ServerLogFilter, redact
 
 KEY = "sk-live-0123456789"
 
@@ -39,7 +40,7 @@ def _record(name: str, msg: str, args: tuple) -> logging.LogRecord:
 
 
 def test_filter_keeps_uvicorn_access_arguments_a_tuple_and_drops_its_early_accepted_line():
-    secrets = SecretFilter(KEY)
+    secrets = ServerLogFilter(KEY)
     access = _record(
         "uvicorn.access", '%s - "%s %s HTTP/%s" %d', ("1.2.3.4:5", "GET", f"/?api_key={KEY}", "1.1", 200)
     )
@@ -50,7 +51,17 @@ def test_filter_keeps_uvicorn_access_arguments_a_tuple_and_drops_its_early_accep
     try:
         raise ValueError(f"bad key {KEY}")
     except ValueError:
-        import sys
-
         failed = logging.LogRecord("mooer.server", logging.ERROR, __file__, 1, "x", (), sys.exc_info())
     assert secrets.filter(failed) and KEY not in failed.exc_text
+
+
+def test_a_clients_fault_logged_with_a_traceback_becomes_a_one_line_warning():
+    try:
+        b"\xff".decode()
+    except UnicodeDecodeError:
+        info = sys.exc_info()
+    (fault,) = CLIENT_FAULTS
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, fault, (), info)
+    assert ServerLogFilter(None).filter(record)
+    assert (record.levelname, record.exc_info, record.exc_text) == ("WARNING", None, None)
+    assert record.getMessage() == f"{fault} closed it with 1007"
