@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -111,3 +112,9 @@ def test_text_frames_that_are_not_utf8_close_the_connection(demo_server, still_s
     still_serves()
     log = demo_server.log_text()[start:]
     assert "WARNING:  Invalid UTF-8 sequence received from client. closed it with 1007" in log
+
+
+@pytest.mark.parametrize("body", [DEEP.encode(), HUGE_NUMBER.encode(), b"\xff\xfe"])
+def test_http_json_that_cannot_be_read_is_invalid_json(demo_server, body):
+    answer = httpx.post(f"{demo_server.url}/v1/audio/speech", content=body, headers=BEARER)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_json")
