@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect
 
-from tests.abuse.conftest import read_until
+from tests.abuse.conftest import manual_final, read_until
 
 FUZZ = settings(
     max_examples=200,
@@ -188,3 +188,8 @@ def test_funasr_answers_any_frame_within_the_protocol(fuzzed):
                 assert answer.get("code") != "server_error", answer
 
         exchange()
+
+
+def test_after_the_fuzz_a_normal_client_is_served(fuzzed, speech, offline):
+    url = f"ws://{fuzzed.host}:{fuzzed.port}/v1/realtime?intent=transcription"
+    assert manual_final(url, speech[0]) == offline([speech[0]])[0].text
