@@ -68,6 +68,18 @@ class Served:
     def ws(self, path: str = "/v1/realtime?intent=transcription") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
+    def ready(self) -> Served:
+        """Once it answers /health."""
+        for _ in range(600):
+            try:
+                httpx.get(f"{self.url}/health", timeout=1)
+                return self
+            except httpx.TransportError:
+                assert self.proc.poll() is None, self.log_text()
+                time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"mooer serve did not start:\n{self.log_text()}")
+
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
@@ -83,7 +95,8 @@ class Served:
 
 
 def serve(folder: Path, *flags: str) -> Served:
-    """``mooer serve`` (the demo model) on free loopback ports, at log level info."""
+    """``mooer serve`` (the demo model) on free loopback ports, at log level info; starting
+    (see ``Served.ready``)."""
     port, funasr_port = _free_port(), _free_port()
     log = folder / "server.log"
     env = {
@@ -100,16 +113,7 @@ def serve(folder: Path, *flags: str) -> Served:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    served = Served(proc, port, funasr_port, log)
-    for _ in range(600):
-        try:
-            httpx.get(f"{served.url}/health", timeout=1)
-            return served
-        except httpx.TransportError:
-            assert proc.poll() is None, served.log_text()
-            time.sleep(0.1)
-    served.stop()
-    raise AssertionError(f"mooer serve did not start:\n{served.log_text()}")
+    return Served(proc, port, funasr_port, log)
 
 
 def assert_clean(log: str) -> None:
@@ -120,9 +124,10 @@ def assert_clean(log: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_server(tmp_path_factory) -> Iterator[Served]:
+def demo_server(tmp_path_factory, request) -> Iterator[Served]:
     served = serve(tmp_path_factory.mktemp("demo-server"), "--api-key", KEY)
-    yield served
+    request.getfixturevalue("demo_expected")  # loads the model here while the server starts
+    yield served.ready()
     served.stop()
     assert_clean(served.log_text())
 

@@ -36,6 +36,7 @@ def _until_closed(ws) -> list[dict]:
 def test_sigterm_with_sessions_in_flight(tmp_path, demo_expected):
     served = serve(tmp_path, "--api-key", KEY)
     pcm = encode_pcm16(load_audio(NORMAL_WAV))
+    served.ready()
     with ExitStack() as stack:
         stack.callback(served.stop)
         realtime = [
