@@ -72,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(
         model=args.model, llm=args.llm, variant=args.variant, device=args.device,
         dtype=args.dtype, heads=args.heads, host=args.host, port=args.port,
-        funasr_port=args.funasr_port, api_key=args.api_key, allow_origins=args.allow_origin,
+        funasr_port=args.funasr_port, api_key=args.api_key, funasr_open=args.funasr_open,
+        allow_origins=args.allow_origin,
         max_sessions=args.max_sessions, max_session_audio_s=args.max_session_audio,
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
         log_level=args.log_level,
@@ -152,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--funasr-port", type=int, help="also serve the FunASR protocol on this port")
     p.add_argument("--api-key", help="require this bearer key (default: $MOOER_API_KEY)")
+    p.add_argument(
+        "--funasr-open",
+        action="store_true",
+        help="the --funasr-port takes clients without the key (for a trusted network)",
+    )
     p.add_argument("--allow-origin", action="append", default=[], help="browser origin allowed")
     p.add_argument("--max-sessions", type=int, default=16)
     p.add_argument("--max-session-audio", type=float, default=3600.0, help="seconds per session")

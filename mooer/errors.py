@@ -27,6 +27,39 @@ class ConfigError(MooerError):
     """A configuration value is out of range or of the wrong type."""
 
 
+def check_number(
+    value: object,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    integer: bool = False,
+    error: type[MooerError] = ConfigError,
+) -> Any:
+    """``value`` if it is a number (with ``integer``, a whole one; never a bool) in
+    ``low..high`` (either end may be open-ended); else ``error`` naming ``name`` and the range.
+
+    The one check behind the numeric settings clients and users pass in: Python counts
+    ``True`` as an int, and JSON readers pass ``1e12``, ``NaN`` and ``Infinity`` as numbers.
+    """
+    kinds = int if integer else (int, float)
+    number = isinstance(value, kinds) and not isinstance(value, bool)
+    # NaN fails both comparisons
+    if not (
+        number
+        and (low is None or low <= value)  # type: ignore[operator]
+        and (high is None or value <= high)  # type: ignore[operator]
+    ):
+        kind = "an integer" if integer else "a number"
+        if low is not None and high is not None:
+            expected = f"{kind} in {low:g}..{high:g}"
+        elif low is not None:
+            expected = f"{kind} >= {low:g}"
+        else:
+            expected = kind if high is None else f"{kind} <= {high:g}"
+        raise error(f"{name}={value!r}: expected {expected}")
+    return value
+
+
 def read_json_file(path: Path, error: type[MooerError], where: str = "") -> Any:
     """The JSON value in ``path``, or ``error`` naming the file (after ``where``) and the flaw."""
     try:

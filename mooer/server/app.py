@@ -28,6 +28,7 @@ from mooer.server.connection import Link, WireProtocol, serve_connection
 from mooer.server.funasr_ws import FunasrProtocol
 from mooer.server.http_api import HttpApi
 from mooer.server.hub import Hub
+from mooer.server.logs import install_log_filter
 from mooer.server.realtime import RealtimeProtocol
 from mooer.server.translation import TranslationProtocol
 
@@ -141,6 +142,7 @@ def _prepare(hub: Hub, log_level: str) -> tuple[_Server, list[socket.socket]]:
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=cfg.shutdown_timeout_s,
     )
+    install_log_filter(cfg.api_key)  # after uvicorn.Config: it makes its log handlers anew
     return _Server(uv_config, hub), sockets
 
 

@@ -34,7 +34,7 @@ TRANSLATION = "conversation.item.input_audio_translation.completed"
 DRAIN_TIMEOUT_S = 120.0  # how long to wait for the last results
 
 
-def realtime_url(server: str, task: str, api_key: str | None = None) -> str:
+def realtime_url(server: str, task: str) -> str:
     """``http://host:port`` (or ws://, or a bare host:port) -> the ``/v1/realtime`` websocket URL."""
     if "://" not in server:
         server = f"http://{server}"
@@ -45,8 +45,6 @@ def realtime_url(server: str, task: str, api_key: str | None = None) -> str:
     query = {"model": "mooer"}
     if task != "chat":
         query["intent"] = "transcription"
-    if api_key:
-        query["api_key"] = api_key
     path = parts.path.rstrip("/")
     path = path if path.endswith("/v1/realtime") else f"{path}/v1/realtime"
     return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
@@ -146,9 +144,11 @@ async def run_session(
         raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
     check_speech_output(task, reply_audio is not None)
     captions = captions or Captions(task)
-    url = realtime_url(server, task, api_key)
+    url = realtime_url(server, task)
+    # the key in a header, not the URL: URLs end up in proxies' logs
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
     try:
-        ws = await websockets.connect(url, max_size=None)
+        ws = await websockets.connect(url, max_size=None, additional_headers=headers)
     except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as exc:
         raise MooerError(f"cannot connect to {url.split('?')[0]}: {exc}") from exc
     async with ws:

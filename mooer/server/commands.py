@@ -33,6 +33,7 @@ def serve_main(
     port: int = 8000,
     funasr_port: int | None = None,
     api_key: str | None = None,
+    funasr_open: bool = False,
     allow_origins: Sequence[str] = (),
     max_sessions: int = 16,
     max_session_audio_s: float = 3600.0,
@@ -43,13 +44,15 @@ def serve_main(
 ) -> int:
     """Load the model once and serve every protocol until SIGINT/SIGTERM (then drain).
 
-    ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable.
+    ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable; ``funasr_open``
+    lets clients on ``funasr_port`` in without it.
     """
     config = ServerConfig(
         host=host,
         port=port,
         funasr_port=funasr_port,
         api_key=api_key or os.environ.get("MOOER_API_KEY") or None,
+        funasr_open=funasr_open,
         allowed_origins=tuple(allow_origins),
         max_sessions=max_sessions,
         max_session_audio_s=max_session_audio_s,

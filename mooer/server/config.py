@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, check_number
 
 MIB = 1 << 20
 
@@ -23,6 +23,7 @@ class ServerConfig:
     port: int = 8000
     funasr_port: int | None = None  # also serve the FunASR protocol at ws://host:funasr_port/
     api_key: str | None = None  # required from every client when set
+    funasr_open: bool = False  # websockets on funasr_port need no api_key (a trusted network)
     allowed_origins: tuple[str, ...] = ()
     max_sessions: int = 16  # live websocket sessions; more are refused, not queued
     max_message_bytes: int = 1 * MIB  # one websocket message (base64 text or binary PCM)
@@ -42,6 +43,13 @@ class ServerConfig:
                 raise ConfigError(
                     f"ServerConfig.funasr_port={self.funasr_port}: must differ from port"
                 )
+        if not isinstance(self.funasr_open, bool):
+            raise ConfigError(f"ServerConfig.funasr_open={self.funasr_open!r}: expected a bool")
+        if self.funasr_open and self.funasr_port is None:
+            raise ConfigError(
+                "ServerConfig.funasr_open: needs funasr_port (--funasr-open opens only FunASR's "
+                "own port; /funasr on the main port keeps requiring the key)"
+            )
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ConfigError("ServerConfig.api_key: expected a non-empty string or None")
         if isinstance(self.allowed_origins, str) or not all(
@@ -52,9 +60,7 @@ class ServerConfig:
                 "origins such as 'https://example.com', or ('*',)"
             )
         for name in ("max_sessions", "max_message_bytes", "max_upload_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"ServerConfig.{name}={value!r}: expected an integer >= 1")
+            check_number(getattr(self, name), f"ServerConfig.{name}", 1, integer=True)
         if self.max_message_bytes < 4096:
             raise ConfigError(
                 f"ServerConfig.max_message_bytes={self.max_message_bytes}: expected >= 4096 "
@@ -79,6 +85,4 @@ class ServerConfig:
 
 
 def _check_port(name: str, value: object, allow_zero: bool) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
-        raise ConfigError(f"ServerConfig.{name}={value!r}: expected a port in {low}..65535")
+    check_number(value, f"ServerConfig.{name}", 0 if allow_zero else 1, 65535, integer=True)

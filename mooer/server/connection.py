@@ -23,7 +23,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from mooer.agent import events as ev
 from mooer.audio import SAMPLE_RATE
-from mooer.errors import MooerError
+from mooer.errors import ConfigError, MooerError, check_number
+from mooer.server.logs import log_handshake
 
 if TYPE_CHECKING:
     from mooer.agent.session import Session, SessionConfig
@@ -36,6 +37,12 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # server shutdown
 CLOSE_POLICY = 1008  # refused: bad key, bad origin, a limit reached
 CLOSE_TRY_AGAIN = 1013  # refused: too many sessions
+
+
+# Deeper JSON is refused: every message of these protocols nests a few levels, and
+# echoing or printing a deeply nested value would recurse.
+MAX_JSON_DEPTH = 32
+_TOO_DEEP = f"the message is not usable JSON: it nests more than {MAX_JSON_DEPTH} levels deep"
 
 
 def new_id(prefix: str) -> str:
@@ -70,11 +77,44 @@ def parse_json_object(text: str) -> dict[str, Any]:
         raise ProtocolError(
             "invalid_json", f"the message is not valid JSON: {exc.msg} at char {exc.pos}"
         ) from exc
+    except ValueError as exc:  # an integer past Python's digit limit
+        raise ProtocolError(
+            "invalid_json", "the message is not usable JSON: a number has too many digits"
+        ) from exc
+    except RecursionError as exc:
+        raise ProtocolError("invalid_json", _TOO_DEEP) from exc
     if not isinstance(obj, dict):
         raise ProtocolError(
             "invalid_json", f"the message must be a JSON object, got {type(obj).__name__}"
         )
+    if _depth_over(obj, MAX_JSON_DEPTH):
+        raise ProtocolError("invalid_json", _TOO_DEEP)
     return obj
+
+
+def _depth_over(obj: object, limit: int) -> bool:
+    """Whether ``obj`` nests dicts and lists more than ``limit`` deep (no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in value)
+    return False
+
+
+def number_field(
+    value: object, param: str, low: float, high: float, integer: bool = True
+) -> Any:
+    """A client's numeric field, or ``invalid_value`` naming ``param`` and its range."""
+    try:
+        return check_number(value, param, low, high, integer=integer)
+    except ConfigError as exc:
+        raise ProtocolError("invalid_value", str(exc), param) from exc
 
 
 class Link:
@@ -88,12 +128,24 @@ class Link:
         self.outbox: asyncio.Queue[dict[str, Any] | tuple[int, str]] = asyncio.Queue()
         self.closing = False
         self.audio_s = 0.0  # received so far, all engine sessions together
+        self.key_awaited = False  # the API key is to come in the first message (FunASR)
         self._closed: dict[int, asyncio.Future] = {}  # by id(session): set by SessionClosed
         self._ended: dict[str, float] = {}  # item id -> when its utterance ended (monotonic)
 
     @property
     def query(self) -> dict[str, str]:
         return dict(self.websocket.query_params)
+
+    def admit_key(self, key: object, where: str) -> ProtocolError | None:
+        """Check the key a first message carried (see ``key_awaited``); None: admitted.
+        The handshake's access line is written now that its outcome is known."""
+        self.key_awaited = False
+        error = self.hub.key_error(key, where)
+        if error is not None:
+            self.hub.metrics.sessions_refused.inc(reason="auth")
+            log.info("%s: refused a connection (auth): %s", self.protocol_name, error.message)
+        log_handshake(self.websocket, "accepted" if error is None else f"refused: {error.code}")
+        return error
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a JSON message; dropped once the connection is closing for good."""
@@ -164,6 +216,7 @@ class WireProtocol(ABC):
 
     name: ClassVar[str]
     subprotocols: ClassVar[tuple[str, ...]] = ()  # accepted when the client offers them
+    key_in_first_message: ClassVar[bool] = False  # clients that cannot send it with the handshake
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -242,14 +295,18 @@ async def serve_connection(
     chosen = next((p for p in offered if p in protocol.subprotocols), None)
     await websocket.accept(subprotocol=chosen)
 
-    refusal = hub.admission_error(websocket)
+    link.key_awaited = hub.key_awaited(websocket, protocol.key_in_first_message)
+    refusal = hub.admission_error(websocket, link.key_awaited)
     if refusal is not None:
         error, reason = refusal
         hub.metrics.sessions_refused.inc(reason=reason)
         log.info("%s: refused a connection (%s): %s", protocol.name, reason, error.message)
+        log_handshake(websocket, f"refused: {error.code}")
         protocol.refuse(error, CLOSE_TRY_AGAIN if reason in ("limit", "shutdown") else CLOSE_POLICY)
         await _write(websocket, link)
         return
+    if not link.key_awaited:
+        log_handshake(websocket, "accepted")
 
     hub.connections.add(protocol)
     hub.metrics.sessions_total.inc(protocol=protocol.name)
@@ -259,6 +316,8 @@ async def serve_connection(
         protocol.start()
         await _read(websocket, link, protocol, writer)
     finally:
+        if link.key_awaited:
+            log_handshake(websocket, "closed before sending its key")
         hub.connections.discard(protocol)
         hub.metrics.sessions_active.dec(protocol=protocol.name)
         if not writer.done():
@@ -326,6 +385,17 @@ async def _read(
         receive.cancel()
 
 
+def _dumps(message: dict[str, Any]) -> str:
+    """JSON text for the wire; escaped where a client's string held a lone surrogate
+    (``"\\ud800"`` parses, but has no UTF-8 form)."""
+    text = json.dumps(message, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(message)
+    return text
+
+
 async def _write(websocket: WebSocket, link: Link) -> None:
     """Send queued messages in order until a close request (or a dead socket)."""
     while True:
@@ -337,7 +407,7 @@ async def _write(websocket: WebSocket, link: Link) -> None:
                 code, reason = item
                 await websocket.close(code, reason)
                 return
-            await websocket.send_text(json.dumps(item, ensure_ascii=False))
+            await websocket.send_text(_dumps(item))
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:  # the client went away
             log.debug("%s: send failed: %s", link.protocol_name, exc)
             return

@@ -12,11 +12,15 @@ After ``is_speaking: false`` the pending utterance is decoded and the last reply
 ``is_final: true`` and ``is_end: true`` (an empty-text reply if nothing was said), so clients
 that wait for the end-of-input acknowledgement return. Another JSON frame may then start the
 next file on the same connection. ``hotwords`` and ``itn`` are accepted and ignored.
+
+On a server with an API key, the first JSON frame carries it as ``api_key`` (mooer's addition:
+FunASR's clients send no headers); ``ServerConfig.funasr_open`` waives it on the FunASR port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,11 +28,24 @@ from mooer.agent import events as ev
 from mooer.audio import load_audio
 from mooer.errors import MooerError
 from mooer.server.captions import AppendOnlyText
-from mooer.server.connection import Link, ProtocolError, WireProtocol, parse_json_object
-from mooer.server.pcm import WireDecoder, WireFormat
+from mooer.server.connection import (
+    CLOSE_POLICY,
+    Link,
+    ProtocolError,
+    WireProtocol,
+    number_field,
+    parse_json_object,
+)
+from mooer.server.pcm import PCM16_RATES, WireDecoder, WireFormat
 
 MODES = ("online", "offline", "2pass")
 CHUNK_FRAME_MS = 60  # chunk_size counts 60 ms encoder frames; its middle value is the chunk
+CHUNK_FRAMES = 1000  # the most frames of each chunk_size count: 60 s
+KEY_FIELD = "api_key"  # mooer's addition to the first JSON message, on a server with a key
+KEY_WHERE = (
+    f'send it as "{KEY_FIELD}" in the first JSON message (for clients that cannot, the server '
+    "may open its FunASR port with --funasr-open)"
+)
 
 
 @dataclass(frozen=True)
@@ -61,29 +78,26 @@ def apply_frame(settings: FunasrSettings, frame: dict[str, Any]) -> FunasrSettin
     if "chunk_size" in frame:
         changes["chunk_size"] = _chunk_size(frame["chunk_size"])
     if "audio_fs" in frame:
-        changes["audio_fs"] = frame["audio_fs"]
-        try:
-            WireFormat("pcm16", frame["audio_fs"])
-        except MooerError as exc:
-            raise ProtocolError("invalid_value", f"audio_fs: {exc}", "audio_fs") from exc
+        changes["audio_fs"] = number_field(frame["audio_fs"], "audio_fs", *PCM16_RATES)
     if "wav_format" in frame:
         changes["wav_format"] = str(frame["wav_format"]).lower()
     return replace(settings, **changes)
 
 
 def _chunk_size(value: object) -> tuple[int, int, int]:
-    parts = value.split(",") if isinstance(value, str) else value
-    try:
-        numbers = tuple(int(p) for p in parts)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        numbers = ()
-    if len(numbers) != 3 or not all(n >= 0 for n in numbers) or numbers[1] < 1:
+    """``[5, 10, 5]`` or ``"5,10,5"``: 60 ms frames of look-back, chunk and look-ahead."""
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(parts, list) or len(parts) != 3:
         raise ProtocolError(
             "invalid_value",
             f"chunk_size {value!r}: expected three counts of 60 ms frames such as [5, 10, 5]",
             "chunk_size",
         )
-    return numbers  # type: ignore[return-value]
+    numbers = [int(p) if isinstance(p, str) and p.isdigit() else p for p in parts]
+    return tuple(  # type: ignore[return-value]
+        number_field(n, f"chunk_size[{i}]", 1 if i == 1 else 0, CHUNK_FRAMES)
+        for i, n in enumerate(numbers)
+    )
 
 
 class FunasrProtocol(WireProtocol):
@@ -91,6 +105,7 @@ class FunasrProtocol(WireProtocol):
 
     name = "funasr"
     subprotocols = ("binary",)
+    key_in_first_message = True  # FunASR's clients send no headers
 
     def __init__(self, link: Link) -> None:
         super().__init__(link)
@@ -101,6 +116,7 @@ class FunasrProtocol(WireProtocol):
         self.online = AppendOnlyText()
         self.held: list[dict[str, Any]] | None = None  # finals kept back while a file ends
         self.file_task: asyncio.Task | None = None
+        self.refused = False  # the connection was refused: the error is the last reply
 
     def start(self) -> None:
         """FunASR servers send nothing until there is text."""
@@ -115,10 +131,31 @@ class FunasrProtocol(WireProtocol):
         }
 
     def error_message(self, error: ProtocolError) -> dict[str, Any]:
-        return self.reply("", self.settings.mode, error=error.message, code=error.code)
+        # FunASR's clients wait for is_final: a refusal carries it, so that they end
+        last = {"is_final": True, "is_end": True} if self.refused else {}
+        return {**self.reply("", self.settings.mode, error=error.message, code=error.code), **last}
+
+    def refuse(self, error: ProtocolError, code: int) -> None:
+        self.refused = True
+        super().refuse(error, code)
+
+    def _key_refused(self, frame: dict[str, Any] | None) -> bool:
+        """On a connection whose key is awaited: check the key of the first message (None: a
+        binary one); refuse the client if it is wrong, in reply to its own file."""
+        if not self.link.key_awaited:
+            return False
+        error = self.link.admit_key(None if frame is None else frame.get(KEY_FIELD), KEY_WHERE)
+        if error is not None:
+            with contextlib.suppress(ProtocolError):
+                self.settings = apply_frame(self.settings, frame or {})
+            self.refuse(error, CLOSE_POLICY)
+        return error is not None
 
     def on_text(self, text: str) -> None:
         frame = parse_json_object(text)
+        if self._key_refused(frame):
+            return
+        frame.pop(KEY_FIELD, None)
         if self.ending or self.held is not None:
             raise ProtocolError(
                 "busy", "the previous file is still being finished; wait for its is_final reply"
@@ -136,6 +173,8 @@ class FunasrProtocol(WireProtocol):
             self.finish_file()
 
     def on_binary(self, data: bytes) -> None:
+        if self._key_refused(None):
+            return
         if self.ending or self.held is not None:
             raise ProtocolError("busy", "audio after is_speaking=false, before the is_final reply")
         self._ensure_session()

@@ -294,7 +294,7 @@ def _speech_request(raw: bytes) -> tuple[str, str | None, str, float]:
     """OpenAI's speech JSON -> (text, voice, response_format, speed); ProtocolError if bad."""
     try:
         body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also too deep, too many digits, not UTF-8
         raise ProtocolError("invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ProtocolError("invalid_request", "the body must be a JSON object")

@@ -69,26 +69,57 @@ class Hub:
 
     def auth_error(self, conn: HTTPConnection) -> ProtocolError | None:
         """Why this request may not use the API, or None."""
+        return self.key_error(presented_key(conn))
+
+    def key_error(self, key: object, where: str = "") -> ProtocolError | None:
+        """Why ``key`` (None: none was sent) does not open this server, or None.
+
+        ``where`` says how this client can send one; the default names the HTTP ways."""
         if self.config.api_key is None:
             return None
-        key = presented_key(conn)
         if key is None:
             return ProtocolError(
                 "missing_api_key",
-                "this server needs an API key: send 'Authorization: Bearer KEY' "
-                "(browsers: the api_key query parameter)",
+                "this server needs an API key: "
+                + (
+                    where
+                    or "send 'Authorization: Bearer KEY' (browsers: the api_key query parameter)"
+                ),
             )
-        if not secrets.compare_digest(key.encode(), self.config.api_key.encode()):
+        if not isinstance(key, str) or not secrets.compare_digest(
+            key.encode(), self.config.api_key.encode()
+        ):
             return ProtocolError("invalid_api_key", "the API key is not valid for this server")
         return None
 
-    def admission_error(self, conn: HTTPConnection) -> tuple[ProtocolError, str] | None:
-        """Why a new websocket session may not start, with the reason label for metrics."""
+    def key_waived(self, conn: HTTPConnection) -> bool:
+        """``funasr_open``: websockets on the FunASR port (all of them FunASR) need no key."""
+        server = conn.scope.get("server") or (None, None)
+        return (
+            self.config.funasr_open
+            and conn.scope["type"] == "websocket"
+            and server[1] == self.config.funasr_port
+        )
+
+    def key_awaited(self, conn: HTTPConnection, in_first_message: bool) -> bool:
+        """Whether this websocket's key is to come in its first message (FunASR's clients
+        cannot send headers): one is needed, none came with the handshake, and the protocol
+        takes one in its first message."""
+        if not in_first_message or self.key_waived(conn):
+            return False
+        error = self.auth_error(conn)
+        return error is not None and error.code == "missing_api_key"
+
+    def admission_error(
+        self, conn: HTTPConnection, key_awaited: bool = False
+    ) -> tuple[ProtocolError, str] | None:
+        """Why a new websocket session may not start, with the reason label for metrics.
+        ``key_awaited``: the key is checked later, on the first message."""
         if self.draining:
             return ProtocolError(
                 "server_shutting_down", "the server is shutting down", kind="server_error"
             ), "shutdown"
-        error = self.auth_error(conn)
+        error = None if key_awaited or self.key_waived(conn) else self.auth_error(conn)
         if error is not None:
             return error, "auth"
         origin = conn.headers.get("origin")

@@ -16,7 +16,7 @@ import numpy as np
 import soxr
 
 from mooer.audio import SAMPLE_RATE
-from mooer.errors import AudioError
+from mooer.errors import AudioError, check_number
 
 ENCODINGS = ("pcm16", "pcmu", "pcma")
 PCM16_RATES = (8000, 192000)  # the range accepted; protocols narrow it (Realtime: 24 or 16 kHz)
@@ -62,15 +62,8 @@ class WireFormat:
         if self.encoding != "pcm16":
             if rate != G711_RATE:
                 raise AudioError(f"{self.encoding} audio is {G711_RATE} Hz, got {rate!r}")
-        elif (
-            isinstance(rate, bool)
-            or not isinstance(rate, int)
-            or not (PCM16_RATES[0] <= rate <= PCM16_RATES[1])
-        ):
-            raise AudioError(
-                f"sample rate {rate!r} is not supported: expected an integer from "
-                f"{PCM16_RATES[0]} to {PCM16_RATES[1]} Hz"
-            )
+        else:
+            check_number(rate, "sample rate", *PCM16_RATES, integer=True, error=AudioError)
 
 
 class WireDecoder:

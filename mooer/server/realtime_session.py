@@ -23,8 +23,7 @@ from typing import Any
 from mooer.agent.session import SessionConfig
 from mooer.asr.vad import VadConfig
 from mooer.audio import SAMPLE_RATE
-from mooer.errors import MooerError
-from mooer.server.connection import ProtocolError
+from mooer.server.connection import ProtocolError, number_field
 from mooer.server.openai_wire import json_object
 from mooer.server.pcm import WireFormat
 
@@ -45,6 +44,15 @@ OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
 PCM16_RATES = (24000, SAMPLE_RATE)
+# Ranges of the numeric fields (docs/protocol.md); values outside are refused with invalid_value.
+# server_vad: OpenAI field -> (mooer's VadConfig field, low, high, whole number). Below a
+# threshold of 0.2 the detector's off threshold (0.15 lower) would leave it no room.
+VAD_FIELDS = {
+    "threshold": ("threshold", 0.2, 0.99, False),
+    "prefix_padding_ms": ("speech_pad_ms", 0, 2000, True),
+    "silence_duration_ms": ("min_silence_ms", 1, 10_000, True),
+}
+PARTIAL_INTERVAL_MS = (100, 10_000)  # or 0: no partial transcripts
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,7 @@ def _ga_format(value: object) -> WireFormat:
     param = "session.audio.input.format"
     fmt = json_object(value, param)
     kind = fmt.get("type", "audio/pcm")
-    if kind not in GA_FORMATS:
+    if not isinstance(kind, str) or kind not in GA_FORMATS:
         raise ProtocolError(
             "invalid_value",
             f"{param}.type {kind!r} is not supported: expected one of {sorted(GA_FORMATS)}",
@@ -253,7 +261,7 @@ def _ga_format(value: object) -> WireFormat:
 
 
 def _beta_format(value: object) -> WireFormat:
-    if value not in BETA_FORMATS:
+    if not isinstance(value, str) or value not in BETA_FORMATS:
         raise ProtocolError(
             "invalid_value",
             f"session.input_audio_format {value!r} is not supported: expected one of "
@@ -265,7 +273,7 @@ def _beta_format(value: object) -> WireFormat:
 
 
 def _wire_format(encoding: str, rate: object, param: str) -> WireFormat:
-    if encoding == "pcm16" and rate not in PCM16_RATES:
+    if encoding == "pcm16" and (not isinstance(rate, int) or rate not in PCM16_RATES):
         raise ProtocolError(
             "invalid_value",
             f"{param}: sample rate {rate!r} is not supported: expected 24000 (the API's rate) "
@@ -291,7 +299,7 @@ def _turn_detection(value: object, param: str) -> TurnDetection | None:
     eagerness = None
     if kind == "semantic_vad":
         eagerness = obj.get("eagerness", "auto")
-        if eagerness not in EAGERNESS_SILENCE_MS:
+        if not isinstance(eagerness, str) or eagerness not in EAGERNESS_SILENCE_MS:
             raise ProtocolError(
                 "invalid_value",
                 f"{param}.eagerness {eagerness!r}: expected one of {sorted(EAGERNESS_SILENCE_MS)}",
@@ -299,17 +307,11 @@ def _turn_detection(value: object, param: str) -> TurnDetection | None:
             )
         vad_fields["min_silence_ms"] = EAGERNESS_SILENCE_MS[eagerness]
     else:
-        for ours, theirs in (
-            ("threshold", "threshold"),
-            ("speech_pad_ms", "prefix_padding_ms"),
-            ("min_silence_ms", "silence_duration_ms"),
-        ):
+        for theirs, (ours, low, high, integer) in VAD_FIELDS.items():
             if obj.get(theirs) is not None:
-                vad_fields[ours] = obj[theirs]
-    try:
-        vad = VadConfig(**vad_fields)
-    except MooerError as exc:
-        raise ProtocolError("invalid_value", f"{param}: {exc}", param) from exc
+                field_param = f"{param}.{theirs}"
+                vad_fields[ours] = number_field(obj[theirs], field_param, low, high, integer)
+    vad = VadConfig(**vad_fields)  # in these ranges always valid
     flags = {}
     for key in ("create_response", "interrupt_response"):
         value = obj.get(key, True)
@@ -341,7 +343,7 @@ def _apply_output(
                 f"{param}.type",
             )
         rate = fmt.get("rate", 24000)
-        if rate not in PCM16_RATES:
+        if not isinstance(rate, int) or rate not in PCM16_RATES:
             raise ProtocolError(
                 "invalid_value",
                 f"{param}.rate {rate!r} is not supported: expected 24000 or 16000",
@@ -387,12 +389,7 @@ def _apply_mooer(settings: RealtimeSettings, value: object) -> RealtimeSettings:
         settings = replace(settings, task=obj["task"])
     if "partial_interval_ms" in obj:
         ms = obj["partial_interval_ms"]
-        if isinstance(ms, bool) or not isinstance(ms, int) or not (ms == 0 or 100 <= ms <= 10_000):
-            raise ProtocolError(
-                "invalid_value",
-                f"session.mooer.partial_interval_ms {ms!r}: expected 0 (no partial transcripts) "
-                "or milliseconds in 100..10000",
-                "session.mooer.partial_interval_ms",
-            )
+        if type(ms) is not int or ms != 0:  # 0: no partial transcripts
+            number_field(ms, "session.mooer.partial_interval_ms", *PARTIAL_INTERVAL_MS)
         settings = replace(settings, partial_interval_ms=ms)
     return settings

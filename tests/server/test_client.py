@@ -31,13 +31,14 @@ def test_stream_reports_a_refusal(start_server, speech_file, capsys):
     server = start_server(api_key="k")
     assert stream_main(str(speech_file), server=server.url, api_key="wrong") == 1
     assert "invalid_api_key" in capsys.readouterr().err
+    assert stream_main(str(speech_file), server=server.url, api_key="k") == 0  # as a header
 
 
 def test_realtime_urls():
     assert (
         realtime_url("http://h:1", "asr") == "ws://h:1/v1/realtime?model=mooer&intent=transcription"
     )
-    assert realtime_url("h:1", "chat", "k") == "ws://h:1/v1/realtime?model=mooer&api_key=k"
+    assert realtime_url("h:1", "chat") == "ws://h:1/v1/realtime?model=mooer"
     assert realtime_url("https://h/base/", "ast").startswith("wss://h/base/v1/realtime?")
     with pytest.raises(ConfigError, match="ftp://h"):
         realtime_url("ftp://h", "asr")
