@@ -1,0 +1,190 @@
+"""Recorded live sessions on a real server: what clients hear as finals is what the store keeps,
+the meetings API behind the key, and a store that fails while the session goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from tests.server.wire import at_24k, send_realtime
+
+sa = pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
+
+KEY = "meeting-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+FINAL = "conversation.item.input_audio_transcription.completed"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("meetings") / "meetings.db")
+
+
+@pytest.fixture(scope="module")
+def recording_server(start_server, db):
+    """Records the sessions that ask for it, into ``db``; everything behind ``KEY``."""
+    return start_server(api_key=KEY, meetings_db=db)
+
+
+def _store(db):
+    from mooer.meetings.store import MeetingStore
+
+    return MeetingStore(db)
+
+
+def _ended(db, meeting_id, timeout=10.0):
+    """The meeting once the server has marked it ended (it does after the socket closes)."""
+    store = _store(db)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            meeting = store.get(meeting_id)
+            if not meeting.info.in_progress or time.monotonic() > deadline:
+                return meeting
+            time.sleep(0.05)
+    finally:
+        store.close()
+
+
+def test_a_recorded_sdk_session_keeps_every_final_with_its_times(recording_server, db, speech):
+    from openai import AsyncOpenAI
+
+    async def run():
+        client = AsyncOpenAI(base_url=f"{recording_server.url}/v1", api_key=KEY)
+        events = []
+        async with client.realtime.connect(model="mooer", extra_query={"record": "1"}) as conn:
+            await conn.session.update(
+                session={"type": "transcription", "mooer": {"task": "asr"}}  # type: ignore
+            )
+            await send_realtime(conn, at_24k(np.concatenate(speech)))
+            async for event in conn:
+                events.append(event)
+                if sum(e.type == FINAL for e in events) == len(speech):
+                    break
+        return events
+
+    events = asyncio.run(run())
+    created = events[0]
+    assert created.type == "session.created"
+    meeting_id = created.session.mooer["meeting_id"]
+    updated = next(e for e in events if e.type == "session.updated")
+    assert updated.session.mooer["meeting_id"] == meeting_id
+    finals = [e for e in events if e.type == FINAL]
+    starts = {e.item_id: e.audio_start_ms for e in events if e.type.endswith("speech_started")}
+    stops = {e.item_id: e.audio_end_ms for e in events if e.type.endswith("speech_stopped")}
+
+    meeting = _ended(db, meeting_id)
+    assert not meeting.info.in_progress and meeting.info.protocol == "realtime"
+    assert [(s.item_id, s.transcript) for s in meeting.segments] == [
+        (f.item_id, f.transcript) for f in finals
+    ]
+    for s in meeting.segments:
+        assert (s.start_ms, s.end_ms) == (starts[s.item_id], stops[s.item_id])
+        assert meeting.info.started_at <= s.wall_start <= s.wall_end <= meeting.info.ended_at
+        assert s.translation is None and s.speaker is None
+
+    # the meetings API, behind the key
+    base = f"{recording_server.url}/v1/meetings"
+    assert httpx.get(base).status_code == 401
+    listed = httpx.get(base, headers=AUTH).json()["data"]
+    assert meeting_id in [m["id"] for m in listed]
+    word = finals[0].transcript.split()[0]
+    found = httpx.get(base, params={"search": word}, headers=AUTH).json()["data"]
+    assert meeting_id in [m["id"] for m in found]
+    one = httpx.get(f"{base}/{meeting_id}", headers=AUTH).json()
+    assert [s["start_ms"] for s in one["segments"]] == [s.start_ms for s in meeting.segments]
+    srt = httpx.get(f"{base}/{meeting_id}/export", params={"format": "srt", "name": "minutes.srt"},
+                    headers=AUTH)  # fmt: skip
+    assert srt.status_code == 200 and "minutes.srt" in srt.headers["content-disposition"]
+    assert srt.headers["x-mooer-meeting-status"] == "ended"
+    assert srt.text.startswith("1\n") and finals[-1].transcript in srt.text
+
+    # bad requests get clear errors
+    def error(response, status):
+        assert response.status_code == status, response.text
+        return response.json()["error"]
+
+    assert error(httpx.get(f"{base}/mtg_00000000000000000000", headers=AUTH), 404)["code"] == (
+        "meeting_not_found"
+    )
+    assert error(httpx.get(f"{base}/{meeting_id}/export?format=doc", headers=AUTH), 400)[
+        "param"] == "format"  # fmt: skip
+    assert error(httpx.get(f"{base}/{meeting_id}/export?name=../../x.srt", headers=AUTH), 400)[
+        "param"] == "name"  # fmt: skip
+    assert error(httpx.get(base, params={"limit": "0"}, headers=AUTH), 400)["param"] == "limit"
+    sneaky = httpx.get(base, params={"search": "' OR '1'='1"}, headers=AUTH)
+    assert sneaky.status_code == 200 and sneaky.json()["data"] == []
+
+    assert httpx.delete(f"{base}/{meeting_id}", headers=AUTH).json()["deleted"] is True
+    assert error(httpx.get(f"{base}/{meeting_id}", headers=AUTH), 404)["code"] == (
+        "meeting_not_found"
+    )
+
+
+def test_funasr_asks_with_record_and_its_finals_carry_times(recording_server, db, speech):
+    from mooer.server.pcm import encode_pcm16
+
+    async def run():
+        url = f"ws://{recording_server.host}:{recording_server.port}/funasr?api_key={KEY}"
+        async with websockets.connect(url) as ws:
+            config = {"mode": "offline", "wav_name": "talk", "is_speaking": True,
+                      "audio_fs": 16000, "record": True}  # fmt: skip
+            await ws.send(json.dumps(config))
+            await ws.send(encode_pcm16(speech[0]))
+            await ws.send(json.dumps({"is_speaking": False}))
+            replies = []
+            while not replies or not replies[-1].get("is_final"):
+                replies.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            return replies
+
+    replies = asyncio.run(run())
+    final = replies[-1]
+    sentence = final["stamp_sents"][0]
+    assert sentence["text_seg"] == final["text"] and 0 <= sentence["start"] < sentence["end"]
+    meeting = _ended(db, final["meeting_id"])
+    assert meeting.info.protocol == "funasr"
+    [kept] = meeting.segments
+    assert (kept.transcript, kept.start_ms, kept.end_ms) == (
+        final["text"], sentence["start"], sentence["end"]
+    )  # fmt: skip
+
+
+def test_a_failing_store_stops_recording_and_the_session_goes_on(start_server, speech, offline):
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens: the store is unreachable
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = start_server(meetings_db=f"postgresql+psycopg://mooer:pw@127.0.0.1:{port}/m")
+    session = {
+        "type": "transcription",
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000},
+                            "turn_detection": None}},
+        "mooer": {"task": "asr"},
+    }  # fmt: skip
+
+    async def run():
+        url = f"ws://{server.host}:{server.port}/v1/realtime?intent=transcription&record=1"
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "session.update", "session": session}))
+            from mooer.server.pcm import encode_pcm16
+
+            await ws.send(encode_pcm16(speech[0]))
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            events = []
+            while not events or events[-1]["type"] != FINAL:
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            return events
+
+    events = asyncio.run(run())
+    assert "meeting_id" in events[0]["session"]["mooer"]
+    stopped = [e["error"] for e in events if e["type"] == "error"]
+    assert [e["code"] for e in stopped] == ["recording_stopped"]
+    assert "the session goes on" in stopped[0]["message"] and "pw@" not in stopped[0]["message"]
+    assert events[-1]["transcript"] == offline([speech[0]])[0].text
