@@ -188,3 +188,92 @@ def test_a_failing_store_stops_recording_and_the_session_goes_on(start_server, s
     assert [e["code"] for e in stopped] == ["recording_stopped"]
     assert "the session goes on" in stopped[0]["message"] and "pw@" not in stopped[0]["message"]
     assert events[-1]["transcript"] == offline([speech[0]])[0].text
+
+
+def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path):
+    """``mooer serve --record`` (the demo model) killed with SIGKILL while three sessions stream:
+    every final the clients received is in the store, which opens cleanly afterwards."""
+    import signal
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mooer.audio import SAMPLE_RATE, load_audio
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "audio"
+    pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    clips = [load_audio(examples / n) for n in ("zh_weather.wav", "en_directions.wav")]
+    talk = at_24k(np.concatenate([part for c in clips * 3 for part in (pause, c, pause, pause)]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "meetings.db"
+    command = [sys.executable, "-m", "mooer.cli", "serve", "--record", "--db", str(db),
+               "--port", str(port), "--beam", "1", "--threads", "1", "--log-level", "warning"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+
+        async def session(kept: dict, heard_one: asyncio.Event) -> None:
+            url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription"
+            async with websockets.connect(url, max_size=None) as ws:
+                sender = asyncio.ensure_future(_send_paced(ws, talk))
+                try:
+                    async for message in ws:
+                        event = json.loads(message)
+                        if event["type"] == "session.created":
+                            kept["id"] = event["session"]["mooer"]["meeting_id"]
+                        elif event["type"] == FINAL:
+                            kept["heard"].append((event["item_id"], event["transcript"]))
+                            heard_one.set()
+                except websockets.ConnectionClosed:
+                    pass
+                finally:
+                    sender.cancel()
+
+        async def meeting():
+            sessions = [{"heard": []} for _ in range(3)]
+            flags = [asyncio.Event() for _ in sessions]
+            tasks = [asyncio.ensure_future(session(s, f)) for s, f in zip(sessions, flags)]
+            await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+            server.send_signal(signal.SIGKILL)  # mid-meeting: audio is still arriving
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+            return sessions
+
+        sessions = asyncio.run(meeting())
+    finally:
+        server.kill()
+        server.wait(30)
+    assert server.returncode == -signal.SIGKILL
+    with sqlite3.connect(db) as conn:  # the file is sound after the kill
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    listed = subprocess.run([sys.executable, "-m", "mooer.cli", "meetings", "list", "--json",
+                             "--db", str(db)], capture_output=True, text=True, check=True)  # fmt: skip
+    meetings = {m["id"]: m for m in map(json.loads, listed.stdout.splitlines())}
+    assert sorted(meetings) == sorted(s["id"] for s in sessions) and len(meetings) == 3
+    assert all(m["in_progress"] for m in meetings.values())  # the server never ended them
+    store = _store(str(db))
+    try:
+        for s in sessions:
+            kept = {(k.item_id, k.transcript) for k in store.get(s["id"]).segments}
+            assert s["heard"] and set(s["heard"]) <= kept
+    finally:
+        store.close()
+
+
+async def _send_paced(ws, pcm: bytes, chunk: int = 9600, pace_s: float = 0.05) -> None:
+    """24 kHz PCM16 in 200 ms binary frames, 4x faster than real time."""
+    for i in range(0, len(pcm), chunk):
+        await ws.send(pcm[i : i + chunk])
+        await asyncio.sleep(pace_s)
