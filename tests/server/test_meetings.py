@@ -190,7 +190,7 @@ def test_a_failing_store_stops_recording_and_the_session_goes_on(start_server, s
     assert events[-1]["transcript"] == offline([speech[0]])[0].text
 
 
-def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path):
+def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path, capsys):
     """``mooer serve --record`` (the demo model) killed with SIGKILL while three sessions stream:
     every final the clients received is in the store, which opens cleanly afterwards."""
     import signal
@@ -201,6 +201,7 @@ def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path
     from pathlib import Path
 
     from mooer.audio import SAMPLE_RATE, load_audio
+    from mooer.cli import main
 
     examples = Path(__file__).resolve().parents[2] / "examples" / "audio"
     pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
@@ -258,9 +259,8 @@ def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path
     assert server.returncode == -signal.SIGKILL
     with sqlite3.connect(db) as conn:  # the file is sound after the kill
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    listed = subprocess.run([sys.executable, "-m", "mooer.cli", "meetings", "list", "--json",
-                             "--db", str(db)], capture_output=True, text=True, check=True)  # fmt: skip
-    meetings = {m["id"]: m for m in map(json.loads, listed.stdout.splitlines())}
+    assert main(["meetings", "list", "--json", "--db", str(db)]) == 0  # as after a restart
+    meetings = {m["id"]: m for m in map(json.loads, capsys.readouterr().out.splitlines())}
     assert sorted(meetings) == sorted(s["id"] for s in sessions) and len(meetings) == 3
     assert all(m["in_progress"] for m in meetings.values())  # the server never ended them
     store = _store(str(db))
