@@ -14,7 +14,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -115,6 +115,9 @@ meetings = sa.Table(
     sa.Column("protocol", sa.String(32), nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("ended_at", sa.Float),
+    # kept up to date by each new segment, so a listing reads no segments
+    sa.Column("segment_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("duration_ms", sa.Integer, nullable=False, server_default="0"),
     sa.Index("meetings_started", "started_at"),
 )
 segments = sa.Table(
@@ -131,6 +134,7 @@ segments = sa.Table(
     sa.Column("transcript", sa.Text),
     sa.Column("translation", sa.Text),
     sa.Column("language", sa.String(8)),
+    sa.Column("search_text", sa.Text, nullable=False),  # transcript and translation, lower case
     sa.UniqueConstraint("meeting_id", "item_id", name="segments_item"),
     sa.Index("segments_meeting", "meeting_id", "start_ms"),
 )
@@ -212,10 +216,24 @@ class MeetingStore:
         """Store a segment, or fill in what a later final of the same item adds (a translation
         after its transcript): fields left None keep their stored value."""
         values = {k: v for k, v in vars(segment).items() if v is not None}
+        text = "\n".join(t.lower() for t in (segment.transcript, segment.translation) if t)
         where = (segments.c.meeting_id == meeting_id) & (segments.c.item_id == segment.item_id)
+        added = segments.c.search_text + ("\n" + text)
         with self._transaction("keeping a segment") as conn:
-            if conn.execute(segments.update().where(where).values(**values)).rowcount == 0:
-                conn.execute(segments.insert().values(meeting_id=meeting_id, **values))
+            if conn.execute(segments.update().where(where).values(**values, search_text=added)
+                            ).rowcount:  # fmt: skip
+                return
+            conn.execute(segments.insert().values(meeting_id=meeting_id, search_text=text,
+                                                  **values))  # fmt: skip
+            longer = meetings.c.duration_ms < segment.end_ms
+            conn.execute(
+                meetings.update()
+                .where(meetings.c.id == meeting_id)
+                .values(
+                    segment_count=meetings.c.segment_count + 1,
+                    duration_ms=sa.case((longer, segment.end_ms), else_=meetings.c.duration_ms),
+                )
+            )
 
     def end(self, meeting_id: str, ended_at: float) -> None:
         with self._transaction("ending a meeting") as conn:
@@ -226,22 +244,10 @@ class MeetingStore:
     def list(self, search: str | None = None, limit: int = 100) -> list[MeetingInfo]:
         """The newest meetings first; with ``search``, those where a transcript or translation
         holds that text (case-insensitive, taken literally: ``%`` and ``_`` are not wildcards)."""
-        count = sa.func.count(segments.c.id)
-        duration = sa.func.coalesce(sa.func.max(segments.c.end_ms), 0)
-        query = (
-            sa.select(meetings, count, duration)
-            .select_from(meetings.outerjoin(segments, segments.c.meeting_id == meetings.c.id))
-            .group_by(*meetings.c)
-            .order_by(meetings.c.started_at.desc(), meetings.c.id)
-            .limit(limit)
-        )
+        query = meetings.select().order_by(meetings.c.started_at.desc(), meetings.c.id).limit(limit)
         if search:
-            needle = search.lower()
-            matching = sa.select(segments.c.meeting_id).where(
-                sa.func.lower(segments.c.transcript).contains(needle, autoescape=True)
-                | sa.func.lower(segments.c.translation).contains(needle, autoescape=True)
-            )
-            query = query.where(meetings.c.id.in_(matching))
+            found = segments.c.search_text.contains(search.lower(), autoescape=True)
+            query = query.where(meetings.c.id.in_(sa.select(segments.c.meeting_id).where(found)))
         with self._transaction("listing meetings") as conn:
             return [_info(row) for row in conn.execute(query)]
 
@@ -257,9 +263,7 @@ class MeetingStore:
                 .where(segments.c.meeting_id == meeting_id)
                 .order_by(segments.c.start_ms, segments.c.id)
             ).all()
-        kept = [_segment(r) for r in rows]
-        duration = max((s.end_ms for s in kept), default=0)
-        return Meeting(replace(_info(row), segment_count=len(kept), duration_ms=duration), kept)
+        return Meeting(_info(row), [_segment(r) for r in rows])
 
     def delete(self, meeting_id: str) -> None:
         """Remove a meeting and its segments; ``UnknownMeeting`` if there is none."""
@@ -284,8 +288,8 @@ class MeetingStore:
 
 def _info(row: sa.Row) -> MeetingInfo:
     m = row._mapping
-    extra = {"segment_count": row[-2], "duration_ms": int(row[-1])} if len(row) > 4 else {}
-    return MeetingInfo(m["id"], m["protocol"], m["started_at"], m["ended_at"], **extra)
+    return MeetingInfo(m["id"], m["protocol"], m["started_at"], m["ended_at"],
+                       m["segment_count"], m["duration_ms"])  # fmt: skip
 
 
 def _segment(row: sa.Row) -> Segment:

@@ -107,11 +107,17 @@ class MeetingsApi:
         name = _checked("name", export_name, request.query_params.get("name"), meeting_id, fmt)
         meeting = await self._store("get", meeting_id)
         headers = {
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
+            "Content-Disposition": f'attachment; filename="{_ascii(name)}"; '
+            f"filename*=UTF-8''{quote(name)}",
             "X-Mooer-Meeting-Status": "in_progress" if meeting.info.in_progress else "ended",
         }
         body = render(meeting, fmt)
         return Response(body, media_type=f"{FORMATS[fmt]}; charset=utf-8", headers=headers)
+
+
+def _ascii(name: str) -> str:
+    """A quoted-string fallback of a file name for clients that ignore ``filename*``."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
 
 
 def _checked(param: str, check: Callable[..., str], *args: Any) -> str:

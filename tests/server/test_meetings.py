@@ -63,9 +63,10 @@ def test_a_recorded_sdk_session_keeps_every_final_with_its_times(recording_serve
                 session={"type": "transcription", "mooer": {"task": "asr"}}  # type: ignore
             )
             await send_realtime(conn, at_24k(np.concatenate(speech)))
+            await conn.send({"type": "session.close"})  # every final first, then session.closed
             async for event in conn:
                 events.append(event)
-                if sum(e.type == FINAL for e in events) == len(speech):
+                if event.type == "session.closed":
                     break
         return events
 
@@ -76,6 +77,7 @@ def test_a_recorded_sdk_session_keeps_every_final_with_its_times(recording_serve
     updated = next(e for e in events if e.type == "session.updated")
     assert updated.session.mooer["meeting_id"] == meeting_id
     finals = [e for e in events if e.type == FINAL]
+    assert len(finals) >= len(speech)
     starts = {e.item_id: e.audio_start_ms for e in events if e.type.endswith("speech_started")}
     stops = {e.item_id: e.audio_end_ms for e in events if e.type.endswith("speech_stopped")}
 
@@ -144,15 +146,33 @@ def test_funasr_asks_with_record_and_its_finals_carry_times(recording_server, db
             return replies
 
     replies = asyncio.run(run())
-    final = replies[-1]
-    sentence = final["stamp_sents"][0]
-    assert sentence["text_seg"] == final["text"] and 0 <= sentence["start"] < sentence["end"]
-    meeting = _ended(db, final["meeting_id"])
+    finals = [r for r in replies if r["text"]]
+    assert finals and all(r["mode"] == "offline" for r in finals)
+    stamps = [r["stamp_sents"][0] for r in finals]
+    for reply, sentence in zip(finals, stamps):
+        assert sentence["text_seg"] == reply["text"] and 0 <= sentence["start"] < sentence["end"]
+    meeting = _ended(db, replies[-1]["meeting_id"])
     assert meeting.info.protocol == "funasr"
-    [kept] = meeting.segments
-    assert (kept.transcript, kept.start_ms, kept.end_ms) == (
-        final["text"], sentence["start"], sentence["end"]
-    )  # fmt: skip
+    assert [(k.transcript, k.start_ms, k.end_ms) for k in meeting.segments] == [
+        (s["text_seg"], s["start"], s["end"]) for s in stamps
+    ]
+
+
+def test_translation_sessions_ask_with_the_query_and_learn_the_id(recording_server, db):
+    async def run():
+        url = (f"ws://{recording_server.host}:{recording_server.port}/v1/realtime/translations"
+               f"?model=mooer&record=1&api_key={KEY}")  # fmt: skip
+        async with websockets.connect(url) as ws:
+            created = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            await ws.send(json.dumps({"type": "session.close"}))
+            while json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] != "session.closed":
+                pass
+        return created
+
+    created = asyncio.run(run())
+    meeting = _ended(db, created["session"]["mooer"]["meeting_id"])
+    assert meeting.info.protocol == "translation" and not meeting.info.in_progress
+    assert meeting.segments == []
 
 
 def test_a_failing_store_stops_recording_and_the_session_goes_on(start_server, speech, offline):
