@@ -11,10 +11,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mooer.errors import ConfigError
-from mooer.meetings.store import Meeting, MeetingInfo, Segment
+
+if TYPE_CHECKING:  # the exports themselves need no database (the HTTP API's subtitles use them)
+    from mooer.meetings.store import Meeting, MeetingInfo, Segment
 
 FORMATS = {"srt": "application/x-subrip", "vtt": "text/vtt", "txt": "text/plain",
            "json": "application/json", "md": "text/markdown"}  # fmt: skip
