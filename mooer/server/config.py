@@ -69,6 +69,8 @@ class ServerConfig:
                 raise ConfigError(f"ServerConfig.{name}={value!r}: expected seconds > 0")
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ConfigError(f"ServerConfig.model_name={self.model_name!r}: expected a name")
+        if not isinstance(self.record, bool):
+            raise ConfigError(f"ServerConfig.record={self.record!r}: expected True or False")
         if self.meetings_db is not None and (
             not isinstance(self.meetings_db, str) or not self.meetings_db
         ):

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
-
 
 def _free_port() -> int:
     with socket.socket() as s:

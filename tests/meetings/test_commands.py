@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from mooer.cli import main
-from mooer.meetings.store import MeetingStore, Segment
+
+pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
+from mooer.meetings.store import MeetingStore, Segment  # noqa: E402
 
 T0 = 1_700_000_000.0
 

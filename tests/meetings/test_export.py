@@ -8,7 +8,9 @@ import pytest
 
 from mooer.errors import ConfigError
 from mooer.meetings.export import FORMATS, export_format, export_name, render
-from mooer.meetings.store import Meeting, MeetingInfo, Segment
+
+pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
+from mooer.meetings.store import Meeting, MeetingInfo, Segment  # noqa: E402
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from mooer.agent import events as ev
-from mooer.meetings.recording import Recording
-from mooer.meetings.store import MeetingStore
+
+pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
+from mooer.meetings.recording import Recording  # noqa: E402
+from mooer.meetings.store import MeetingStore  # noqa: E402
 
 
 def test_sessions_one_after_another_keep_one_timeline(tmp_path):

@@ -5,10 +5,17 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-import sqlalchemy as sa
 
 from mooer.errors import ConfigError
-from mooer.meetings.store import MeetingStore, Segment, StoreError, UnknownMeeting, resolve_url
+
+sa = pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
+from mooer.meetings.store import (  # noqa: E402
+    MeetingStore,
+    Segment,
+    StoreError,
+    UnknownMeeting,
+    resolve_url,
+)
 
 T0 = 1_700_000_000.0  # a wall-clock start, seconds since the epoch
 
