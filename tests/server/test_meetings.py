@@ -210,6 +210,7 @@ def test_a_failing_store_stops_recording_and_the_session_goes_on(start_server, s
     assert events[-1]["transcript"] == offline([speech[0]])[0].text
 
 
+@pytest.mark.slow  # a real `mooer serve` process: most of its time is importing torch
 def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path, capsys):
     """``mooer serve --record`` (the demo model) killed with SIGKILL while three sessions stream:
     every final the clients received is in the store, which opens cleanly afterwards."""
