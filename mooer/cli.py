@@ -76,8 +76,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allow_origins=args.allow_origin,
         max_sessions=args.max_sessions, max_session_audio_s=args.max_session_audio,
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
-        log_level=args.log_level,
+        log_level=args.log_level, record=args.record, db=args.db,
     )  # fmt: skip
+
+
+def cmd_meetings(args: argparse.Namespace) -> int:
+    from mooer.meetings import commands
+
+    if args.action == "list":
+        return commands.list_main(args.db, search=args.search, limit=args.limit, as_json=args.json)
+    if args.action == "show":
+        return commands.export_main(args.id, "json" if args.json else "txt", db=args.db)
+    if args.action == "export":
+        return commands.export_main(
+            args.id, args.format, db=args.db, name=args.name, folder=args.dir
+        )
+    return commands.delete_main(args.id, db=args.db)
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
@@ -111,6 +125,14 @@ def cmd_speak(args: argparse.Namespace) -> int:
 
     return speak_command(args.text, args.out, language=args.language, voice=args.voice,
                          backend=args.backend, rate=args.rate)  # fmt: skip
+
+
+def _add_db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        help="meeting store: a SQLite file or URL, or postgresql+psycopg://USER@HOST/DB "
+        "(default: $XDG_DATA_HOME/mooer/meetings.db)",
+    )
 
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
@@ -165,7 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads of the model worker")
     p.add_argument("--beam", type=int, help="beam size of final results")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--record", action="store_true", help="keep every live session as a meeting")
+    _add_db_arg(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, delete")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("list", help="the meetings, newest first")
+    a.add_argument("--search", help="only meetings whose transcript or translation holds this")
+    a.add_argument("--limit", type=int, default=100)
+    a.add_argument("--json", action="store_true", help="one JSON object per line")
+    a = actions.add_parser("show", help="a meeting's segments with times and translations")
+    a.add_argument("id")
+    a.add_argument("--json", action="store_true")
+    a = actions.add_parser("export", help="a meeting as SRT, WebVTT, text, JSON or Markdown")
+    a.add_argument("id")
+    a.add_argument("--format", default="srt", help="srt, vtt, txt, json or md (default srt)")
+    a.add_argument("--name", help="write to this file (a bare name) instead of standard output")
+    a.add_argument("--dir", default=".", help="the folder --name is written in")
+    a = actions.add_parser("delete", help="remove a meeting and its segments")
+    a.add_argument("id")
+    for a in actions.choices.values():
+        _add_db_arg(a)
+    p.set_defaults(func=cmd_meetings)
 
     p = sub.add_parser("s2st", help="Chinese speech to English speech (and its text)")
     _add_model_args(p)

@@ -29,6 +29,7 @@ from mooer.server.funasr_ws import FunasrProtocol
 from mooer.server.http_api import HttpApi
 from mooer.server.hub import Hub
 from mooer.server.logs import install_log_filter
+from mooer.server.meetings_api import MeetingsApi
 from mooer.server.realtime import RealtimeProtocol
 from mooer.server.translation import TranslationProtocol
 
@@ -66,6 +67,7 @@ def create_app(hub: Hub) -> ASGIApp:
             Route("/v1/models", api.models),
             Route("/health", api.health),
             Route("/metrics", api.metrics),
+            *MeetingsApi(hub).routes(),
             Route("/", index),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]

@@ -41,11 +41,14 @@ def serve_main(
     threads: int | None = None,
     beam: int | None = None,
     log_level: str = "info",
+    record: bool = False,
+    db: str | None = None,
 ) -> int:
     """Load the model once and serve every protocol until SIGINT/SIGTERM (then drain).
 
     ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable; ``funasr_open``
-    lets clients on ``funasr_port`` in without it.
+    lets clients on ``funasr_port`` in without it. ``record`` keeps every live session as a
+    meeting in ``db`` (clients may ask for it per session anyway).
     """
     config = ServerConfig(
         host=host,
@@ -58,6 +61,8 @@ def serve_main(
         max_session_audio_s=max_session_audio_s,
         idle_timeout_s=idle_timeout_s,
         model_name="mooer",
+        record=record,
+        meetings_db=db,
     )
     from mooer.agent.engine import Engine
     from mooer.agent.session import SessionConfig
@@ -66,6 +71,13 @@ def serve_main(
     from mooer.server.hub import Hub
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    store = None
+    if record or db:  # a store that cannot be opened is a clear error now, before the model loads
+        from mooer.meetings import open_store
+
+        store = open_store(db).open()
+        print(f"mooer: meetings kept in {store.where}" + (" (recording every session)"
+              if record else ""), file=sys.stderr, flush=True)  # fmt: skip
     defaults = SessionConfig()
     if beam is not None:
         defaults = replace(defaults, final_options=replace(defaults.final_options, num_beams=beam))
@@ -78,7 +90,7 @@ def serve_main(
         dtype=dtype,
         attention_heads=heads,
     )
-    hub = Hub(speech_llm, Engine(speech_llm, threads=threads), config, defaults)
+    hub = Hub(speech_llm, Engine(speech_llm, threads=threads), config, defaults, meetings=store)
     where = f"{config.host}:{config.port}"
     funasr = f", FunASR ws://{config.host}:{config.funasr_port}" if config.funasr_port else ""
     print(

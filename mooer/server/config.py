@@ -32,6 +32,8 @@ class ServerConfig:
     idle_timeout_s: float = 120.0  # a session that sends nothing this long is closed
     shutdown_timeout_s: float = 10.0  # how long a shutdown waits for pending finals
     model_name: str = "mooer"  # the model id reported to clients
+    record: bool = False  # keep every live session as a meeting (clients may ask: ?record=1)
+    meetings_db: str | None = None  # the meeting store's URL or SQLite file; None: the default
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -73,6 +75,14 @@ class ServerConfig:
                 raise ConfigError(f"ServerConfig.{name}={value!r}: expected seconds > 0")
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ConfigError(f"ServerConfig.model_name={self.model_name!r}: expected a name")
+        if not isinstance(self.record, bool):
+            raise ConfigError(f"ServerConfig.record={self.record!r}: expected True or False")
+        if self.meetings_db is not None and (
+            not isinstance(self.meetings_db, str) or not self.meetings_db
+        ):
+            raise ConfigError(
+                f"ServerConfig.meetings_db={self.meetings_db!r}: expected a database URL or file"
+            )
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Whether a connection carrying ``Origin: origin`` to ``Host: host`` may proceed."""

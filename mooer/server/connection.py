@@ -29,6 +29,7 @@ from mooer.server.logs import log_handshake
 if TYPE_CHECKING:
     from mooer.agent.session import Session, SessionConfig
     from mooer.server.hub import Hub
+    from mooer.server.recorder import Recorder
 
 log = logging.getLogger("mooer.server")
 
@@ -131,6 +132,7 @@ class Link:
         self.key_awaited = False  # the API key is to come in the first message (FunASR)
         self._closed: dict[int, asyncio.Future] = {}  # by id(session): set by SessionClosed
         self._ended: dict[str, float] = {}  # item id -> when its utterance ended (monotonic)
+        self.recorder: Recorder | None = None  # set while this connection is kept as a meeting
 
     @property
     def query(self) -> dict[str, str]:
@@ -158,15 +160,34 @@ class Link:
             self.closing = True
             self.outbox.put_nowait((code, reason[:120]))
 
-    def open_session(self, config: SessionConfig, on_event: Callable[[Any], None]) -> Session:
-        """An engine session whose events run ``on_event`` on this connection's event loop."""
-        closed = self.loop.create_future()
+    def record(self, report: Callable[[ProtocolError], None]) -> str | None:
+        """Keep this connection's finals as a meeting from now on; its id (None: the store
+        cannot be used, and ``report`` has said why). Asking again returns the same id."""
+        if self.recorder is None:
+            try:
+                self.recorder = self.hub.recorder(self, report)
+            except MooerError as exc:
+                report(ProtocolError("recording_stopped", str(exc), kind="server_error"))
+                return None
+        return self.recorder.meeting_id
 
-        def deliver(event: Any) -> None:  # on the engine's worker thread
+    def open_session(self, config: SessionConfig, on_event: Callable[[Any], None]) -> Session:
+        """An engine session whose events run ``on_event`` on this connection's event loop
+        (through the meeting writer first, while recording)."""
+        closed = self.loop.create_future()
+        offset_ms = round(self.audio_s * 1000)  # where this session starts in the meeting
+
+        def hand_over(event: Any) -> None:
             try:
                 self.loop.call_soon_threadsafe(self._dispatch, on_event, event, closed)
             except RuntimeError:  # the loop is closed: the server has stopped, no one listens
                 pass
+
+        def deliver(event: Any) -> None:  # on the engine's worker thread
+            if self.recorder is None:
+                hand_over(event)
+            else:
+                self.recorder.keep(event, offset_ms, hand_over)
 
         session = self.hub.engine.open(config, deliver)
         self._closed[id(session)] = closed
@@ -313,11 +334,15 @@ async def serve_connection(
     hub.metrics.sessions_active.inc(protocol=protocol.name)
     writer = asyncio.create_task(_write(websocket, link))
     try:
+        if hub.records(link.query):
+            link.record(protocol.report)
         protocol.start()
         await _read(websocket, link, protocol, writer)
     finally:
         if link.key_awaited:
             log_handshake(websocket, "closed before sending its key")
+        if link.recorder is not None:
+            link.recorder.stop()
         hub.connections.discard(protocol)
         hub.metrics.sessions_active.dec(protocol=protocol.name)
         if not writer.done():

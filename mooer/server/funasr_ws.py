@@ -15,6 +15,10 @@ next file on the same connection. ``hotwords`` and ``itn`` are accepted and igno
 
 On a server with an API key, the first JSON frame carries it as ``api_key`` (mooer's addition:
 FunASR's clients send no headers); ``ServerConfig.funasr_open`` waives it on the FunASR port.
+mooer's additions: each utterance's final (``offline``/``2pass-offline``) carries
+``stamp_sents``, one sentence with its ``start`` and ``end`` in ms from the file's start; a
+config frame with ``"record": true`` keeps the connection as a meeting, and every reply from
+then on carries its ``meeting_id``.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class FunasrProtocol(WireProtocol):
         self.held: list[dict[str, Any]] | None = None  # finals kept back while a file ends
         self.file_task: asyncio.Task | None = None
         self.refused = False  # the connection was refused: the error is the last reply
+        self.times: dict[str, tuple[int, int]] = {}  # item -> (start, end) ms in the file
 
     def start(self) -> None:
         """FunASR servers send nothing until there is text."""
@@ -128,6 +133,7 @@ class FunasrProtocol(WireProtocol):
             "text": text,
             "is_final": False,
             **extra,
+            **({"meeting_id": self.link.recorder.meeting_id} if self.link.recorder else {}),
         }
 
     def error_message(self, error: ProtocolError) -> dict[str, Any]:
@@ -161,6 +167,10 @@ class FunasrProtocol(WireProtocol):
                 "busy", "the previous file is still being finished; wait for its is_final reply"
             )
         settings = apply_frame(self.settings, frame)
+        if "record" in frame and frame["record"] is not False:
+            if frame["record"] is not True:
+                raise ProtocolError("invalid_value", "record must be true or false", "record")
+            self.link.record(self.report)
         if settings != self.settings and self.session is not None:
             if settings.engine_changes() != self.settings.engine_changes() or (
                 settings.audio_fs != self.settings.audio_fs
@@ -196,16 +206,26 @@ class FunasrProtocol(WireProtocol):
 
     def on_event(self, event: object) -> None:
         mode = self.settings.mode
-        if isinstance(event, ev.TranscriptDelta) and mode != "offline":
+        if isinstance(event, ev.SpeechStarted):
+            self.times[event.item_id] = (event.audio_start_ms, event.audio_start_ms)
+        elif isinstance(event, ev.SpeechStopped):
+            start = self.times.get(event.item_id, (0, 0))[0]
+            self.times[event.item_id] = (start, event.audio_end_ms)
+        elif isinstance(event, ev.TranscriptDelta) and mode != "offline":
             piece = self.online.advance(event.item_id, event.stable_text)
             if piece:
                 self.link.send(self.reply(piece, "online" if mode == "online" else "2pass-online"))
         elif isinstance(event, ev.Transcript):
+            times = self.times.pop(event.item_id, None)
             if mode == "online":
                 message = self.reply(self.online.advance(event.item_id, event.text, True), mode)
             else:
                 self.online.advance(event.item_id, event.text, True)
                 message = self.reply(event.text, "2pass-offline" if mode == "2pass" else mode)
+                if times is not None:
+                    sentence = {"text_seg": event.text, "punc": "", "start": times[0],
+                                "end": times[1]}  # fmt: skip
+                    message["stamp_sents"] = [{**sentence, "ts_list": []}]
             if self.held is not None:
                 self.held.append(message)
             elif message["text"]:

@@ -39,6 +39,7 @@ from mooer.asr.vad import SpeechEnded, StreamingVad, VadConfig
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import DecodingOptions
+from mooer.meetings.export import subtitles
 from mooer.model import SpeechLLM
 from mooer.server.connection import ProtocolError
 from mooer.server.hub import Hub
@@ -378,11 +379,10 @@ def _render(
         return JSONResponse({"text": text, "usage": usage})
     if fmt == "text":
         return PlainTextResponse(text + "\n")
-    if fmt == "srt":
-        return PlainTextResponse(_subtitles(segments, ",", numbered=True))
-    if fmt == "vtt":
-        cues = _subtitles(segments, ".", numbered=False)
-        return PlainTextResponse("WEBVTT\n\n" + cues, media_type="text/vtt")
+    if fmt in ("srt", "vtt"):
+        cues = [(s.start, s.end, s.text) for s in segments]
+        media = "text/vtt" if fmt == "vtt" else "text/plain"
+        return PlainTextResponse(subtitles(cues, vtt=fmt == "vtt"), media_type=media)
     if task == "ast":
         language = "en"
     elif language is None:
@@ -413,18 +413,3 @@ def _verbose_segment(index: int, segment: Segment) -> dict[str, object]:
         "no_speech_prob": 0.0,
     }
 
-
-def _subtitles(segments: list[Segment], decimal: str, numbered: bool) -> str:
-    cues = []
-    for i, s in enumerate(segments, 1):
-        times = f"{_clock(s.start, decimal)} --> {_clock(s.end, decimal)}"
-        cues.append(f"{i}\n{times}\n{s.text}\n" if numbered else f"{times}\n{s.text}\n")
-    return "\n".join(cues)
-
-
-def _clock(seconds: float, decimal: str) -> str:
-    ms = int(round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{decimal}{ms:03d}"

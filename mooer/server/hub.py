@@ -19,8 +19,10 @@ from mooer.server.metrics import Metrics
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine
+    from mooer.meetings.store import MeetingStore
     from mooer.model import SpeechLLM
-    from mooer.server.connection import WireProtocol
+    from mooer.server.connection import Link, WireProtocol
+    from mooer.server.recorder import Recorder
 
 log = logging.getLogger("mooer.server")
 
@@ -53,6 +55,7 @@ class Hub:
         config: ServerConfig,
         session_defaults: SessionConfig | None = None,
         metrics: Metrics | None = None,
+        meetings: MeetingStore | None = None,
     ) -> None:
         self.model = model
         self.engine = engine
@@ -66,6 +69,30 @@ class Hub:
         # An HTTP request's light pre- and post-processing (VAD pass, audio encoding), one at a
         # time off the event loop; its model work is scheduled on the engine like a session's.
         self._offline = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mooer-http")
+        # Meetings: opened on first use; one thread writes every recorded connection's finals.
+        self._meetings = meetings  # None: opened from config.meetings_db when first needed
+        self._meeting_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mooer-meet")
+
+    def meeting_store(self) -> MeetingStore:
+        """The store ``config.meetings_db`` names (not connected until first used)."""
+        if self._meetings is None:
+            from mooer.meetings import open_store
+
+            self._meetings = open_store(self.config.meetings_db)
+        return self._meetings
+
+    def records(self, query: dict[str, str]) -> bool:
+        """Whether a new connection is recorded: ``--record``, or ``?record=1`` from the client."""
+        return self.config.record or query.get("record", "").lower() in ("1", "true", "yes")
+
+    def recorder(self, link: Link, report: Callable[[ProtocolError], None]) -> Recorder:
+        """Start keeping ``link``'s finals as a new meeting (``MooerError``: no store here)."""
+        from mooer.meetings.recording import Recording
+        from mooer.server.recorder import Recorder
+
+        store = self.meeting_store()
+        recording = Recording(store, link.protocol_name, lambda: round(link.audio_s * 1000))
+        return Recorder(recording, self._meeting_writer, link.loop, report)
 
     def auth_error(self, conn: HTTPConnection) -> ProtocolError | None:
         """Why this request may not use the API, or None."""
@@ -170,3 +197,6 @@ class Hub:
         self._closed = True
         self.engine.close(timeout=self.config.shutdown_timeout_s)
         self._offline.shutdown(wait=True)
+        self._meeting_writer.shutdown(wait=True)  # the finals the engine flushed are kept
+        if self._meetings is not None:
+            self._meetings.close()

@@ -63,6 +63,13 @@ class OpenAIWire(WireProtocol):
     def emit(self, kind: str, **fields: Any) -> None:
         self.link.send({"type": kind, "event_id": new_id("event"), **fields})
 
+    def with_meeting(self, session: dict[str, Any]) -> dict[str, Any]:
+        """A session object, with ``mooer.meeting_id`` while this connection is recorded."""
+        if self.link.recorder is None:
+            return session
+        mooer = {**session.get("mooer", {}), "meeting_id": self.link.recorder.meeting_id}
+        return {**session, "mooer": mooer}
+
     def error_message(self, error: ProtocolError) -> dict[str, Any]:
         return {
             "type": "error",

@@ -137,7 +137,9 @@ class RealtimeProtocol(OpenAIWire):
         self.emit("session.created", session=self._describe())
 
     def _describe(self) -> dict[str, Any]:
-        return self.settings.describe(self.session_id, self.link.hub.config.model_name)
+        return self.with_meeting(
+            self.settings.describe(self.session_id, self.link.hub.config.model_name)
+        )
 
     # -- client events ---------------------------------------------------------------------
 

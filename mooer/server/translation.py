@@ -59,7 +59,7 @@ class TranslationProtocol(OpenAIWire):
         )
 
     def _describe(self) -> dict[str, Any]:
-        return {
+        return self.with_meeting({
             "id": self.session_id,
             "object": "realtime.translation_session",
             "type": "translation",
@@ -69,7 +69,7 @@ class TranslationProtocol(OpenAIWire):
                 "input": {"transcription": self.transcription, "noise_reduction": None},
                 "output": {"language": OUTPUT_LANGUAGES[0], "voice": self.voice},
             },
-        }
+        })
 
     def start(self) -> None:
         self.session = self.link.open_session(self._engine_config(), self.on_event)

@@ -21,6 +21,8 @@ from mooer.server.config import ServerConfig
         ({"idle_timeout_s": 0}, "idle_timeout_s"),
         ({"max_session_audio_s": float("nan")}, "max_session_audio_s"),
         ({"host": ""}, "host"),
+        ({"record": "yes"}, "record"),
+        ({"meetings_db": ""}, "meetings_db"),
     ],
 )
 def test_bad_values_name_their_field(changes, field):

@@ -1,0 +1,81 @@
+"""One live connection kept as a meeting: its sessions' events in, stored segments out.
+
+A connection may run several engine sessions one after another (a Realtime ``session.update``
+that changes the task, FunASR's files); each session's times count from its own first sample,
+so the caller passes that session's offset and the meeting's stream time runs on unbroken.
+Wall-clock times assume the audio arrived in real time: an utterance that ended ``d`` ms of
+audio ago ended ``d`` ms before now (exact for a live microphone; a file sent faster than real
+time gets its times squeezed towards the moment it was sent).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mooer.agent import events as ev
+from mooer.meetings.store import MeetingStore, Segment, new_meeting_id
+
+
+@dataclass
+class _Times:
+    start_ms: int
+    wall_start: float
+    end_ms: int | None = None
+    wall_end: float | None = None
+
+
+class Recording:
+    """Feed it every engine event of a connection, in order, from one thread. ``StoreError``
+    from ``observe`` means the segment was not kept; the caller decides to stop."""
+
+    def __init__(self, store: MeetingStore, protocol: str, received_ms: Callable[[], int],
+                 now: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.store = store
+        self.protocol = protocol
+        self.meeting_id = new_meeting_id()
+        self.received_ms = received_ms  # audio the connection has received so far
+        self.now = now
+        self.started_at = now()
+        self._times: dict[str, _Times] = {}
+        self._last_end_ms = 0  # where a turn without voice activity events starts
+
+    def begin(self) -> None:
+        self.store.create(self.protocol, self.started_at, self.meeting_id)
+
+    def end(self) -> None:
+        self.store.end(self.meeting_id, self.now())
+
+    def _wall(self, ms: int) -> float:
+        return max(self.started_at, self.now() - max(0, self.received_ms() - ms) / 1000)
+
+    def observe(self, event: ev.Event, offset_ms: int) -> None:
+        """One engine event of the session whose stream time 0 is the meeting's ``offset_ms``."""
+        if isinstance(event, ev.SpeechStarted):
+            start = offset_ms + event.audio_start_ms
+            self._times[event.item_id] = _Times(start, self._wall(start))
+        elif isinstance(event, ev.SpeechStopped):
+            self._close(event.item_id, offset_ms + event.audio_end_ms)
+        elif isinstance(event, ev.Committed):  # a manual turn ends where the audio received did
+            self._close(event.item_id, self.received_ms())
+        elif isinstance(event, ev.Transcript | ev.Translation):
+            times = self._close(event.item_id, self.received_ms())
+            text = {"transcript": event.text} if isinstance(event, ev.Transcript) else {
+                "translation": event.text}  # fmt: skip
+            language = getattr(event, "language", None)
+            self.store.keep(
+                self.meeting_id,
+                Segment(event.item_id, times.start_ms, times.end_ms, times.wall_start,
+                        times.wall_end, language=language, **text),  # fmt: skip
+            )
+            self._last_end_ms = max(self._last_end_ms, times.end_ms)
+
+    def _close(self, item_id: str, end_ms: int) -> _Times:
+        """The item's times, ended at ``end_ms`` unless they were ended before."""
+        times = self._times.get(item_id)
+        if times is None:
+            times = self._times[item_id] = _Times(self._last_end_ms, self._wall(self._last_end_ms))
+        if times.end_ms is None:
+            times.end_ms, times.wall_end = max(end_ms, times.start_ms), self._wall(end_ms)
+        return times

@@ -1,0 +1,300 @@
+"""Where meetings are kept: SQLite by default, PostgreSQL by URL, through one SQLAlchemy path.
+
+Each write is its own transaction, so a killed server loses at most the segment being written.
+SQLite runs in WAL mode with full syncs (a reader never blocks the writer; a commit is on disk
+before the client hears the final). Every failure of the database surfaces as ``StoreError``
+naming the store (password hidden) and the cause, never the SQL or its parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from mooer.errors import ConfigError, MooerError
+
+ID_PREFIX = "mtg_"
+MEETING_ID = re.compile(r"mtg_[0-9a-f]{20}")
+BUSY_TIMEOUT_S = 5.0  # SQLite: how long a write waits for another writer's lock
+CONNECT_TIMEOUT_S = 5  # PostgreSQL: how long opening a connection may take
+DRIVERS = {"sqlite": "sqlite", "sqlite+pysqlite": "sqlite", "postgresql": "postgresql+psycopg",
+           "postgres": "postgresql+psycopg", "postgresql+psycopg": "postgresql+psycopg"}  # fmt: skip
+
+
+class StoreError(MooerError):
+    """The meeting store could not do what was asked (unreachable, locked, full, corrupt)."""
+
+
+class UnknownMeeting(StoreError):
+    """No meeting has this id."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One final utterance. Stream times count from the session's first sample (ms); wall
+    times are seconds since the epoch (UTC)."""
+
+    item_id: str
+    start_ms: int
+    end_ms: int
+    wall_start: float
+    wall_end: float
+    transcript: str | None = None
+    translation: str | None = None
+    speaker: str | None = None  # None until speakers are labelled
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class MeetingInfo:
+    """A meeting without its segments: what a listing shows."""
+
+    id: str
+    protocol: str
+    started_at: float  # seconds since the epoch (UTC)
+    ended_at: float | None  # None: still recording, or its server stopped without ending it
+    segment_count: int = 0
+    duration_ms: int = 0  # end of the last segment
+
+    @property
+    def in_progress(self) -> bool:
+        return self.ended_at is None
+
+
+@dataclass(frozen=True)
+class Meeting:
+    info: MeetingInfo
+    segments: list[Segment] = field(default_factory=list)
+
+
+def new_meeting_id() -> str:
+    return ID_PREFIX + secrets.token_hex(10)
+
+
+def default_url() -> str:
+    """``$XDG_DATA_HOME/mooer/meetings.db`` (``~/.local/share`` when the variable is unset)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'mooer' / 'meetings.db'}"
+
+
+def resolve_url(db: str | None) -> URL:
+    """``--db`` as given (a URL, a file path, or None for the default) -> a SQLAlchemy URL."""
+    text = db or default_url()
+    if "://" not in text:
+        text = f"sqlite:///{Path(text).expanduser().resolve()}"
+    try:
+        url = make_url(text)
+    except ArgumentError as exc:
+        raise ConfigError(f"--db {text!r}: not a database URL ({exc})") from exc
+    driver = DRIVERS.get(url.drivername)
+    if driver is None:
+        raise ConfigError(
+            f"--db: the {url.drivername!r} backend is not supported: use a SQLite file "
+            "(sqlite:///PATH) or PostgreSQL (postgresql+psycopg://USER@HOST/DB)"
+        )
+    if driver == "sqlite" and not url.database:
+        raise ConfigError("--db: a SQLite store needs a file (sqlite:///PATH), not memory")
+    return url.set(drivername=driver)
+
+
+metadata = sa.MetaData()
+meetings = sa.Table(
+    "meetings",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("protocol", sa.String(32), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    # kept up to date by each new segment, so a listing reads no segments
+    sa.Column("segment_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("duration_ms", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("meetings_started", "started_at"),
+)
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("meeting_id", sa.String(32), sa.ForeignKey("meetings.id"), nullable=False),
+    sa.Column("item_id", sa.String(64), nullable=False),
+    sa.Column("start_ms", sa.Integer, nullable=False),
+    sa.Column("end_ms", sa.Integer, nullable=False),
+    sa.Column("wall_start", sa.Float, nullable=False),
+    sa.Column("wall_end", sa.Float, nullable=False),
+    sa.Column("speaker", sa.String(64)),
+    sa.Column("transcript", sa.Text),
+    sa.Column("translation", sa.Text),
+    sa.Column("language", sa.String(8)),
+    sa.Column("search_text", sa.Text, nullable=False),  # transcript and translation, lower case
+    sa.UniqueConstraint("meeting_id", "item_id", name="segments_item"),
+    sa.Index("segments_meeting", "meeting_id", "start_ms"),
+)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+class MeetingStore:
+    """The meetings in one database. Thread-safe; the schema is made on first use."""
+
+    def __init__(self, db: str | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.url = resolve_url(db)
+        self.where = self.url.render_as_string(hide_password=True)
+        self.is_sqlite = self.url.drivername == "sqlite"
+        if self.is_sqlite:
+            self.engine: Engine = sa.create_engine(
+                self.url, connect_args={"timeout": busy_timeout_s}
+            )
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            try:
+                self.engine = sa.create_engine(
+                    self.url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+                    pool_pre_ping=True,
+                )  # fmt: skip
+            except ImportError as exc:
+                raise ConfigError(
+                    f"--db {self.where}: PostgreSQL needs psycopg 3 ({exc}): "
+                    "pip install 'mooer[meetings]'"
+                ) from exc
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[sa.Connection]:
+        """One transaction; a database failure becomes a ``StoreError`` naming ``action``."""
+        try:
+            self._prepare()
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StoreError(f"meeting store {self.where}: {action} failed: {cause}") from exc
+
+    def _prepare(self) -> None:
+        with self._lock:
+            if self._ready:
+                return
+            if self.is_sqlite:
+                try:
+                    Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(
+                        f"meeting store {self.where}: cannot create its folder: {exc}"
+                    ) from exc
+            metadata.create_all(self.engine)
+            self._ready = True
+
+    def open(self) -> MeetingStore:
+        """Connect and make the schema now (``mooer serve --record`` fails fast on a bad store)."""
+        with self._transaction("opening"):
+            pass
+        return self
+
+    def create(self, protocol: str, started_at: float, meeting_id: str | None = None) -> str:
+        """A new meeting; its id."""
+        meeting_id = meeting_id or new_meeting_id()
+        row = {"id": meeting_id, "protocol": protocol, "started_at": started_at}
+        with self._transaction("starting a meeting") as conn:
+            conn.execute(meetings.insert().values(**row))
+        return meeting_id
+
+    def keep(self, meeting_id: str, segment: Segment) -> None:
+        """Store a segment, or fill in what a later final of the same item adds (a translation
+        after its transcript): fields left None keep their stored value."""
+        values = {k: v for k, v in vars(segment).items() if v is not None}
+        text = "\n".join(t.lower() for t in (segment.transcript, segment.translation) if t)
+        where = (segments.c.meeting_id == meeting_id) & (segments.c.item_id == segment.item_id)
+        added = segments.c.search_text + ("\n" + text)
+        with self._transaction("keeping a segment") as conn:
+            if conn.execute(segments.update().where(where).values(**values, search_text=added)
+                            ).rowcount:  # fmt: skip
+                return
+            conn.execute(segments.insert().values(meeting_id=meeting_id, search_text=text,
+                                                  **values))  # fmt: skip
+            longer = meetings.c.duration_ms < segment.end_ms
+            conn.execute(
+                meetings.update()
+                .where(meetings.c.id == meeting_id)
+                .values(
+                    segment_count=meetings.c.segment_count + 1,
+                    duration_ms=sa.case((longer, segment.end_ms), else_=meetings.c.duration_ms),
+                )
+            )
+
+    def end(self, meeting_id: str, ended_at: float) -> None:
+        with self._transaction("ending a meeting") as conn:
+            conn.execute(
+                meetings.update().where(meetings.c.id == meeting_id).values(ended_at=ended_at)
+            )
+
+    def list(self, search: str | None = None, limit: int = 100) -> list[MeetingInfo]:
+        """The newest meetings first; with ``search``, those where a transcript or translation
+        holds that text (case-insensitive, taken literally: ``%`` and ``_`` are not wildcards)."""
+        query = meetings.select().order_by(meetings.c.started_at.desc(), meetings.c.id).limit(limit)
+        if search:
+            found = segments.c.search_text.contains(search.lower(), autoescape=True)
+            query = query.where(meetings.c.id.in_(sa.select(segments.c.meeting_id).where(found)))
+        with self._transaction("listing meetings") as conn:
+            return [_info(row) for row in conn.execute(query)]
+
+    def get(self, meeting_id: str) -> Meeting:
+        """A meeting with its segments in stream order; ``UnknownMeeting`` if there is none."""
+        self._check_id(meeting_id)
+        with self._transaction("reading a meeting") as conn:
+            row = conn.execute(meetings.select().where(meetings.c.id == meeting_id)).first()
+            if row is None:
+                raise self._unknown(meeting_id)
+            rows = conn.execute(
+                segments.select()
+                .where(segments.c.meeting_id == meeting_id)
+                .order_by(segments.c.start_ms, segments.c.id)
+            ).all()
+        return Meeting(_info(row), [_segment(r) for r in rows])
+
+    def delete(self, meeting_id: str) -> None:
+        """Remove a meeting and its segments; ``UnknownMeeting`` if there is none."""
+        self._check_id(meeting_id)
+        with self._transaction("deleting a meeting") as conn:
+            conn.execute(segments.delete().where(segments.c.meeting_id == meeting_id))
+            if conn.execute(meetings.delete().where(meetings.c.id == meeting_id)).rowcount == 0:
+                raise self._unknown(meeting_id)
+
+    def _check_id(self, meeting_id: str) -> None:
+        if not isinstance(meeting_id, str) or not MEETING_ID.fullmatch(meeting_id):
+            raise UnknownMeeting(
+                f"{meeting_id!r} is not a meeting id (they look like mtg_ and 20 hex digits)"
+            )
+
+    def _unknown(self, meeting_id: str) -> UnknownMeeting:
+        return UnknownMeeting(f"no meeting {meeting_id} in {self.where}")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _info(row: sa.Row) -> MeetingInfo:
+    m = row._mapping
+    return MeetingInfo(m["id"], m["protocol"], m["started_at"], m["ended_at"],
+                       m["segment_count"], m["duration_ms"])  # fmt: skip
+
+
+def _segment(row: sa.Row) -> Segment:
+    m = row._mapping
+    return Segment(
+        m["item_id"], m["start_ms"], m["end_ms"], m["wall_start"], m["wall_end"],
+        m["transcript"], m["translation"], m["speaker"], m["language"],
+    )  # fmt: skip
