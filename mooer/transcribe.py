@@ -9,20 +9,26 @@ asr       ``Transcribe speech to text.``      the transcript
 ast       ``Translate speech to english...``  the translation (MTL model: ``asr\\nast``)
 mtl       the ``ast`` prompt on asr_ast_mtl/  ``"{transcript}\\n{translation}"``
 ========  ==================================  ======================================
+
+Audio is cut into utterances by ``mooer.asr.segmenter`` (voice activity, then a length limit),
+the segmenter the server uses for uploads and live sessions, and each utterance is decoded
+alone: the same audio gives the same segments and text in every path, and silence gives none.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from mooer.audio import SAMPLE_RATE, load_audio
+from mooer.asr.segmenter import cut_blocks
+from mooer.asr.vad import VadConfig
+from mooer.audio import SAMPLE_RATE, AudioStream, AudioTooLong, load_audio
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions
 from mooer.llm.prompts import build_prompt, split_mtl
@@ -31,20 +37,29 @@ from mooer.model import SpeechLLM
 TASKS = ("asr", "ast", "mtl")
 PROMPT_OF_TASK = {"asr": "asr", "ast": "ast", "mtl": "ast"}
 
-MAX_SEGMENT_S = 30.0  # longer audio is cut into segments of at most this length
+# How recordings are cut: the live sessions' turn detection, and continuous speech cut at
+# pauses of 90 ms once an utterance has lasted 0.8 s (sentences joined by pauses of 150 ms
+# are cut one by one; see docs/server.md for the figures on a 48-sentence file).
+SEGMENTER = VadConfig(short_silence_ms=90, short_after_s=0.8)
+MAX_SEGMENT_S = 30.0  # an utterance given whole (vad=None) longer than this is cut...
 MIN_CUT_S = 20.0  # ... at the quietest 100 ms between 20 s and 30 s
 _WINDOW = SAMPLE_RATE // 10  # 100 ms energy window
 
 
 @dataclass
 class Result:
-    """What one input gives. ``text`` is the task's main output (transcript, or translation for ast)."""
+    """What one input gives. ``text`` is the task's main output (transcript, or translation for ast).
+
+    ``segments``: each utterance's (start, end) in seconds, and ``segment_texts`` its own text
+    (empty lists where no speech was found); ``duration``: seconds of audio decoded.
+    """
 
     audio: str
     text: str
     translation: str | None = None
     duration: float = 0.0
     segments: list[tuple[float, float]] = field(default_factory=list)
+    segment_texts: list[str] = field(default_factory=list)
     error: str | None = None
 
     def to_json(self) -> str:
@@ -123,6 +138,82 @@ def _batches(seq: Sequence, size: int) -> Iterator[Sequence]:
         yield seq[i : i + size]
 
 
+def _seconds(samples: int) -> float:
+    return round(samples / SAMPLE_RATE, 3)
+
+
+def is_mtl_model(model: SpeechLLM) -> bool:
+    """Whether the model answers every task with ``"{transcript}\\n{translation}"``."""
+    return model.paths is not None and model.paths.variant == "asr_ast_mtl"
+
+
+def decode(
+    model: SpeechLLM, waves: Sequence[np.ndarray], task: str, options: DecodingOptions
+) -> list[tuple[str, str | None]]:
+    """Each utterance's (main text, translation), decoded in one batch."""
+    answers = model.generate(waves, [build_prompt(PROMPT_OF_TASK[task])] * len(waves), options)
+    return [read_answer(task, answer, is_mtl_model(model)) for answer in answers]
+
+
+def settle(result: Result, task: str, answers: Sequence[tuple[str, str | None]]) -> Result:
+    """``result`` with its segments' answers (in order) as its texts."""
+    result.segment_texts = [text for text, _ in answers]
+    result.text = join_texts(result.segment_texts)
+    if task != "asr":
+        result.translation = join_texts([tr or "" for _, tr in answers])
+    return result
+
+
+def utterances(
+    result: Result,
+    item: np.ndarray | str | Path | AudioStream,
+    vad: VadConfig | None,
+    max_seconds: float | None = None,
+) -> Iterator[list[np.ndarray]]:
+    """One input cut into utterances, a block at a time: yields the audio of the utterances
+    each block of audio decoded ended, then those the end ends, and keeps ``result``'s
+    ``duration`` and ``segments`` up to date (``result.audio`` names the input in errors).
+
+    ``vad=None`` takes the input as one utterance already cut (cut at 30 s if longer).
+    ``AudioTooLong`` past ``max_seconds`` of audio, found while decoding; ``AudioError`` or
+    ``ConfigError`` for audio that cannot be used.
+    """
+    name = result.audio
+    if isinstance(item, AudioStream):
+        stream: AudioStream | None = item
+    elif vad is not None and isinstance(item, (str, Path)):
+        stream = AudioStream(item, max_seconds)
+    else:
+        stream = None
+        samples = _as_mono(item, name, max_seconds)
+        result.duration = _seconds(samples.size)
+        if vad is None:
+            ranges = split_long(samples)
+            result.segments = [(_seconds(a), _seconds(b)) for a, b in ranges]
+            yield [samples[a:b] for a, b in ranges]
+            return
+    blocks = [samples] if stream is None else stream.blocks()
+    try:
+        for ended in cut_blocks(blocks, vad or SEGMENTER):
+            if stream is not None:
+                result.duration = _seconds(stream.samples)
+            result.segments += [(_seconds(u.start), _seconds(u.end)) for u in ended]
+            yield [u.audio for u in ended]
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def _as_mono(item: np.ndarray | str | Path, name: str, max_seconds: float | None) -> np.ndarray:
+    samples = load_audio(item, max_seconds) if isinstance(item, (str, Path)) else item
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ConfigError(f"{name}: arrays must be mono 16 kHz (N,), got shape {samples.shape}")
+    if max_seconds is not None and samples.size > max_seconds * SAMPLE_RATE:
+        raise AudioTooLong(name, max_seconds)
+    return samples
+
+
 def transcribe(
     model: SpeechLLM,
     inputs: Sequence[np.ndarray | str | Path],
@@ -132,70 +223,116 @@ def transcribe(
     names: Sequence[str] | None = None,
     progress: bool = False,
     keep_going: bool = False,
+    vad: VadConfig | None = SEGMENTER,
+    max_seconds: float | None = None,
 ) -> list[Result]:
     """Transcribe (or translate) many inputs: 16 kHz float32 arrays or audio file paths.
 
-    Long inputs are split into segments of at most 30 s whose answers are joined. With
-    ``keep_going`` an unreadable input gives a ``Result`` with ``error`` set instead of raising.
+    Each input is cut into utterances by voice activity (``vad``; see ``utterances``), the
+    utterances of all inputs are decoded in batches, and each input's texts are joined. An
+    input without speech gives empty text and no segments. Files are decoded a block at a
+    time and refused (``AudioTooLong``) past ``max_seconds`` of audio. With ``keep_going`` an
+    unusable input gives a ``Result`` with ``error`` set instead of raising.
     """
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    _check_task(model, task)
+    if max_seconds is not None and not (
+        isinstance(max_seconds, int | float)
+        and not isinstance(max_seconds, bool)
+        and max_seconds > 0
+    ):
+        raise ConfigError(f"max_seconds={max_seconds!r}: expected seconds > 0, or None")
     names = (
         list(names)
         if names is not None
         else [x if isinstance(x, (str, Path)) else f"array{i}" for i, x in enumerate(inputs)]
     )
-    prompt = build_prompt(PROMPT_OF_TASK[task])
-    mtl_model = model.paths is not None and model.paths.variant == "asr_ast_mtl"
-    if task == "mtl" and model.paths is not None and model.paths.layout == "mtl" and not mtl_model:
-        raise ConfigError("task mtl needs the asr_ast_mtl variant of an MTL checkpoint")
-
     results: list[Result] = []
-    # (result index, samples) for every segment, decoded in batches across inputs
+    # (result index, samples) for every utterance, decoded in batches across inputs
     pieces: list[tuple[int, np.ndarray]] = []
     for name, item in zip(names, inputs):
+        found: list[np.ndarray] = []
+        result = Result(audio=str(name), text="")
         try:
-            samples = load_audio(item) if isinstance(item, (str, Path)) else item
-            samples = np.asarray(samples, dtype=np.float32)
-            if samples.ndim != 1:
-                raise ConfigError(
-                    f"{name}: arrays must be mono 16 kHz (N,), got shape {samples.shape}"
-                )
+            for ended in utterances(result, item, vad, max_seconds):
+                found += ended
         except MooerError as exc:
             if not keep_going:
                 raise
             results.append(Result(audio=str(name), text="", error=str(exc)))
             continue
-        ranges = split_long(samples)
-        results.append(
-            Result(
-                audio=str(name),
-                text="",
-                duration=round(len(samples) / SAMPLE_RATE, 3),
-                segments=[
-                    (round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3)) for a, b in ranges
-                ],
-            )
-        )
-        pieces.extend((len(results) - 1, samples[a:b]) for a, b in ranges)
+        results.append(result)
+        pieces += [(len(results) - 1, audio) for audio in found]
 
-    answers: dict[int, list[str]] = {}
+    answers: dict[int, list[tuple[str, str | None]]] = {}
     bar = tqdm(total=len(pieces), unit="seg", disable=not progress, file=sys.stderr)
     for batch in _batches(pieces, batch_size):
-        texts = model.generate([w for _, w in batch], [prompt] * len(batch), options)
-        for (idx, _), text in zip(batch, texts):
-            answers.setdefault(idx, []).append(text)
+        for (idx, _), answer in zip(batch, decode(model, [w for _, w in batch], task, options)):
+            answers.setdefault(idx, []).append(answer)
         bar.update(len(batch))
     bar.close()
-
-    for idx, parts in answers.items():
-        read = [read_answer(task, p, mtl_model) for p in parts]
-        joiner = "" if _is_cjk(" ".join(t for t, _ in read)) else " "
-        results[idx].text = joiner.join(t for t, _ in read if t).strip()
-        if task != "asr":
-            results[idx].translation = " ".join(tr for _, tr in read if tr).strip()
+    for idx, result in enumerate(results):
+        if result.error is None:
+            settle(result, task, answers.get(idx, []))
     return results
 
 
-def _is_cjk(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+def transcribe_utterances(
+    model: SpeechLLM,
+    inputs: Sequence[np.ndarray],
+    task: str = "asr",
+    options: DecodingOptions = OFFLINE,
+) -> list[Result]:
+    """``transcribe`` of audio already cut into utterances (a live session's): each decoded
+    whole, exactly as the same utterance of a file is."""
+    return transcribe(model, inputs, task, options, vad=None)
+
+
+def transcribe_steps(
+    model: SpeechLLM,
+    stream: AudioStream,
+    task: str,
+    options: DecodingOptions,
+    vad: VadConfig = SEGMENTER,
+) -> Generator[None, None, Result]:
+    """Engine work: ``transcribe`` of one file in bounded steps, each one block of decoding and
+    voice activity or one utterance's decode, so a long file never holds up other clients
+    for long. Closing the generator stops the work and closes the file."""
+    _check_task(model, task)
+    answers: list[tuple[str, str | None]] = []
+    result = Result(audio=stream.name, text="")
+    for ended in utterances(result, stream, vad):
+        for audio in ended:
+            yield
+            answers += decode(model, [audio], task, options)
+        yield
+    return settle(result, task, answers)
+
+
+def _check_task(model: SpeechLLM, task: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    mtl_model = is_mtl_model(model)
+    if task == "mtl" and model.paths is not None and model.paths.layout == "mtl" and not mtl_model:
+        raise ConfigError("task mtl needs the asr_ast_mtl variant of an MTL checkpoint")
+
+
+def _spaced(ch: str) -> bool:
+    """Whether a character belongs to a script written with spaces between words."""
+    return ch.isalnum() and not ("\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af")
+
+
+def separator(before: str, after: str) -> str:
+    """What goes between two utterances' texts: a space between words, nothing after CJK."""
+    last, first = before[-1:], after.lstrip()[:1]
+    if not last or not first or last.isspace():
+        return ""
+    return " " if _spaced(first) and (_spaced(last) or last in ".,!?;:") else ""
+
+
+def join_texts(texts: list[str]) -> str:
+    """Utterances' texts as one text, spaced as ``separator`` says."""
+    joined = ""
+    for text in (t.strip() for t in texts):
+        if text:
+            joined += separator(joined, text) + text
+    return joined

@@ -51,7 +51,8 @@ from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions, generate_ids
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SPOKEN_REPLY, SpeechGeneration, SpeechReply, spoken_reply
 from mooer.speak import speak_natively, speak_reply, text_to_speech
-from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, read_answer, transcribe
+from mooer.transcribe import MAX_SEGMENT_S, PROMPT_OF_TASK, read_answer
+from mooer.transcribe import transcribe_utterances as transcribe  # already cut by the VAD
 from mooer.tts.backend import float_to_pcm16, split_sentences
 
 if TYPE_CHECKING:

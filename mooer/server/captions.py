@@ -9,27 +9,9 @@ written with spaces (not between Chinese characters).
 
 from __future__ import annotations
 
+from mooer.transcribe import join_texts, separator
 
-def _spaced(ch: str) -> bool:
-    """Whether a character belongs to a script written with spaces between words."""
-    return ch.isalnum() and not ("\u2e80" <= ch <= "\u9fff" or "\uac00" <= ch <= "\ud7af")
-
-
-def separator(before: str, after: str) -> str:
-    """What goes between two utterances' texts: a space between words, nothing after CJK."""
-    last, first = before[-1:], after.lstrip()[:1]
-    if not last or not first or last.isspace():
-        return ""
-    return " " if _spaced(first) and (_spaced(last) or last in ".,!?;:") else ""
-
-
-def join_texts(texts: list[str]) -> str:
-    """Utterances' texts as one text, spaced as ``separator`` says."""
-    joined = ""
-    for text in (t.strip() for t in texts):
-        if text:
-            joined += separator(joined, text) + text
-    return joined
+__all__ = ["AppendOnlyText", "join_texts", "separator"]
 
 
 class AppendOnlyText:

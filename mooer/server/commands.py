@@ -36,6 +36,7 @@ def serve_main(
     allow_origins: Sequence[str] = (),
     max_sessions: int = 16,
     max_session_audio_s: float = 3600.0,
+    max_request_audio_s: float = 3600.0,
     idle_timeout_s: float = 120.0,
     threads: int | None = None,
     beam: int | None = None,
@@ -53,6 +54,7 @@ def serve_main(
         allowed_origins=tuple(allow_origins),
         max_sessions=max_sessions,
         max_session_audio_s=max_session_audio_s,
+        max_request_audio_s=max_request_audio_s,
         idle_timeout_s=idle_timeout_s,
         model_name="mooer",
     )

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from mooer.agent.session import SessionConfig
+from mooer.asr.segmenter import cut
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.server.commands import stream_main
-from mooer.server.http_api import speech_segments
 from mooer.speak import text_to_speech
 from mooer.transcribe import transcribe
 from mooer.tts.backend import EspeakBackend
@@ -150,10 +150,11 @@ def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server)
 
     # Each turn's audio as the server's VAD cut it from the one stream it decoded.
     heard = as_received(b"".join(turns))
-    segments = speech_segments(heard, DEFAULTS.vad)
-    assert len(segments) == 2
-    waves = [heard[a:b] for a, b in segments]
-    assert transcripts == [r.text for r in transcribe(demo, waves)]  # the questions it heard
+    waves = [u.audio for u in cut(heard, DEFAULTS.vad)]
+    assert len(waves) == 2
+    assert transcripts == [
+        r.text for r in transcribe(demo, waves, vad=None)
+    ]  # the questions it heard
     embeds, lengths = demo.embed([waves[1]])
     second = embeds[0, : int(lengths[0])]  # (Ta, H)
 
