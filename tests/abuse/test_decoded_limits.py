@@ -27,6 +27,7 @@ from mooer.transcribe import transcribe
 
 # The server tests' fixtures: a fabricated model served on loopback.
 from tests.server.conftest import model, session_defaults, start_server  # noqa: F401
+from tests.server.test_http_api import _post
 
 LIMIT_S = 60.0
 
@@ -40,16 +41,6 @@ def _silent_flac(path, seconds: float):
             f.write(minute[: min(left, minute.size)])
             left -= minute.size
     return path
-
-
-def _post(server, path, timeout: float = 120, **fields) -> httpx.Response:
-    with open(path, "rb") as f:
-        return httpx.post(
-            f"{server.url}/v1/audio/transcriptions",
-            files={"file": (path.name, f)},
-            data={"model": "mooer", **fields},
-            timeout=timeout,
-        )
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +64,7 @@ def clip(tmp_path_factory, aishell_clips):
 def test_an_upload_over_the_decoded_audio_limit_is_refused_with_413(limited, three_minutes):
     assert three_minutes.stat().st_size < 50_000  # far under the 25 MB upload limit
     started = time.monotonic()
-    response = _post(limited, three_minutes)
+    response = _post(limited, "transcriptions", three_minutes)
     assert time.monotonic() - started < 30  # refused from its header, nothing decoded
     assert response.status_code == 413
     error = response.json()["error"]
@@ -90,12 +81,14 @@ def test_a_long_silent_upload_does_not_hold_up_a_normal_one(start_server, three_
     server = start_server()
     engine = server.hub.engine
     with ThreadPoolExecutor(1) as pool:
-        long = pool.submit(_post, server, three_minutes, response_format="verbose_json")
+        long = pool.submit(
+            _post, server, "transcriptions", three_minutes, response_format="verbose_json"
+        )
         deadline = time.monotonic() + 60
         while not any(r.kind == "request" for r in engine.steps_run()):
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        short = _post(server, clip)
+        short = _post(server, "transcriptions", clip)
         silent = long.result(timeout=300)
     assert short.status_code == 200 and short.json()["text"]
     assert silent.status_code == 200
@@ -117,7 +110,7 @@ def test_an_upload_whose_client_goes_away_stops_being_decoded(start_server, tmp_
     engine = server.hub.engine
     path = _silent_flac(tmp_path / "ten_minutes.flac", 600)
     with pytest.raises(httpx.ReadTimeout):
-        _post(server, path, timeout=1.0)
+        _post(server, "transcriptions", path, timeout=1.0)
     gone = 'mooer_http_requests_total{route="transcriptions",status="499"} 1'
     deadline = time.monotonic() + 60
     while gone not in server.hub.metrics.render():

@@ -165,3 +165,21 @@ def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server)
     # Without the first turn the same question gets another answer: the memory answered it.
     forgetful = Conversation(demo).answer(second, CHAT, question=transcripts[1]).answer
     assert forgetful != answers[1]
+
+
+def test_a_file_gives_the_same_segments_and_text_through_transcribe_and_http(demo, demo_server):
+    import httpx
+
+    wav = EXAMPLES / "en_directions.wav"
+    (offline,) = transcribe(demo, [wav], options=DEFAULTS.final_options)  # as `mooer transcribe`
+    assert offline.text == "the park is to the north"  # examples/audio/README.md
+    with open(wav, "rb") as f:
+        reply = httpx.post(
+            f"{demo_server.url}/v1/audio/transcriptions",
+            files={"file": (wav.name, f)},
+            data={"model": "mooer", "response_format": "verbose_json"},
+            timeout=120,
+        )
+    assert reply.status_code == 200
+    assert reply.json()["text"] == offline.text
+    assert [(s["start"], s["end"]) for s in reply.json()["segments"]] == offline.segments
