@@ -26,7 +26,7 @@ import soundfile as sf
 
 from mooer.audio import SAMPLE_RATE
 from mooer.train.continuous import PAUSES_MS, continuous_speech, heldout_sentences
-from mooer.train.metrics import cer, wer
+from mooer.train.metrics import cer, normalize_en, normalize_zh, wer
 from mooer.transcribe import join_texts
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -72,8 +72,9 @@ def main() -> None:
 
     reference = join_texts([s.text for s in sentences])
     error = (wer if args.lang == "en" else cer)([reference], [cli["text"]])
-    found = set(cli.get("segment_texts", []))
-    exact = sum(s.text in found for s in sentences)
+    normalize = normalize_en if args.lang == "en" else normalize_zh
+    found = {normalize(text) for text in cli["segment_texts"]}
+    exact = sum(normalize(s.text) in found for s in sentences)
     http_segments = [[s["start"], s["end"]] for s in http["segments"]]
     same = http["text"] == cli["text"] and http_segments == cli["segments"]
     unit = "words" if args.lang == "en" else "characters"
