@@ -3,10 +3,12 @@
 A client sends a JSON frame first (``mode`` online/offline/2pass, ``chunk_size``, ``wav_name``,
 ``wav_format``, ``audio_fs``, ``is_speaking: true``, ``hotwords``, ``itn``), then binary audio
 (PCM16 at ``audio_fs``, or a whole encoded file when ``wav_format`` is not ``pcm``), then
-``{"is_speaking": false}``. A whole encoded file is decoded a block at a time and fed to the
-session as it is, so its utterances are those ``mooer transcribe`` finds in it; past
-``max_request_audio_s`` of audio (or the session's allowance) it is refused with
-``audio_too_long`` (``session_audio_limit``) before the rest is decoded. Replies are ``{"mode", "wav_name", "text", "is_final"}``:
+``{"is_speaking": false}``. Offline mode cuts the audio as ``mooer transcribe`` cuts a file
+(``SEGMENTER``), so it gives the same utterances and text. A whole encoded file is decoded a
+block at a time and fed to the session as it goes; past ``max_request_audio_s`` of audio (or
+what is left of the session's allowance) it is refused with ``audio_too_long``
+(``session_audio_limit``) before the rest is decoded. Replies are ``{"mode", "wav_name",
+"text", "is_final"}``:
 
 - ``online`` / ``2pass-online``: new text while speech goes on (a client appends it);
 - ``offline`` / ``2pass-offline``: the final text of each utterance.

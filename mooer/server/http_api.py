@@ -3,8 +3,8 @@
 ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations`` take OpenAI's multipart form
 (``file``, ``model``, ``language``, ``prompt``, ``response_format``, ``temperature``) so
 ``client.audio.transcriptions.create(...)`` works unchanged. The upload is cut into utterances
-by ``mooer.asr.segmenter`` (voice activity, then a length limit: the cutting that live sessions
-and ``mooer transcribe`` use), each utterance is decoded with the offline settings, and the
+by ``mooer.asr.segmenter`` (voice activity, then a length limit) as ``mooer transcribe`` cuts
+files (live sessions use the same detector with their own turn settings), each utterance is decoded with the offline settings, and the
 answer gives their texts and times in the format asked for: ``json``, ``text``,
 ``verbose_json``, ``srt`` or ``vtt``. An upload without speech gives empty text, no segments.
 An upload holding more than ``max_request_audio_s`` of audio is refused with 413
@@ -39,7 +39,6 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from mooer.asr.vad import VadConfig
 from mooer.audio import AudioStream, AudioTooLong
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import DecodingOptions
@@ -83,13 +82,12 @@ def transcription_work(
     filename: str,
     task: str,
     options: DecodingOptions,
-    vad: VadConfig,
 ) -> Generator[None, None, Result]:
     """Engine work: the upload cut and decoded by ``transcribe_steps``, one bounded step at a
     time (a block of decoding and voice activity, or one utterance), exactly as ``mooer
     transcribe`` cuts and decodes the same file; its audio errors as the client's."""
     try:
-        return (yield from transcribe_steps(model, stream, task, options, vad))
+        return (yield from transcribe_steps(model, stream, task, options, SEGMENTER))
     except AudioTooLong as exc:
         raise _audio_too_long(filename, exc.limit_s) from exc
     except MooerError as exc:
@@ -210,7 +208,7 @@ class HttpApi:
         options = self.hub.session_defaults.final_options  # the same as live finals
         result = await self._on_engine(
             request,
-            transcription_work(self.hub.model, stream, filename, task, options, SEGMENTER),
+            transcription_work(self.hub.model, stream, filename, task, options),
         )
         self.hub.metrics.audio_seconds.inc(result.duration, protocol="http")
         segments = [
