@@ -33,6 +33,7 @@ SAMPLES_PER_TOKEN = SAMPLE_RATE * TOKEN_MS // 1000  # 1920 samples
 
 MAX_CHANNELS = 32  # a wider (N, C) array is almost surely a transposed (C, N) one
 BLOCK_S = 5.0  # seconds of audio a file is decoded in at a time
+UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that does not declare it
 
 AudioSource = str | os.PathLike | bytes | BinaryIO
 
@@ -77,7 +78,8 @@ class AudioStream:
             raise AudioError(
                 f"{self.name} has {self._file.channels} channels: at most {MAX_CHANNELS}"
             )
-        if self._over(self._file.frames):  # what the header declares
+        declared = self._file.frames
+        if declared != UNKNOWN_FRAMES and self._over(declared):
             self.close()
             raise AudioTooLong(self.name, max_seconds)
 

@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 import websockets
 
-from mooer.audio import SAMPLE_RATE
+from mooer.audio import BLOCK_S, SAMPLE_RATE, AudioStream, AudioTooLong, load_audio
 from mooer.transcribe import transcribe
 
 # The server tests' fixtures: a fabricated model served on loopback.
@@ -155,8 +155,6 @@ def test_funasr_refuses_a_file_over_the_limit_and_gives_silence_no_text(
 def test_the_library_and_the_cli_refuse_audio_over_their_limit(
     omni_model, fabricated, aishell_wav, tmp_path
 ):
-    from mooer.audio import AudioTooLong, load_audio
-
     samples = load_audio(aishell_wav)  # about 4 s
     with pytest.raises(AudioTooLong, match="more than 2 s of audio"):
         transcribe(omni_model, [aishell_wav], max_seconds=2)
@@ -173,3 +171,29 @@ def test_the_library_and_the_cli_refuse_audio_over_their_limit(
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "more than 2 s of audio" in proc.stderr and aishell_wav.name in proc.stderr
+
+
+def _without_length(flac: bytes) -> bytes:
+    """The FLAC with its STREAMINFO total-samples field zeroed, as a streamed FLAC has it: the
+    header no longer tells how much audio follows."""
+    data = bytearray(flac)
+    assert data[:4] == b"fLaC"
+    data[21] &= 0xF0  # the 36-bit count: the low 4 bits of byte 21, then bytes 22..25
+    data[22:26] = bytes(4)
+    return bytes(data)
+
+
+def test_a_file_that_does_not_declare_its_length_is_refused_while_decoding(limited, tmp_path):
+    path = tmp_path / "silence.flac"
+    _silent_flac(path, 90)
+    streamed = tmp_path / "streamed.flac"
+    streamed.write_bytes(_without_length(path.read_bytes()))
+    with AudioStream(streamed.read_bytes(), max_seconds=LIMIT_S) as stream:  # opens: no refusal
+        with pytest.raises(AudioTooLong, match="more than 60 s"):
+            for _ in stream.blocks():
+                pass
+        assert stream.samples == LIMIT_S * SAMPLE_RATE  # stopped at the block past the limit
+    response = _post(limited, "transcriptions", streamed)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "audio_too_long"
+    steps = [r for r in limited.hub.engine.steps_run() if r.kind == "request"]
+    assert len(steps) == LIMIT_S / BLOCK_S + 1  # the blocks up to the limit, then the refusal
