@@ -71,7 +71,7 @@ def main() -> None:
         http = reply.json()
 
     reference = join_texts([s.text for s in sentences])
-    error = (wer if args.lang == "en" else cer)([reference], [cli["text"]])
+    error = 100 * (wer if args.lang == "en" else cer)([reference], [cli["text"]])  # %
     normalize = normalize_en if args.lang == "en" else normalize_zh
     found = {normalize(text) for text in cli["segment_texts"]}
     exact = sum(normalize(s.text) in found for s in sentences)
