@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -31,6 +32,8 @@ TOKEN_MS = FRAME_MS * ADAPTER_DOWNSAMPLE  # 120 ms per LLM audio token
 SAMPLES_PER_TOKEN = SAMPLE_RATE * TOKEN_MS // 1000  # 1920 samples
 
 MAX_CHANNELS = 32  # a wider (N, C) array is almost surely a transposed (C, N) one
+BLOCK_S = 5.0  # seconds of audio a file is decoded in at a time
+UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's frame count for a stream that does not declare it
 
 
 def samples_to_ms(samples: int) -> int:
@@ -46,18 +49,90 @@ def ms_to_samples(milliseconds: float) -> int:
 AudioSource = str | os.PathLike | bytes | BinaryIO
 
 
-def load_audio(source: AudioSource) -> np.ndarray:
+def load_audio(source: AudioSource, max_seconds: float | None = None) -> np.ndarray:
     """Decode a path, raw file bytes or a binary stream (wav/flac/ogg/mp3...) to (N,) float32 16 kHz.
 
     Channels are averaged and the rate converted with soxr. Raises ``AudioError`` naming the
-    source if it is missing, not audio, corrupt, empty, or holds NaN/inf samples.
+    source if it is missing, not audio, corrupt, empty, or holds NaN/inf samples, and
+    ``AudioTooLong`` if it holds more than ``max_seconds`` of audio.
     """
-    name, handle = _open(source)
-    try:
-        samples, rate = sf.read(handle, dtype="float32", always_2d=True)  # (N, C)
-    except (sf.SoundFileError, RuntimeError, ValueError, EOFError) as err:
-        raise AudioError(f"cannot decode audio from {name}: {err}") from err
-    return _to_mono_16k(samples, rate, name)
+    with AudioStream(source, max_seconds) as stream:
+        return np.concatenate(list(stream.blocks()))
+
+
+class AudioTooLong(AudioError):
+    """A file holds more audio than a limit allows; found from its header or while decoding,
+    before the rest is decoded."""
+
+    def __init__(self, name: str, limit_s: float) -> None:
+        super().__init__(f"{name} holds more than {limit_s:g} s of audio: over the limit")
+        self.limit_s = limit_s
+
+
+class AudioStream:
+    """A file decoded a block at a time to float32 mono 16 kHz, so that no more than
+    ``max_seconds`` of it is ever decoded: a small compressed file of hours of silence is
+    refused from its header, or at the block that passes the limit when the header does not
+    tell. Opening reads the header only (``AudioError`` if it is not audio)."""
+
+    def __init__(self, source: AudioSource, max_seconds: float | None = None) -> None:
+        self.name, handle = _open(source)
+        self.max_seconds = max_seconds
+        self.samples = 0  # 16 kHz samples given out so far
+        try:
+            self._file = sf.SoundFile(handle)
+        except (sf.SoundFileError, RuntimeError, ValueError, EOFError) as err:
+            raise AudioError(f"cannot decode audio from {self.name}: {err}") from err
+        self.rate = self._file.samplerate
+        if self._file.channels > MAX_CHANNELS:
+            self.close()
+            raise AudioError(
+                f"{self.name} has {self._file.channels} channels: at most {MAX_CHANNELS}"
+            )
+        declared = self._file.frames
+        if declared != UNKNOWN_FRAMES and self._over(declared):
+            self.close()
+            raise AudioTooLong(self.name, max_seconds)
+
+    def _over(self, frames: int) -> bool:
+        return self.max_seconds is not None and frames > self.max_seconds * self.rate
+
+    def blocks(self, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
+        """The audio as (n,) float32 16 kHz blocks of about ``block_s`` seconds, in order."""
+        frames = max(1, int(block_s * self.rate))
+        resampler = None
+        if _check_rate(self.rate) != SAMPLE_RATE:
+            resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32")
+        read = 0
+        while True:
+            try:
+                block = self._file.read(frames, dtype="float32", always_2d=True)  # (n, C)
+            except (sf.SoundFileError, RuntimeError, ValueError, EOFError) as err:
+                raise AudioError(f"cannot decode audio from {self.name}: {err}") from err
+            read += len(block)
+            if self._over(read):
+                raise AudioTooLong(self.name, self.max_seconds)
+            last = len(block) < frames
+            x = _finite(block.mean(axis=1, dtype=np.float32), self.name)  # (n, C) -> (n,)
+            if resampler is not None:
+                x = resampler.resample_chunk(x, last=last)
+            if x.size:
+                self.samples += x.size
+                # Float files and the resampler may overshoot full scale; clip as 16 bits would.
+                yield np.clip(np.ascontiguousarray(x, dtype=np.float32), -1.0, 1.0)
+            if last:
+                break
+        if read == 0:
+            raise AudioError(f"{self.name} has no samples")
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> AudioStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -117,12 +192,16 @@ def _to_mono_16k(samples: np.ndarray, sample_rate: int, name: str) -> np.ndarray
         raise AudioError(f"{name} has shape {x.shape}: expected (N,) or (N, C)")
     if x.size == 0:
         raise AudioError(f"{name} has no samples")
+    x = resample(_finite(x, name), sample_rate, SAMPLE_RATE)
+    # Float files and the resampler may overshoot full scale; clip as a 16-bit recording would.
+    return np.clip(np.ascontiguousarray(x, dtype=np.float32), -1.0, 1.0)  # a new array
+
+
+def _finite(x: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(x).all():
         bad = int(np.count_nonzero(~np.isfinite(x)))
         raise AudioError(f"{name} holds {bad} NaN or infinite samples")
-    x = resample(x, sample_rate, SAMPLE_RATE)
-    # Float files and the resampler may overshoot full scale; clip as a 16-bit recording would.
-    return np.clip(np.ascontiguousarray(x, dtype=np.float32), -1.0, 1.0)  # a new array
+    return x
 
 
 def _as_float(samples: np.ndarray, name: str) -> np.ndarray:

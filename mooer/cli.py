@@ -44,6 +44,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         names=[name for name, _ in pairs],
         progress=len(pairs) > 1 and sys.stderr.isatty() or args.progress,
         keep_going=len(pairs) > 1,
+        max_seconds=args.max_audio,
     )
     failed = 0
     for r in results:
@@ -75,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         funasr_port=args.funasr_port, api_key=args.api_key, funasr_open=args.funasr_open,
         allow_origins=args.allow_origin,
         max_sessions=args.max_sessions, max_session_audio_s=args.max_session_audio,
+        max_request_audio_s=args.max_request_audio,
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
         log_level=args.log_level, record=args.record, db=args.db,
     )  # fmt: skip
@@ -165,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam size (default 4)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.add_argument("--max-audio", type=float, help="refuse a file holding more seconds of audio")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser(
@@ -183,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-origin", action="append", default=[], help="browser origin allowed")
     p.add_argument("--max-sessions", type=int, default=16)
     p.add_argument("--max-session-audio", type=float, default=3600.0, help="seconds per session")
+    p.add_argument(
+        "--max-request-audio", type=float, default=3600.0,
+        help="seconds of decoded audio per HTTP upload or FunASR file",
+    )  # fmt: skip
     p.add_argument("--idle-timeout", type=float, default=120.0, help="seconds")
     p.add_argument("--threads", type=int, help="torch threads of the model worker")
     p.add_argument("--beam", type=int, help="beam size of final results")

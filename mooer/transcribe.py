@@ -1,40 +1,56 @@
 """Offline transcription and translation of files or arrays: tasks, long audio, batching, input lists.
 
-Each input is cut into segments, encoded, and decoded for its task in batches across inputs; the
-task recipe (which prompts, how answers are read) is ``mooer.tasks``.
+Audio is cut into utterances by ``mooer.asr.segmenter`` (voice activity, then a length limit),
+the segmenter the server uses for uploads, and each utterance is encoded once and decoded alone
+for its task (``mooer.tasks``: which prompts, how answers are read), in batches across inputs:
+the same audio gives the same segments and text in every path, and silence gives none.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from mooer.audio import SAMPLE_RATE, load_audio
-from mooer.errors import ConfigError, MooerError
+from mooer.asr.segmenter import cut_blocks
+from mooer.asr.vad import VadConfig
+from mooer.audio import SAMPLE_RATE, AudioStream, AudioTooLong, load_audio
+from mooer.errors import ConfigError, MooerError, check_number
 from mooer.llm.decoding import OFFLINE, DecodingOptions
 from mooer.model import SpeechLLM
 from mooer.tasks import Texts, check_task, decode
+from mooer.text import join_texts
 
-MAX_SEGMENT_S = 30.0  # longer audio is cut into segments of at most this length
+# How recordings are cut: the live sessions' turn detection, with continuous speech cut at
+# pauses of 90 ms once an utterance has lasted 1 s (sentences joined by pauses of 150 ms are
+# cut one by one; docs/server.md has the figures on a 48-sentence file) and up to 0.5 s of the
+# silence around speech kept: offline, context costs no latency, and the demo model misreads
+# some words without it ("the park" in examples/audio/en_directions.wav).
+SEGMENTER = VadConfig(speech_pad_ms=500, short_silence_ms=90, short_after_s=1.0)
+MAX_SEGMENT_S = 30.0  # an utterance given whole (vad=None) longer than this is cut...
 MIN_CUT_S = 20.0  # ... at the quietest 100 ms between 20 s and 30 s
 _WINDOW = SAMPLE_RATE // 10  # 100 ms energy window
 
 
 @dataclass
 class Result:
-    """What one input gives. ``text`` is the task's main output (transcript, or translation for ast)."""
+    """What one input gives. ``text`` is the task's main output (transcript, or translation for ast).
+
+    ``segments``: each utterance's (start, end) in seconds, and ``segment_texts`` its own text
+    (empty lists where no speech was found); ``duration``: seconds of audio decoded.
+    """
 
     audio: str
     text: str
     translation: str | None = None
     duration: float = 0.0
     segments: list[tuple[float, float]] = field(default_factory=list)
+    segment_texts: list[str] = field(default_factory=list)
     error: str | None = None
 
     def to_json(self) -> str:
@@ -103,6 +119,73 @@ def _batches(seq: Sequence, size: int) -> Iterator[Sequence]:
         yield seq[i : i + size]
 
 
+def _seconds(samples: int) -> float:
+    return round(samples / SAMPLE_RATE, 3)
+
+
+def settle(result: Result, task: str, parts: Sequence[Texts]) -> Result:
+    """``result`` with its utterances' texts (in order) as its texts."""
+    result.segment_texts = [_main_text(task, p) for p in parts]
+    result.text = join_texts(result.segment_texts)
+    if task != "asr":
+        result.translation = join_texts(p.translation or "" for p in parts)
+    return result
+
+
+def _main_text(task: str, texts: Texts) -> str:
+    return (texts.translation if task == "ast" else texts.transcript) or ""
+
+
+def utterances(
+    result: Result,
+    item: np.ndarray | str | Path | AudioStream,
+    vad: VadConfig | None,
+    max_seconds: float | None = None,
+) -> Iterator[list[np.ndarray]]:
+    """One input cut into utterances, a block at a time: yields the audio of the utterances
+    each block of audio decoded ended, then those the end ends, and keeps ``result``'s
+    ``duration`` and ``segments`` up to date (``result.audio`` names the input in errors).
+
+    ``vad=None`` takes the input as one utterance already cut (cut at 30 s if longer).
+    ``AudioTooLong`` past ``max_seconds`` of audio, found while decoding; ``AudioError`` or
+    ``ConfigError`` for audio that cannot be used.
+    """
+    name = result.audio
+    if isinstance(item, AudioStream):
+        stream: AudioStream | None = item
+    elif vad is not None and isinstance(item, (str, Path)):
+        stream = AudioStream(item, max_seconds)
+    else:
+        stream = None
+        samples = _as_mono(item, name, max_seconds)
+        result.duration = _seconds(samples.size)
+        if vad is None:
+            ranges = split_long(samples)
+            result.segments = [(_seconds(a), _seconds(b)) for a, b in ranges]
+            yield [samples[a:b] for a, b in ranges]
+            return
+    blocks = [samples] if stream is None else stream.blocks()
+    try:
+        for ended in cut_blocks(blocks, vad or SEGMENTER):
+            if stream is not None:
+                result.duration = _seconds(stream.samples)
+            result.segments += [(_seconds(u.start), _seconds(u.end)) for u in ended]
+            yield [u.audio for u in ended]
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def _as_mono(item: np.ndarray | str | Path, name: str, max_seconds: float | None) -> np.ndarray:
+    samples = load_audio(item, max_seconds) if isinstance(item, (str, Path)) else item
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ConfigError(f"{name}: arrays must be mono 16 kHz (N,), got shape {samples.shape}")
+    if max_seconds is not None and samples.size > max_seconds * SAMPLE_RATE:
+        raise AudioTooLong(name, max_seconds)
+    return samples
+
+
 def transcribe(
     model: SpeechLLM,
     inputs: Sequence[np.ndarray | str | Path],
@@ -112,47 +195,41 @@ def transcribe(
     names: Sequence[str] | None = None,
     progress: bool = False,
     keep_going: bool = False,
+    vad: VadConfig | None = SEGMENTER,
+    max_seconds: float | None = None,
 ) -> list[Result]:
     """Transcribe (or translate) many inputs: 16 kHz float32 arrays or audio file paths.
 
-    Long inputs are split into segments of at most 30 s whose answers are joined. With
-    ``keep_going`` an unreadable input gives a ``Result`` with ``error`` set instead of raising.
+    Each input is cut into utterances by voice activity (``vad``; see ``utterances``), the
+    utterances of all inputs are decoded in batches, and each input's texts are joined. An
+    input without speech gives empty text and no segments. Files are decoded a block at a
+    time and refused (``AudioTooLong``) past ``max_seconds`` of audio. With ``keep_going`` an
+    unusable input gives a ``Result`` with ``error`` set instead of raising.
     """
     check_task(model, task)
+    if max_seconds is not None:
+        check_number(max_seconds, "max_seconds", low=1e-3)
     names = (
         list(names)
         if names is not None
         else [x if isinstance(x, (str, Path)) else f"array{i}" for i, x in enumerate(inputs)]
     )
-
     results: list[Result] = []
-    # (result index, samples) for every segment, decoded in batches across inputs
+    # (result index, samples) for every utterance, decoded in batches across inputs
     pieces: list[tuple[int, np.ndarray]] = []
     for name, item in zip(names, inputs):
+        found: list[np.ndarray] = []
+        result = Result(audio=str(name), text="")
         try:
-            samples = load_audio(item) if isinstance(item, (str, Path)) else item
-            samples = np.asarray(samples, dtype=np.float32)
-            if samples.ndim != 1:
-                raise ConfigError(
-                    f"{name}: arrays must be mono 16 kHz (N,), got shape {samples.shape}"
-                )
+            for ended in utterances(result, item, vad, max_seconds):
+                found += ended
         except MooerError as exc:
             if not keep_going:
                 raise
             results.append(Result(audio=str(name), text="", error=str(exc)))
             continue
-        ranges = split_long(samples)
-        results.append(
-            Result(
-                audio=str(name),
-                text="",
-                duration=round(len(samples) / SAMPLE_RATE, 3),
-                segments=[
-                    (round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3)) for a, b in ranges
-                ],
-            )
-        )
-        pieces.extend((len(results) - 1, samples[a:b]) for a, b in ranges)
+        results.append(result)
+        pieces += [(len(results) - 1, audio) for audio in found]
 
     decoded: dict[int, list[Texts]] = {}
     bar = tqdm(total=len(pieces), unit="seg", disable=not progress, file=sys.stderr)
@@ -162,9 +239,29 @@ def transcribe(
             decoded.setdefault(idx, []).append(texts)
         bar.update(len(batch))
     bar.close()
-
-    for idx, parts in decoded.items():
-        texts = Texts.join(parts)
-        results[idx].text = (texts.translation if task == "ast" else texts.transcript) or ""
-        results[idx].translation = texts.translation
+    for idx, result in enumerate(results):
+        if result.error is None:
+            settle(result, task, decoded.get(idx, []))
     return results
+
+
+def transcribe_steps(
+    model: SpeechLLM,
+    stream: AudioStream,
+    task: str,
+    options: DecodingOptions,
+    vad: VadConfig = SEGMENTER,
+) -> Generator[None, None, Result]:
+    """Engine work: ``transcribe`` of one file in bounded steps, each one block of decoding and
+    voice activity or one utterance's decode, so a long file never holds up other clients
+    for long. Closing the generator stops the work and closes the file."""
+    check_task(model, task)
+    parts: list[Texts] = []
+    result = Result(audio=stream.name, text="")
+    for ended in utterances(result, stream, vad):
+        for audio in ended:
+            yield
+            embeds, lengths = model.embed([audio])  # (1, Ta, H), (1,)
+            parts += decode(model, embeds, lengths, task, options)
+        yield
+    return settle(result, task, parts)

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mooer.audio import SAMPLE_RATE
+from mooer.asr.segmenter import cut
+from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.errors import AudioError, ConfigError
 from mooer.llm.decoding import OFFLINE
 from mooer.llm.prompts import build_prompt
 from mooer.model import load_model
-from mooer.transcribe import read_inputs, split_long, transcribe
+from mooer.train.continuous import continuous_speech, heldout_sentences
+from mooer.transcribe import SEGMENTER, join_texts, read_inputs, split_long, transcribe
 
 GREEDY = replace(OFFLINE, num_beams=1, max_new_tokens=8)
 
@@ -20,6 +22,11 @@ GREEDY = replace(OFFLINE, num_beams=1, max_new_tokens=8)
 @pytest.fixture(scope="module")
 def omni_model(omni_model):
     return omni_model
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_model()  # the bundled demo model: it understands the template sentences
 
 
 @pytest.fixture(scope="module")
@@ -63,22 +70,73 @@ def test_read_inputs_scp_and_jsonl(tmp_path):
 def test_batched_equals_one_by_one(omni_model):
     rng = np.random.default_rng(1)
     waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (8000, 24000, 16000)]
-    together = transcribe(omni_model, waves, options=GREEDY, batch_size=3)
-    alone = [transcribe(omni_model, [w], options=GREEDY)[0] for w in waves]
+    together = transcribe(omni_model, waves, options=GREEDY, batch_size=3, vad=None)
+    alone = [transcribe(omni_model, [w], options=GREEDY, vad=None)[0] for w in waves]
     assert [r.text for r in together] == [r.text for r in alone]
+    assert all(r.text for r in together)  # the random model always says something
     assert [r.duration for r in together] == [0.5, 1.5, 1.0]
 
 
-def test_long_audio_is_split_not_truncated(omni_model):
+def test_a_long_utterance_given_whole_is_split_not_truncated(omni_model):
     samples = np.random.default_rng(2).normal(0, 0.05, 65 * SAMPLE_RATE).astype(np.float32)
-    (result,) = transcribe(omni_model, [samples], options=GREEDY)
-    assert len(result.segments) == 3
+    (result,) = transcribe(omni_model, [samples], options=GREEDY, vad=None)
+    assert len(result.segments) == len(result.segment_texts) == 3
     assert result.segments[-1][1] == 65.0
+
+
+def test_a_file_is_cut_by_voice_activity_and_its_segments_are_decoded_alone(
+    omni_model, aishell_clips, tmp_path
+):
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    path = tmp_path / "two.flac"
+    sf.write(
+        path, np.concatenate([pause, aishell_clips[0], pause, aishell_clips[1], pause]), SAMPLE_RATE
+    )
+    (result,) = transcribe(omni_model, [path], options=GREEDY)
+    samples = load_audio(path)
+    utterances = cut(samples, SEGMENTER)
+    assert len(utterances) >= 2 and result.duration == round(samples.size / SAMPLE_RATE, 3)
+    assert result.segments == [
+        (round(u.start / SAMPLE_RATE, 3), round(u.end / SAMPLE_RATE, 3)) for u in utterances
+    ]
+    assert result.segments[0][0] > 0.8 and result.segments[-1][1] < result.duration - 0.8
+    alone = transcribe(omni_model, [u.audio for u in utterances], options=GREEDY, vad=None)
+    assert result.segment_texts == [r.text for r in alone]
+    assert result.text == join_texts(result.segment_texts)
+    # The same samples given as an array are cut the same way.
+    (array,) = transcribe(omni_model, [samples], options=GREEDY)
+    assert (array.segments, array.segment_texts) == (result.segments, result.segment_texts)
+
+
+def test_silence_gives_empty_text_no_segments_and_no_decode(omni_model, tmp_path, monkeypatch):
+    calls = []
+    generate = omni_model.generate
+    monkeypatch.setattr(
+        omni_model, "generate", lambda *a, **k: calls.append(a) or generate(*a, **k)
+    )
+    silent = tmp_path / "silent.flac"
+    sf.write(silent, np.zeros(90 * SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    hum = np.random.default_rng(4).normal(0, 1e-3, 30 * SAMPLE_RATE).astype(np.float32)
+    results = transcribe(omni_model, [silent, hum], task="mtl", options=GREEDY)
+    assert [(r.text, r.translation, r.segments) for r in results] == [("", "", [])] * 2
+    assert [r.duration for r in results] == [90.0, 30.0]
+    assert calls == []
+
+
+def test_a_long_file_of_sentences_with_short_pauses_loses_none(demo_model):
+    sentences = heldout_sentences(8)
+    samples, spans = continuous_speech(sentences, pauses_ms=(150, 400), seed=3)
+    (result,) = transcribe(demo_model, [samples])
+    assert len(result.segments) == len(sentences)
+    for (start, end), (a, b) in zip(result.segments, spans):  # each holds its sentence
+        assert start * SAMPLE_RATE <= a + 1600 and end * SAMPLE_RATE >= b - 1600
+    right = sum(text == s.text for text, s in zip(result.segment_texts, sentences))
+    assert right >= len(sentences) - 1, list(zip(result.segment_texts, [s.text for s in sentences]))
 
 
 def test_mtl_answer_gives_transcript_and_translation(mtl_model):
     wave = np.random.default_rng(3).normal(0, 0.1, SAMPLE_RATE).astype(np.float32)
-    (r,) = transcribe(mtl_model, [wave], task="mtl", options=GREEDY)
+    (r,) = transcribe(mtl_model, [wave], task="mtl", options=GREEDY, vad=None)
     assert r.translation is not None
     raw = mtl_model.generate([wave], [build_prompt("ast")], GREEDY)[0]
     transcript, translation = raw.split("\n", 1) if "\n" in raw else (raw, "")
@@ -95,8 +153,10 @@ def test_bad_inputs(omni_model, tmp_path):
     sf.write(silent, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
     results = transcribe(omni_model, [junk, silent], options=GREEDY, keep_going=True)
     assert results[0].error and "junk.wav" in results[0].error
-    assert results[1].error is None and results[1].duration == 1.0
+    assert results[1].error is None and results[1].duration == 1.0 and results[1].text == ""
     with pytest.raises(ConfigError, match="unknown task"):
         transcribe(omni_model, [silent], task="dictation")
     tiny = transcribe(omni_model, [np.zeros(100, np.float32)], options=GREEDY)
-    assert tiny[0].error is None
+    assert tiny[0].error is None and tiny[0].segments == []
+    with pytest.raises(ConfigError, match="max_seconds"):
+        transcribe(omni_model, [silent], max_seconds=0)

@@ -44,6 +44,10 @@ class VadConfig:
     speech_pad_ms: int = 100  # kept either side of the speech in a segment's audio
     max_segment_s: float = 20.0  # longer speech is cut at its quietest point
     cut_search_s: float = 3.0  # how far back from max_segment_s that point is looked for
+    # Continuous speech: once a segment has lasted short_after_s, a pause of short_silence_ms
+    # ends it too, so sentences joined by short pauses are cut one by one (None: off).
+    short_silence_ms: int | None = None
+    short_after_s: float = 3.0
 
     def __post_init__(self) -> None:
         _require("threshold", self.threshold, 0 < _number(self.threshold) < 1, "in (0, 1)")
@@ -59,6 +63,21 @@ class VadConfig:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             _require(name, value, ok, "a whole number of milliseconds >= 0")
         _require("min_silence_ms", self.min_silence_ms, self.min_silence_ms > 0, "above 0")
+        short = self.short_silence_ms
+        ok = short is None or (
+            isinstance(short, int)
+            and not isinstance(short, bool)
+            and 0 < short <= self.min_silence_ms
+        )
+        _require(
+            "short_silence_ms",
+            short,
+            ok,
+            f"None or milliseconds in (0, min_silence_ms={self.min_silence_ms}]",
+        )
+        _require(
+            "short_after_s", self.short_after_s, _number(self.short_after_s) >= 0, "seconds >= 0"
+        )
         _require("max_segment_s", self.max_segment_s, _number(self.max_segment_s) >= 1, ">= 1")
         _require(
             "cut_search_s",
@@ -298,6 +317,9 @@ class StreamingVad:
         self._pad = _ms(self.config.speech_pad_ms)
         self._min_speech = _ms(self.config.min_speech_ms)
         self._min_silence = _ms(self.config.min_silence_ms)
+        short = self.config.short_silence_ms
+        self._short_silence = self._min_silence if short is None else _ms(short)
+        self._short_after = _ms(self.config.short_after_s * 1000)
         self._max_segment = _ms(self.config.max_segment_s * 1000)
         self._cut_search = max(_ms(self.config.cut_search_s * 1000), WINDOW)
 
@@ -380,11 +402,18 @@ class StreamingVad:
             s.silence_start = None
         elif p < config.off_threshold and s.silence_start is None:
             s.silence_start = start
-        if s.silence_start is not None and end - s.silence_start >= self._min_silence:
+        if s.silence_start is not None and end - s.silence_start >= self._silence_needed():
             return [self._close(min(s.silence_start + self._pad, end), False)]
         if end + WINDOW // 2 - s.segment_start > self._max_segment:
             return self._cut(end)
         return []
+
+    def _silence_needed(self) -> int:
+        """Samples of silence that end the open segment: fewer once it has gone on a while."""
+        s = self.state
+        if s.silence_start is not None and s.silence_start - s.segment_start >= self._short_after:
+            return self._short_silence
+        return self._min_silence
 
     def _cut(self, end: int) -> list[VadEvent]:
         """Close a segment that reached max_segment_s, at its quietest recent point."""

@@ -29,6 +29,7 @@ class ServerConfig:
     max_message_bytes: int = 1 * MIB  # one websocket message (base64 text or binary PCM)
     max_upload_bytes: int = 25 * MIB  # one HTTP audio upload (OpenAI's limit)
     max_session_audio_s: float = 3600.0  # audio one websocket session may send in all
+    max_request_audio_s: float = 3600.0  # decoded audio in one HTTP upload or FunASR file
     idle_timeout_s: float = 120.0  # a session that sends nothing this long is closed
     shutdown_timeout_s: float = 10.0  # how long a shutdown waits for pending finals
     model_name: str = "mooer"  # the model id reported to clients
@@ -68,7 +69,12 @@ class ServerConfig:
                 f"ServerConfig.max_message_bytes={self.max_message_bytes}: expected >= 4096 "
                 "(a session.update must fit)"
             )
-        for name in ("max_session_audio_s", "idle_timeout_s", "shutdown_timeout_s"):
+        for name in (
+            "max_session_audio_s",
+            "max_request_audio_s",
+            "idle_timeout_s",
+            "shutdown_timeout_s",
+        ):
             value = getattr(self, name)
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if not ok or not math.isfinite(value) or value <= 0:

@@ -3,7 +3,12 @@
 A client sends a JSON frame first (``mode`` online/offline/2pass, ``chunk_size``, ``wav_name``,
 ``wav_format``, ``audio_fs``, ``is_speaking: true``, ``hotwords``, ``itn``), then binary audio
 (PCM16 at ``audio_fs``, or a whole encoded file when ``wav_format`` is not ``pcm``), then
-``{"is_speaking": false}``. Replies are ``{"mode", "wav_name", "text", "is_final"}``:
+``{"is_speaking": false}``. Offline mode cuts the audio as ``mooer transcribe`` cuts a file
+(``SEGMENTER``), so it gives the same utterances and text. A whole encoded file is decoded a
+block at a time and fed to the session as it goes; past ``max_request_audio_s`` of audio (or
+what is left of the session's allowance) it is refused with ``audio_too_long``
+(``session_audio_limit``) before the rest is decoded. Replies are ``{"mode", "wav_name",
+"text", "is_final"}``:
 
 - ``online`` / ``2pass-online``: new text while speech goes on (a client appends it);
 - ``offline`` / ``2pass-offline``: the final text of each utterance.
@@ -29,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mooer.agent import events as ev
-from mooer.audio import load_audio
+from mooer.audio import AudioStream, AudioTooLong
 from mooer.errors import MooerError
 from mooer.server.captions import AppendOnlyText
 from mooer.server.connection import (
@@ -41,6 +46,7 @@ from mooer.server.connection import (
     parse_json_object,
 )
 from mooer.server.pcm import PCM16_RATES, WireDecoder, WireFormat
+from mooer.transcribe import SEGMENTER
 
 MODES = ("online", "offline", "2pass")
 CHUNK_FRAME_MS = 60  # chunk_size counts 60 ms encoder frames; its middle value is the chunk
@@ -63,8 +69,11 @@ class FunasrSettings:
     wav_format: str = "pcm"
 
     def engine_changes(self) -> dict[str, Any]:
-        """What the engine session needs from these settings (offline mode: no partials)."""
-        partials = 0 if self.mode == "offline" else max(100, self.chunk_size[1] * CHUNK_FRAME_MS)
+        """What the engine session needs from these settings. Offline mode: no partials, and
+        audio cut as ``mooer transcribe`` and HTTP uploads cut it (``SEGMENTER``)."""
+        if self.mode == "offline":
+            return {"mode": "asr", "partial_interval_ms": 0, "vad": SEGMENTER}
+        partials = max(100, self.chunk_size[1] * CHUNK_FRAME_MS)
         return {"mode": "asr", "partial_interval_ms": partials}
 
 
@@ -122,6 +131,7 @@ class FunasrProtocol(WireProtocol):
         self.file_task: asyncio.Task | None = None
         self.refused = False  # the connection was refused: the error is the last reply
         self.times: dict[str, tuple[int, int]] = {}  # item -> (start, end) ms in the file
+        self.gone = False  # the client went away: stop decoding its file
 
     def start(self) -> None:
         """FunASR servers send nothing until there is text."""
@@ -242,12 +252,12 @@ class FunasrProtocol(WireProtocol):
         session, self.session = self.session, None
         if session is not None:
             try:
-                if self.encoded:  # decode and run the VAD over a whole file off the event loop
-                    samples = await asyncio.to_thread(load_audio, bytes(self.encoded))
-                    if self.admit_audio(samples.size):
-                        await asyncio.to_thread(session.feed, samples)
+                if self.encoded:
+                    await self._feed_file(session, bytes(self.encoded))
                 else:
                     session.feed(self.decoder.flush())
+            except AudioTooLong as exc:
+                self.report(_too_long(exc, self.link.hub.config.max_request_audio_s))
             except MooerError as exc:
                 self.report(ProtocolError("invalid_audio", str(exc)))
             finally:
@@ -258,6 +268,25 @@ class FunasrProtocol(WireProtocol):
         for message in held[:-1]:
             self.link.send(message)
         self.link.send({**held[-1], "is_final": True, "is_end": True})
+
+    async def _feed_file(self, session: Any, data: bytes) -> None:
+        """A whole encoded file decoded and fed to ``session`` a block at a time, off the event
+        loop, never past the request limit or the session's allowance; stops if the client
+        goes away. ``AudioTooLong``/``AudioError`` for a file refused."""
+        config = self.link.hub.config
+        allowance = config.max_session_audio_s - self.link.audio_s
+        stream = await asyncio.to_thread(
+            AudioStream, data, max(min(config.max_request_audio_s, allowance), 1e-3)
+        )
+        try:
+            blocks = stream.blocks()
+            while not self.gone:
+                block = await asyncio.to_thread(next, blocks, None)
+                if block is None or not self.admit_audio(block.size):
+                    return
+                await asyncio.to_thread(session.feed, block)
+        finally:
+            stream.close()
 
     def _final_mode(self) -> str:
         return {"2pass": "2pass-offline"}.get(self.settings.mode, self.settings.mode)
@@ -270,6 +299,21 @@ class FunasrProtocol(WireProtocol):
         self.link.close(code, reason)
 
     def abort(self) -> None:
+        self.gone = True
         session, self.session = self.session, None
         if session is not None:
             session.close(flush=False)
+
+
+def _too_long(error: AudioTooLong, request_limit: float) -> ProtocolError:
+    """The limit that refused a file: the request's, or what was left of the session's."""
+    if error.limit_s < request_limit:
+        return ProtocolError(
+            "session_audio_limit",
+            f"the file holds more audio than this session's allowance has left ({error})",
+        )
+    return ProtocolError(
+        "audio_too_long",
+        f"the file holds more than this server's limit of {request_limit:g} s of audio "
+        "(max_request_audio_s)",
+    )

@@ -3,19 +3,23 @@
 ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations`` take OpenAI's multipart form
 (``file``, ``model``, ``language``, ``prompt``, ``response_format``, ``temperature``) so
 ``client.audio.transcriptions.create(...)`` works unchanged. The upload is cut into utterances
-by the voice activity detector (the same one live sessions use), each utterance is decoded
-with the offline settings, and the answer gives their texts and times in the format asked for:
-``json``, ``text``, ``verbose_json``, ``srt`` or ``vtt``.
+by ``mooer.asr.segmenter`` (voice activity, then a length limit) as ``mooer transcribe`` cuts
+files (live sessions use the same detector with their own turn settings), each utterance is decoded with the offline settings, and the
+answer gives their texts and times in the format asked for: ``json``, ``text``,
+``verbose_json``, ``srt`` or ``vtt``. An upload without speech gives empty text, no segments.
+An upload holding more than ``max_request_audio_s`` of audio is refused with 413
+``audio_too_long``, from its header or at the block of decoding that passes the limit.
 
 ``POST /v1/audio/speech`` takes OpenAI's JSON (``model``, ``input``, ``voice``,
 ``response_format``, ``speed``) so ``client.audio.speech.create(...)`` works unchanged: the text
 is spoken by espeak-ng (Mandarin where it holds Chinese) at 24 kHz, OpenAI's rate.
 
-Where the work runs: the decoding (one utterance per step) and the speech synthesis (one
-sentence per step) are requests in the engine's round-robin (``Engine.schedule``), beside the
-live sessions, so a long upload delays a live session by at most one step per round and live
-sessions cannot starve it. The voice activity pass before and the encoding after are not model
-work: they run on the hub's offline thread.
+Where the work runs: the upload's decoding and voice activity (a few seconds of audio per
+step), its utterances (one per step) and the speech synthesis (one sentence per step) are
+requests in the engine's round-robin (``Engine.schedule``), beside the live sessions, so a long
+upload delays a live session or another upload by at most one step per round, and is dropped
+at its next step when its client goes away. The encoding of synthesised speech is not model
+work: it runs on the hub's offline thread.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -35,8 +39,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from mooer.asr.vad import SpeechEnded, StreamingVad, VadConfig
-from mooer.audio import SAMPLE_RATE, load_audio
+from mooer.audio import AudioStream, AudioTooLong
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import DecodingOptions
 from mooer.meetings.export import subtitles
@@ -44,8 +47,8 @@ from mooer.model import SpeechLLM
 from mooer.server.connection import ProtocolError
 from mooer.server.hub import Hub
 from mooer.server.realtime_session import OPENAI_VOICES
-from mooer.text import join_texts, language_of
-from mooer.transcribe import split_long, transcribe
+from mooer.text import language_of
+from mooer.transcribe import SEGMENTER, Result, transcribe_steps
 from mooer.tts import espeak
 from mooer.tts.backend import EspeakBackend, resample_pcm16
 
@@ -75,26 +78,22 @@ class Segment:
     text: str
 
 
-def speech_segments(samples: np.ndarray, vad_config: VadConfig) -> list[tuple[int, int]]:
-    """Sample ranges of the utterances the VAD finds (the whole input if it finds none), each
-    at most 30 s (longer ones cut where they are quietest): one decode, one engine step."""
-    vad = StreamingVad(vad_config)
-    ended = [e for e in vad.feed(samples) + vad.flush() if isinstance(e, SpeechEnded)]
-    ranges = [(e.start, e.end) for e in ended] or [(0, len(samples))]
-    return [(a + i, a + j) for a, b in ranges for i, j in split_long(samples[a:b])]
-
-
-def decode_segments(
-    model: SpeechLLM, waves: Sequence[np.ndarray], task: str, options: DecodingOptions
-) -> Generator[None, None, list[str]]:
-    """Engine work: each wave's text (``task`` asr or ast), one wave per step. Each is decoded
-    alone, as a live session decodes its utterance's final, so the texts equal those."""
-    texts: list[str] = []
-    for wave in waves:
-        if texts:
-            yield  # the other clients' turn
-        texts.append(transcribe(model, [wave], task=task, options=options)[0].text)
-    return texts
+def transcription_work(
+    model: SpeechLLM,
+    stream: AudioStream,
+    filename: str,
+    task: str,
+    options: DecodingOptions,
+) -> Generator[None, None, Result]:
+    """Engine work: the upload cut and decoded by ``transcribe_steps``, one bounded step at a
+    time (a block of decoding and voice activity, or one utterance), exactly as ``mooer
+    transcribe`` cuts and decodes the same file; its audio errors as the client's."""
+    try:
+        return (yield from transcribe_steps(model, stream, task, options, SEGMENTER))
+    except AudioTooLong as exc:
+        raise _audio_too_long(filename, exc.limit_s) from exc
+    except MooerError as exc:
+        raise ProtocolError("invalid_audio", f"{filename}: {exc}", "file") from exc
 
 
 def synthesise_sentences(
@@ -200,26 +199,26 @@ class HttpApi:
         data = await upload.read()
         if len(data) > limit:
             raise _too_large(len(data), limit)
-        try:
-            samples = load_audio(data)
+        filename = upload.filename or "file"
+        max_audio = self.hub.config.max_request_audio_s
+        try:  # the header only: a file declaring too much audio is refused before decoding
+            stream = AudioStream(data, max_seconds=max_audio)
+        except AudioTooLong as exc:
+            raise _audio_too_long(filename, max_audio) from exc
         except MooerError as exc:
-            raise ProtocolError(
-                "invalid_audio", f"{upload.filename or 'file'}: {exc}", "file"
-            ) from exc
-        duration = len(samples) / SAMPLE_RATE
-        self.hub.metrics.audio_seconds.inc(duration, protocol="http")
-        ranges = await self.hub.run_offline(speech_segments, samples, self.hub.session_defaults.vad)
+            raise ProtocolError("invalid_audio", f"{filename}: {exc}", "file") from exc
         options = self.hub.session_defaults.final_options  # the same as live finals
-        waves = [samples[a:b] for a, b in ranges]
-        texts = await self._on_engine(
-            request, decode_segments(self.hub.model, waves, task, options)
+        result = await self._on_engine(
+            request,
+            transcription_work(self.hub.model, stream, filename, task, options),
         )
+        self.hub.metrics.audio_seconds.inc(result.duration, protocol="http")
         segments = [
-            Segment(round(a / SAMPLE_RATE, 3), round(b / SAMPLE_RATE, 3), text)
-            for (a, b), text in zip(ranges, texts)
+            Segment(start, end, text)
+            for (start, end), text in zip(result.segments, result.segment_texts)
         ]
         language = str(form.get("language") or "") or None
-        return _render(fmt, task, segments, duration, language)
+        return _render(fmt, task, result.text, segments, result.duration, language)
 
     async def _on_engine(self, request: Request, work: Generator[None, None, T]) -> T:
         """``work``'s result, run as a request in the engine's round-robin; stopped at its next
@@ -356,6 +355,7 @@ _STATUS = {
     "missing_api_key": 401,
     "invalid_api_key": 401,
     "file_too_large": 413,
+    "audio_too_long": 413,
     "client_disconnected": 499,  # nginx's "client closed request": only the metrics see it
     "model_error": 500,
     "server_shutting_down": 503,
@@ -370,10 +370,23 @@ def _too_large(size: int, limit: int) -> ProtocolError:
     )
 
 
+def _audio_too_long(filename: str, limit_s: float) -> ProtocolError:
+    return ProtocolError(
+        "audio_too_long",
+        f"{filename} holds more than this server's limit of {limit_s:g} s of audio "
+        "(max_request_audio_s)",
+        "file",
+    )
+
+
 def _render(
-    fmt: str, task: str, segments: list[Segment], duration: float, language: str | None
+    fmt: str,
+    task: str,
+    text: str,
+    segments: list[Segment],
+    duration: float,
+    language: str | None,
 ) -> Response:
-    text = join_texts([s.text for s in segments])
     if fmt == "json":
         usage = {"type": "duration", "seconds": int(np.ceil(duration))}
         return JSONResponse({"text": text, "usage": usage})

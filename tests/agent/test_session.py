@@ -94,7 +94,7 @@ def _feed(session, samples: np.ndarray, settle: bool = False) -> None:
 
 
 def _offline(model, audio: np.ndarray, task: str = "asr", options=OFFLINE):
-    return transcribe(model, [audio], task=task, options=options)[0]
+    return transcribe(model, [audio], task=task, options=options, vad=None)[0]  # an utterance
 
 
 # -- stable text -------------------------------------------------------------------------------

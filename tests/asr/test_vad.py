@@ -225,6 +225,9 @@ def test_bad_input_raises_audio_error(chunk, message):
         ({"max_segment_s": 0.5}, "max_segment_s"),
         ({"cut_search_s": 30.0}, "cut_search_s"),
         ({"threshold": "high"}, "threshold"),
+        ({"short_silence_ms": 600}, "short_silence_ms"),
+        ({"short_silence_ms": 0}, "short_silence_ms"),
+        ({"short_silence_ms": 90, "short_after_s": -1}, "short_after_s"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_field(change, field):
@@ -271,3 +274,21 @@ def test_model_scores_a_batch_of_streams_like_one_at_a_time():
         alone, alone_state = model(windows[b : b + 1], state[:, b : b + 1].contiguous())
         torch.testing.assert_close(batched[b : b + 1], alone)
         torch.testing.assert_close(batched_state[:, b : b + 1], alone_state)
+
+
+def test_short_pauses_end_an_utterance_once_it_has_gone_on():
+    from mooer.train.continuous import continuous_speech, heldout_sentences
+
+    sentences = heldout_sentences(4)
+    samples, spans = continuous_speech(sentences, pauses_ms=(200, 250), seed=0)
+
+    def cut(config: VadConfig) -> list[SpeechEnded]:
+        vad = StreamingVad(config)
+        return [e for e in vad.feed(samples) + vad.flush() if isinstance(e, SpeechEnded)]
+
+    assert len(cut(VadConfig())) < len(sentences)  # 500 ms of silence never comes
+    continuous = cut(VadConfig(short_silence_ms=90, short_after_s=0.8))
+    assert len(continuous) == len(sentences)
+    for segment, (start, end) in zip(continuous, spans):  # each holds its sentence, no more
+        assert segment.start <= start + TOLERANCE and segment.end >= end - TOLERANCE
+        assert segment.end - end < 0.2 * SAMPLE_RATE

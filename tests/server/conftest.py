@@ -61,10 +61,11 @@ def session_defaults():
 
 @pytest.fixture(scope="session")
 def offline(model, session_defaults):
-    """``offline(waves, task) -> [Result]``: ``transcribe()`` with the server's final options."""
+    """``offline(waves, task) -> [Result]``: ``transcribe()`` with the server's final options of
+    waves already cut into utterances (each decoded whole, as a session's final is)."""
 
     def run(waves, task="asr"):
-        return transcribe(model, waves, task=task, options=session_defaults.final_options)
+        return transcribe(model, waves, task=task, options=session_defaults.final_options, vad=None)
 
     return run
 

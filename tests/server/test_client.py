@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from mooer.asr.segmenter import cut
 from mooer.audio import load_audio
 from mooer.errors import ConfigError, MooerError
 from mooer.server.client import realtime_url
 from mooer.server.commands import mic_main, stream_main
-from mooer.server.http_api import speech_segments
 
 
 @pytest.mark.parametrize("mode", ["asr", "asr+ast"])
@@ -19,7 +19,7 @@ def test_stream_prints_one_line_per_utterance(
     server, speech_file, session_defaults, offline, capsys, mode
 ):
     samples = load_audio(speech_file)
-    waves = [samples[a:b] for a, b in speech_segments(samples, session_defaults.vad)]
+    waves = [u.audio for u in cut(samples, session_defaults.vad)]
     expected = [r.text for r in offline(waves)]
     if mode == "asr+ast":
         expected = [f"{t}\t{r.translation}" for t, r in zip(expected, offline(waves, "ast"))]

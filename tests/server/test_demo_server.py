@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from mooer.agent.session import SessionConfig
+from mooer.asr.segmenter import cut
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.server.commands import stream_main
-from mooer.server.http_api import speech_segments
 from mooer.speak import text_to_speech
 from mooer.transcribe import transcribe
 from mooer.tts.backend import EspeakBackend
@@ -150,10 +150,11 @@ def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server)
 
     # Each turn's audio as the server's VAD cut it from the one stream it decoded.
     heard = as_received(b"".join(turns))
-    segments = speech_segments(heard, DEFAULTS.vad)
-    assert len(segments) == 2
-    waves = [heard[a:b] for a, b in segments]
-    assert transcripts == [r.text for r in transcribe(demo, waves)]  # the questions it heard
+    waves = [u.audio for u in cut(heard, DEFAULTS.vad)]
+    assert len(waves) == 2
+    assert transcripts == [
+        r.text for r in transcribe(demo, waves, vad=None)
+    ]  # the questions it heard
     embeds, lengths = demo.embed([waves[1]])
     second = embeds[0, : int(lengths[0])]  # (Ta, H)
 
@@ -164,3 +165,21 @@ def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server)
     # Without the first turn the same question gets another answer: the memory answered it.
     forgetful = Conversation(demo).answer(second, CHAT, question=transcripts[1]).answer
     assert forgetful != answers[1]
+
+
+def test_a_file_gives_the_same_segments_and_text_through_transcribe_and_http(demo, demo_server):
+    import httpx
+
+    wav = EXAMPLES / "en_directions.wav"
+    (offline,) = transcribe(demo, [wav], options=DEFAULTS.final_options)  # as `mooer transcribe`
+    assert offline.text == "the park is to the north"  # examples/audio/README.md
+    with open(wav, "rb") as f:
+        reply = httpx.post(
+            f"{demo_server.url}/v1/audio/transcriptions",
+            files={"file": (wav.name, f)},
+            data={"model": "mooer", "response_format": "verbose_json"},
+            timeout=120,
+        )
+    assert reply.status_code == 200
+    assert reply.json()["text"] == offline.text
+    assert [(s["start"], s["end"]) for s in reply.json()["segments"]] == offline.segments

@@ -15,10 +15,11 @@ import soundfile as sf
 
 from mooer.agent import events as ev
 from mooer.agent.session import SessionConfig
+from mooer.asr.segmenter import cut
 from mooer.asr.vad import VadConfig
-from mooer.audio import SAMPLE_RATE, load_audio
-from mooer.server.http_api import speech_segments
+from mooer.audio import BLOCK_S, SAMPLE_RATE, load_audio
 from mooer.text import join_texts
+from mooer.transcribe import SEGMENTER, transcribe
 from tests.agent.recorder import Recorder
 
 
@@ -31,16 +32,13 @@ def two_utterances(tmp_path_factory, speech):
 
 
 @pytest.fixture(scope="module")
-def expected(two_utterances, session_defaults, offline):
-    samples = load_audio(two_utterances)
-    ranges = speech_segments(samples, session_defaults.vad)
-    assert len(ranges) == 2
-    waves = [samples[a:b] for a, b in ranges]
-    return {  # each utterance decoded alone, as the server does
-        "ranges": [(a / 16000, b / 16000) for a, b in ranges],
-        "asr": [offline([w])[0].text for w in waves],
-        "ast": [offline([w], "ast")[0].translation for w in waves],
-    }
+def expected(model, two_utterances, session_defaults):
+    """What ``transcribe()`` (``mooer transcribe``) makes of the file, with the server's final
+    options: the server must give the same segments, times and texts."""
+    options = session_defaults.final_options
+    asr, ast = (transcribe(model, [two_utterances], t, options)[0] for t in ("asr", "ast"))
+    assert len(asr.segments) == 2 and ast.segments == asr.segments
+    return {"ranges": asr.segments, "asr": asr.segment_texts, "ast": ast.segment_texts}
 
 
 def _post(server, route: str, path, timeout: float = 120, **fields) -> httpx.Response:
@@ -75,10 +73,7 @@ def test_response_formats(server, two_utterances, expected):
     verbose = _post(server, "transcriptions", two_utterances, response_format="verbose_json").json()
     assert verbose["task"] == "transcribe" and verbose["duration"] == pytest.approx(10.32, abs=0.01)
     assert [s["text"] for s in verbose["segments"]] == expected["asr"]
-    for seg, (start, end) in zip(verbose["segments"], expected["ranges"]):
-        assert seg["start"] == pytest.approx(start, abs=1e-3) and seg["end"] == pytest.approx(
-            end, abs=1e-3
-        )
+    assert [(seg["start"], seg["end"]) for seg in verbose["segments"]] == expected["ranges"]
     verbose = _post(server, "translations", two_utterances, response_format="verbose_json").json()
     assert verbose["task"] == "translate" and verbose["language"] == "english"
 
@@ -127,12 +122,21 @@ def test_health_metrics_and_page(server, two_utterances):
         assert httpx.get(f"{server.url}/static/{asset}").status_code == 200
 
 
-def test_speech_segments_cut_long_audio_without_speech_into_decodable_pieces():
+def test_an_upload_without_speech_gives_empty_text_and_no_segments(server, tmp_path):
     hum = np.random.default_rng(0).normal(0, 1e-3, 70 * SAMPLE_RATE).astype(np.float32)
-    ranges = speech_segments(hum, VadConfig())
-    assert ranges[0][0] == 0 and ranges[-1][1] == hum.size  # all of it, in order, no gaps
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
-    assert len(ranges) == 3 and all(b - a <= 30 * SAMPLE_RATE for a, b in ranges)
+    assert cut(hum, VadConfig()) == []
+    sf.write(tmp_path / "hum.flac", hum, SAMPLE_RATE)
+    decoded_before = len(server.hub.engine.steps_run())
+    verbose = _post(server, "transcriptions", tmp_path / "hum.flac", response_format="verbose_json")
+    assert verbose.status_code == 200
+    assert verbose.json()["text"] == "" and verbose.json()["segments"] == []
+    assert verbose.json()["duration"] == 70.0
+    # Its steps: 14 blocks of 5 s (decoding and voice activity), the end, the answer; an
+    # utterance would have added one step for its decode.
+    steps = [r for r in server.hub.engine.steps_run()[decoded_before:] if r.kind == "request"]
+    assert len(steps) == 16
+    srt = _post(server, "transcriptions", tmp_path / "hum.flac", response_format="srt")
+    assert srt.status_code == 200 and srt.text == ""
 
 
 def _wait_until(test, timeout: float = 60.0) -> None:
@@ -150,8 +154,8 @@ def test_a_long_upload_and_a_live_session_take_turns_on_the_engine(
     upload = tmp_path / "long.wav"
     sf.write(upload, np.concatenate(speech * 4), SAMPLE_RATE, subtype="PCM_16")  # 8 utterances
     samples = load_audio(upload)
-    ranges = speech_segments(samples, session_defaults.vad)
-    assert len(ranges) == 8
+    ranges = [(u.start, u.end) for u in cut(samples, SEGMENTER)]
+    assert len(ranges) >= 8
 
     recorder = Recorder()
     live = engine.open(server.hub.session_config(), recorder)
@@ -179,15 +183,17 @@ def test_a_long_upload_and_a_live_session_take_turns_on_the_engine(
     # Both get what they would get alone.
     assert response.status_code == 200
     assert response.text == join_texts([offline([samples[a:b]])[0].text for a, b in ranges]) + "\n"
-    spoken = speech_segments(stream, session_defaults.vad)
+    spoken = [(u.start, u.end) for u in cut(stream, session_defaults.vad)]
     assert [e.text for e in recorder.of(ev.Transcript)] == [
         offline([stream[a:b]])[0].text for a, b in spoken
     ]
 
-    # The engine's record: the upload (one step per utterance) and the session shared the worker.
+    # The engine's record: the upload (a step per 5 s block of decoding and voice activity, one
+    # for the end, one per utterance, one to answer) and the session shared the worker.
     record = [r for r in engine.steps_run() if r.client != holder.id]
     [upload_id] = {r.client for r in record if r.kind == "request"}
-    assert sum(r.client == upload_id for r in record) == 8
+    blocks = -(-samples.size // int(BLOCK_S * SAMPLE_RATE))
+    assert sum(r.client == upload_id for r in record) == blocks + 1 + len(ranges) + 1
     # The final went first, then the upload and the session took turns.
     assert [(r.client, r.waiting) for r in record[:2]] == [
         (live.id, (upload_id,)),

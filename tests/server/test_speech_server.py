@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mooer.asr.segmenter import cut
 from mooer.audio import SAMPLE_RATE
 from mooer.llm.conversation import Conversation
 from mooer.llm.decoding import STREAMING
-from mooer.server.http_api import speech_segments
 from tests.server.wire import as_received, at_24k, send_realtime, send_translation
 from tests.taught import CHAT_REPLY, teach_to_speak
 
@@ -39,8 +39,8 @@ def taught(fabricated, speech, session_defaults):
 
     model = load_model(fabricated("omni"), device="cpu")
     heard = as_received(at_24k(speech[0]))
-    start, end = speech_segments(heard, session_defaults.vad)[0]
-    embeds, lengths = model.embed([heard[start:end]])
+    first = cut(heard, session_defaults.vad)[0]
+    embeds, lengths = model.embed([first.audio])
     teach_to_speak(model, embeds[:, : int(lengths[0])].detach())  # (1, Ta, H)
     return model
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import websockets
 
-from mooer.server.http_api import speech_segments
+from mooer.asr.segmenter import cut
 from mooer.text import join_texts
 from tests.server.wire import as_received, at_24k, send_translation
 
@@ -52,7 +52,7 @@ def test_sdk_translation_session_streams_both_transcripts(
     assert events[0].session.type == "translation" and events[0].session.model == "mooer-translate"
     assert events[1].session.audio.input.transcription.model == "mooer"
     heard = as_received(pcm)
-    segments = [heard[a:b] for a, b in speech_segments(heard, session_defaults.vad)]
+    segments = [u.audio for u in cut(heard, session_defaults.vad)]
     assert len(segments) == 2
     source = "".join(e.delta for e in events if e.type == "session.input_transcript.delta")
     target = "".join(e.delta for e in events if e.type == "session.output_transcript.delta")
