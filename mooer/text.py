@@ -46,6 +46,18 @@ def join_texts(texts: Iterable[str]) -> str:
     return joined
 
 
+_UNIT = re.compile(rf"\s*(?:{_UNIT_CHAR.pattern}|[^\s{_UNIT_CHAR.pattern[1:-1]}]+)")
+
+
+def units(text: str) -> list[str]:
+    """``text`` as its units (a CJK character, or a word: a run of other non-space characters),
+    each with the whitespace before it; they concatenate to ``text`` less trailing whitespace.
+
+    "今天 is fine" -> ["今", "天", " is", " fine"].
+    """
+    return _UNIT.findall(text)
+
+
 def in_word(ch: str) -> bool:
     """Part of a multi-character unit (a Latin word, a number...)."""
     return not ch.isspace() and _UNIT_CHAR.match(ch) is None

@@ -590,7 +590,8 @@ class Session:
             if transcript is not None:
                 delta = track.transcript.finish(transcript)
                 if delta:
-                    self._emit(ev.TranscriptDelta(item, delta, transcript, transcript))
+                    stable = track.transcript.stable  # what the deltas add up to
+                    self._emit(ev.TranscriptDelta(item, delta, stable, transcript))
                 self._emit(ev.Transcript(item, transcript, language_of(transcript) if transcript else None))
             if translation is not None:
                 delta = track.translation.finish(translation)

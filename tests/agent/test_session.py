@@ -113,19 +113,21 @@ def test_agreed_prefix_ends_between_whole_words_or_characters():
 def test_stable_text_only_grows_and_the_final_completes_it():
     track = StableText()
     partials = ["hello", "hello wor", "hello world how", "hullo world how are"]
-    assert [track.update(p) for p in partials] == ["", "", "hello ", ""]
-    assert track.shown == "hello "  # a hypothesis contradicting the stable text is cut to it
+    assert [track.update(p) for p in partials] == ["", "", "hello", ""]
+    assert track.shown == "hello"  # a hypothesis contradicting the stable text is cut to it
     partials = ["hello world how are", "hello world how are you"]
-    assert [track.update(p) for p in partials] == ["", "world how "]
-    assert track.stable == "hello world how " and track.shown == "hello world how are you"
-    assert track.finish("hello world how are you") == "are you"
+    assert [track.update(p) for p in partials] == ["", " world how"]
+    assert track.stable == "hello world how" and track.shown == "hello world how are you"
+    assert track.finish("hello world how are you") == " are you"
     revised = StableText()
     for p in ["今天", "今天天气", "今天天汽很"]:
         revised.update(p)
     assert revised.stable == "今天天" and revised.shown == "今天天汽很"
     revised.update("明天天气很好")  # contradicts the stable text: shown up to it only
     assert revised.shown == "今天天"
-    assert revised.finish("明天天气很好") == ""  # the final is authoritative, stable or not
+    # The final is authoritative; what was sent stays, and the rest follows what it matched.
+    assert revised.finish("明天天气很好") == "气很好"
+    assert revised.stable == "今天天气很好" and revised.shown == "明天天气很好"
 
 
 # -- results -------------------------------------------------------------------------------------
