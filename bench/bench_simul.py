@@ -121,6 +121,7 @@ async def translate(url: str, talk: Talk) -> Received:
 
 @dataclass
 class SentenceFigures:
+    words: list[str]  # the English aligned with the sentence
     lag: float | None  # CA end offset, s
     lag_nca: float | None
     start: float | None
@@ -148,9 +149,16 @@ def score_sentences(talk: Talk, got: Received) -> list[SentenceFigures]:
     for a, b, size in matcher.get_matching_blocks():
         for k in range(size):
             sentence_of[b + k] = owner[a + k]
-    last = 0
-    for j, s in enumerate(sentence_of):  # unmatched words go with the sentence before them
-        sentence_of[j] = last = s if s is not None else last
+    # An unmatched word goes with the last sentence that had ended when it was sent, within
+    # the sentences of the matched words either side of it.
+    ends = [end / SAMPLE_RATE for _, end in talk.spans]
+    matched = [(j, k) for j, k in enumerate(sentence_of) if k is not None]
+    for j, k in enumerate(sentence_of):
+        if k is None:
+            low = max((m for i, m in matched if i < j), default=0)
+            high = min((m for i, m in matched if i > j), default=len(refs) - 1)
+            ended = sum(e <= got.words[j][2] for e in ends) - 1
+            sentence_of[j] = min(max(ended, low), high)
     figures = []
     for i, (start, end) in enumerate(talk.spans):
         s0, length = start / SAMPLE_RATE, (end - start) / SAMPLE_RATE
@@ -158,14 +166,16 @@ def score_sentences(talk: Talk, got: Received) -> list[SentenceFigures]:
         end_s = end / SAMPLE_RATE
         later = [t - end_s for t in got.audio if t >= end_s]
         audio = later[0] if later else None
+        said = [w for (w, _, _), k in zip(got.words, sentence_of) if k == i]
         if not mine:
-            figures.append(SentenceFigures(None, None, None, None, None, None, None, audio))
+            figures.append(SentenceFigures(said, None, None, None, None, None, None, None, audio))
             continue
         ca = [a for a, _ in mine]
         nca = [e for _, e in mine]
         n_ref, n_out = len(refs[i]), len(mine)
         figures.append(
             SentenceFigures(
+                words=said,
                 lag=ca[-1] - length,
                 lag_nca=nca[-1] - length,
                 start=ca[0],
@@ -197,7 +207,9 @@ def revisions(url: str) -> float:
     return sum(values)
 
 
-def report_translation(name: str, talk: Talk, got: Received, revised: float) -> dict:
+def report_translation(
+    name: str, talk: Talk, got: Received, revised: float, verbose: bool = False
+) -> dict:
     figures = score_sentences(talk, got)
     hyp = " ".join(w for w, _, _ in got.words)
     ref = " ".join(en for _, en in talk.sentences)
@@ -229,7 +241,12 @@ def report_translation(name: str, talk: Talk, got: Received, revised: float) -> 
         f"{row['first_audio']:.2f} s after the sentence | BLEU {bleu:.1f} | garbled words "
         f"{len(garbled)} {garbled[:8]} | retractions {revised:.0f}"
     )
-    print(f"  output: {hyp}")
+    if verbose:
+        for (zh, en), f in zip(talk.sentences, figures):
+            lag = "-" if f.lag is None else f"{f.lag:.2f} s"
+            print(f"  {zh} | {en} | {' '.join(f.words)} | lag {lag}")
+    else:
+        print(f"  output: {hyp}")
     return row
 
 
@@ -296,6 +313,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server")
     parser.add_argument("--url", help="a running `mooer serve` (default: start one)")
     parser.add_argument("--no-transcription", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="each sentence's English and lag")
     args = parser.parse_args()
 
     sentences = heldout_sentences(args.sentences, args.seed)
@@ -312,7 +330,8 @@ def main() -> None:
         for pause, talk in talks.items():
             before = revisions(url)
             got = asyncio.run(translate(url, talk))
-            report_translation(f"pauses {1000 * pause:.0f} ms", talk, got, revisions(url) - before)
+            revised = revisions(url) - before
+            report_translation(f"pauses {1000 * pause:.0f} ms", talk, got, revised, args.verbose)
         if not args.no_transcription:
             talk = talks[min(talks)]
             report_transcription(talk, asyncio.run(transcribe_live(url, talk)))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mooer.agent import events as ev
-from mooer.agent.stable_text import StableText
+from mooer.agent.stable_text import TRANSLATION_AGREE, StableText
 from mooer.agent.vad import (
     SpeechEnded,
     SpeechStarted,
@@ -182,7 +182,7 @@ class _Track:
 
     item_id: str
     transcript: StableText = field(default_factory=StableText)
-    translation: StableText = field(default_factory=StableText)
+    translation: StableText = field(default_factory=lambda: StableText(TRANSLATION_AGREE))
 
 
 # -- replies ----------------------------------------------------------------------------------

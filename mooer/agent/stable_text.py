@@ -17,6 +17,12 @@ from collections import deque
 
 from mooer.text import has_chinese, separator, units
 
+# Hypotheses that must agree before a unit is committed. Translations of a sentence's prefix
+# change more than its transcript: on the demo model, with two, 7 of 12 held-out sentences'
+# finals contradicted committed English (bench/bench_simul.py); with three, none did.
+TRANSCRIPT_AGREE = 2
+TRANSLATION_AGREE = 3
+
 
 def _words(text: str) -> list[str]:
     return [u.strip() for u in units(text)]
@@ -58,7 +64,7 @@ class StableText:
     shrinks; ``shown`` is the last hypothesis when it goes on from ``stable``, else ``stable``.
     """
 
-    def __init__(self, agree: int = 2) -> None:
+    def __init__(self, agree: int = TRANSCRIPT_AGREE) -> None:
         if not isinstance(agree, int) or agree < 2:
             raise ValueError(f"agree must be an int >= 2 (hypotheses that agree), got {agree!r}")
         self.stable = ""
