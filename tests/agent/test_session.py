@@ -28,6 +28,7 @@ from mooer.llm.decoding import OFFLINE, STREAMING
 from mooer.model import load_model
 from mooer.speak import text_to_speech
 from mooer.text import agreed_prefix
+from mooer.train.talk import heldout_sentences, spoken_talk
 from mooer.transcribe import transcribe
 from mooer.tts.backend import EspeakBackend
 from tests.agent.recorder import Recorder
@@ -170,6 +171,26 @@ def test_streaming_gives_partials_then_the_offline_final(engine, model, stream):
     assert session.stats.partials >= 4 and session.stats.partials_skipped == 0
     assert session.stats.finals == 2 and len(session.stats.final_latency_s) == 2
     assert isinstance(recorder.events[-1], ev.SessionClosed)
+
+
+def test_continuous_speech_gets_a_final_per_sentence(engine, model):
+    """Eight held-out sentences 150 ms apart (no 500 ms silence anywhere): a transcript and a
+    translation per sentence, each the offline one of its segment, each transcript what was
+    said."""
+    talk = spoken_talk(heldout_sentences(8), pause_s=0.15)
+    recorder = Recorder()
+    session = engine.open(dataclasses.replace(ASR, mode="asr+ast", partial_interval_ms=0), recorder)
+    _feed(session, talk.audio)
+    session.close()
+    assert session.wait_closed(60)
+
+    segments = _segments(talk.audio)
+    assert len(segments) == len(talk.sentences) == 8
+    assert [e.text for e in recorder.of(ev.Transcript)] == [zh for zh, _ in talk.sentences]
+    translations = [e.text for e in recorder.of(ev.Translation)]
+    assert translations == [_offline(model, s.audio, "ast").translation for s in segments]
+    references = [en for _, en in talk.sentences]
+    assert sum(t == en for t, en in zip(translations, references)) >= 7
 
 
 def test_a_partial_is_the_greedy_decode_of_the_speech_so_far(engine, model, clips):
