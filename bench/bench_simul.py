@@ -80,13 +80,23 @@ def frames(talk: Talk) -> list[str]:
     return [base64.b64encode(pcm[i : i + step]).decode() for i in range(0, len(pcm), step)]
 
 
-async def paced(send, talk: Talk) -> float:
-    """Send the talk at the pace of speech; the clock's zero (``time.perf_counter``)."""
-    zero = time.perf_counter()
-    for i, frame in enumerate(frames(talk)):
-        await asyncio.sleep(max(0.0, zero + i * FRAME_S - time.perf_counter()))
+class Clock:
+    """Seconds since the first audio was sent: the talk's own time while it streams."""
+
+    def __init__(self) -> None:
+        self.zero = time.perf_counter()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.zero
+
+
+async def paced(send, talk: Talk, clock: Clock) -> None:
+    """Send the talk at the pace of speech, starting ``clock`` with its first frame."""
+    pieces = frames(talk)
+    clock.zero = time.perf_counter()
+    for i, frame in enumerate(pieces):
+        await asyncio.sleep(max(0.0, i * FRAME_S - clock.now()))
         await send(frame)
-    return zero
 
 
 async def translate(url: str, talk: Talk) -> Received:
@@ -95,11 +105,11 @@ async def translate(url: str, talk: Talk) -> Received:
     got = Received()
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused")
     async with client.realtime.translations.connect(model="mooer") as conn:
-        clock: list[float] = []
+        clock = Clock()
 
         async def read() -> None:
             async for event in conn:
-                now = time.perf_counter() - clock[0] if clock else 0.0
+                now = clock.now()
                 if event.type == "session.output_transcript.delta":
                     got.add(event.delta, now, event.elapsed_ms / 1000)
                 elif event.type == "session.output_audio.delta":
@@ -111,9 +121,7 @@ async def translate(url: str, talk: Talk) -> Received:
             await conn.session.input_audio_buffer.append(audio=frame)
 
         reader = asyncio.create_task(read())
-        await asyncio.sleep(0)
-        clock.append(time.perf_counter())  # replaced by the exact zero below
-        clock[0] = await paced(send, talk)
+        await paced(send, talk, clock)
         await conn.session.close()
         await reader
     return got
@@ -200,11 +208,13 @@ def _p95(values) -> float:
 
 
 def revisions(url: str) -> float:
-    """The server's count of finals that contradicted text already sent (0 if not exported)."""
+    """The server's count of finals that contradicted text already sent (NaN: not counted)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:
-        lines = reply.read().decode().splitlines()
-    values = [float(x.split()[-1]) for x in lines if x.startswith("mooer_text_revisions_total")]
-    return sum(values)
+        text = reply.read().decode()
+    if "mooer_text_revisions_total" not in text:
+        return float("nan")  # a server from before the count
+    lines = [x for x in text.splitlines() if x.startswith("mooer_text_revisions_total")]
+    return sum(float(x.split()[-1]) for x in lines)
 
 
 def report_translation(
@@ -261,11 +271,11 @@ async def transcribe_live(url: str, talk: Talk) -> list[tuple[float, float, floa
         model="mooer", extra_query={"intent": "transcription"}
     ) as conn:
         await conn.session.update(session={"type": "transcription"})  # type: ignore[arg-type]
-        clock: list[float] = []
+        clock = Clock()
 
         async def read() -> None:
             async for event in conn:
-                now = time.perf_counter() - clock[0] if clock else 0.0
+                now = clock.now()
                 if event.type == "input_audio_buffer.speech_started":
                     spans[event.item_id] = [event.audio_start_ms / 1000, float("nan")]
                 elif event.type == "input_audio_buffer.speech_stopped":
@@ -280,8 +290,7 @@ async def transcribe_live(url: str, talk: Talk) -> list[tuple[float, float, floa
             await conn.input_audio_buffer.append(audio=frame)
 
         reader = asyncio.create_task(read())
-        clock.append(time.perf_counter())
-        clock[0] = await paced(send, talk)
+        await paced(send, talk, clock)
         await conn.send({"type": "session.close"})  # type: ignore[arg-type]
         await reader
     return finals

@@ -56,26 +56,3 @@ def units(text: str) -> list[str]:
     "今天 is fine" -> ["今", "天", " is", " fine"].
     """
     return _UNIT.findall(text)
-
-
-def in_word(ch: str) -> bool:
-    """Part of a multi-character unit (a Latin word, a number...)."""
-    return not ch.isspace() and _UNIT_CHAR.match(ch) is None
-
-
-def agreed_prefix(a: str, b: str) -> str:
-    """The longest common prefix of two hypotheses that ends between whole words or characters.
-
-    A word counts only when both hypotheses go on past it: "hello wor" and "hello world"
-    agree on "hello ", "你好吗" and "你好呀" on "你好".
-    """
-    n = 0
-    limit = min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    if n and in_word(a[n - 1]):
-        finished = n < len(a) and n < len(b) and not in_word(a[n]) and not in_word(b[n])
-        if not finished:
-            while n and in_word(a[n - 1]):
-                n -= 1
-    return a[:n]

@@ -27,7 +27,6 @@ from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import OFFLINE, STREAMING
 from mooer.model import load_model
 from mooer.speak import text_to_speech
-from mooer.text import agreed_prefix
 from mooer.train.talk import heldout_sentences, spoken_talk
 from mooer.transcribe import transcribe
 from mooer.tts.backend import EspeakBackend
@@ -99,16 +98,6 @@ def _offline(model, audio: np.ndarray, task: str = "asr", options=OFFLINE):
 
 
 # -- stable text -------------------------------------------------------------------------------
-
-
-def test_agreed_prefix_ends_between_whole_words_or_characters():
-    assert agreed_prefix("hello wor", "hello world") == "hello "
-    assert agreed_prefix("hello world how", "hello world who") == "hello world "
-    assert agreed_prefix("hello world", "hello world") == "hello "  # the last word may go on
-    assert agreed_prefix("hello world.", "hello world, and") == "hello "
-    assert agreed_prefix("你好吗", "你好呀") == "你好"
-    assert agreed_prefix("今天 fine", "今天 fun") == "今天 "
-    assert agreed_prefix("abc", "xyz") == ""
 
 
 def test_stable_text_only_grows_and_the_final_completes_it():

@@ -60,6 +60,24 @@ def test_what_the_client_assembles_is_whole_units_of_the_hypotheses(pool):
     assert revised > 20  # the sequences did contradict their commits
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "committed"),
+    [
+        ("hello wor", "hello world", "hello"),
+        ("hello world how", "hello world who", "hello world"),
+        ("hello world", "hello world", "hello"),  # the last word may go on
+        ("hello world.", "hello world, and", "hello"),
+        ("你好吗", "你好呀", "你好"),  # a Chinese character is whole by itself
+        ("今天 fine", "今天 fun", "今天"),
+        ("abc", "xyz", ""),
+    ],
+)
+def test_two_hypotheses_agree_on_whole_words_or_characters(first, second, committed):
+    track = StableText()
+    assert track.update(first) == ""
+    assert track.update(second) == committed == track.stable
+
+
 def test_only_units_two_hypotheses_agree_on_are_committed():
     track = StableText()
     assert track.update("my room is num") == ""
