@@ -43,8 +43,9 @@ class VadConfig:
     stays ``min_silence_ms``). A pause counts from the first window the network scores below
     ``off_threshold`` or that is ``PAUSE_DB`` quieter than the segment's loudest window (the
     network's probability lags the end of speech by a window or two). So with the defaults a
-    1.5 s sentence is ended by a 100 ms pause, a 0.5 s "hello" still waits 370 ms, and pauses
-    inside a word (stop closures: one or two 32 ms windows) never end a turn.
+    1.5 s sentence is ended by a 100 ms pause (three silent 32 ms windows), while a 0.5 s "hello"
+    still waits 370 ms and a stop closure (one or two windows) does not end it. (Live chat
+    sessions set ``shrink_s=None``: a turn there is a whole question.)
     """
 
     threshold: float = 0.5

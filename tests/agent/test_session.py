@@ -182,6 +182,18 @@ def test_continuous_speech_gets_a_final_per_sentence(engine, model):
     assert sum(t == en for t, en in zip(translations, references)) >= 7
 
 
+@pytest.mark.parametrize(("mode", "turns"), [("asr", 2), ("chat", 1)])
+def test_a_300ms_pause_ends_a_sentence_but_not_a_chat_turn(engine, mode, turns):
+    talk = spoken_talk(heldout_sentences(2), pause_s=0.3)
+    recorder = Recorder()
+    config = dataclasses.replace(ASR, mode=mode, auto_response=False, partial_interval_ms=0)
+    session = engine.open(config, recorder)
+    _feed(session, talk.audio)
+    session.close()
+    assert session.wait_closed(30)
+    assert len(recorder.of(ev.SpeechStopped)) == turns
+
+
 def test_a_partial_is_the_greedy_decode_of_the_speech_so_far(engine, model, clips):
     recorder = Recorder()
     session = engine.open(dataclasses.replace(ASR, partial_interval_ms=1000), recorder)
