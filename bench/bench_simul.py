@@ -8,7 +8,8 @@ already running). The English words are aligned to the reference sentences (diff
 and scored per sentence, SimulEval-style, with each word's delay counted from its sentence's
 start:
 
-* lag (end offset): from the end of the sentence's speech to its last English word;
+* lag (end offset): from the end of the sentence's speech to its last English word (the last
+  one aligned with its reference, where it has one);
 * start offset: to its first word; AL (average lagging, at the reference's word rate) and LAAL
   (length-adaptive: at the rate of the longer of reference and output);
 * computation-aware (CA) figures time words by their arrival at the client; the others by the
@@ -161,6 +162,7 @@ def score_sentences(talk: Talk, got: Received) -> list[SentenceFigures]:
     # the sentences of the matched words either side of it.
     ends = [end / SAMPLE_RATE for _, end in talk.spans]
     matched = [(j, k) for j, k in enumerate(sentence_of) if k is not None]
+    aligned = {j for j, _ in matched}
     for j, k in enumerate(sentence_of):
         if k is None:
             low = max((m for i, m in matched if i < j), default=0)
@@ -170,7 +172,11 @@ def score_sentences(talk: Talk, got: Received) -> list[SentenceFigures]:
     figures = []
     for i, (start, end) in enumerate(talk.spans):
         s0, length = start / SAMPLE_RATE, (end - start) / SAMPLE_RATE
-        mine = [(a - s0, e - s0) for (_, a, e), k in zip(got.words, sentence_of) if k == i]
+        own = [j for j, k in enumerate(sentence_of) if k == i]
+        mine = [(got.words[j][1] - s0, got.words[j][2] - s0) for j in own]
+        # Its last word: the last one aligned with its reference, if any (an unmatched word
+        # may be an early commit of the next sentence, which this cannot tell apart).
+        last = max((j for j in own if j in aligned), default=own[-1] if own else None)
         end_s = end / SAMPLE_RATE
         later = [t - end_s for t in got.audio if t >= end_s]
         audio = later[0] if later else None
@@ -184,8 +190,8 @@ def score_sentences(talk: Talk, got: Received) -> list[SentenceFigures]:
         figures.append(
             SentenceFigures(
                 words=said,
-                lag=ca[-1] - length,
-                lag_nca=nca[-1] - length,
+                lag=got.words[last][1] - s0 - length,
+                lag_nca=got.words[last][2] - s0 - length,
                 start=ca[0],
                 al=_lagging(nca, length, n_ref),
                 laal=_lagging(nca, length, max(n_ref, n_out)),
