@@ -46,24 +46,13 @@ def join_texts(texts: Iterable[str]) -> str:
     return joined
 
 
-def in_word(ch: str) -> bool:
-    """Part of a multi-character unit (a Latin word, a number...)."""
-    return not ch.isspace() and _UNIT_CHAR.match(ch) is None
+_UNIT = re.compile(rf"\s*(?:{_UNIT_CHAR.pattern}|[^\s{_UNIT_CHAR.pattern[1:-1]}]+)")
 
 
-def agreed_prefix(a: str, b: str) -> str:
-    """The longest common prefix of two hypotheses that ends between whole words or characters.
+def units(text: str) -> list[str]:
+    """``text`` as its units (a CJK character, or a word: a run of other non-space characters),
+    each with the whitespace before it; they concatenate to ``text`` less trailing whitespace.
 
-    A word counts only when both hypotheses go on past it: "hello wor" and "hello world"
-    agree on "hello ", "你好吗" and "你好呀" on "你好".
+    "今天 is fine" -> ["今", "天", " is", " fine"].
     """
-    n = 0
-    limit = min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    if n and in_word(a[n - 1]):
-        finished = n < len(a) and n < len(b) and not in_word(a[n]) and not in_word(b[n])
-        if not finished:
-            while n and in_word(a[n - 1]):
-                n -= 1
-    return a[:n]
+    return _UNIT.findall(text)

@@ -26,12 +26,12 @@ from mooer.model import SpeechLLM
 from mooer.tasks import Texts, check_task, decode
 from mooer.text import join_texts
 
-# How recordings are cut: the live sessions' turn detection, with continuous speech cut at
-# pauses of 90 ms once an utterance has lasted 1 s (sentences joined by pauses of 150 ms are
-# cut one by one; docs/server.md has the figures on a 48-sentence file) and up to 0.5 s of the
-# silence around speech kept: offline, context costs no latency, and the demo model misreads
-# some words without it ("the park" in examples/audio/en_directions.wav).
-SEGMENTER = VadConfig(speech_pad_ms=500, short_silence_ms=90, short_after_s=1.0)
+# How recordings are cut: the live sessions' turn detection, the endpoint wait shrinking to
+# 90 ms over an utterance's first second (sentences joined by pauses of 150 ms are cut one by
+# one; docs/server.md has the figures on a 48-sentence file) and up to 0.5 s of the silence
+# around speech kept: offline, context costs no latency, and the demo model misreads some
+# words without it ("the park" in examples/audio/en_directions.wav).
+SEGMENTER = VadConfig(speech_pad_ms=500, short_silence_ms=90, shrink_s=1.0)
 MAX_SEGMENT_S = 30.0  # an utterance given whole (vad=None) longer than this is cut...
 MIN_CUT_S = 20.0  # ... at the quietest 100 ms between 20 s and 30 s
 _WINDOW = SAMPLE_RATE // 10  # 100 ms energy window

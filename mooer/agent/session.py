@@ -206,7 +206,15 @@ class Session:
         self.outbox = ev.Outbox(session_id, on_event)
         self._lock = threading.RLock()  # the caller-side state below
         self._vad = (
-            StreamingVad(replace(config.vad, max_segment_s=config.max_segment_s), engine.vad_model)
+            StreamingVad(
+                replace(
+                    config.vad,
+                    max_segment_s=config.max_segment_s,
+                    # a chat turn is a whole question, not a sentence: its wait does not shrink
+                    shrink_s=None if config.mode == "chat" else config.vad.shrink_s,
+                ),
+                engine.vad_model,
+            )
             if config.turn_detection
             else None
         )

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mooer.agent import events as ev
-from mooer.agent.stable_text import StableText
+from mooer.agent.stable_text import TRANSLATION_AGREE, StableText
 from mooer.llm.conversation import Conversation, Message, Reply
 from mooer.llm.decoding import DecodingOptions, splice
 from mooer.llm.prompts import build_prompt
@@ -53,7 +53,7 @@ class _Track:
 
     item_id: str
     transcript: StableText = field(default_factory=StableText)
-    translation: StableText = field(default_factory=StableText)
+    translation: StableText = field(default_factory=lambda: StableText(TRANSLATION_AGREE))
 
 
 @dataclass(eq=False)
@@ -202,7 +202,8 @@ class SessionWork:
             if transcript is not None:
                 delta = track.transcript.finish(transcript)
                 if delta:
-                    self.outbox.emit(ev.TranscriptDelta(item, delta, transcript, transcript))
+                    stable = track.transcript.stable  # what the deltas add up to
+                    self.outbox.emit(ev.TranscriptDelta(item, delta, stable, transcript))
                 self.outbox.emit(
                     ev.Transcript(item, transcript, language_of(transcript) if transcript else None)
                 )

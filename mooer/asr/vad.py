@@ -26,6 +26,7 @@ from mooer.errors import AudioError, CheckpointError, ConfigError
 WINDOW = 512  # samples the network scores at once: 32 ms at 16 kHz
 CONTEXT = 64  # samples of the previous window prepended to each window: 4 ms
 STATE_SHAPE = (2, 1, 128)  # LSTM (h, c) x batch x hidden
+PAUSE_DB = 35.0  # a window this far below the segment's loudest one is a pause, whatever p says
 
 
 @dataclass(frozen=True)
@@ -35,19 +36,27 @@ class VadConfig:
     A window opens speech at ``threshold`` and counts as silence only below ``off_threshold``
     (``negative_threshold``, or ``threshold - 0.15`` when unset); the gap between the two keeps
     a wavering probability from flapping. Override with ``dataclasses.replace``.
+
+    The endpoint wait shrinks as the utterance grows, so continuous speech is cut into sentences:
+    ``min_silence_ms`` of silence ends a turn that has just begun, and the wait falls linearly
+    to ``short_silence_ms`` over the first ``shrink_s`` seconds of the segment (``None``: it
+    stays ``min_silence_ms``). A pause counts from the first window the network scores below
+    ``off_threshold`` or that is ``PAUSE_DB`` quieter than the segment's loudest window (the
+    network's probability lags the end of speech by a window or two). So with the defaults a
+    1.5 s sentence is ended by a 100 ms pause (three silent 32 ms windows), while a 0.5 s "hello"
+    still waits 370 ms and a stop closure (one or two windows) does not end it. (Live chat
+    sessions set ``shrink_s=None``: a turn there is a whole question.)
     """
 
     threshold: float = 0.5
     negative_threshold: float | None = None
     min_speech_ms: int = 250  # speech shorter than this is a click, not a turn
-    min_silence_ms: int = 500  # this much silence ends the turn
+    min_silence_ms: int = 500  # this much silence ends the turn (the longest endpoint wait)
+    short_silence_ms: int = 96  # the wait once the segment is shrink_s long (3 windows)
+    shrink_s: float | None = 1.5  # segment length over which the wait shrinks; None: it does not
     speech_pad_ms: int = 100  # kept either side of the speech in a segment's audio
     max_segment_s: float = 20.0  # longer speech is cut at its quietest point
     cut_search_s: float = 3.0  # how far back from max_segment_s that point is looked for
-    # Continuous speech: once a segment has lasted short_after_s, a pause of short_silence_ms
-    # ends it too, so sentences joined by short pauses are cut one by one (None: off).
-    short_silence_ms: int | None = None
-    short_after_s: float = 3.0
 
     def __post_init__(self) -> None:
         _require("threshold", self.threshold, 0 < _number(self.threshold) < 1, "in (0, 1)")
@@ -58,26 +67,13 @@ class VadConfig:
             0 < _number(off) < self.threshold,
             f"in (0, threshold={self.threshold}); unset it means threshold - 0.15",
         )
-        for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms"):
+        for name in ("min_speech_ms", "min_silence_ms", "short_silence_ms", "speech_pad_ms"):
             value = getattr(self, name)
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             _require(name, value, ok, "a whole number of milliseconds >= 0")
         _require("min_silence_ms", self.min_silence_ms, self.min_silence_ms > 0, "above 0")
-        short = self.short_silence_ms
-        ok = short is None or (
-            isinstance(short, int)
-            and not isinstance(short, bool)
-            and 0 < short <= self.min_silence_ms
-        )
-        _require(
-            "short_silence_ms",
-            short,
-            ok,
-            f"None or milliseconds in (0, min_silence_ms={self.min_silence_ms}]",
-        )
-        _require(
-            "short_after_s", self.short_after_s, _number(self.short_after_s) >= 0, "seconds >= 0"
-        )
+        shrink = self.shrink_s
+        _require("shrink_s", shrink, shrink is None or _number(shrink) > 0, "None or above 0")
         _require("max_segment_s", self.max_segment_s, _number(self.max_segment_s) >= 1, ">= 1")
         _require(
             "cut_search_s",
@@ -292,6 +288,8 @@ class VadState:
     onset: int = 0  # first sample of the window that began ONSET
     segment_start: int = 0  # of the open segment (SPEECH)
     silence_start: int | None = None  # first sample of the current run of silent windows
+    pause_start: int | None = None  # of the current run of pause windows (silent or quiet)
+    loudest: float = 0.0  # RMS of the open segment's loudest window
     last_end: int = 0  # end of the last segment: the next one starts no earlier
     recent: deque[tuple[int, float, float]] = field(default_factory=deque)
     """(centre sample, probability, RMS) of the windows of the open segment, most recent last."""
@@ -317,9 +315,9 @@ class StreamingVad:
         self._pad = _ms(self.config.speech_pad_ms)
         self._min_speech = _ms(self.config.min_speech_ms)
         self._min_silence = _ms(self.config.min_silence_ms)
-        short = self.config.short_silence_ms
-        self._short_silence = self._min_silence if short is None else _ms(short)
-        self._short_after = _ms(self.config.short_after_s * 1000)
+        self._short_silence = min(_ms(self.config.short_silence_ms), self._min_silence)
+        shrink = self.config.shrink_s
+        self._shrink = None if shrink is None else max(_ms(shrink * 1000), 1)
         self._max_segment = _ms(self.config.max_segment_s * 1000)
         self._cut_search = max(_ms(self.config.cut_search_s * 1000), WINDOW)
 
@@ -378,15 +376,23 @@ class StreamingVad:
         s.probability = p = float(probability[0])
         start = s.analysed
         s.analysed += WINDOW
+        rms = math.sqrt(float(np.dot(window, window)) / WINDOW)
         if s.phase is Phase.SPEECH:
-            rms = math.sqrt(float(np.dot(window, window)) / WINDOW)
             s.recent.append((start + WINDOW // 2, p, rms))
             if len(s.recent) > self._cut_search // WINDOW + 1:
                 s.recent.popleft()
-        return self._advance(p, start, s.analysed)
+        return self._advance(p, rms, start, s.analysed)
 
-    def _advance(self, p: float, start: int, end: int) -> list[VadEvent]:
-        """Move the turn state machine on by the window ``[start, end)`` of probability ``p``."""
+    def endpoint_wait(self, length: int) -> int:
+        """Samples of pause that end a segment ``length`` samples long when the pause began."""
+        if self._shrink is None:
+            return self._min_silence
+        shrunk = (self._min_silence - self._short_silence) * min(length / self._shrink, 1.0)
+        return self._min_silence - int(shrunk)
+
+    def _advance(self, p: float, rms: float, start: int, end: int) -> list[VadEvent]:
+        """Move the turn state machine on by the window ``[start, end)`` of probability ``p``
+        and root-mean-square level ``rms``."""
         s, config = self.state, self.config
         if s.phase is Phase.SILENCE and p >= config.threshold:
             s.phase, s.onset = Phase.ONSET, start
@@ -402,18 +408,26 @@ class StreamingVad:
             s.silence_start = None
         elif p < config.off_threshold and s.silence_start is None:
             s.silence_start = start
-        if s.silence_start is not None and end - s.silence_start >= self._silence_needed():
+        if s.silence_start is not None and end - s.silence_start >= self._min_silence:
             return [self._close(min(s.silence_start + self._pad, end), False)]
+        if self._shrink is not None and self._pause_ends_turn(p, rms, start, end):
+            assert s.pause_start is not None
+            return [self._close(min(s.pause_start + self._pad, end), False)]
         if end + WINDOW // 2 - s.segment_start > self._max_segment:
             return self._cut(end)
         return []
 
-    def _silence_needed(self) -> int:
-        """Samples of silence that end the open segment: fewer once it has gone on a while."""
+    def _pause_ends_turn(self, p: float, rms: float, start: int, end: int) -> bool:
+        """Follow the run of pause windows; whether it is long enough for the segment's length."""
         s = self.state
-        if s.silence_start is not None and s.silence_start - s.segment_start >= self._short_after:
-            return self._short_silence
-        return self._min_silence
+        quiet = rms * 10 ** (PAUSE_DB / 20) < s.loudest
+        s.loudest = max(s.loudest, rms)
+        if p >= self.config.off_threshold and not quiet:
+            s.pause_start = None
+            return False
+        if s.pause_start is None:
+            s.pause_start = start
+        return end - s.pause_start >= self.endpoint_wait(s.pause_start - s.segment_start)
 
     def _cut(self, end: int) -> list[VadEvent]:
         """Close a segment that reached max_segment_s, at its quietest recent point."""
@@ -431,6 +445,7 @@ class StreamingVad:
     def _open(self, start: int) -> SpeechStarted:
         s = self.state
         s.phase, s.segment_start, s.silence_start = Phase.SPEECH, start, None
+        s.pause_start, s.loudest = None, 0.0
         s.recent.clear()
         return SpeechStarted(start)
 

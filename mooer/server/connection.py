@@ -281,6 +281,10 @@ class WireProtocol(ABC):
     def abort(self) -> None:
         """The client is gone: drop the engine session without waiting for anything."""
 
+    def count_revision(self) -> None:
+        """A final contradicted text this connection had sent on an append-only stream."""
+        self.link.hub.metrics.text_revisions.inc(protocol=self.name)
+
     def report(self, error: ProtocolError) -> None:
         self.link.hub.metrics.errors.inc(code=error.code)
         self.link.send(self.error_message(error))

@@ -126,7 +126,7 @@ class FunasrProtocol(WireProtocol):
         self.session = None  # opened by the first audio of each file
         self.decoder: WireDecoder | None = None
         self.encoded = bytearray()  # a whole file, when wav_format is not pcm
-        self.online = AppendOnlyText()
+        self.online = AppendOnlyText(self.count_revision)
         self.held: list[dict[str, Any]] | None = None  # finals kept back while a file ends
         self.file_task: asyncio.Task | None = None
         self.refused = False  # the connection was refused: the error is the last reply
@@ -212,7 +212,7 @@ class FunasrProtocol(WireProtocol):
             config = self.link.hub.session_config(**self.settings.engine_changes())
             self.session = self.link.open_session(config, self.on_event)
             self.decoder = WireDecoder(WireFormat("pcm16", self.settings.audio_fs))
-            self.online = AppendOnlyText()
+            self.online = AppendOnlyText(self.count_revision)
 
     def on_event(self, event: object) -> None:
         mode = self.settings.mode

@@ -152,6 +152,12 @@ class Metrics:
         self.errors = Counter(
             "mooer_errors_total", "Error events and error responses sent, by code.", lock
         )
+        self.text_revisions = Counter(
+            "mooer_text_revisions_total",
+            "Finals that contradicted text already sent on an append-only stream (the client "
+            "keeps the retracted words), by protocol.",
+            lock,
+        )
         self._all: list[_Metric] = [
             self.sessions_active,
             self.sessions_total,
@@ -161,6 +167,7 @@ class Metrics:
             self.request_latency,
             self.requests,
             self.errors,
+            self.text_revisions,
         ]
 
     def render(self) -> str:

@@ -42,8 +42,8 @@ class TranslationProtocol(OpenAIWire):
         self.session_id = new_id("sess")
         self.transcription: dict[str, Any] | None = None
         self.voice: str | None = None  # as the client named it
-        self.source = AppendOnlyText()  # the Chinese transcript
-        self.target = AppendOnlyText()  # the English translation
+        self.source = AppendOnlyText(self.count_revision)  # the Chinese transcript
+        self.target = AppendOnlyText(self.count_revision)  # the English translation
         self.handlers = {
             "session.update": self._session_update,
             "session.input_audio_buffer.append": self.append,

@@ -97,3 +97,31 @@ def test_translation_errors_and_close(server, speech):
     assert any(e["type"] == "session.output_transcript.delta" for e in rest)
     assert not any(e["type"] == "session.input_transcript.delta" for e in rest)  # not asked for
     assert code == 1000
+
+
+def test_a_session_closed_mid_sentence_gets_its_last_words_before_closed(
+    finals_only, offline, speech, aishell_clips
+):
+    """The stream stops halfway through the second recording, with no silence to end the
+    turn: ``session.close`` still translates that half and sends it before ``session.closed``."""
+    from openai import AsyncOpenAI
+
+    half = aishell_clips[1][: aishell_clips[1].size // 2]
+    pcm = at_24k(np.concatenate([speech[0], half]))
+
+    async def run():
+        client = AsyncOpenAI(base_url=f"{finals_only.url}/v1", api_key="unused")
+        async with client.realtime.translations.connect(model="mooer") as conn:
+            await send_translation(conn, pcm)
+            await conn.session.close()
+            return [event async for event in conn]
+
+    events = asyncio.run(run())
+    assert events[-1].type == "session.closed"
+    heard = as_received(pcm)
+    segments = cut(heard, finals_only.hub.session_defaults.vad)
+    assert len(segments) == 2 and segments[1].end == heard.size  # cut off by the close
+    expected = [r.translation for r in offline([u.audio for u in segments], "ast")]
+    assert all(expected)
+    target = "".join(e.delta for e in events if e.type == "session.output_transcript.delta")
+    assert target == join_texts(expected)
