@@ -40,6 +40,7 @@ def serve_main(
     threads: int | None = None,
     beam: int | None = None,
     log_level: str = "info",
+    quantize: str | None = None,
 ) -> int:
     """Load the model once and serve every protocol until SIGINT/SIGTERM (then drain).
 
@@ -74,6 +75,7 @@ def serve_main(
         device=device,
         dtype=dtype,
         attention_heads=heads,
+        quantize=quantize,
     )
     hub = Hub(speech_llm, Engine(speech_llm, threads=threads), config, defaults)
     where = f"{config.host}:{config.port}"
