@@ -102,7 +102,8 @@ def child_peak_rss(folder: str, precision: str, seconds: float, threads: int) ->
 
 def rss_child(folder: str, precision: str, seconds: float, threads: int) -> None:
     torch.set_num_threads(threads)
-    encoder = load_encoder(os.path.join(folder, "paraformer-encoder.pth"))
+    # as load_model does: int8 reads the weights into memory of their own (no mapping)
+    encoder = load_encoder(os.path.join(folder, "paraformer-encoder.pth"), mmap=precision == "fp32")
     adapter = load_adapter(os.path.join(folder, "adapter_project.pt"), encoder.cfg.output_size)
     if precision == "int8":
         quantize_int8(encoder)

@@ -198,7 +198,8 @@ def load_model(
     llm_dtype = resolve_dtype(dtype, dev)
     check_quantize(quantize, dev)
     frontend = Frontend(Cmvn.load(paths.cmvn))
-    encoder = load_encoder(paths.encoder, attention_heads=attention_heads)
+    # int8: weights in their own memory, so each fp32 matrix is freed once quantised
+    encoder = load_encoder(paths.encoder, attention_heads=attention_heads, mmap=quantize is None)
     adapter = load_adapter(paths.adapter, encoder_dim=encoder.cfg.output_size)
     lm, tokenizer = load_llm(paths.llm, paths.lora, dtype=llm_dtype, device=str(dev))
     speech_llm = SpeechLLM(frontend, encoder, adapter, lm, tokenizer, paths)

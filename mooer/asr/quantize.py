@@ -49,16 +49,20 @@ def quantize_int8(module: nn.Module) -> nn.Module:
     engine = _int8_engine()
     if torch.backends.quantized.engine != engine:
         torch.backends.quantized.engine = engine
+    names = [name for name, m in module.named_modules() if type(m) is nn.Linear]
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao; check_quantize notices its removal.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings(
             "ignore", message=".*quantized tensor creation", category=UserWarning
         )
-        torch.ao.quantization.quantize_dynamic(
-            module.eval(), {nn.Linear}, dtype=torch.qint8, inplace=True
-        )
-    return module
+        for name in names:  # by name, so that no list keeps the replaced fp32 layers alive
+            parent, _, child = name.rpartition(".")
+            linear = module.get_submodule(name)
+            linear.qconfig = torch.ao.quantization.default_dynamic_qconfig
+            int8 = torch.ao.nn.quantized.dynamic.Linear.from_float(linear)
+            setattr(module.get_submodule(parent) if parent else module, child, int8)
+    return module.eval()
 
 
 def is_quantized(module: nn.Module) -> bool:

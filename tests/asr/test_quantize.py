@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,11 @@ def test_quantize_int8_keeps_a_module_usable_in_place():
         out = net(x)
     assert is_quantized(net)
     assert (out - ref).norm() / ref.norm() < 0.05
+
+
+def test_quantize_int8_lets_go_of_each_fp32_weight_at_once():
+    """No fp32 weight outlives its int8 copy: peak memory stays at the fp32 model's."""
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    weights = [weakref.ref(net[0].weight), weakref.ref(net[2].weight)]
+    quantize_int8(net)
+    assert [w() for w in weights] == [None, None]  # freed by reference counting, no gc needed
