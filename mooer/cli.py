@@ -18,6 +18,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=int, default=4, help="encoder attention heads (Paraformer: 4)")
 
 
+def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", metavar="int8", help="int8 encoder + adapter on the CPU")
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -33,7 +37,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         options = replace(options, max_new_tokens=args.max_new_tokens)
     model = load_model(
         args.model, llm=args.llm, task=args.task, variant=args.variant,
-        device=args.device, dtype=args.dtype, attention_heads=args.heads,
+        device=args.device, dtype=args.dtype, attention_heads=args.heads, quantize=args.quantize,
     )  # fmt: skip
     results = transcribe(
         model,
@@ -78,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions, max_session_audio_s=args.max_session_audio,
         max_request_audio_s=args.max_request_audio,
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
-        log_level=args.log_level, record=args.record, db=args.db,
+        log_level=args.log_level, record=args.record, db=args.db, quantize=args.quantize,
     )  # fmt: skip
 
 
@@ -160,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="speech to text (asr), to English (ast), or both (mtl)")
     _add_model_args(p)
+    _add_quantize_arg(p)
     p.add_argument("audio", nargs="+", help="audio files, Kaldi wav.scp or .jsonl lists")
     p.add_argument("--task", choices=["asr", "ast", "mtl"], default="asr")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -174,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="websocket + HTTP server (OpenAI Realtime, FunASR, browser page)"
     )
     _add_model_args(p)
+    _add_quantize_arg(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--funasr-port", type=int, help="also serve the FunASR protocol on this port")

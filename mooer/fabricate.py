@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from torch import nn
 
 from mooer.asr.adapter import LinearAdapter, adapter_state_dict
 from mooer.asr.encoder import EncoderConfig, SANMEncoder
@@ -53,13 +54,54 @@ def _write_speech_head(root: Path, llm_hidden: int, rng: np.random.Generator) ->
     from mooer.tts.speaker_encoder import ResNetSpeakerEncoder, SpeakerEncoderConfig
 
     generator = HifiganGenerator(HifiganConfig(input_channels=llm_hidden))
-    torch.save({"generator": generator.state_dict()}, root / f"g_{STEP}")
-    torch.save({"speaker_encoder": ResNetSpeakerEncoder(SpeakerEncoderConfig()).state_dict()},
-               root / f"spk_{STEP}")  # fmt: skip
+    torch.save({"generator": weight_norm_state(generator, rng)}, root / f"g_{STEP}")
+    speaker_encoder = ResNetSpeakerEncoder(SpeakerEncoderConfig())
+    trained_batch_norm(speaker_encoder, rng)
+    torch.save({"speaker_encoder": speaker_encoder.state_dict()}, root / f"spk_{STEP}")
     t = np.arange(SAMPLE_RATE * 2) / SAMPLE_RATE  # a 2 s voiced-like prompt: harmonics + noise
     voice = sum(np.sin(2 * np.pi * 140 * h * t) / h for h in range(1, 6)) * 0.1
     voice += rng.normal(0, 0.01, t.shape)
     sf.write(root / "prompt.wav", voice.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
+
+
+def weight_norm_state(generator: nn.Module, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """The generator's state dict spelled as released: ``weight_g``/``weight_v`` pairs.
+
+    As ``torch.nn.utils.weight_norm`` (dim 0) leaves it: ``weight`` gone, ``weight_g`` (C0, 1, ..)
+    and ``weight_v`` after the bias. ``v`` is the weight with each slice along dim 0 scaled by a
+    random factor and ``g`` the weight's norm, so folding gives back the generator's weights
+    while ``v`` alone does not.
+    """
+    from mooer.tts.hifigan import weight_normed_layers
+
+    normed = set(weight_normed_layers(generator))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in generator.state_dict().items():
+        prefix, _, name = key.rpartition(".")
+        if prefix not in normed:
+            out[key] = value
+        elif name == "bias":
+            out[key] = value
+            weight = generator.get_submodule(prefix).weight.detach()
+            dims = tuple(range(1, weight.dim()))
+            scale = torch.from_numpy(rng.uniform(0.5, 2.0, weight.shape[0])).to(weight.dtype)
+            out[f"{prefix}.weight_g"] = weight.norm(dim=dims, keepdim=True)  # (C0, 1, 1)
+            out[f"{prefix}.weight_v"] = weight * scale.view(-1, *(1,) * len(dims))
+    return out
+
+
+def trained_batch_norm(module: nn.Module, rng: np.random.Generator) -> None:
+    """Give every batch norm in ``module`` statistics and an affine map like a trained one's, so
+    that eval mode is not close to the identity and a misplaced batch norm shows."""
+    for bn in module.modules():
+        if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = bn.num_features
+            with torch.no_grad():
+                bn.running_mean.copy_(torch.from_numpy(rng.normal(0.0, 0.1, n)))
+                bn.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, n)))
+                bn.weight.copy_(torch.from_numpy(rng.uniform(0.9, 1.1, n)))
+                bn.bias.copy_(torch.from_numpy(rng.normal(0.0, 0.05, n)))
+                bn.num_batches_tracked.fill_(int(STEP))
 
 
 def fabricate(out: str | Path, layout: str = "mtl-5k", seed: int = 0) -> Path:

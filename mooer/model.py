@@ -23,6 +23,7 @@ from mooer import checkpoint
 from mooer.asr.adapter import LinearAdapter, load_adapter
 from mooer.asr.encoder import SANMEncoder, load_encoder
 from mooer.asr.frontend import Cmvn, Frontend
+from mooer.asr.quantize import check_quantize, quantize_int8
 from mooer.audio import SAMPLE_RATE
 from mooer.devices import resolve_device, resolve_dtype
 from mooer.errors import AudioError, CheckpointError
@@ -82,7 +83,7 @@ class SpeechLLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.adapter.linear1.weight.device
+        return self.encoder.after_norm.weight.device  # a LayerNorm: never quantised
 
     @property
     def is_mtl(self) -> bool:
@@ -185,8 +186,13 @@ def load_model(
     device: str | None = None,
     dtype: str | None = None,
     attention_heads: int = 4,
+    quantize: str | None = None,
 ) -> SpeechLLM:
-    """Load a MooER checkpoint (a folder in a released layout, or a hub id); default: the demo model."""
+    """Load a MooER checkpoint (a folder in a released layout, or a hub id); default: the demo model.
+
+    ``quantize="int8"`` (CPU only) runs the encoder and adapter with int8 weights, quantised
+    from the fp32 files at load time; the LLM keeps ``dtype``.
+    """
     if model is None:
         if not (DEMO_MODEL_DIR / "adapter_project.pt").exists():
             raise CheckpointError(
@@ -196,12 +202,17 @@ def load_model(
     paths = checkpoint.locate(model, llm=llm, task=task, variant=variant)
     dev = resolve_device(device)
     llm_dtype = resolve_dtype(dtype, dev)
+    check_quantize(quantize, dev)
     frontend = Frontend(Cmvn.load(paths.cmvn))
-    encoder = load_encoder(paths.encoder, attention_heads=attention_heads)
+    # int8: weights in their own memory, so each fp32 matrix is freed once quantised
+    encoder = load_encoder(paths.encoder, attention_heads=attention_heads, mmap=quantize is None)
     adapter = load_adapter(paths.adapter, encoder_dim=encoder.cfg.output_size)
     lm, tokenizer = load_llm(paths.llm, paths.lora, dtype=llm_dtype, device=str(dev))
     speech_llm = SpeechLLM(frontend, encoder, adapter, lm, tokenizer, paths)
     speech_llm.encoder.to(dev)
     speech_llm.adapter.to(dev)
     speech_llm.eval().requires_grad_(False)
+    if quantize is not None:
+        quantize_int8(speech_llm.encoder)
+        quantize_int8(speech_llm.adapter)
     return speech_llm

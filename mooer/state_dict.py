@@ -18,17 +18,19 @@ from torch import nn
 from mooer.errors import CheckpointError
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
+def read_checkpoint(path: str | os.PathLike, mmap: bool = True) -> Any:
     """``torch.load`` a checkpoint file on the CPU; every failure is a ``CheckpointError``.
 
     Tensors-only unpickling is tried first; files that need more (old DeepSpeed states pickle
     their config objects) fall back to full unpickling, which runs code: only load files you trust.
-    Zip-format files are memory-mapped, so a 632 MB encoder is not copied before use.
+    Zip-format files are memory-mapped, so a 632 MB encoder is not copied before use; with
+    ``mmap=False`` each tensor gets its own memory, freed on its own (a mapping stays resident
+    while any tensor from it lives).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    mmap = zipfile.is_zipfile(path)
+    mmap = mmap and zipfile.is_zipfile(path)
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -45,9 +47,11 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     return obj
 
 
-def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | os.PathLike, key: str | None = None, mmap: bool = True
+) -> dict[str, torch.Tensor]:
     """The state dict in a file (or under ``key`` of the dict in it): its tensor entries only."""
-    return state_dict_of(read_checkpoint(path), path, key)
+    return state_dict_of(read_checkpoint(path, mmap), path, key)
 
 
 def state_dict_of(obj: Any, path: str | os.PathLike, key: str | None = None) -> dict:

@@ -77,3 +77,69 @@ def test_speak_and_s2st_round_trip_on_the_demo_model(tmp_path):
     assert proc.stdout.strip() == "i want a blue bag"
     back = run("transcribe", "--device", "cpu", str(tmp_path / "out.wav"))
     assert back.stdout.strip() == "i want a blue bag"
+
+
+EXAMPLE_DIR = Path(__file__).parents[1] / "examples" / "audio"
+
+
+def test_transcribe_quantize_int8_on_the_demo_model():
+    files = [str(EXAMPLE_DIR / "zh_weather.wav"), str(EXAMPLE_DIR / "en_directions.wav")]
+    proc = run("transcribe", "--quantize", "int8", "--device", "cpu", *files)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"{files[0]}\t星期一会下雨",
+        f"{files[1]}\tthe park is to the north",
+    ]
+    proc = run("transcribe", "--quantize", "int4", "--device", "cpu", files[0])
+    assert proc.returncode == 2 and "quantize 'int4': expected one of int8" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_serve_quantize_int8_answers_over_http(tmp_path):
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mooer.cli", "serve", "--quantize", "int8", "--device", "cpu",
+         "--port", str(port), "--threads", "1", "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        with open(EXAMPLE_DIR / "en_directions.wav", "rb") as f:
+            reply = httpx.post(
+                f"{url}/v1/audio/transcriptions",
+                data={"model": "mooer"},
+                files={"file": ("en_directions.wav", f, "audio/wav")},
+                timeout=60,
+            )
+        assert reply.status_code == 200, reply.text
+        # what the fp32 model answers through the same path (VAD segments, the finals' options)
+        assert reply.json()["text"] == _served_fp32_text(EXAMPLE_DIR / "en_directions.wav")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _served_fp32_text(path: Path) -> str:
+    """What fp32 gives for the file: the server cuts and decodes uploads as transcribe() does."""
+    from mooer.model import load_model
+    from mooer.transcribe import transcribe
+
+    return transcribe(load_model(device="cpu"), [path])[0].text

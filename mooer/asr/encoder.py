@@ -216,10 +216,15 @@ def config_from_state_dict(
         raise CheckpointError(f"encoder state dict gives an invalid config: {err}") from err
 
 
-def load_encoder(path: str | os.PathLike, attention_heads: int = 4) -> SANMEncoder:
-    """Load ``paraformer-encoder.pth`` strictly, in eval mode; ``CheckpointError`` says what is off."""
+def load_encoder(
+    path: str | os.PathLike, attention_heads: int = 4, mmap: bool = True
+) -> SANMEncoder:
+    """Load ``paraformer-encoder.pth`` strictly, in eval mode; ``CheckpointError`` says what is off.
+
+    The weights are memory-mapped from the file unless ``mmap=False`` (see ``read_checkpoint``).
+    """
     path = os.fspath(path)
-    state_dict = _strip_checkpointing(read_state_dict(path))
+    state_dict = _strip_checkpointing(read_state_dict(path, mmap=mmap))
     try:
         cfg = config_from_state_dict(state_dict, attention_heads)
     except CheckpointError as err:

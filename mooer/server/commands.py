@@ -44,6 +44,7 @@ def serve_main(
     log_level: str = "info",
     record: bool = False,
     db: str | None = None,
+    quantize: str | None = None,
 ) -> int:
     """Load the model once and serve every protocol until SIGINT/SIGTERM (then drain).
 
@@ -91,6 +92,7 @@ def serve_main(
         device=device,
         dtype=dtype,
         attention_heads=heads,
+        quantize=quantize,
     )
     hub = Hub(speech_llm, Engine(speech_llm, threads=threads), config, defaults, meetings=store)
     where = f"{config.host}:{config.port}"

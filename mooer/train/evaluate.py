@@ -233,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--beams", type=int, default=OFFLINE.num_beams)
     parser.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
+    parser.add_argument("--quantize", metavar="int8", help="int8 encoder + adapter on the CPU")
     parser.add_argument("--tasks", nargs="+", help="score only these tasks")
     parser.add_argument("--limit", type=int, help="score only the first N utterances")
     args = parser.parse_args(argv)
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tasks:
             entries = [e for e in entries if e.task in args.tasks]
         entries = entries[: args.limit] if args.limit else entries
-        model = load_model(args.model, llm=args.llm, device=args.device)
+        model = load_model(args.model, llm=args.llm, device=args.device, quantize=args.quantize)
         options = replace(OFFLINE, num_beams=args.beams)
         scored, summary = evaluate(model, entries, args.batch_size, options, progress=True)
     except MooerError as err:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mooer.asr.adapter import adapter_state_dict
+from mooer.asr.quantize import refuse_quantized
 from mooer.train.config import TrainConfig
 from mooer.train.objective import SpeechObjective
 
@@ -39,6 +40,7 @@ def export_model(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``objective``'s inference parts to ``out_dir``; returns it."""
+    refuse_quantized(objective, "export")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     objective.cmvn.save(out / "am.mvn")

@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from mooer.asr.adapter import LinearAdapter
 from mooer.asr.encoder import SANMEncoder, load_encoder
 from mooer.asr.frontend import Cmvn
+from mooer.asr.quantize import refuse_quantized
 from mooer.devices import DTYPES
 from mooer.errors import ConfigError
 from mooer.llm.conversation import history_prefix, question_suffix
@@ -174,6 +175,9 @@ class SpeechObjective(nn.Module):
             )
         if ctc_weight > 0 and ctc_vocab is None:
             raise ConfigError("model.ctc_weight: a CTC loss needs a CTC vocabulary")
+        for part in (encoder, adapter):
+            if part is not None:
+                refuse_quantized(part, "training")
         self.cmvn = cmvn
         self.encoder = encoder
         self.adapter = adapter

@@ -186,6 +186,17 @@ _WEIGHT_NORM_NAMES = (
 )
 
 
+def weight_normed_layers(generator: HifiganGenerator) -> dict[str, nn.Module]:
+    """The layers the release trains with weight norm, by state-dict prefix: every convolution but
+    the speaker conditioning (``cond_layer``, ``conds``); 78 in the released generator."""
+    return {
+        name: module
+        for name, module in generator.named_modules()
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d))
+        and not name.startswith(("cond_layer", "conds."))
+    }
+
+
 def fold_weight_norm(state: dict[str, torch.Tensor], path: str | os.PathLike = "<state>") -> dict:
     """Replace each (g, v) weight-norm pair by ``weight = g * v / ||v||`` (norm over dims 1..)."""
     out = dict(state)

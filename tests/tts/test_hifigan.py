@@ -13,6 +13,7 @@ from mooer.tts.hifigan import (
     fold_weight_norm,
     load_generator,
     save_generator,
+    weight_normed_layers,
 )
 
 # Same time structure as the release (hop 1024, same receptive field), tiny channels.
@@ -24,12 +25,6 @@ def tiny_generator(seed: int = 0) -> HifiganGenerator:
     return HifiganGenerator(TINY).eval()
 
 
-def weight_normed_modules(gen: HifiganGenerator) -> list[nn.Module]:
-    """The layers the release trains with weight norm (not cond_layer/conds)."""
-    convs = [m for rb in gen.resblocks for m in (*rb.convs1, *rb.convs2)]
-    return [gen.conv_pre, *gen.ups, *convs, gen.conv_post]
-
-
 def release_state(gen: HifiganGenerator, parametrize: bool = False) -> dict[str, torch.Tensor]:
     """A state dict spelled like a training checkpoint, with weight norm on the usual layers.
 
@@ -37,7 +32,7 @@ def release_state(gen: HifiganGenerator, parametrize: bool = False) -> dict[str,
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
-        for module in weight_normed_modules(gen):
+        for module in weight_normed_layers(gen).values():
             if parametrize:
                 nn.utils.parametrizations.weight_norm(module)
                 gain = module.parametrizations.weight.original0

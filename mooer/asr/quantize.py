@@ -1,0 +1,96 @@
+"""int8 weights for the speech front half (encoder + adapter) on the CPU.
+
+Dynamic quantisation: every ``nn.Linear`` keeps its weight as int8 (one scale per matrix) and
+quantises its input per call, so nothing is calibrated and the released fp32 weights stay the
+source. The Linear layers hold 99 % of the encoder's multiply-adds; the FSMN convolutions and
+layer norms stay fp32. Why torch's own kernels rather than ONNX Runtime: see docs/checkpoints.md
+("int8 on the CPU").
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from mooer.errors import ConfigError
+
+QUANTIZE_MODES = ("int8",)
+_INT8_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")  # torch's int8 CPU kernels, best first
+
+
+def check_quantize(quantize: str | None, device: torch.device) -> None:
+    """Refuse a ``quantize`` value this device or torch build cannot run, naming the alternative."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"quantize {quantize!r}: expected one of {', '.join(QUANTIZE_MODES)}")
+    if device.type != "cpu":
+        raise ConfigError(
+            f"quantize {quantize} runs on the CPU only, not on {device}: on an accelerator leave "
+            "it out (the encoder runs under the LLM's bf16/fp16 autocast there), or pass "
+            "--device cpu"
+        )
+    if _int8_engine() is None:
+        raise ConfigError(
+            f"quantize {quantize}: this torch build ({torch.__version__}) has no int8 CPU kernels "
+            f"(supported quantized engines: {list(_supported_engines())}): leave --quantize out "
+            "to run in fp32"
+        )
+
+
+def quantize_int8(module: nn.Module) -> nn.Module:
+    """Replace ``module``'s Linear layers by dynamic int8 ones, in place (eval only).
+
+    In place, one layer at a time, so peak memory stays at the fp32 model's: each fp32 weight is
+    freed once its int8 copy exists. Call :func:`check_quantize` first.
+    """
+    engine = _int8_engine()
+    if torch.backends.quantized.engine != engine:
+        torch.backends.quantized.engine = engine
+    names = [name for name, m in module.named_modules() if type(m) is nn.Linear]
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; check_quantize notices its removal.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*quantized tensor creation", category=UserWarning
+        )
+        for name in names:  # by name, so that no list keeps the replaced fp32 layers alive
+            parent, _, child = name.rpartition(".")
+            linear = module.get_submodule(name)
+            linear.qconfig = torch.ao.quantization.default_dynamic_qconfig
+            int8 = torch.ao.nn.quantized.dynamic.Linear.from_float(linear)
+            setattr(module.get_submodule(parent) if parent else module, child, int8)
+    return module.eval()
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """Whether ``module`` holds int8 layers made by :func:`quantize_int8`."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
+
+
+def refuse_quantized(module: nn.Module, action: str) -> None:
+    """int8 layers have no gradients and no fp32 weights to save: ``action`` needs the fp32 model."""
+    if is_quantized(module):
+        raise ConfigError(
+            f"{action} needs the fp32 model, but this one is quantised to int8: load it again "
+            "without quantize"
+        )
+
+
+def _supported_engines() -> list[str]:
+    return list(torch.backends.quantized.supported_engines)
+
+
+def _int8_engine() -> str | None:
+    """The quantized engine to use, or None when this build has no int8 CPU kernels."""
+    if not hasattr(torch.ao, "quantization") or not hasattr(
+        torch.ao.quantization, "quantize_dynamic"
+    ):
+        return None
+    supported = _supported_engines()
+    current = torch.backends.quantized.engine
+    if current in _INT8_ENGINES and current in supported:
+        return current
+    return next((e for e in _INT8_ENGINES if e in supported), None)
