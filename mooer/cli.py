@@ -18,6 +18,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=int, default=4, help="encoder attention heads (Paraformer: 4)")
 
 
+def _add_llm_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm-backend", choices=["hf", "vllm"], default="hf",
+                   help="where the LLM runs: transformers in this process, or vLLM")  # fmt: skip
+    p.add_argument(
+        "--llm-url", help="a vLLM server's http://HOST:PORT/v1 (with --llm-backend vllm)"
+    )
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -34,6 +42,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     model = load_model(
         args.model, llm=args.llm, task=args.task, variant=args.variant,
         device=args.device, dtype=args.dtype, attention_heads=args.heads,
+        llm_backend=args.llm_backend, llm_url=args.llm_url,
     )  # fmt: skip
     results = transcribe(
         model,
@@ -75,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         funasr_port=args.funasr_port, api_key=args.api_key, allow_origins=args.allow_origin,
         max_sessions=args.max_sessions, max_session_audio_s=args.max_session_audio,
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
-        log_level=args.log_level,
+        log_level=args.log_level, llm_backend=args.llm_backend, llm_url=args.llm_url,
     )  # fmt: skip
 
 
@@ -135,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="speech to text (asr), to English (ast), or both (mtl)")
     _add_model_args(p)
+    _add_llm_backend_args(p)
     p.add_argument("audio", nargs="+", help="audio files, Kaldi wav.scp or .jsonl lists")
     p.add_argument("--task", choices=["asr", "ast", "mtl"], default="asr")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -148,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="websocket + HTTP server (OpenAI Realtime, FunASR, browser page)"
     )
     _add_model_args(p)
+    _add_llm_backend_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--funasr-port", type=int, help="also serve the FunASR protocol on this port")

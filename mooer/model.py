@@ -25,7 +25,8 @@ from mooer.asr.encoder import SANMEncoder, load_encoder
 from mooer.asr.frontend import Cmvn, Frontend
 from mooer.audio import SAMPLE_RATE
 from mooer.devices import resolve_device, resolve_dtype
-from mooer.errors import AudioError, CheckpointError
+from mooer.errors import AudioError, CheckpointError, ConfigError
+from mooer.llm.backend import HFBackend, LLMBackend, check_backend_name
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
 from mooer.llm.qwen import load_llm
 from mooer.tts.hifigan import HifiganGenerator, load_generator
@@ -72,6 +73,7 @@ class SpeechLLM(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.paths = paths
+        self.llm_backend: LLMBackend = HFBackend()  # where mooer.tasks decodes (see load_model)
         self._speech_head = _SpeechHead()  # a plain object: not part of the state dict
         hidden = llm.config.hidden_size
         if adapter.linear2.out_features != hidden:
@@ -185,8 +187,18 @@ def load_model(
     device: str | None = None,
     dtype: str | None = None,
     attention_heads: int = 4,
+    llm_backend: str = "hf",
+    llm_url: str | None = None,
 ) -> SpeechLLM:
-    """Load a MooER checkpoint (a folder in a released layout, or a hub id); default: the demo model."""
+    """Load a MooER checkpoint (a folder in a released layout, or a hub id); default: the demo model.
+
+    ``llm_backend``: where the task recipe's prompts are decoded, ``"hf"`` (in this process with
+    transformers) or ``"vllm"`` (on vLLM: in this process, or on the vLLM server at ``llm_url``,
+    ``http://HOST:PORT/v1``); see ``mooer.llm.backend``.
+    """
+    check_backend_name(llm_backend)
+    if llm_url is not None and llm_backend != "vllm":
+        raise ConfigError("llm_url needs llm_backend 'vllm'")
     if model is None:
         if not (DEMO_MODEL_DIR / "adapter_project.pt").exists():
             raise CheckpointError(
@@ -204,4 +216,8 @@ def load_model(
     speech_llm.encoder.to(dev)
     speech_llm.adapter.to(dev)
     speech_llm.eval().requires_grad_(False)
+    if llm_backend == "vllm":
+        from mooer.llm.vllm_engine import start_vllm_backend
+
+        speech_llm.llm_backend = start_vllm_backend(speech_llm, llm_url)
     return speech_llm

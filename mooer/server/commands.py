@@ -40,10 +40,13 @@ def serve_main(
     threads: int | None = None,
     beam: int | None = None,
     log_level: str = "info",
+    llm_backend: str = "hf",
+    llm_url: str | None = None,
 ) -> int:
     """Load the model once and serve every protocol until SIGINT/SIGTERM (then drain).
 
-    ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable.
+    ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable; ``llm_backend`` and
+    ``llm_url``: see ``load_model``.
     """
     config = ServerConfig(
         host=host,
@@ -74,6 +77,8 @@ def serve_main(
         device=device,
         dtype=dtype,
         attention_heads=heads,
+        llm_backend=llm_backend,
+        llm_url=llm_url,
     )
     hub = Hub(speech_llm, Engine(speech_llm, threads=threads), config, defaults)
     where = f"{config.host}:{config.port}"
