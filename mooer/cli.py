@@ -67,6 +67,21 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_export_vllm(args: argparse.Namespace) -> int:
+    from mooer.llm.vllm_export import merged_llm_dir
+    from mooer.llm.vllm_remote import server_command
+    from mooer.model import load_model
+
+    model = load_model(
+        args.model, llm=args.llm, variant=args.variant,
+        device="cpu", dtype=args.dtype, attention_heads=args.heads,
+    )  # fmt: skip
+    folder = merged_llm_dir(model)
+    print(folder)
+    print(f"serve it with: {server_command(folder)}", file=sys.stderr)
+    return 0
+
+
 def cmd_fabricate(args: argparse.Namespace) -> int:
     from mooer.fabricate import LAYOUTS, fabricate
 
@@ -209,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, summary) in DELEGATED.items():
         if " " not in name:
             sub.add_parser(name, help=summary, add_help=False)
+
+    p = sub.add_parser(
+        "export-vllm", help="write the LLM with its LoRA merged for a vLLM server; print its folder"
+    )
+    _add_model_args(p)
+    p.set_defaults(func=cmd_export_vllm)
 
     p = sub.add_parser("fabricate", help="write a tiny random checkpoint in a released layout")
     p.add_argument("out", help="output folder")
