@@ -85,7 +85,7 @@ def cmd_export_vllm(args: argparse.Namespace) -> int:
 def cmd_fabricate(args: argparse.Namespace) -> int:
     from mooer.fabricate import LAYOUTS, fabricate
 
-    root = fabricate(args.out, layout=args.layout, seed=args.seed)
+    root = fabricate(args.out, layout=args.layout, seed=args.seed, llm_size=args.llm_size)
     print(f"wrote a fabricated {LAYOUTS[args.layout]} checkpoint to {root}")
     return 0
 
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--layout", choices=["mtl-5k", "mtl-80k", "omni"], default="mtl-5k")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llm-size", choices=["tiny", "0.5b"], default="tiny",
+                   help="the LLM's shape: tiny, or Qwen2-0.5B's (for benchmarks)")  # fmt: skip
     p.set_defaults(func=cmd_fabricate)
     return parser
 

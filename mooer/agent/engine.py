@@ -215,6 +215,12 @@ class Engine:
         """ConfigError now, not at the first reply, if ``config`` asks for speech the TTS
         backend cannot make (an unknown backend or voice)."""
         if config.speech_output:
+            if self.model.has_speech_head and self.model.llm_backend.name != "hf":
+                raise ConfigError(
+                    "speech_output on a model with a speech head needs the LLM's hidden states, "
+                    f"which the {self.model.llm_backend.name} LLM backend does not return: "
+                    "serve it with --llm-backend hf"
+                )
             self.tts_backend(config.tts_backend).stream("", "en", config.voice)
 
     def open(

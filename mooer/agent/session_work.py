@@ -27,7 +27,7 @@ import torch
 from mooer.agent import events as ev
 from mooer.agent.stable_text import StableText
 from mooer.llm.backend import Waiting
-from mooer.llm.conversation import Conversation, Reply
+from mooer.llm.conversation import Conversation, Reply, WholeReply
 from mooer.llm.decoding import DecodingOptions, splice
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SpeechGeneration, SpeechReply, spoken_reply
@@ -234,7 +234,7 @@ class SessionWork:
             response.started = True  # from now on a cancel clears its audio
             self.outbox.deliver(ev.ResponseStarted(response.response_id, question.item_id))
         self.stats.responses += 1
-        reply: Reply | None = None
+        reply: Reply | WholeReply | None = None
         status: ev.ResponseStatus = "cancelled"
         try:
             if response.cancelled.is_set():  # before it began: the question still counts
@@ -257,6 +257,8 @@ class SessionWork:
                     options=self.config.chat_options,
                 )
             if reply is not None:
+                if reply.ready is not None:
+                    yield reply.ready  # a batching backend's answer: others run meanwhile
                 for text, audio in self._reply_pieces(response, reply):
                     if text:
                         if reply.text == text:  # the reply's first text

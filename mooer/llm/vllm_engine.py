@@ -149,8 +149,13 @@ class VllmBackend(EmbedsBackend):
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        self._engine.shutdown()
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=60)
         self._stop_loop()
+
+    async def _shutdown(self) -> None:
+        self._engine.shutdown()
+        del self._engine  # now, while vLLM's modules are alive (its __del__ shuts down again)
+        await asyncio.sleep(0.1)  # its output task's cancellation runs
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
