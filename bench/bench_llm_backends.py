@@ -2,12 +2,13 @@
 
 The LLM is Qwen2-0.5B-shaped with random weights (``mooer fabricate --llm-size 0.5b``, fp32),
 where no live session keeps up on a CPU, so throughput is what counts. Each request is a real
-prompt: an example recording's audio embeddings spliced before the asr prompt (a little noise
-per request, so that no two are the same prefix), answered greedily for ``--tokens`` tokens
-(the end of turn is barred, so every request decodes them all).
+prompt: the example recordings' audio embeddings (6.1 s of speech) spliced before the asr prompt
+(a little noise per request, so that no two are the same prefix), answered greedily for
+``--tokens`` tokens (the end of turn is barred, so every request decodes them all).
 
 - hf: as the engine serves live sessions on the hf backend: one request at a time with the
-  token loop (its throughput cannot grow with the number of requests);
+  token loop. Its rate does not depend on how many wait, so it is measured once, on
+  ``--hf-requests`` of them (a 0.5B model decodes about a token per second here);
 - vllm: every request handed to the in-process vLLM engine at once (``VllmBackend.complete``),
   which batches them continuously.
 
@@ -27,6 +28,7 @@ from concurrent.futures import wait
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from machine import describe
 
@@ -39,13 +41,14 @@ from mooer.llm.vllm_engine import VllmBackend
 from mooer.llm.vllm_export import merged_llm_dir
 from mooer.model import load_model
 
-EXAMPLE = Path(__file__).parents[1] / "examples" / "audio" / "zh_weather.wav"
+EXAMPLES = Path(__file__).parents[1] / "examples" / "audio"
 NO_END = -100.0  # end-of-turn bias: a random model must not stop early
 
 
 def prompts(model, count: int) -> list[torch.Tensor]:
-    """``count`` asr prompts (L, H) of the example's length, each with its own noise."""
-    embeds, lengths = model.embed([load_audio(EXAMPLE)])
+    """``count`` asr prompts (L, H) of the examples' length, each with its own noise."""
+    speech = np.concatenate([load_audio(path) for path in sorted(EXAMPLES.glob("*.wav"))])
+    embeds, lengths = model.embed([speech])
     inputs, _ = splice(model.llm, model.tokenizer, embeds, lengths, [build_prompt("asr")])
     scale = inputs.std() * 0.01
     generator = torch.Generator().manual_seed(0)
@@ -75,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--hf-requests", type=int, default=2, help="requests hf is timed on")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the hf side")
     parser.add_argument("--checkpoint", help="a fabricated 0.5b folder to reuse (else a new one)")
     args = parser.parse_args()
@@ -96,11 +100,10 @@ def main() -> None:
         print(describe())
         print(f"LLM: Qwen2-shaped, {params:.2f} B parameters, fp32; prompt {length} embeddings, "
               f"{args.tokens} tokens decoded per request")  # fmt: skip
+        hf = hf_rate(model, prompts(model, args.hf_requests), options)
         print(f"{'requests':>8} {'hf tok/s':>9} {'vllm tok/s':>11} {'vllm/hf':>8}")
         for count in args.concurrency:
-            requests = prompts(model, count)
-            hf = hf_rate(model, requests, options)
-            fast = vllm_rate(backend, requests, options)
+            fast = vllm_rate(backend, prompts(model, count), options)
             print(f"{count:>8} {hf:>9.1f} {fast:>11.1f} {fast / hf:>7.1f}x", flush=True)
         print(describe())
     finally:

@@ -44,16 +44,19 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, attention_heads=args.heads,
         llm_backend=args.llm_backend, llm_url=args.llm_url,
     )  # fmt: skip
-    results = transcribe(
-        model,
-        [path for _, path in pairs],
-        task=args.task,
-        options=options,
-        batch_size=args.batch_size,
-        names=[name for name, _ in pairs],
-        progress=len(pairs) > 1 and sys.stderr.isatty() or args.progress,
-        keep_going=len(pairs) > 1,
-    )
+    try:
+        results = transcribe(
+            model,
+            [path for _, path in pairs],
+            task=args.task,
+            options=options,
+            batch_size=args.batch_size,
+            names=[name for name, _ in pairs],
+            progress=len(pairs) > 1 and sys.stderr.isatty() or args.progress,
+            keep_going=len(pairs) > 1,
+        )
+    finally:
+        model.llm_backend.close()  # vLLM's engine process, if any
     failed = 0
     for r in results:
         if r.error:

@@ -19,7 +19,7 @@ its engine has the answer.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -86,6 +86,13 @@ def run_blocking(steps: Waiting[T]) -> T:
         return finished.value
 
 
+def one_by_one(model: SpeechLLM, embeds: Tensor, lengths: Tensor, prompt: str) -> Iterator[Tensor]:
+    """Each item's audio (B, Ta, H) spliced before ``prompt`` alone, unpadded: (1, L_b, H)."""
+    for b in range(len(embeds)):
+        one, length = embeds[b : b + 1], lengths[b : b + 1]  # (1, Ta, H), (1,)
+        yield splice(model.llm, model.tokenizer, one, length, [prompt])[0]
+
+
 class HFBackend:
     """The LLM in this process with transformers: ``generate()`` (beam search) for whole
     answers, the token loop for ``step_by_step`` ones."""
@@ -108,9 +115,7 @@ class HFBackend:
             texts = [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
             return [done(text) for text in texts]
         texts = []
-        for b in range(len(embeds)):
-            one, length = embeds[b : b + 1], lengths[b : b + 1]  # (1, Ta, H), (1,)
-            inputs, _ = splice(model.llm, model.tokenizer, one, length, [prompt])  # (1, L, H)
+        for inputs in one_by_one(model, embeds, lengths, prompt):
             generation = Generation(model.llm, model.tokenizer, inputs, options)
             for _ in generation:
                 pass
@@ -140,12 +145,10 @@ class EmbedsBackend:
         options: DecodingOptions,
         step_by_step: bool,
     ) -> list[Future[str]]:
-        texts = []
-        for b in range(len(embeds)):
-            one, length = embeds[b : b + 1], lengths[b : b + 1]  # (1, Ta, H), (1,)
-            inputs, _ = splice(model.llm, model.tokenizer, one, length, [prompt])  # (1, L, H)
-            texts.append(self.text(model, self.complete(inputs[0], options)))
-        return texts
+        return [
+            self.text(model, self.complete(inputs[0], options))
+            for inputs in one_by_one(model, embeds, lengths, prompt)
+        ]
 
     @staticmethod
     def text(model: SpeechLLM, ids: Future[list[int]]) -> Future[str]:

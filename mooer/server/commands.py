@@ -88,7 +88,10 @@ def serve_main(
         file=sys.stderr,
         flush=True,
     )
-    run(hub, log_level=log_level.lower())
+    try:
+        run(hub, log_level=log_level.lower())
+    finally:
+        speech_llm.llm_backend.close()  # vLLM's engine process, if any
     return 0
 
 

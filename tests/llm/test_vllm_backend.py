@@ -4,8 +4,8 @@ vLLM server; the merged export is keyed by its sources; missing pieces are clear
 vLLM is not installed beside the CI's python (it pulls wheels that break the CPU torch), so its
 side runs in one subprocess of the python that has it: ``$MOOER_VLLM_PYTHON``, default
 ``/opt/mooer-vllm/bin/python`` (``.ci/run`` makes it). Those tests are skipped, saying why, only
-when that python or its vLLM is missing; the subprocess starts vLLM twice (about 4 minutes on
-two busy cores).
+when that python or its vLLM is missing; the subprocess starts vLLM three times (about 5 to 8
+minutes on two busy cores).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 from mooer.agent.engine import Engine
 from mooer.agent.session import SessionConfig
 from mooer.errors import ConfigError, LLMServerError
+from mooer.llm import vllm_engine
 from mooer.llm.backend import EmbedsBackend, HFBackend
 from mooer.llm.vllm_export import MANIFEST, export_name, merged_llm_dir
 from mooer.llm.vllm_remote import RemoteBackend
@@ -76,12 +77,15 @@ def test_vllm_in_process_answers_as_hf_does(vllm_answers, hf_answers):
     assert vllm_answers["in_process"] == hf_answers
     assert hf_answers["asr"][0]["transcript"] == "星期一会下雨"
     assert len(hf_answers["chat"]) == 2
+    assert hf_answers["live"]["errors"] == []
+    assert hf_answers["live"]["finals"][0] == ["星期一会下雨", "it will rain on monday"]
 
 
-def test_a_vllm_server_answers_as_hf_does_and_its_absence_is_named(vllm_answers, hf_answers):
+def test_a_vllm_server_answers_as_hf_does_and_a_restart_is_survived(vllm_answers, hf_answers):
     server = dict(vllm_answers["server"])
-    gone = server.pop("gone")
+    gone, back = server.pop("gone"), server.pop("back")
     assert server == hf_answers
+    assert back == hf_answers["asr"][0]["transcript"]  # the same front end, the server restarted
     assert gone.startswith("LLMServerError: the LLM server at http://127.0.0.1:")
     assert "api_server --model FOLDER --enable-prompt-embeds" in gone
 
@@ -112,6 +116,12 @@ def test_backend_choices_are_checked(monkeypatch):
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ConfigError, match="needs vLLM, which is not installed"):
             load_model(device="cpu", llm_backend="vllm")
+
+
+def test_an_old_vllm_is_named(monkeypatch):
+    monkeypatch.setattr(vllm_engine.metadata, "version", lambda dist: "0.10.1+cpu")
+    with pytest.raises(ConfigError, match=r"needs vLLM >= 0\.32, found 0\.10\.1\+cpu: install"):
+        vllm_engine.check_vllm()
 
 
 def test_a_server_address_is_checked_at_start():
