@@ -125,7 +125,7 @@ def decode_waiting(
             )
             for p in prompt_tasks(model, task)
         ]
-    answers = []
-    for futures in asked:
-        answers.append((yield from waiting(futures)))
+    flat = yield from waiting([future for futures in asked for future in futures])
+    count = len(embeds)
+    answers = [flat[p * count : (p + 1) * count] for p in range(len(asked))]  # per prompt
     return [read_answers(model, task, item) for item in zip(*answers)]

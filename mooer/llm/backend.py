@@ -70,10 +70,17 @@ def done(value: T) -> Future[T]:
 
 
 def waiting(futures: Sequence[Future[T]]) -> Waiting[list[T]]:
-    """Yield each future not yet done (a caller on the engine parks until it is); the results."""
-    for future in futures:
-        if not future.done():
-            yield future
+    """Yield each future not yet done (a caller on the engine parks until it is); the results.
+
+    Closed before the end (the engine dropped the job), it cancels what is still running.
+    """
+    try:
+        for future in futures:
+            if not future.done():
+                yield future
+    finally:
+        for future in futures:
+            future.cancel()  # a no-op on the done ones
     return [future.result() for future in futures]
 
 
@@ -164,6 +171,7 @@ class EmbedsBackend:
                 text.set_exception(exc)
 
         ids.add_done_callback(read)
+        text.add_done_callback(lambda asked: asked.cancelled() and ids.cancel())
         return text
 
     def close(self) -> None:

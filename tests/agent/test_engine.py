@@ -17,6 +17,7 @@ from mooer.agent import events as ev
 from mooer.agent.engine import Engine, StepRecord
 from mooer.agent.session import SessionConfig
 from mooer.errors import ConfigError
+from mooer.llm.backend import waiting
 
 MANUAL = SessionConfig(turn_detection=False)  # no VAD: the sessions only own jobs here
 
@@ -263,3 +264,12 @@ def test_discarding_a_waiting_job_frees_its_session(engine):
     assert log == ["a asks", "a next"]
     never.set_result("late")  # nothing runs for it any more
     assert engine.wait_idle(timeout=10) and log == ["a asks", "a next"]
+
+
+def test_a_dropped_job_cancels_the_decode_it_waits_for(engine):
+    a = engine.open(MANUAL)
+    asked: concurrent.futures.Future[str] = concurrent.futures.Future()
+    engine.submit(a, "partial", waiting([asked]))
+    assert not engine.wait_idle(timeout=0.5)  # parked on it
+    engine.discard(a, partials_only=True)
+    assert engine.wait_idle(timeout=10) and asked.cancelled()
