@@ -318,10 +318,9 @@ class Engine:
             dropped = self._drop(
                 session, queue, lambda job: not partials_only or job.kind == "partial"
             )
-            if not queue:
+            if not queue and session in self._queues:  # not when _drop made it idle
                 del self._queues[session]
-                if session in self._ready:  # not when its dropped job was parked
-                    self._ready.remove(session)
+                self._ready.remove(session)
                 self._cond.notify_all()
         for job in dropped:  # a started job's cleanup (its finally) runs, outside the lock
             close = getattr(job.steps, "close", None)
@@ -349,11 +348,13 @@ class Engine:
         dropped = [job for job in queue if job is not self._running and doomed(job)]
         for job in dropped:
             queue.remove(job)
-        if self._parked.get(session) in dropped:
+        if self._parked.get(session) in dropped:  # the client was out of the round
             del self._parked[session]
             if queue:
                 self._ready.append(session)
-                self._cond.notify_all()
+            else:
+                del self._queues[session]  # idle: new work puts it back in the round
+            self._cond.notify_all()
         session.stats.partials_skipped += sum(job.kind == "partial" for job in dropped)
         return dropped
 

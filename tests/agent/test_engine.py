@@ -273,3 +273,14 @@ def test_a_dropped_job_cancels_the_decode_it_waits_for(engine):
     assert not engine.wait_idle(timeout=0.5)  # parked on it
     engine.discard(a, partials_only=True)
     assert engine.wait_idle(timeout=10) and asked.cancelled()
+
+
+def test_a_final_drops_a_waiting_partial_and_runs(engine):
+    a = engine.open(MANUAL)
+    log: list[str] = []
+    asked: concurrent.futures.Future[str] = concurrent.futures.Future()
+    engine.submit(a, "partial", _waits(log, "partial", asked))
+    assert not engine.wait_idle(timeout=0.5)  # parked on it
+    engine.submit(a, "final", lambda: log.append("final"))
+    assert engine.wait_idle(timeout=10)
+    assert log == ["partial asks", "final"]
