@@ -289,7 +289,7 @@ class Conversation:
     @property
     def backend(self) -> EmbedsBackend | None:
         """The model's LLM backend when it takes whole prompts (vLLM); None: the cache here."""
-        backend = self.model.llm_backend
+        backend = getattr(self.model, "llm_backend", None)  # None: an LLM and tokenizer alone
         return backend if isinstance(backend, EmbedsBackend) else None
 
     def _stop_active(self) -> None:
