@@ -17,6 +17,7 @@ every utterance gets its final and the 95th percentile of endpoint -> final stay
 late, which the end-of-speech latency then includes).
 
     python bench/bench_session.py [--seconds 30] [--sessions 1 2 4 8 16] [--mode asr]
+    python bench/bench_session.py --llm-backend vllm   # with the vLLM venv's python
 """
 
 from __future__ import annotations
@@ -313,9 +314,10 @@ def main() -> None:
     parser.add_argument("--partial-ms", type=int, default=480)
     parser.add_argument("--max-latency", type=float, default=1.0, help="endpoint->final p95, s")
     parser.add_argument("--wav", type=Path, nargs="+", default=[], help="default: examples/audio")
+    parser.add_argument("--llm-backend", default="hf", choices=("hf", "vllm"))
     args = parser.parse_args()
 
-    model = load_model(args.model, llm=args.llm, device=args.device)
+    model = load_model(args.model, llm=args.llm, device=args.device, llm_backend=args.llm_backend)
     name = str(args.model) if args.model else "demo model"
     config = SessionConfig(mode=args.mode, partial_interval_ms=args.partial_ms)
     threads = args.threads or default_threads(model)
@@ -326,7 +328,7 @@ def main() -> None:
 
     print(describe())
     print(
-        f"model: {name}; mode {args.mode}; engine threads {threads}; {args.seconds:.0f} s per "
+        f"model: {name}, LLM on {args.llm_backend}; mode {args.mode}; engine threads {threads}; {args.seconds:.0f} s per "
         f"session ({len(clips)} utterances of {min(c.size for c in clips) / SAMPLE_RATE:.1f}-"
         f"{max(c.size for c in clips) / SAMPLE_RATE:.1f} s, {args.pause:.1f} s pauses) in 20 ms "
         f"chunks; VAD silence {config.vad.min_silence_ms} ms; partials every {args.partial_ms} ms"
@@ -343,6 +345,7 @@ def main() -> None:
         if not ramp.take(count, figures):
             break
     engine.close()
+    model.llm_backend.close()
     print(load.summary())
     print(ramp.summary())
 

@@ -22,6 +22,14 @@ def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", metavar="int8", help="int8 encoder + adapter on the CPU")
 
 
+def _add_llm_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm-backend", choices=["hf", "vllm"], default="hf",
+                   help="where the LLM runs: transformers in this process, or vLLM")  # fmt: skip
+    p.add_argument(
+        "--llm-url", help="a vLLM server's http://HOST:PORT/v1 (with --llm-backend vllm)"
+    )
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -38,18 +46,22 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     model = load_model(
         args.model, llm=args.llm, task=args.task, variant=args.variant,
         device=args.device, dtype=args.dtype, attention_heads=args.heads, quantize=args.quantize,
+        llm_backend=args.llm_backend, llm_url=args.llm_url,
     )  # fmt: skip
-    results = transcribe(
-        model,
-        [path for _, path in pairs],
-        task=args.task,
-        options=options,
-        batch_size=args.batch_size,
-        names=[name for name, _ in pairs],
-        progress=len(pairs) > 1 and sys.stderr.isatty() or args.progress,
-        keep_going=len(pairs) > 1,
-        max_seconds=args.max_audio,
-    )
+    try:
+        results = transcribe(
+            model,
+            [path for _, path in pairs],
+            task=args.task,
+            options=options,
+            batch_size=args.batch_size,
+            names=[name for name, _ in pairs],
+            progress=len(pairs) > 1 and sys.stderr.isatty() or args.progress,
+            keep_going=len(pairs) > 1,
+            max_seconds=args.max_audio,
+        )
+    finally:
+        model.llm_backend.close()  # vLLM's engine process, if any
     failed = 0
     for r in results:
         if r.error:
@@ -63,10 +75,25 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_export_vllm(args: argparse.Namespace) -> int:
+    from mooer.llm.vllm_export import merged_llm_dir
+    from mooer.llm.vllm_remote import server_command
+    from mooer.model import load_model
+
+    model = load_model(
+        args.model, llm=args.llm, variant=args.variant,
+        device="cpu", dtype=args.dtype, attention_heads=args.heads,
+    )  # fmt: skip
+    folder = merged_llm_dir(model)
+    print(folder)
+    print(f"serve it with: {server_command(folder)}", file=sys.stderr)
+    return 0
+
+
 def cmd_fabricate(args: argparse.Namespace) -> int:
     from mooer.fabricate import LAYOUTS, fabricate
 
-    root = fabricate(args.out, layout=args.layout, seed=args.seed)
+    root = fabricate(args.out, layout=args.layout, seed=args.seed, llm_size=args.llm_size)
     print(f"wrote a fabricated {LAYOUTS[args.layout]} checkpoint to {root}")
     return 0
 
@@ -83,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_audio_s=args.max_request_audio,
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
         log_level=args.log_level, record=args.record, db=args.db, quantize=args.quantize,
+        llm_backend=args.llm_backend, llm_url=args.llm_url,
     )  # fmt: skip
 
 
@@ -165,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("transcribe", help="speech to text (asr), to English (ast), or both (mtl)")
     _add_model_args(p)
     _add_quantize_arg(p)
+    _add_llm_backend_args(p)
     p.add_argument("audio", nargs="+", help="audio files, Kaldi wav.scp or .jsonl lists")
     p.add_argument("--task", choices=["asr", "ast", "mtl"], default="asr")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -180,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_args(p)
     _add_quantize_arg(p)
+    _add_llm_backend_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--funasr-port", type=int, help="also serve the FunASR protocol on this port")
@@ -262,10 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
         if " " not in name:
             sub.add_parser(name, help=summary, add_help=False)
 
+    p = sub.add_parser(
+        "export-vllm", help="write the LLM with its LoRA merged for a vLLM server; print its folder"
+    )
+    _add_model_args(p)
+    p.set_defaults(func=cmd_export_vllm)
+
     p = sub.add_parser("fabricate", help="write a tiny random checkpoint in a released layout")
     p.add_argument("out", help="output folder")
     p.add_argument("--layout", choices=["mtl-5k", "mtl-80k", "omni"], default="mtl-5k")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llm-size", choices=["tiny", "0.5b"], default="tiny",
+                   help="the LLM's shape: tiny, or Qwen2-0.5B's (for benchmarks)")  # fmt: skip
     p.set_defaults(func=cmd_fabricate)
     return parser
 

@@ -66,3 +66,7 @@ def read_json_file(path: Path, error: type[MooerError], where: str = "") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{where}{path} is not valid JSON: {exc}") from exc
+
+
+class LLMServerError(MooerError):
+    """The LLM server (``--llm-url``) cannot be reached or refused a request."""

@@ -26,6 +26,17 @@ LAYOUTS = {"mtl-5k": "MooER-MTL-5K", "mtl-80k": "MooER-MTL-80K", "omni": "MooER-
 
 TINY_ENCODER = EncoderConfig(output_size=32, attention_heads=4, linear_units=64, num_blocks=3)
 TINY_LLM_HIDDEN = 32
+# The LLM's shape by size: tiny for tests, or Qwen2-0.5B's (896 wide, 24 layers) for benchmarks.
+LLM_SIZES = {
+    "tiny": {"hidden_size": TINY_LLM_HIDDEN},
+    "0.5b": {
+        "hidden_size": 896,
+        "num_layers": 24,
+        "num_heads": 14,
+        "num_kv_heads": 2,
+        "intermediate_size": 4864,
+    },
+}
 NUM_AUDIO_TOKENS = 16  # the omni tokenizer's <A_0>..<A_15> (the release has many more)
 STEP = "00112000"  # omni-v1's step in g_/spk_ file names
 
@@ -104,14 +115,22 @@ def trained_batch_norm(module: nn.Module, rng: np.random.Generator) -> None:
                 bn.num_batches_tracked.fill_(int(STEP))
 
 
-def fabricate(out: str | Path, layout: str = "mtl-5k", seed: int = 0) -> Path:
+def fabricate(
+    out: str | Path, layout: str = "mtl-5k", seed: int = 0, llm_size: str = "tiny"
+) -> Path:
     """Write a tiny checkpoint in ``layout`` under ``out``; returns the checkpoint root.
+
+    ``llm_size``: one of ``LLM_SIZES`` (the encoder stays tiny).
 
     For the MTL layouts the Qwen2 base model is written beside it, at ``out/llm`` (pass it as ``--llm``),
     since the release ships it separately; the checkpoint itself is ``out/<release name>``.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if llm_size not in LLM_SIZES:
+        raise ConfigError(f"unknown llm_size {llm_size!r}: expected one of {', '.join(LLM_SIZES)}")
+    shape = LLM_SIZES[llm_size]
+    hidden = shape["hidden_size"]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     out = Path(out)
@@ -119,25 +138,23 @@ def fabricate(out: str | Path, layout: str = "mtl-5k", seed: int = 0) -> Path:
     root.mkdir(parents=True, exist_ok=True)
 
     if layout in ("mtl-5k", "mtl-80k"):
-        llm_dir = write_tiny_llm(out / "llm", hidden_size=TINY_LLM_HIDDEN, seed=seed)
+        llm_dir = write_tiny_llm(out / "llm", **shape, seed=seed)
         _write_encoder_and_cmvn(root / "paraformer_encoder", rng)
         variants = ("asr", "ast", "asr_ast_mtl") if layout == "mtl-5k" else ("asr",)
         for i, name in enumerate(variants):
             (root / name).mkdir(exist_ok=True)
-            _write_adapter(root / name / "adapter_project.pt", TINY_LLM_HIDDEN)
+            _write_adapter(root / name / "adapter_project.pt", hidden)
             write_lora(root / name / "lora_weights", llm_dir, r=8, seed=seed + i + 1)
         (root / "configuration.json").write_text(
             json.dumps({"framework": "pytorch", "task": "auto-speech-recognition"}, indent=2)
         )
     else:
         extra = (AUDIO_START, *(f"<A_{i}>" for i in range(NUM_AUDIO_TOKENS)))
-        llm_dir = write_tiny_llm(
-            root / "llm", hidden_size=TINY_LLM_HIDDEN, extra_special_tokens=extra, seed=seed
-        )
+        llm_dir = write_tiny_llm(root / "llm", **shape, extra_special_tokens=extra, seed=seed)
         _write_encoder_and_cmvn(root, rng)
-        _write_adapter(root / "adapter_project.pt", TINY_LLM_HIDDEN)
+        _write_adapter(root / "adapter_project.pt", hidden)
         write_lora(root / "lora", llm_dir, r=8, seed=seed + 1)
-        _write_speech_head(root, TINY_LLM_HIDDEN, rng)
+        _write_speech_head(root, hidden, rng)
     (root / "README.md").write_text(
         f"Fabricated {LAYOUTS[layout]} checkpoint written by `mooer fabricate` (random weights).\n"
     )

@@ -26,7 +26,8 @@ from mooer.asr.frontend import Cmvn, Frontend
 from mooer.asr.quantize import check_quantize, quantize_int8
 from mooer.audio import SAMPLE_RATE
 from mooer.devices import resolve_device, resolve_dtype
-from mooer.errors import AudioError, CheckpointError
+from mooer.errors import AudioError, CheckpointError, ConfigError
+from mooer.llm.backend import HFBackend, LLMBackend, check_backend_name
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
 from mooer.llm.qwen import load_llm
 from mooer.tts.hifigan import HifiganGenerator, load_generator
@@ -73,6 +74,7 @@ class SpeechLLM(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.paths = paths
+        self.llm_backend: LLMBackend = HFBackend()  # where mooer.tasks decodes (see load_model)
         self._speech_head = _SpeechHead()  # a plain object: not part of the state dict
         hidden = llm.config.hidden_size
         if adapter.linear2.out_features != hidden:
@@ -187,12 +189,20 @@ def load_model(
     dtype: str | None = None,
     attention_heads: int = 4,
     quantize: str | None = None,
+    llm_backend: str = "hf",
+    llm_url: str | None = None,
 ) -> SpeechLLM:
     """Load a MooER checkpoint (a folder in a released layout, or a hub id); default: the demo model.
 
     ``quantize="int8"`` (CPU only) runs the encoder and adapter with int8 weights, quantised
-    from the fp32 files at load time; the LLM keeps ``dtype``.
+    from the fp32 files at load time; the LLM keeps ``dtype``. ``llm_backend``: where the task
+    recipe's prompts are decoded, ``"hf"`` (in this process with transformers) or ``"vllm"``
+    (on vLLM: in this process, or on the vLLM server at ``llm_url``, ``http://HOST:PORT/v1``);
+    see ``mooer.llm.backend``.
     """
+    check_backend_name(llm_backend)
+    if llm_url is not None and llm_backend != "vllm":
+        raise ConfigError("llm_url needs llm_backend 'vllm'")
     if model is None:
         if not (DEMO_MODEL_DIR / "adapter_project.pt").exists():
             raise CheckpointError(
@@ -215,4 +225,8 @@ def load_model(
     if quantize is not None:
         quantize_int8(speech_llm.encoder)
         quantize_int8(speech_llm.adapter)
+    if llm_backend == "vllm":
+        from mooer.llm.vllm_engine import start_vllm_backend
+
+        speech_llm.llm_backend = start_vllm_backend(speech_llm, llm_url)
     return speech_llm

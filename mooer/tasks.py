@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 
 from mooer.errors import ConfigError
-from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids, splice
-from mooer.llm.generation import Generation
+from mooer.llm.backend import Waiting, run_blocking, waiting
+from mooer.llm.decoding import OFFLINE, DecodingOptions
 from mooer.llm.prompts import build_prompt, split_mtl
 from mooer.text import join_texts
 
@@ -103,35 +103,29 @@ def decode(
     ``step_by_step``: decode each item with the token loop (greedy or sampled, one beam), far
     cheaper on a CPU than ``generate()`` for one short utterance: the live partials.
     """
-    check_task(model, task)
-    answers = [
-        _answers(model, embeds, lengths, p, options, step_by_step)
-        for p in prompt_tasks(model, task)
-    ]
-    return [read_answers(model, task, item) for item in zip(*answers)]
+    return run_blocking(decode_waiting(model, embeds, lengths, task, options, step_by_step))
 
 
-def _answers(
+def decode_waiting(
     model: SpeechLLM,
     embeds: Tensor,
     lengths: Tensor,
-    prompt_task: str,
-    options: DecodingOptions,
-    step_by_step: bool,
-) -> list[str]:
-    """One prompt's answer text per item."""
-    prompt = build_prompt(prompt_task)
-    if not step_by_step:
-        ids = generate_ids(
-            model.llm, model.tokenizer, embeds, lengths, [prompt] * len(embeds), options
-        )
-        return [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
-    texts = []
-    for b in range(len(embeds)):
-        one, length = embeds[b : b + 1], lengths[b : b + 1]  # (1, Ta, H), (1,)
-        inputs, _ = splice(model.llm, model.tokenizer, one, length, [prompt])  # (1, L, H)
-        generation = Generation(model.llm, model.tokenizer, inputs, options)
-        for _ in generation:
-            pass
-        texts.append(generation.text)
-    return texts
+    task: str,
+    options: DecodingOptions = OFFLINE,
+    step_by_step: bool = False,
+) -> Waiting[list[Texts]]:
+    """``decode`` as engine work: every prompt of every item is asked of the model's LLM
+    backend at once, then each answer not ready yet is yielded as a future to wait for (the
+    engine runs other clients' work meanwhile; the hf backend's answers are ready at once)."""
+    check_task(model, task)
+    with torch.inference_mode():
+        asked = [
+            model.llm_backend.answers(
+                model, embeds, lengths, build_prompt(p), options, step_by_step
+            )
+            for p in prompt_tasks(model, task)
+        ]
+    flat = yield from waiting([future for futures in asked for future in futures])
+    count = len(embeds)
+    answers = [flat[p * count : (p + 1) * count] for p in range(len(asked))]  # per prompt
+    return [read_answers(model, task, item) for item in zip(*answers)]

@@ -11,6 +11,11 @@ partial still queued is replaced by its session's newer one (finals are never dr
 utterance's final drops its queued partials and jumps the round (it is what a user waits for
 at the end of a turn). The worker keeps a record of the steps it ran (``steps_run``).
 
+With a batching LLM backend (vLLM) a step may yield a ``Future``: the decode it started is
+running elsewhere, and the job is parked until the future is done, while the worker runs the
+other clients' steps (which start their decodes too, so that vLLM batches them all). A parked
+job keeps its place: its client's other jobs wait behind it.
+
 Threads: ``on_event`` runs on the worker thread for results (transcripts, translations,
 replies) and on the caller's thread for what ``feed``/``commit``/``close`` find at once (speech
 started/stopped, committed), never concurrently for one session; a server bridges both to its
@@ -44,7 +49,7 @@ from mooer.tts.backend import TTSBackend, load_backend
 log = logging.getLogger(__name__)
 
 JobKind = Literal["partial", "final", "response", "control", "request"]
-Work = Iterator[None] | Callable[[], object]
+Work = Iterator[Future | None] | Callable[[], object]
 T = TypeVar("T")
 
 RECORD_LENGTH = 4096  # steps kept in the engine's record
@@ -108,12 +113,12 @@ class Job:
 
     client: Client
     kind: JobKind
-    steps: Iterator[None]
+    steps: Iterator[Future | None]
     queued_at: int = 0  # steps begun before it was queued
     started: bool = False
 
 
-def _steps(work: Work) -> Iterator[None]:
+def _steps(work: Work) -> Iterator[Future | None]:
     if isinstance(work, Iterator):
         return work
     return _call(work)
@@ -172,6 +177,7 @@ class Engine:
         self._queues: dict[Client, deque[Job]] = {}  # clients with queued work
         self._ready: deque[Client] = deque()  # of those, the ones waiting their turn, in order
         self._running: Job | None = None
+        self._parked: dict[Client, Job] = {}  # jobs waiting for their future (not in _ready)
         self._record: deque[StepRecord] = deque(maxlen=RECORD_LENGTH)
         self._steps_begun = 0
         self._sessions: dict[str, Session] = {}
@@ -209,6 +215,12 @@ class Engine:
         """ConfigError now, not at the first reply, if ``config`` asks for speech the TTS
         backend cannot make (an unknown backend or voice)."""
         if config.speech_output:
+            if self.model.has_speech_head and self.model.llm_backend.name != "hf":
+                raise ConfigError(
+                    "speech_output on a model with a speech head needs the LLM's hidden states, "
+                    f"which the {self.model.llm_backend.name} LLM backend does not return: "
+                    "serve it with --llm-backend hf"
+                )
             self.tts_backend(config.tts_backend).stream("", "en", config.voice)
 
     def open(
@@ -277,7 +289,7 @@ class Engine:
             queue = self._queues.get(session)
             if kind == "partial" and queue is not None:
                 for i, queued in enumerate(queue):
-                    if queued.kind == "partial" and queued is not self._running:
+                    if queued.kind == "partial" and not queued.started:
                         job.queued_at = self._steps_begun
                         queue[i] = job  # the newer audio makes the queued one stale
                         session.stats.partials_skipped += 1
@@ -306,7 +318,7 @@ class Engine:
             dropped = self._drop(
                 session, queue, lambda job: not partials_only or job.kind == "partial"
             )
-            if not queue:
+            if not queue and session in self._queues:  # not when _drop made it idle
                 del self._queues[session]
                 self._ready.remove(session)
                 self._cond.notify_all()
@@ -336,6 +348,13 @@ class Engine:
         dropped = [job for job in queue if job is not self._running and doomed(job)]
         for job in dropped:
             queue.remove(job)
+        if self._parked.get(session) in dropped:  # the client was out of the round
+            del self._parked[session]
+            if queue:
+                self._ready.append(session)
+            else:
+                del self._queues[session]  # idle: new work puts it back in the round
+            self._cond.notify_all()
         session.stats.partials_skipped += sum(job.kind == "partial" for job in dropped)
         return dropped
 
@@ -357,16 +376,28 @@ class Engine:
                 record = StepRecord(self._steps_begun, client.id, job.kind, job.queued_at, waiting)
                 self._record.append(record)
                 self._steps_begun += 1
-            more = self._step(job)
+            more, waits_for = self._step(job)
             with self._cond:
                 self._running = None
                 queue = self._queues[client]
                 if not more:
                     queue.remove(job)
-                if queue:
+                if waits_for is not None:
+                    self._parked[client] = job  # back in the round when its future is done
+                elif queue:
                     self._ready.append(client)  # to the back of the round
                 else:
                     del self._queues[client]
+                self._cond.notify_all()
+            if waits_for is not None:
+                waits_for.add_done_callback(lambda _, c=client, j=job: self._unpark(c, j))
+
+    def _unpark(self, client: Client, job: Job) -> None:
+        """``job``'s future is done: its client rejoins the round (unless the job was dropped)."""
+        with self._cond:
+            if self._parked.get(client) is job:
+                del self._parked[client]
+                self._ready.append(client)
                 self._cond.notify_all()
 
     def _next_client(self) -> Client:
@@ -379,18 +410,21 @@ class Engine:
                 return client
         return self._ready.popleft()
 
-    def _step(self, job: Job) -> bool:
-        """Run one step; False when the job is done (or failed: its client reports it)."""
+    def _step(self, job: Job) -> tuple[bool, Future | None]:
+        """Run one step: False when the job is done (or failed: its client reports it), and
+        the future it waits for, if it yielded one not done yet."""
         started = time.perf_counter()
         try:
             with torch.inference_mode():
-                next(job.steps)
-            return True
+                waits_for = next(job.steps)
+            if isinstance(waits_for, Future) and not waits_for.done():
+                return True, waits_for
+            return True, None
         except StopIteration:
-            return False
+            return False, None
         except Exception as exc:  # bad work of one client must not stop the others
             job.client.report_error(exc)
-            return False
+            return False, None
         finally:
             spent = time.perf_counter() - started
             if spent > 5.0:

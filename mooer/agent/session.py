@@ -489,7 +489,7 @@ class Session:
             audio = self._vad.current_segment()
         self._next_partial = length + self._interval()
         item = self._item
-        self.engine.submit(self, "partial", lambda: self._work.partial(item, audio))
+        self.engine.submit(self, "partial", self._work.partial(item, audio))
 
     def _finish(self) -> None:
         self.outbox.close()

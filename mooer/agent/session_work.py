@@ -26,12 +26,13 @@ import torch
 
 from mooer.agent import events as ev
 from mooer.agent.stable_text import TRANSLATION_AGREE, StableText
-from mooer.llm.conversation import Conversation, Message, Reply
+from mooer.llm.backend import Waiting
+from mooer.llm.conversation import Conversation, Message, Reply, WholeReply
 from mooer.llm.decoding import DecodingOptions, splice
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SpeechGeneration, SpeechReply, spoken_reply
 from mooer.speak import speak_natively, speak_reply, text_to_speech
-from mooer.tasks import Texts, decode
+from mooer.tasks import Texts, decode_waiting
 from mooer.text import language_of
 from mooer.transcribe import split_long
 from mooer.tts.backend import float_to_pcm16, split_sentences
@@ -150,16 +151,17 @@ class SessionWork:
 
     def texts(
         self, audio: np.ndarray, options: DecodingOptions, step_by_step: bool = False
-    ) -> tuple[Texts, torch.Tensor]:
+    ) -> Waiting[tuple[Texts, torch.Tensor]]:
         """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
 
         The audio is encoded once for every prompt the mode runs; a manual turn longer than the
-        model's segments is decoded in pieces, as ``transcribe()`` would.
+        model's segments is decoded in pieces, as ``transcribe()`` would. It yields what the
+        LLM backend is still working on (the engine serves others meanwhile).
         """
         pieces = [audio[a:b] for a, b in split_long(audio)]
         embeds, lengths = self.model.embed(pieces)  # (P, Ta, H), (P,)
-        texts = decode(
-            self.model, embeds, lengths, self.config.task, options, step_by_step=step_by_step
+        texts = yield from decode_waiting(
+            self.model, embeds, lengths, self.config.task, options, step_by_step
         )
         audio_embeds = torch.cat([embeds[p, : int(n)] for p, n in enumerate(lengths)])  # (Ta, H)
         return Texts.join(texts), audio_embeds
@@ -169,10 +171,10 @@ class SessionWork:
             self._track = _Track(item)
         return self._track
 
-    def partial(self, item: str, audio: np.ndarray) -> None:
+    def partial(self, item: str, audio: np.ndarray) -> Waiting[None]:
         if item != self.session.open_item:
             return  # cleared, or ended since: its final says more
-        texts, _ = self.texts(audio, self.config.partial_options, step_by_step=True)
+        texts, _ = yield from self.texts(audio, self.config.partial_options, step_by_step=True)
         transcript, translation = texts.transcript, texts.translation
         self.stats.partials += 1
         if item != self.session.open_item:
@@ -194,7 +196,7 @@ class SessionWork:
     ) -> Iterator[None]:
         track = self._track_of(item)
         try:
-            texts, audio_embeds = self.texts(audio, self.config.final_options)
+            texts, audio_embeds = yield from self.texts(audio, self.config.final_options)
             transcript, translation = texts.transcript, texts.translation
             question = None
             if self.conversation is not None:
@@ -248,7 +250,7 @@ class SessionWork:
             asked = question.item_id if question is not None else None
             self.outbox.deliver(ev.ResponseStarted(response.response_id, asked, response.item_id))
         self.stats.responses += 1
-        reply: Reply | None = None
+        reply: Reply | WholeReply | None = None
         status: ev.ResponseStatus = "cancelled"
         options = self.config.chat_options
         names = {"answer_id": response.item_id, "instructions": response.instructions}
@@ -280,6 +282,8 @@ class SessionWork:
                     **names,
                 )
             if reply is not None:
+                if reply.ready is not None:
+                    yield reply.ready  # a batching backend's answer: others run meanwhile
                 for text, audio in self._reply_pieces(response, reply):
                     if text:
                         if reply.text == text:  # the reply's first text

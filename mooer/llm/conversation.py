@@ -19,13 +19,18 @@ a turn is a user message and the assistant's answer), so a live session can also
 messages anywhere, drop one, or cut an answer to what was heard (OpenAI Realtime's conversation
 items): the cache keeps the messages before the first one changed and recomputes the rest.
 
+On a backend that takes whole prompts as embeddings (vLLM) there is no cache here: each reply
+re-sends the remembered prefix's embeddings before the question (vLLM's prefix caching reuses
+what it computed for the same prefix), and the answer comes back whole.
+
 The system turn holds the session's instructions (OpenAI Realtime ``session.instructions``);
 without any it is the released one byte for byte, the text the checkpoints were trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,9 +39,11 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from mooer.errors import ConfigError
-from mooer.llm.decoding import DecodingOptions
+from mooer.llm.backend import EmbedsBackend
+from mooer.llm.decoding import DecodingOptions, answer_ids
 from mooer.llm.generation import (
     Generation,
+    TextStream,
     embed_ids,
     forward_cached,
     require_single_beam,
@@ -252,6 +259,9 @@ class Conversation:
             dropped += 1
         if dropped and self._cached:  # cached keys carry their positions: rebuild
             self._cache = None
+        if self.backend is not None:  # the prefix is re-sent with each question
+            self._cached = len(self.messages)
+            return
         ids: list[int] = []
         if self._cache is None:
             self._cache = DynamicCache(config=self.model.llm.config)
@@ -357,13 +367,24 @@ class Conversation:
         keeps room.
         """
         require_single_beam(options)  # before anything changes
+        if self.backend is not None and kind is not None:
+            raise ConfigError(
+                f"{kind.__name__} needs the LLM's hidden states, which the "
+                f"{self.backend.name} backend does not return: use the hf backend"
+            )
         self._stop_active()
         if instructions.strip():
             system = self._embed_ids(self._ids(message_text("system", instructions.strip())))
             inputs_embeds = torch.cat([system.to(inputs_embeds.dtype), inputs_embeds], dim=1)
         room = options.max_new_tokens if new_tokens is None else new_tokens
         self.sync(incoming=inputs_embeds.shape[1] + room)
-        reply = (kind or Reply)(self, inputs_embeds, question or "", options, **generation)
+        if self.backend is not None:
+            prefix = self._embed_ids(self._system_ids + sum(self._message_ids, []))  # (1, P, H)
+            whole = torch.cat([prefix, inputs_embeds.to(prefix.dtype)], dim=1)  # (1, P + N, H)
+            asked = self.backend.complete(whole[0], options)
+            reply: Reply | WholeReply = WholeReply(self, asked, question or "", whole.shape[1])
+        else:
+            reply = (kind or Reply)(self, inputs_embeds, question or "", options, **generation)
         reply.memo = (
             Message("user", question, question_id) if question is not None else None,
             answer_id,
@@ -397,6 +418,12 @@ class Conversation:
         assert reply.turn is not None
         return reply.turn
 
+    @property
+    def backend(self) -> EmbedsBackend | None:
+        """The model's LLM backend when it takes whole prompts (vLLM); None: the cache here."""
+        backend = getattr(self.model, "llm_backend", None)  # None: an LLM and tokenizer alone
+        return backend if isinstance(backend, EmbedsBackend) else None
+
     def _stop_active(self) -> None:
         if self._active is not None:
             self._active.stop()
@@ -410,11 +437,11 @@ class Conversation:
             self._cache.crop(keep - self._cache.get_seq_length())
         self._cached = index
 
-    def _finish(self, reply: Reply) -> Turn:
+    def _finish(self, reply: Reply | WholeReply) -> Turn:
         """Crop the cache back to the remembered prefix and remember the reply's messages."""
-        assert self._cache is not None
-        with torch.inference_mode():
-            self._cache.crop(self.context_tokens - self._cache.get_seq_length())
+        if self._cache is not None:
+            with torch.inference_mode():
+                self._cache.crop(self.context_tokens - self._cache.get_seq_length())
         self._active = None
         question, answer_id, remember = reply.memo
         if remember:
@@ -442,6 +469,8 @@ class Reply(Generation):
     this one (``SpeechReply(Reply, SpeechGeneration)``).
     """
 
+    ready: Future[list[int]] | None = None  # computed here, token by token (see WholeReply)
+
     def __init__(
         self,
         conversation: Conversation,
@@ -464,4 +493,59 @@ class Reply(Generation):
 
     def _end(self, interrupted: bool) -> None:
         super()._end(interrupted)
+        self.turn = self.conversation._finish(self)
+
+
+class WholeReply:
+    """A chat answer from a backend that answers whole (vLLM): ``ready`` is done when the
+    answer is; then iterating gives its tokens as a ``Reply`` does, and the end (or ``stop``)
+    remembers the turn.
+
+    Iterating before ``ready`` is done waits for it: engine work yields ``ready`` first.
+    """
+
+    def __init__(
+        self, conversation: Conversation, ready: Future[list[int]], question: str, inputs: int
+    ) -> None:
+        self.conversation = conversation
+        self.ready = ready
+        self.question = question
+        self.ids: list[int] = []
+        self.ended = False
+        self.interrupted = False
+        self.turn: Turn | None = None
+        self.cached_tokens = 0  # the whole prompt is sent each time
+        self.input_tokens = inputs
+        self.memo: tuple[Message | None, str | None, bool] = (None, None, True)
+        self._text = TextStream(conversation.model.tokenizer)
+        self._tokens: Iterator[int] | None = None
+
+    @property
+    def text(self) -> str:
+        return self._text.text
+
+    def __iter__(self) -> WholeReply:
+        return self
+
+    def __next__(self) -> tuple[int, str]:
+        if self.ended:
+            raise StopIteration
+        if self._tokens is None:
+            eos = turn_end_id(self.conversation.model.tokenizer)
+            self._tokens = iter(answer_ids(self.ready.result(), eos, eos))
+        token = next(self._tokens, None)
+        if token is None:
+            self._end(interrupted=False)
+            raise StopIteration
+        self.ids.append(token)
+        return token, self._text.push(token)
+
+    def stop(self) -> None:
+        """End now (barge-in): the answer still being made is dropped; a no-op once ended."""
+        if not self.ended:
+            self.ready.cancel()
+            self._end(interrupted=True)
+
+    def _end(self, interrupted: bool) -> None:
+        self.ended, self.interrupted = True, interrupted
         self.turn = self.conversation._finish(self)

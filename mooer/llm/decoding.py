@@ -183,7 +183,7 @@ def generate_ids(
             streamer=streamer,
             **_generation_kwargs(options, eos_id, pad_id),
         )  # (B, N) new tokens only: no input ids were given
-    return [_answer(row, eos_id, pad_id) for row in output.tolist()]
+    return [answer_ids(row, eos_id, pad_id) for row in output.tolist()]
 
 
 def generate(
@@ -220,7 +220,8 @@ def _generation_kwargs(options: DecodingOptions, eos_id: int, pad_id: int) -> di
     }
 
 
-def _answer(row: list[int], eos_id: int, pad_id: int) -> list[int]:
+def answer_ids(row: list[int], eos_id: int, pad_id: int) -> list[int]:
+    """The generated ids up to (not including) the first ``eos_id``, ``pad_id`` dropped."""
     if eos_id in row:
         row = row[: row.index(eos_id)]
     return [token for token in row if token != pad_id]

@@ -45,12 +45,15 @@ def serve_main(
     record: bool = False,
     db: str | None = None,
     quantize: str | None = None,
+    llm_backend: str = "hf",
+    llm_url: str | None = None,
 ) -> int:
     """Load the model once and serve every protocol until SIGINT/SIGTERM (then drain).
 
     ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable; ``funasr_open``
     lets clients on ``funasr_port`` in without it. ``record`` keeps every live session as a
-    meeting in ``db`` (clients may ask for it per session anyway).
+    meeting in ``db`` (clients may ask for it per session anyway). ``quantize``,
+    ``llm_backend`` and ``llm_url``: see ``load_model``.
     """
     config = ServerConfig(
         host=host,
@@ -93,6 +96,8 @@ def serve_main(
         dtype=dtype,
         attention_heads=heads,
         quantize=quantize,
+        llm_backend=llm_backend,
+        llm_url=llm_url,
     )
     hub = Hub(speech_llm, Engine(speech_llm, threads=threads), config, defaults, meetings=store)
     where = f"{config.host}:{config.port}"
@@ -102,7 +107,10 @@ def serve_main(
         file=sys.stderr,
         flush=True,
     )
-    run(hub, log_level=log_level.lower())
+    try:
+        run(hub, log_level=log_level.lower())
+    finally:
+        speech_llm.llm_backend.close()  # vLLM's engine process, if any
     return 0
 
 

@@ -17,6 +17,7 @@ from mooer.agent import events as ev
 from mooer.agent.engine import Engine, StepRecord
 from mooer.agent.session import SessionConfig
 from mooer.errors import ConfigError
+from mooer.llm.backend import waiting
 
 MANUAL = SessionConfig(turn_detection=False)  # no VAD: the sessions only own jobs here
 
@@ -228,3 +229,58 @@ def test_close_finishes_queued_work_then_refuses_sessions(model):
         engine.schedule(_request([], "r", 1))
     with pytest.raises(ConfigError, match="threads"):
         Engine(model, threads=0)
+
+
+def _waits(log: list[str], name: str, future: concurrent.futures.Future):
+    log.append(f"{name} asks")
+    yield future  # a batching LLM backend's decode, running elsewhere
+    log.append(f"{name} got {future.result()}")
+
+
+def test_a_job_waiting_for_its_future_lets_the_others_run(engine):
+    a, b = engine.open(MANUAL), engine.open(MANUAL)
+    log: list[str] = []
+    answer: concurrent.futures.Future[str] = concurrent.futures.Future()
+    engine.submit(a, "final", _waits(log, "a", answer))
+    engine.submit(a, "control", lambda: log.append("a next"))  # behind the parked job
+    engine.submit(b, "response", _steps(log, "b", 3))
+    assert engine.wait_idle(b, timeout=10)
+    assert log == ["a asks", "b0", "b1", "b2"]  # the worker did not wait for a's answer
+    assert a.id not in engine.backlog()
+    answer.set_result("text")
+    assert engine.wait_idle(timeout=10)
+    assert log[4:] == ["a got text", "a next"]
+
+
+def test_discarding_a_waiting_job_frees_its_session(engine):
+    a = engine.open(MANUAL)
+    log: list[str] = []
+    never: concurrent.futures.Future[str] = concurrent.futures.Future()
+    engine.submit(a, "partial", _waits(log, "a", never))
+    engine.submit(a, "control", lambda: log.append("a next"))
+    engine.wait_idle(timeout=0.5)
+    engine.discard(a, partials_only=True)
+    assert engine.wait_idle(timeout=10)
+    assert log == ["a asks", "a next"]
+    never.set_result("late")  # nothing runs for it any more
+    assert engine.wait_idle(timeout=10) and log == ["a asks", "a next"]
+
+
+def test_a_dropped_job_cancels_the_decode_it_waits_for(engine):
+    a = engine.open(MANUAL)
+    asked: concurrent.futures.Future[str] = concurrent.futures.Future()
+    engine.submit(a, "partial", waiting([asked]))
+    assert not engine.wait_idle(timeout=0.5)  # parked on it
+    engine.discard(a, partials_only=True)
+    assert engine.wait_idle(timeout=10) and asked.cancelled()
+
+
+def test_a_final_drops_a_waiting_partial_and_runs(engine):
+    a = engine.open(MANUAL)
+    log: list[str] = []
+    asked: concurrent.futures.Future[str] = concurrent.futures.Future()
+    engine.submit(a, "partial", _waits(log, "partial", asked))
+    assert not engine.wait_idle(timeout=0.5)  # parked on it
+    engine.submit(a, "final", lambda: log.append("final"))
+    assert engine.wait_idle(timeout=10)
+    assert log == ["partial asks", "final"]

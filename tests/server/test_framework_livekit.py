@@ -3,7 +3,8 @@
 Driven as an ``AgentSession`` drives it, without a LiveKit room: chat-context sync with system,
 user and assistant messages, ``generate_reply()`` (the agent speaks first), a spoken turn
 answered with audio, the reply truncated as heard, a second spoken turn; no error on the way.
-The frameworks live in their own environment (``.ci/run`` makes it); elsewhere this skips.
+The frameworks live in their own environment (``scripts/setup.sh --tests`` makes it;
+``test_frameworks.py`` runs this file there); elsewhere this skips.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mooer.server.pcm import encode_pcm16
 
 pytest.importorskip(
     "livekit.plugins.openai",
-    reason="livekit-plugins-openai is not installed (.ci/run puts it in .venv-frameworks)",
+    reason="livekit-plugins-openai is not installed here (scripts/setup.sh --tests puts it in .venv-frameworks)",
 )
 
 

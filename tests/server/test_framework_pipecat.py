@@ -4,7 +4,8 @@ A pipeline as a Pipecat bot builds it, without a transport: the context aggregat
 service, the bot speaking first (``LLMRunFrame``) from its instructions and a context with user
 and assistant messages, then a spoken turn (server VAD) answered with audio, then a second; no
 error frame on the way (Pipecat ends the session at the first ``error`` event).
-The frameworks live in their own environment (``.ci/run`` makes it); elsewhere this skips.
+The frameworks live in their own environment (``scripts/setup.sh --tests`` makes it;
+``test_frameworks.py`` runs this file there); elsewhere this skips.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mooer.server.pcm import encode_pcm16
 
 pytest.importorskip(
     "pipecat.services.openai.realtime.llm",
-    reason="pipecat-ai is not installed (.ci/run puts it in .venv-frameworks)",
+    reason="pipecat-ai is not installed here (scripts/setup.sh --tests puts it in .venv-frameworks)",
 )
 
 

@@ -1,0 +1,188 @@
+"""Where the LLM stage runs: the seam between a prompt with audio embeddings and its answer.
+
+========  ==============================================================================
+backend   runs the LLM
+========  ==============================================================================
+hf        in this process with transformers (the default): beam search, the token loop,
+          chat memory as a KV cache, the speech head
+vllm      on vLLM, in this process (``VllmBackend``) or on a separately started vLLM
+          OpenAI server (``--llm-url``, ``RemoteBackend``): prompts go in as embeddings,
+          greedy or sampled tokens come back, and concurrent requests share one
+          continuously batched engine
+========  ==============================================================================
+
+A backend answers with futures, so that a caller on the engine's worker can start several
+decodes (several sessions', or one utterance's asr and ast prompts) and wait for them together:
+the hf backend's futures are done when it returns (it computes in place), vLLM's are done when
+its engine has the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from torch import Tensor
+
+from mooer.errors import ConfigError
+from mooer.llm.decoding import DecodingOptions, answer_ids, generate_ids, splice
+from mooer.llm.generation import Generation, turn_end_id
+
+if TYPE_CHECKING:
+    from mooer.model import SpeechLLM
+
+BACKENDS = ("hf", "vllm")
+T = TypeVar("T")
+
+# What a decode yields while it waits (the engine parks the job until the future is done).
+Waiting = Generator[Future, None, T]
+
+
+class LLMBackend(Protocol):
+    """Answers prompts whose audio embeddings come first (the ``splice`` layout)."""
+
+    name: str
+
+    def answers(
+        self,
+        model: SpeechLLM,
+        embeds: Tensor,
+        lengths: Tensor,
+        prompt: str,
+        options: DecodingOptions,
+        step_by_step: bool,
+    ) -> list[Future[str]]:
+        """One answer text per item of ``embeds`` (B, Ta, H) with ``lengths`` (B,), all asked
+        the templated ``prompt``; ``step_by_step``: the caller wants the token loop's answer
+        (live partials), which a batching backend gives anyway."""
+
+    def close(self) -> None:
+        """Stop the engine, if the backend has one."""
+
+
+def done(value: T) -> Future[T]:
+    """A future that already holds ``value``."""
+    future: Future[T] = Future()
+    future.set_result(value)
+    return future
+
+
+def waiting(futures: Sequence[Future[T]]) -> Waiting[list[T]]:
+    """Yield each future not yet done (a caller on the engine parks until it is); the results.
+
+    Closed before the end (the engine dropped the job), it cancels what is still running.
+    """
+    try:
+        for future in futures:
+            if not future.done():
+                yield future
+    finally:
+        for future in futures:
+            future.cancel()  # a no-op on the done ones
+    return [future.result() for future in futures]
+
+
+def run_blocking(steps: Waiting[T]) -> T:
+    """Drive ``steps`` to its end on this thread, blocking on each future it waits for."""
+    try:
+        while True:
+            wait_futures([next(steps)])
+    except StopIteration as finished:
+        return finished.value
+
+
+def one_by_one(model: SpeechLLM, embeds: Tensor, lengths: Tensor, prompt: str) -> Iterator[Tensor]:
+    """Each item's audio (B, Ta, H) spliced before ``prompt`` alone, unpadded: (1, L_b, H)."""
+    for b in range(len(embeds)):
+        one, length = embeds[b : b + 1], lengths[b : b + 1]  # (1, Ta, H), (1,)
+        yield splice(model.llm, model.tokenizer, one, length, [prompt])[0]
+
+
+class HFBackend:
+    """The LLM in this process with transformers: ``generate()`` (beam search) for whole
+    answers, the token loop for ``step_by_step`` ones."""
+
+    name = "hf"
+
+    def answers(
+        self,
+        model: SpeechLLM,
+        embeds: Tensor,
+        lengths: Tensor,
+        prompt: str,
+        options: DecodingOptions,
+        step_by_step: bool,
+    ) -> list[Future[str]]:
+        if not step_by_step:
+            ids = generate_ids(
+                model.llm, model.tokenizer, embeds, lengths, [prompt] * len(embeds), options
+            )
+            texts = [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
+            return [done(text) for text in texts]
+        texts = []
+        for inputs in one_by_one(model, embeds, lengths, prompt):
+            generation = Generation(model.llm, model.tokenizer, inputs, options)
+            for _ in generation:
+                pass
+            texts.append(done(generation.text))
+        return texts
+
+    def close(self) -> None:
+        pass
+
+
+class EmbedsBackend:
+    """A backend that takes whole prompts as embeddings and answers with token ids (vLLM in
+    this process or behind a server); subclasses implement ``complete``."""
+
+    name = "vllm"
+
+    def complete(self, inputs_embeds: Tensor, options: DecodingOptions) -> Future[list[int]]:
+        """The answer token ids to one prompt ``inputs_embeds`` (L, H), up to ``<|im_end|>``."""
+        raise NotImplementedError
+
+    def answers(
+        self,
+        model: SpeechLLM,
+        embeds: Tensor,
+        lengths: Tensor,
+        prompt: str,
+        options: DecodingOptions,
+        step_by_step: bool,
+    ) -> list[Future[str]]:
+        return [
+            self.text(model, self.complete(inputs[0], options))
+            for inputs in one_by_one(model, embeds, lengths, prompt)
+        ]
+
+    @staticmethod
+    def text(model: SpeechLLM, ids: Future[list[int]]) -> Future[str]:
+        """The answer text of the token ids ``ids`` will hold, read as the hf backend reads its."""
+        text: Future[str] = Future()
+        eos = turn_end_id(model.tokenizer)
+
+        def read(finished: Future[list[int]]) -> None:
+            try:
+                tokens = answer_ids(finished.result(), eos, eos)
+                text.set_result(model.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+            except BaseException as exc:  # the engine's failure goes to whoever waits
+                text.set_exception(exc)
+
+        ids.add_done_callback(read)
+        text.add_done_callback(lambda asked: asked.cancelled() and ids.cancel())
+        return text
+
+    def close(self) -> None:
+        pass
+
+
+def check_backend_name(name: str) -> None:
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown llm_backend {name!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def embeds_for_vllm(inputs_embeds: Tensor) -> Tensor:
+    """(L, H) on the CPU, contiguous: what vLLM and ``torch.save`` take."""
+    return inputs_embeds.detach().to("cpu").contiguous()
