@@ -15,6 +15,7 @@ import websockets
 from mooer.errors import ConfigError
 from mooer.server.config import ServerConfig
 from mooer.server.pcm import encode_pcm16
+from mooer.transcribe import SEGMENTER
 from tests.abuse.conftest import KEY
 from tests.server.test_funasr_ws import CONFIG, _expected, _free_port, _send_file
 
@@ -49,7 +50,7 @@ def test_a_key_in_the_first_message_or_a_clear_refusal(demo_server, demo_expecte
     assert "".join(r["text"] for r in replies) == demo_expected and "code" not in replies[-1]
 
 
-def test_funasr_open_opens_only_the_funasr_port(start_server, speech, session_defaults, offline):
+def test_funasr_open_opens_only_the_funasr_port(start_server, speech, offline):
     server = start_server(funasr_port=_free_port(), api_key=KEY, funasr_open=True)
     wave = speech[1]
 
@@ -59,7 +60,7 @@ def test_funasr_open_opens_only_the_funasr_port(start_server, speech, session_de
             return await _send_file(ws, encode_pcm16(wave), mode="offline")
 
     replies = asyncio.run(stock_client())
-    assert [r["text"] for r in replies if r["text"]] == _expected(wave, session_defaults, offline)
+    assert [r["text"] for r in replies if r["text"]] == _expected(wave, SEGMENTER, offline)
     # The main port's /funasr and the HTTP API (on either port) still want the key.
     reply, close = asyncio.run(_refusal(f"ws://{server.host}:{server.port}/funasr"))
     assert (reply["code"], close) == ("missing_api_key", 1008)
