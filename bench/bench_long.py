@@ -1,7 +1,7 @@
 """A long file of continuous speech through ``mooer transcribe`` and through HTTP (demo model).
 
 The file: held-out template sentences (never trained on) spoken by a held-out espeak-ng voice,
-one after another with pauses drawn from 150-700 ms (``mooer.train.continuous``). It is
+one after another with pauses drawn from 150-700 ms (``mooer.train.talk``). It is
 transcribed by ``mooer transcribe --json`` in a child process, then uploaded to ``mooer serve``
 (another child) at ``/v1/audio/transcriptions`` as ``verbose_json``. Reported: % words right
 (100 - WER against the sentences joined), sentences found word for word in a segment, and
