@@ -1,7 +1,7 @@
 """A long file of continuous speech through ``mooer transcribe`` and through HTTP (demo model).
 
 The file: held-out template sentences (never trained on) spoken by a held-out espeak-ng voice,
-one after another with pauses drawn from 150-700 ms (``mooer.train.continuous``). It is
+one after another with pauses drawn from 150-700 ms (``mooer.train.talk``). It is
 transcribed by ``mooer transcribe --json`` in a child process, then uploaded to ``mooer serve``
 (another child) at ``/v1/audio/transcriptions`` as ``verbose_json``. Reported: % words right
 (100 - WER against the sentences joined), sentences found word for word in a segment, and
@@ -25,13 +25,15 @@ import httpx
 import soundfile as sf
 
 from mooer.audio import SAMPLE_RATE
-from mooer.train.continuous import PAUSES_MS, continuous_speech, heldout_sentences
+from mooer.text import join_texts
 from mooer.train.metrics import cer, normalize_en, normalize_zh, wer
-from mooer.transcribe import join_texts
+from mooer.train.talk import heldout_sentences, spoken_talk
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_server import ServerProcess  # noqa: E402  (sibling scripts, not a package)
 from machine import describe  # noqa: E402
+
+PAUSES_S = (0.15, 0.7)  # the shortest and longest pause between two sentences
 
 
 def main() -> None:
@@ -41,11 +43,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="of the pauses")
     parser.add_argument("--keep", help="also write the file here")
     args = parser.parse_args()
-    sentences = heldout_sentences(args.sentences, args.lang)
-    samples, _ = continuous_speech(sentences, seed=args.seed)
+    sentences = [said for said, _ in heldout_sentences(args.sentences, args.lang)]
+    samples = spoken_talk([(s, s) for s in sentences], PAUSES_S, seed=args.seed).audio
     print(describe())
     print(
-        f"{len(sentences)} held-out {args.lang} sentences, pauses {PAUSES_MS[0]}-{PAUSES_MS[1]} ms:"
+        f"{len(sentences)} held-out {args.lang} sentences, pauses {PAUSES_S[0]}-{PAUSES_S[1]} s:"
         f" {samples.size / SAMPLE_RATE:.1f} s"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,11 +72,11 @@ def main() -> None:
         reply.raise_for_status()
         http = reply.json()
 
-    reference = join_texts([s.text for s in sentences])
+    reference = join_texts(sentences)
     error = 100 * (wer if args.lang == "en" else cer)([reference], [cli["text"]])  # %
     normalize = normalize_en if args.lang == "en" else normalize_zh
     found = {normalize(text) for text in cli["segment_texts"]}
-    exact = sum(normalize(s.text) in found for s in sentences)
+    exact = sum(normalize(s) in found for s in sentences)
     http_segments = [[s["start"], s["end"]] for s in http["segments"]]
     same = http["text"] == cli["text"] and http_segments == cli["segments"]
     unit = "words" if args.lang == "en" else "characters"

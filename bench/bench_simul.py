@@ -331,7 +331,7 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="each sentence's English and lag")
     args = parser.parse_args()
 
-    sentences = heldout_sentences(args.sentences, args.seed)
+    sentences = heldout_sentences(args.sentences, seed=args.seed)
     talks = {pause: spoken_talk(sentences, pause) for pause in args.pauses}
     print(describe())
     server = None

@@ -13,8 +13,8 @@ from mooer.errors import AudioError, ConfigError
 from mooer.llm.decoding import OFFLINE
 from mooer.llm.prompts import build_prompt
 from mooer.model import load_model
-from mooer.train.continuous import continuous_speech, heldout_sentences
 from mooer.train.metrics import word_errors
+from mooer.train.talk import heldout_sentences, spoken_talk
 from mooer.transcribe import SEGMENTER, join_texts, read_inputs, split_long, transcribe
 
 GREEDY = replace(OFFLINE, num_beams=1, max_new_tokens=8)
@@ -125,8 +125,9 @@ def test_silence_gives_empty_text_no_segments_and_no_decode(omni_model, tmp_path
 
 
 def test_a_long_file_of_sentences_with_short_pauses_loses_none(demo_model):
-    sentences = heldout_sentences(8)
-    samples, spans = continuous_speech(sentences, pauses_ms=(150, 400), seed=3)
+    sentences = heldout_sentences(8, "en")
+    talk = spoken_talk(sentences, (0.15, 0.4), seed=3)
+    samples, spans = talk.audio, talk.spans
     (result,) = transcribe(demo_model, [samples])
     # A pause between sentences always ends a segment; a long stop closure inside one may too
     # (espeak's audio of a sentence varies a little from call to call).
@@ -135,7 +136,7 @@ def test_a_long_file_of_sentences_with_short_pauses_loses_none(demo_model):
         assert any(-1600 <= begin - start <= 8000 for start in starts), (begin, starts)
     assert len(result.segments) <= len(sentences) + 1
     assert result.segments[-1][1] * SAMPLE_RATE >= spans[-1][1]
-    reference = " ".join(s.text for s in sentences)
+    reference = " ".join(said for said, _ in sentences)
     errors = word_errors(reference, result.text)
     # No sentence lost (few words missing); a sentence split at a stop closure can be misread
     assert errors.dels <= 0.1 * errors.ref_len, (result.text, reference)

@@ -1,9 +1,10 @@
 """Continuous speech for tests and benchmarks: held-out sentences spoken one after another.
 
-A speaker in a lecture leaves 100-300 ms between sentences, not the half second a voice
-activity detector waits for; ``spoken_talk`` joins held-out Mandarin template sentences (the
-demo model never trained on them) with a chosen pause, in a voice it never heard, and keeps
-where each sentence is, so segmentation and simultaneous translation can be scored per sentence.
+A speaker in a lecture or a meeting leaves 100-300 ms between sentences, not the half second a
+voice activity detector waits for; a long recording of many sentences is what a file
+transcriber meets. ``spoken_talk`` joins held-out template sentences (the demo model never
+trained on them) with chosen pauses, in a voice it never heard, and keeps where each sentence
+is, so segmentation, transcription and simultaneous translation can be scored per sentence.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from mooer.audio import SAMPLE_RATE, resample
-from mooer.errors import ConfigError
-from mooer.train.corpus import is_heldout, mandarin_pairs
+from mooer.errors import ConfigError, check_number
+from mooer.text import language_of
+from mooer.train.corpus import english_sentences, is_heldout, mandarin_pairs
 from mooer.train.synth import HELDOUT_VOICES, VoiceSpec
 from mooer.tts import espeak
 
 AUDIBLE = 1e-3  # sample magnitude (-60 dBFS) above which a clip's sound begins and ends
-TALK_VOICE = next(v for v in HELDOUT_VOICES if v.lang == "zh")  # cmn+m7, never trained
+LANGUAGES = ("zh", "en")
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class Talk:
     """Sentences spoken in a row: the audio and, per sentence, its texts and samples."""
 
     audio: np.ndarray  # float32 (N,) at 16 kHz
-    sentences: list[tuple[str, str]]  # (Mandarin, English reference)
+    sentences: list[tuple[str, str]]  # (what is said, its English: the translation or itself)
     spans: list[tuple[int, int]]  # [start, end) samples of each sentence's sound
 
     @property
@@ -36,36 +38,53 @@ class Talk:
         return self.audio.size / SAMPLE_RATE
 
 
-def heldout_sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """``n`` distinct held-out (Mandarin, English) pairs in an order fixed by ``seed``."""
-    pairs = [p for p in mandarin_pairs() if is_heldout(p[1])]
+def heldout_sentences(n: int, lang: str = "zh", seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` distinct held-out sentences in an order fixed by ``seed``: (Mandarin, English)
+    pairs, or for ``lang`` "en" (English, English)."""
+    if lang not in LANGUAGES:
+        raise ConfigError(f"lang must be one of {', '.join(LANGUAGES)}, got {lang!r}")
+    if lang == "zh":
+        pairs = [p for p in mandarin_pairs() if is_heldout(p[1])]
+    else:
+        pairs = [(s, s) for s in english_sentences() if is_heldout(s)]
     if not 0 < n <= len(pairs):
-        raise ConfigError(f"n must be in [1, {len(pairs)}] held-out sentences, got {n!r}")
-    random.Random(f"mooer-talk/{seed}").shuffle(pairs)
+        raise ConfigError(f"n must be in [1, {len(pairs)}] held-out {lang} sentences, got {n!r}")
+    random.Random(f"mooer-talk/{seed}" if lang == "zh" else f"mooer-talk/en/{seed}").shuffle(pairs)
     return pairs[:n]
 
 
 def spoken_talk(
     sentences: list[tuple[str, str]],
-    pause_s: float,
-    voice: VoiceSpec = TALK_VOICE,
+    pause_s: float | tuple[float, float],
+    voice: VoiceSpec | None = None,
+    seed: int = 0,
     lead_s: float = 0.5,
     tail_s: float = 1.0,
 ) -> Talk:
-    """The Mandarin of ``sentences`` spoken by ``voice``, ``pause_s`` of silence between them,
-    ``lead_s`` before the first and ``tail_s`` after the last."""
-    for name, value in (("pause_s", pause_s), ("lead_s", lead_s), ("tail_s", tail_s)):
-        if not isinstance(value, (int, float)) or not 0 <= value <= 10:
-            raise ConfigError(f"{name} must be a number of seconds in [0, 10], got {value!r}")
+    """What ``sentences`` say, spoken by ``voice`` (default: a held-out voice of their language)
+    with ``pause_s`` of silence between them (a (shortest, longest) pair: drawn for each pause
+    with ``seed``), ``lead_s`` before the first and ``tail_s`` after the last."""
+    low, high = pause_s if isinstance(pause_s, tuple) else (pause_s, pause_s)
+    for name, value in (
+        ("pause_s", low),
+        ("pause_s", high),
+        ("lead_s", lead_s),
+        ("tail_s", tail_s),
+    ):
+        check_number(value, name, 0, 10)
+    if low > high:
+        raise ConfigError(f"pause_s={pause_s!r}: expected (shortest, longest)")
+    rng = np.random.default_rng(seed)
     parts: list[np.ndarray] = [np.zeros(round(lead_s * SAMPLE_RATE), dtype=np.float32)]
     spans = []
     at = parts[0].size
-    for i, (zh, _) in enumerate(sentences):
-        pcm = espeak.synthesize(zh, voice.voice, voice.variant, voice.rate, voice.pitch)
+    for i, (said, _) in enumerate(sentences):
+        spec = voice or next(v for v in HELDOUT_VOICES if v.lang == language_of(said))
+        pcm = espeak.synthesize(said, spec.voice, spec.variant, spec.rate, spec.pitch)
         clip = resample(pcm.astype(np.float32) / 32768.0, espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
         sound = np.flatnonzero(np.abs(clip) > AUDIBLE)
         clip = clip[sound[0] : sound[-1] + 1]  # the pause is all the silence between sentences
-        gap = pause_s if i + 1 < len(sentences) else tail_s
+        gap = rng.uniform(low, high) if i + 1 < len(sentences) else tail_s
         parts += [clip, np.zeros(round(gap * SAMPLE_RATE), dtype=np.float32)]
         spans.append((at, at + clip.size))
         at += clip.size + parts[-1].size
