@@ -1,4 +1,5 @@
-"""A 3-hour silent FLAC posted to ``mooer serve``, with a normal 1-s request sent beside it.
+"""A 3-hour silent FLAC posted to ``mooer serve``, and a storm of websocket connects, each with a
+normal 1-s request sent beside it.
 
 The file (digital silence, PCM16 FLAC, about 0.5 MB) is written with soundfile a minute at a
 time. ``mooer serve`` runs in a child process with the demo model; its RSS is sampled every
@@ -11,12 +12,18 @@ refused from its header), and ``--raised`` as well: the limit raised above 3 hou
 upload is decoded and searched for speech in 5 s steps beside the normal request; its client
 gives up after ``--give-up`` seconds and the server must stop working on it.
 
-    python bench/bench_abuse.py [--hours 3] [--raised] [--give-up 10]
+Then ``--storm`` connections (default 200) open ``/v1/realtime`` at once, each sending a
+malformed frame and going away without a close, while the normal request is timed; the server
+must refuse nothing it should serve and stay within the same RSS bound.
+
+    python bench/bench_abuse.py [--hours 3] [--raised] [--give-up 10] [--storm 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 import tempfile
 import threading
@@ -27,6 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import soundfile as sf
+import websockets
 
 from mooer.audio import SAMPLE_RATE
 from mooer.tts import espeak
@@ -106,11 +114,52 @@ def run(big: Path, small: Path, serve_args: list[str], give_up: float) -> None:
         print(f"  normal request 1 s after: {after} in {after_s:.2f} s")
 
 
+async def _storm(ws_url: str, count: int) -> dict[str, int]:
+    """``count`` connects at once, each sends a frame that is not JSON and vanishes."""
+
+    async def one() -> str:
+        """What the server answered: the error code (invalid_json once it took the session)."""
+        try:
+            async with asyncio.timeout(30):
+                ws = await websockets.connect(f"{ws_url}/v1/realtime?model=mooer", open_timeout=30)
+                first = json.loads(await ws.recv())  # session.created, or a refusal
+                if first.get("type") != "error":
+                    await ws.send("{not json")
+                    first = json.loads(await ws.recv())
+                ws.transport.abort()  # gone without a close frame
+                return first.get("error", {}).get("code") or first.get("type", "?")
+        except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+            return type(exc).__name__
+
+    outcomes: dict[str, int] = {}
+    for outcome in await asyncio.gather(*(one() for _ in range(count))):
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    return outcomes
+
+
+def storm(small: Path, count: int) -> None:
+    with ServerProcess([]) as server:
+        post(server.http, small, 60)  # warm
+        before = server.rss_mb()
+        watch = RssWatch(server)
+        ws_url = server.http.replace("http://", "ws://")
+        with ThreadPoolExecutor(1) as pool:
+            flood = pool.submit(asyncio.run, _storm(ws_url, count))
+            time.sleep(0.2)
+            normal_s, normal = post(server.http, small, 60)
+            outcomes = flood.result()
+        peak = watch.stop()
+        print(f"  {count} connects: {outcomes}")
+        print(f"  normal request beside them: {normal} in {normal_s:.2f} s")
+        print(f"  server RSS {before:.0f} MB before, peak {peak:.0f} MB: +{peak - before:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=3.0)
     parser.add_argument("--raised", action="store_true", help="also with the limit raised")
     parser.add_argument("--give-up", type=float, default=10.0, help="client timeout (s)")
+    parser.add_argument("--storm", type=int, default=200, help="websocket connects at once")
     args = parser.parse_args()
     print(describe())
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +176,9 @@ def main() -> None:
             limit = str(args.hours * 3600 + 60)
             print(f"--max-request-audio {limit} (the upload is decoded; its client gives up):")
             run(big, small, ["--max-request-audio", limit], args.give_up)
+        if args.storm:
+            print(f"a storm of {args.storm} websocket connects:")
+            storm(small, args.storm)
 
 
 if __name__ == "__main__":
