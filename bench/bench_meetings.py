@@ -67,9 +67,16 @@ def fill(store: MeetingStore, count: int, seed: int = 0) -> list[str]:
                 "search_text": text if i % 2 == 0 else f"{text}\n{text}",
             })  # fmt: skip
         with store.engine.begin() as conn:
-            conn.execute(meetings.insert().values(
-                id=meeting_id, protocol="realtime", started_at=start, ended_at=start + 3600,
-                segment_count=len(rows), duration_ms=rows[-1]["end_ms"]))
+            conn.execute(
+                meetings.insert().values(
+                    id=meeting_id,
+                    protocol="realtime",
+                    started_at=start,
+                    ended_at=start + 3600,
+                    segment_count=len(rows),
+                    duration_ms=rows[-1]["end_ms"],
+                )
+            )
             conn.execute(segments.insert(), rows)  # fmt: skip
         ids.append(meeting_id)
     return ids

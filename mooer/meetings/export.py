@@ -36,7 +36,9 @@ def export_name(name: str | None, meeting_id: str, fmt: str) -> str:
     ``ConfigError`` (a name may not lead anywhere else: no folders, no ``..``)."""
     if name is None:
         return f"{meeting_id}.{fmt}"
-    bad = not name or name in (".", "..") or any(c in name for c in "/\\\0:") or name != name.strip()
+    bad = (
+        not name or name in (".", "..") or any(c in name for c in "/\\\0:") or name != name.strip()
+    )
     if bad or any(ord(c) < 32 for c in name):
         raise ConfigError(
             f"export name {name!r}: expected a plain file name such as 'minutes.{fmt}', "

@@ -66,8 +66,15 @@ class Recording:
             language = getattr(event, "language", None)
             self.store.keep(
                 self.meeting_id,
-                Segment(event.item_id, times.start_ms, times.end_ms, times.wall_start,
-                        times.wall_end, language=language, **text),  # fmt: skip
+                Segment(
+                    event.item_id,
+                    times.start_ms,
+                    times.end_ms,
+                    times.wall_start,
+                    times.wall_end,
+                    language=language,
+                    **text,
+                ),  # fmt: skip
             )
             self._last_end_ms = max(self._last_end_ms, times.end_ms)
 

@@ -425,4 +425,3 @@ def _verbose_segment(index: int, segment: Segment) -> dict[str, object]:
         "compression_ratio": 0.0,
         "no_speech_prob": 0.0,
     }
-

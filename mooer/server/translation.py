@@ -59,17 +59,19 @@ class TranslationProtocol(OpenAIWire):
         )
 
     def _describe(self) -> dict[str, Any]:
-        return self.with_meeting({
-            "id": self.session_id,
-            "object": "realtime.translation_session",
-            "type": "translation",
-            "model": self.model,
-            "expires_at": 0,
-            "audio": {
-                "input": {"transcription": self.transcription, "noise_reduction": None},
-                "output": {"language": OUTPUT_LANGUAGES[0], "voice": self.voice},
-            },
-        })
+        return self.with_meeting(
+            {
+                "id": self.session_id,
+                "object": "realtime.translation_session",
+                "type": "translation",
+                "model": self.model,
+                "expires_at": 0,
+                "audio": {
+                    "input": {"transcription": self.transcription, "noise_reduction": None},
+                    "output": {"language": OUTPUT_LANGUAGES[0], "voice": self.voice},
+                },
+            }
+        )
 
     def start(self) -> None:
         self.session = self.link.open_session(self._engine_config(), self.on_event)

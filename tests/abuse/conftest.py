@@ -155,7 +155,9 @@ class _Records(logging.Handler):
 def _clean_logs(request) -> Iterator[None]:
     """After every test: no traceback or error in the in-process servers' log records, and no
     traceback or key in what the demo server logged meanwhile."""
-    served = request.getfixturevalue("demo_server") if "demo_server" in request.fixturenames else None
+    served = (
+        request.getfixturevalue("demo_server") if "demo_server" in request.fixturenames else None
+    )
     start = len(served.log_text()) if served else 0
     records = _Records()
     loggers = [logging.getLogger(name) for name in ("mooer", "uvicorn")]

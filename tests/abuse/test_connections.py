@@ -90,7 +90,10 @@ def test_half_open_sockets_do_not_hold_up_others(demo_server, still_serves):
 def test_a_consumer_that_does_not_read_gets_everything_later(demo_server, demo_expected):
     wave = np.concatenate([load_audio(NORMAL_WAV), silence(1.0)])
     turns = np.concatenate([silence(0.5), wave, wave, wave])
-    update = {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}
+    update = {
+        "type": "transcription",
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+    }
     # max_queue=1: the client stops reading its socket; the server's sends back up.
     with connect(demo_server.ws(), additional_headers=BEARER, max_queue=1) as slow:
         slow.send(json.dumps({"type": "session.update", "session": update}))
@@ -103,7 +106,9 @@ def test_a_consumer_that_does_not_read_gets_everything_later(demo_server, demo_e
             read_until(other, lambda e: e["type"] == "session.created")
             other.send(json.dumps({"type": "session.update", "session": update}))
             other.send(encode_pcm16(np.concatenate([silence(0.5), wave])))
-            assert read_until(other, lambda e: e["type"] == FINAL)[-1]["transcript"] == demo_expected
+            assert (
+                read_until(other, lambda e: e["type"] == FINAL)[-1]["transcript"] == demo_expected
+            )
         events = []
         while sum(e["type"] == FINAL for e in events) < 3:
             events.append(json.loads(slow.recv(timeout=60)))

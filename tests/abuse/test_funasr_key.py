@@ -34,7 +34,12 @@ def test_a_key_in_the_first_message_or_a_clear_refusal(demo_server, demo_expecte
     url = f"ws://127.0.0.1:{demo_server.funasr_port}"
     for config, code in (({}, "missing_api_key"), ({"api_key": "nope"}, "invalid_api_key")):
         reply, close = asyncio.run(_refusal(url, **config))
-        assert (reply["code"], reply["is_final"], reply["is_end"], close) == (code, True, True, 1008)
+        assert (reply["code"], reply["is_final"], reply["is_end"], close) == (
+            code,
+            True,
+            True,
+            1008,
+        )
         assert reply["wav_name"] == CONFIG["wav_name"] and reply["text"] == ""
     assert '"api_key" in the first JSON message' in asyncio.run(_refusal(url))[0]["error"]
 

@@ -36,7 +36,9 @@ scalars = (
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -52,7 +54,9 @@ def some_of(**fields: st.SearchStrategy) -> st.SearchStrategy:
 
 
 def event(kind: str, **fields: st.SearchStrategy) -> st.SearchStrategy:
-    return st.fixed_dictionaries({"type": st.just(kind)}, optional={"event_id": json_values, **fields})
+    return st.fixed_dictionaries(
+        {"type": st.just(kind)}, optional={"event_id": json_values, **fields}
+    )
 
 
 audio = st.binary(max_size=4800).map(lambda b: base64.b64encode(b).decode()) | json_values
@@ -81,7 +85,9 @@ realtime_session = some_of(
     output_audio_format=field("pcm16"),
     turn_detection=turn_detection,
     voice=voice,
-    mooer=some_of(task=field("asr", "ast", "asr+ast", "chat"), partial_interval_ms=field(0, 100, 480)),
+    mooer=some_of(
+        task=field("asr", "ast", "asr+ast", "chat"), partial_interval_ms=field(0, 100, 480)
+    ),
 )
 message = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
 realtime_events = st.one_of(
@@ -128,7 +134,12 @@ funasr_frames = some_of(
 
 def frames(events: st.SearchStrategy) -> st.SearchStrategy:
     """Text frames: mostly protocol-shaped events, also any JSON and any text."""
-    return st.one_of(events.map(json.dumps), events.map(json.dumps), json_values.map(json.dumps), st.text(max_size=30))
+    return st.one_of(
+        events.map(json.dumps),
+        events.map(json.dumps),
+        json_values.map(json.dumps),
+        st.text(max_size=30),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +150,7 @@ def fuzzed(start_server):
 def _openai_exchange(ws, frame: str) -> None:
     ws.send(frame)
     ws.send(json.dumps({"type": SENTINEL}))
-    answers = read_until(
-        ws, lambda e: e["type"] == "error" and SENTINEL in e["error"]["message"]
-    )
+    answers = read_until(ws, lambda e: e["type"] == "error" and SENTINEL in e["error"]["message"])
     for answer in answers:
         assert answer["type"] != "error" or answer["error"]["type"] != "server_error", answer
 

@@ -65,5 +65,7 @@ def test_funasr_refuses_absurd_numbers_naming_the_field(demo_server, still_serve
         for frame, param in FUNASR_CASES:
             ws.send(json.dumps(frame))
             reply = json.loads(ws.recv(timeout=10))
-            assert reply["code"] == "invalid_value" and reply["error"].startswith(f"{param}="), reply
+            assert reply["code"] == "invalid_value" and reply["error"].startswith(f"{param}="), (
+                reply
+            )
     still_serves()

@@ -177,7 +177,11 @@ def test_continuous_speech_gets_a_final_per_sentence(engine):
     stopped = [e.audio_end_ms for e in recorder.of(ev.SpeechStopped)]
     assert len(stopped) == len(talk.spans) == 8
     for end_ms, (_, end) in zip(stopped, talk.spans):
-        assert end * 1000 // SAMPLE_RATE - 32 <= end_ms <= (end + 0.15 * SAMPLE_RATE) * 1000 // SAMPLE_RATE
+        assert (
+            end * 1000 // SAMPLE_RATE - 32
+            <= end_ms
+            <= (end + 0.15 * SAMPLE_RATE) * 1000 // SAMPLE_RATE
+        )
     transcripts = [e.text for e in recorder.of(ev.Transcript)]
     translations = [e.text for e in recorder.of(ev.Translation)]
     assert len(transcripts) == len(translations) == 8

@@ -161,7 +161,9 @@ def test_long_speech_is_cut_at_a_quiet_point_within_max_segment():
 @pytest.mark.parametrize(
     ("min_silence_ms", "shrink_s", "segments"), [(500, None, 1), (150, None, 2), (500, 1.5, 2)]
 )
-def test_min_silence_decides_whether_a_300ms_pause_ends_the_turn(min_silence_ms, shrink_s, segments):
+def test_min_silence_decides_whether_a_300ms_pause_ends_the_turn(
+    min_silence_ms, shrink_s, segments
+):
     """Unless the wait shrinks: after 3 s of speech 300 ms is a sentence's end."""
     stream = _noisy(SPEECH[0], _silence(0.3), SPEECH[1], _silence(1))
     config = VadConfig(min_silence_ms=min_silence_ms, shrink_s=shrink_s)

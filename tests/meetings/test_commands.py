@@ -47,5 +47,7 @@ def test_list_show_export_delete(tmp_path, capsys):
 
     assert mooer("meetings", "delete", meeting, "--db", db).returncode == 0
     gone = mooer("meetings", "show", meeting, "--db", db)
-    assert gone.returncode == 2 and gone.stderr == f"mooer: error: no meeting {meeting} in " \
-        f"sqlite:///{db}\n"
+    assert (
+        gone.returncode == 2
+        and gone.stderr == f"mooer: error: no meeting {meeting} in sqlite:///{db}\n"
+    )

@@ -18,8 +18,15 @@ T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 def meeting(ended: bool = True) -> Meeting:
     segments = [
         Segment("i1", 1200, 4050, T0 + 1.2, T0 + 4.05, "今天天气不错", "nice weather today"),
-        Segment("i2", 3_725_500, 3_727_000, T0 + 3725.5, T0 + 3727, "a | b <i>x</i> & c",
-                speaker="speaker 2"),  # fmt: skip
+        Segment(
+            "i2",
+            3_725_500,
+            3_727_000,
+            T0 + 3725.5,
+            T0 + 3727,
+            "a | b <i>x</i> & c",
+            speaker="speaker 2",
+        ),  # fmt: skip
     ]
     info = MeetingInfo("mtg_0123456789abcdef0123", "realtime", T0, T0 + 3800 if ended else None,
                        len(segments), 3_727_000)  # fmt: skip

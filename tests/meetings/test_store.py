@@ -34,7 +34,9 @@ def test_segments_are_kept_in_stream_order_with_times_and_translations(store):
     assert [s.item_id for s in kept.segments] == ["item_a", "item_b"]
     first = kept.segments[0]
     assert (first.start_ms, first.end_ms) == (250, 3100)
-    assert first.wall_start == pytest.approx(T0 + 0.25) and first.wall_end == pytest.approx(T0 + 3.1)
+    assert first.wall_start == pytest.approx(T0 + 0.25) and first.wall_end == pytest.approx(
+        T0 + 3.1
+    )
     assert (first.transcript, first.translation, first.language) == (
         "今天天气不错", "nice weather today", "zh"
     )  # fmt: skip

@@ -42,7 +42,9 @@ def _record(name: str, msg: str, args: tuple) -> logging.LogRecord:
 def test_filter_keeps_uvicorn_access_arguments_a_tuple_and_drops_its_early_accepted_line():
     secrets = ServerLogFilter(KEY)
     access = _record(
-        "uvicorn.access", '%s - "%s %s HTTP/%s" %d', ("1.2.3.4:5", "GET", f"/?api_key={KEY}", "1.1", 200)
+        "uvicorn.access",
+        '%s - "%s %s HTTP/%s" %d',
+        ("1.2.3.4:5", "GET", f"/?api_key={KEY}", "1.1", 200),
     )
     assert secrets.filter(access)
     assert access.args == ("1.2.3.4:5", "GET", "/?api_key=[redacted]", "1.1", 200)
@@ -51,7 +53,9 @@ def test_filter_keeps_uvicorn_access_arguments_a_tuple_and_drops_its_early_accep
     try:
         raise ValueError(f"bad key {KEY}")
     except ValueError:
-        failed = logging.LogRecord("mooer.server", logging.ERROR, __file__, 1, "x", (), sys.exc_info())
+        failed = logging.LogRecord(
+            "mooer.server", logging.ERROR, __file__, 1, "x", (), sys.exc_info()
+        )
     assert secrets.filter(failed) and KEY not in failed.exc_text
 
 

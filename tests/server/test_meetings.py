@@ -232,8 +232,23 @@ def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     db = tmp_path / "meetings.db"
-    command = [sys.executable, "-m", "mooer.cli", "serve", "--record", "--db", str(db),
-               "--port", str(port), "--beam", "1", "--threads", "1", "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "mooer.cli",
+        "serve",
+        "--record",
+        "--db",
+        str(db),
+        "--port",
+        str(port),
+        "--beam",
+        "1",
+        "--threads",
+        "1",
+        "--log-level",
+        "warning",
+    ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
