@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,9 +21,10 @@ from mooer.asr.segmenter import cut_blocks
 from mooer.asr.vad import VadConfig
 from mooer.audio import SAMPLE_RATE, AudioStream, AudioTooLong, load_audio
 from mooer.errors import ConfigError, MooerError, check_number
+from mooer.llm.backend import Waiting
 from mooer.llm.decoding import OFFLINE, DecodingOptions
 from mooer.model import SpeechLLM
-from mooer.tasks import Texts, check_task, decode
+from mooer.tasks import Texts, check_task, decode, decode_waiting
 from mooer.text import join_texts
 
 # How recordings are cut: the live sessions' turn detection, the endpoint wait shrinking to
@@ -251,10 +252,11 @@ def transcribe_steps(
     task: str,
     options: DecodingOptions,
     vad: VadConfig = SEGMENTER,
-) -> Generator[None, None, Result]:
+) -> Waiting[Result]:
     """Engine work: ``transcribe`` of one file in bounded steps, each one block of decoding and
     voice activity or one utterance's decode, so a long file never holds up other clients
-    for long. Closing the generator stops the work and closes the file."""
+    for long; a decode on a batching LLM backend (vLLM) is yielded as the future to wait for.
+    Closing the generator stops the work and closes the file."""
     check_task(model, task)
     parts: list[Texts] = []
     result = Result(audio=stream.name, text="")
@@ -262,6 +264,6 @@ def transcribe_steps(
         for audio in ended:
             yield
             embeds, lengths = model.embed([audio])  # (1, Ta, H), (1,)
-            parts += decode(model, embeds, lengths, task, options)
+            parts += yield from decode_waiting(model, embeds, lengths, task, options)
         yield
     return settle(result, task, parts)

@@ -72,20 +72,21 @@ class Request(Generic[T]):
     it (the caller went away) stops the work at its next step.
     """
 
-    def __init__(self, request_id: str, work: Generator[None, None, T]) -> None:
+    def __init__(self, request_id: str, work: Generator[Future | None, None, T]) -> None:
         self.id = request_id
         self.future: Future[T] = Future()
         self._work = work
 
-    def steps(self) -> Iterator[None]:
+    def steps(self) -> Iterator[Future | None]:
+        """The work's steps, passing on the decodes it waits for (see ``Engine``)."""
         while not self.future.cancelled():
             try:
-                next(self._work)
+                waits_for = next(self._work)
             except StopIteration as done:
                 if self.future.set_running_or_notify_cancel():  # False: cancelled meanwhile
                     self.future.set_result(done.value)
                 return
-            yield
+            yield waits_for
         self._work.close()
 
     def report_error(self, exc: BaseException) -> None:
@@ -256,7 +257,9 @@ class Engine:
         self._worker.join(timeout)
         return done
 
-    def schedule(self, work: Generator[None, None, T], label: str = "request") -> Future[T]:
+    def schedule(
+        self, work: Generator[Future | None, None, T], label: str = "request"
+    ) -> Future[T]:
         """Run ``work`` on the worker as a client of its own, one step (``next``) per turn of
         the round; the future gets its return value. For offline work such as an uploaded
         file, a segment per step: see the module docstring for what that guarantees."""

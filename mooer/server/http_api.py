@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mooer.audio import AudioStream, AudioTooLong
 from mooer.errors import ConfigError, MooerError
+from mooer.llm.backend import Waiting
 from mooer.llm.decoding import DecodingOptions
 from mooer.meetings.export import subtitles
 from mooer.model import SpeechLLM
@@ -84,7 +85,7 @@ def transcription_work(
     filename: str,
     task: str,
     options: DecodingOptions,
-) -> Generator[None, None, Result]:
+) -> Waiting[Result]:
     """Engine work: the upload cut and decoded by ``transcribe_steps``, one bounded step at a
     time (a block of decoding and voice activity, or one utterance), exactly as ``mooer
     transcribe`` cuts and decodes the same file; its audio errors as the client's."""

@@ -284,3 +284,21 @@ def test_a_final_drops_a_waiting_partial_and_runs(engine):
     engine.submit(a, "final", lambda: log.append("final"))
     assert engine.wait_idle(timeout=10)
     assert log == ["partial asks", "final"]
+
+
+def test_a_request_waiting_for_its_future_lets_the_others_run(engine):
+    """An upload decoded on a batching backend parks as a session's job does."""
+    a = engine.open(MANUAL)
+    log: list[str] = []
+    answer: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+    def upload():
+        yield from _waits(log, "upload", answer)
+        return answer.result()
+
+    result = engine.schedule(upload(), "upload")
+    engine.submit(a, "response", _steps(log, "a", 3))
+    assert engine.wait_idle(a, timeout=10)
+    assert log == ["upload asks", "a0", "a1", "a2"] and not result.done()
+    answer.set_result("text")
+    assert result.result(timeout=10) == "text" and log[-1] == "upload got text"
