@@ -13,9 +13,9 @@ from mooer.errors import AudioError, ConfigError
 from mooer.llm.decoding import OFFLINE
 from mooer.llm.prompts import build_prompt
 from mooer.model import load_model
+from mooer.text import join_texts
 from mooer.train.metrics import word_errors
 from mooer.train.talk import heldout_sentences, spoken_talk
-from mooer.text import join_texts
 from mooer.transcribe import SEGMENTER, read_inputs, split_long, transcribe
 
 GREEDY = replace(OFFLINE, num_beams=1, max_new_tokens=8)
