@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mooer.server.connection import ProtocolError
+from mooer.text import units
 
 ROOT = "root"  # previous_item_id that puts an item first
 KEPT_SPEECH = 8  # spoken replies whose audio is kept (truncate, retrieve); older ones drop it
@@ -54,8 +55,8 @@ class Speech:
         """Keep the audio before ``end_ms`` and the transcript heard by then; that transcript.
 
         Within the audio delta playing at ``end_ms`` (a sentence, or a token of a speech
-        head), the words heard are taken in proportion to its audio played; text after the
-        last audio delta was never heard.
+        head), the words heard are taken in proportion to its audio played, whole words only (a
+        word cut short is not what was said); text after the last audio delta was never heard.
         """
         end = min(len(self.pcm), end_ms * self.rate // 1000 * 2)
         heard, start_bytes, start_chars = 0, 0, 0
@@ -65,9 +66,11 @@ class Speech:
             else:
                 part = self.transcript[start_chars:stop_chars]
                 share = len(part) * (end - start_bytes) // max(1, stop_bytes - start_bytes)
-                if " " in part.strip():  # words: whole ones only
-                    share = max(0, part.rfind(" ", 0, share + 1))
-                heard = start_chars + share
+                heard = start_chars
+                for unit in units(part):  # whole words only (a CJK character is one)
+                    if heard + len(unit) > start_chars + share:
+                        break
+                    heard += len(unit)
                 break
             start_bytes, start_chars = stop_bytes, stop_chars
         self.pcm = self.pcm[:end]
