@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -313,16 +313,30 @@ class Session:
             self._control(lambda work: work.conversation.rewrite(item_id, text))
 
     def create_response(
-        self, instructions: str = "", remember: bool = True, speak: bool | None = None
+        self,
+        instructions: str = "",
+        remember: bool = True,
+        speak: bool | None = None,
+        context: Sequence[tuple[str, str]] | None = None,
     ) -> str:
         """Chat: reply to the spoken turn waiting for its answer, else to the conversation as
         remembered; returns the response id.
 
         ``instructions``: the reply's own, besides the session's; ``remember`` False: an
         out-of-band reply, not remembered; ``speak``: spoken or not (default: as
-        ``speech_output``).
+        ``speech_output``); ``context``: (role, text) messages the reply answers instead of the
+        conversation (the waiting turn keeps waiting; the reply is remembered if ``remember``).
         """
         self._require_chat("create_response")
+        messages = None
+        if context is not None:
+            messages = tuple(Message(role, text) for role, text in context)
+            for i, message in enumerate(messages):
+                if message.role not in ROLES or not isinstance(message.text, str):
+                    raise ConfigError(
+                        f"session {self.id}: context[{i}] must be (a role of {ROLES}, a text), "
+                        f"got {(message.role, message.text)!r}"
+                    )
         with self._lock:
             self._check_open("create_response")
             response = self._responses.new(
@@ -330,6 +344,7 @@ class Session:
                 self.config.speech_output if speak is None else speak,
                 instructions=instructions,
                 remember=remember,
+                context=messages,
             )
             asked = time.perf_counter()
             self.engine.submit(self, "response", self._work.respond_to_pending(response, asked))

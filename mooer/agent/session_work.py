@@ -63,7 +63,8 @@ class PendingResponse:
 
     ``item_id`` names the assistant message it makes; ``speak``: its text is also spoken;
     ``instructions``: its own (read just before it, not remembered); ``remember`` False: an
-    out-of-band reply, not remembered.
+    out-of-band reply, not remembered; ``context``: the messages it answers instead of the
+    conversation.
     """
 
     response_id: str
@@ -71,6 +72,7 @@ class PendingResponse:
     speak: bool = False
     instructions: str = ""
     remember: bool = True
+    context: tuple[Message, ...] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: bool = False  # ResponseStarted was sent (under the outbox's lock)
 
@@ -233,7 +235,7 @@ class SessionWork:
         remembered (the assistant may speak first). An out-of-band reply answers the memory,
         the waiting turn's transcript put there first."""
         question = None
-        if response.remember:
+        if response.remember and response.context is None:
             question, self._unanswered = self._unanswered, None
         else:
             self._settle()
@@ -260,6 +262,8 @@ class SessionWork:
                     conversation.add(Message("user", question.question, question.item_id))
                 if response.remember:
                     conversation.add(Message("assistant", "", response.item_id, True))
+            elif response.context is not None:
+                reply = self._answer_context(response, options)
             elif question is None:
                 reply = conversation.respond(options, remember=response.remember, **names)
             elif response.speak and self.model.has_speech_head:
@@ -295,6 +299,10 @@ class SessionWork:
                 reply.stop()
                 assert reply.turn is not None
                 status = "cancelled" if reply.turn.interrupted else "completed"
+                if response.context is not None and response.remember:
+                    conversation.add(
+                        Message("assistant", reply.text, response.item_id, reply.turn.interrupted)
+                    )
                 if status == "completed" and response.speak:
                     self.outbox.emit(ev.ResponseAudioDone(response.response_id))
         except Exception as exc:  # the Error says why; the session goes on
@@ -317,6 +325,15 @@ class SessionWork:
                     len(reply.ids),
                 )
             self.outbox.emit(done)
+
+    def _answer_context(self, response: PendingResponse, options: DecodingOptions) -> Reply:
+        """A reply to ``response.context`` alone, in a conversation of its own (its cache too)."""
+        assert response.context is not None
+        config = self.config
+        own = Conversation(self.model, config.max_context_tokens, config.instructions)
+        for message in response.context:
+            own.add(message)
+        return own.respond(options, instructions=response.instructions)
 
     def _reply_pieces(
         self, response: PendingResponse, reply: Reply

@@ -39,7 +39,7 @@ from mooer.audio import SAMPLE_RATE
 from mooer.server.connection import CLOSE_NORMAL, Link, ProtocolError, new_id
 from mooer.server.openai_wire import OpenAIWire, audio_pieces, error_kind, json_object
 from mooer.server.pcm import WireDecoder
-from mooer.server.realtime_items import ROOT, Items, Speech, read_message
+from mooer.server.realtime_items import ROOT, Items, Speech, read_input, read_message
 from mooer.server.realtime_session import RealtimeSettings, apply_update, read_modalities
 
 MIN_COMMIT_MS = 100  # OpenAI refuses to commit less audio than this
@@ -279,7 +279,8 @@ class RealtimeProtocol(OpenAIWire):
 
     def _response_create(self, event: dict[str, Any]) -> None:
         """A reply: to the spoken turn waiting for one, else to the conversation as it is (with
-        no user turn, the assistant speaks first), with the ``response`` object's fields."""
+        no user turn, the assistant speaks first), or with ``input`` to those items alone; with
+        the ``response`` object's other fields."""
         self._require_chat("response.create")
         asked = json_object(event.get("response"), "response")
         conversation = asked.get("conversation", "auto")
@@ -295,12 +296,9 @@ class RealtimeProtocol(OpenAIWire):
                 "conversation_already_has_active_response",
                 f"response {self._active_id()} is still in progress",
             )
+        context = None  # the conversation; "input": a context of the reply's own
         if asked.get("input") is not None:
-            raise ProtocolError(
-                "unsupported_value",
-                "response.input is not served: a response answers the conversation",
-                "response.input",
-            )
+            context = read_input(asked["input"], self.conversation)
         audio = self.settings.speaks
         if "output_modalities" in asked:
             audio = "audio" in read_modalities(
@@ -316,7 +314,7 @@ class RealtimeProtocol(OpenAIWire):
             raise ProtocolError(
                 "invalid_value", "response.metadata must be an object", "response.metadata"
             )
-        response_id = self.session.create_response(instructions, remember, audio)
+        response_id = self.session.create_response(instructions, remember, audio, context)
         self.requests[response_id] = _Request(audio, remember, metadata)
 
     def _asked(self) -> bool:

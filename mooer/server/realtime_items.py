@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mooer.server.connection import ProtocolError
+from mooer.text import units
 
 ROOT = "root"  # previous_item_id that puts an item first
 KEPT_SPEECH = 8  # spoken replies whose audio is kept (truncate, retrieve); older ones drop it
@@ -54,8 +55,8 @@ class Speech:
         """Keep the audio before ``end_ms`` and the transcript heard by then; that transcript.
 
         Within the audio delta playing at ``end_ms`` (a sentence, or a token of a speech
-        head), the words heard are taken in proportion to its audio played; text after the
-        last audio delta was never heard.
+        head), the words heard are taken in proportion to its audio played, whole words only (a
+        word cut short is not what was said); text after the last audio delta was never heard.
         """
         end = min(len(self.pcm), end_ms * self.rate // 1000 * 2)
         heard, start_bytes, start_chars = 0, 0, 0
@@ -65,9 +66,11 @@ class Speech:
             else:
                 part = self.transcript[start_chars:stop_chars]
                 share = len(part) * (end - start_bytes) // max(1, stop_bytes - start_bytes)
-                if " " in part.strip():  # words: whole ones only
-                    share = max(0, part.rfind(" ", 0, share + 1))
-                heard = start_chars + share
+                heard = start_chars
+                for unit in units(part):  # whole words only (a CJK character is one)
+                    if heard + len(unit) > start_chars + share:
+                        break
+                    heard += len(unit)
                 break
             start_bytes, start_chars = stop_bytes, stop_chars
         self.pcm = self.pcm[:end]
@@ -139,8 +142,9 @@ class Items:
         return item
 
 
-def read_message(item: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """A ``conversation.item.create`` item -> (role, its text, the item as stored and echoed).
+def read_message(item: dict[str, Any], name: str = "item") -> tuple[str, str, dict[str, Any]]:
+    """A ``conversation.item.create`` item -> (role, its text, the item as stored and echoed);
+    ``name``: the item's place in the event, for errors.
 
     Messages only (mooer has no tools); audio content is taken by its ``transcript``.
     """
@@ -148,24 +152,26 @@ def read_message(item: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     if kind != "message":
         raise ProtocolError(
             "unsupported_value",
-            f"item.type {kind!r} is not served: mooer takes messages (it has no tools)",
-            "item.type",
+            f"{name}.type {kind!r} is not served: mooer takes messages (it has no tools)",
+            f"{name}.type",
         )
     role = item.get("role")
     if role not in CONTENT:
         raise ProtocolError(
             "invalid_value",
-            f"item.role {role!r}: expected 'user', 'assistant' or 'system'",
-            "item.role",
+            f"{name}.role {role!r}: expected 'user', 'assistant' or 'system'",
+            f"{name}.role",
         )
     parts = item.get("content")
     if not isinstance(parts, list):
         raise ProtocolError(
-            "invalid_value", "item.content must be a list of content parts", "item.content"
+            "invalid_value",
+            f"{name}.content must be a list of content parts",
+            f"{name}.content",
         )
     texts = []
     for i, part in enumerate(parts):
-        param = f"item.content[{i}]"
+        param = f"{name}.content[{i}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in CONTENT[role]:
             raise ProtocolError(
@@ -184,7 +190,7 @@ def read_message(item: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             )
         texts.append(text.strip())
     if not texts:
-        raise ProtocolError("invalid_value", "item.content has no part", "item.content")
+        raise ProtocolError("invalid_value", f"{name}.content has no part", f"{name}.content")
     stored = {
         "id": item.get("id"),
         "object": "realtime.item",
@@ -194,3 +200,36 @@ def read_message(item: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         "content": [{k: v for k, v in p.items() if k != "audio"} for p in parts],
     }
     return role, " ".join(texts), stored
+
+
+def read_input(entries: object, items: Items) -> list[tuple[str, str]]:
+    """A ``response.create``'s ``input`` -> the (role, text) messages of the reply's own context:
+    messages given there, and items of the conversation named by ``item_reference``."""
+    if not isinstance(entries, list):
+        raise ProtocolError(
+            "invalid_value", "response.input must be a list of items", "response.input"
+        )
+    context = []
+    for i, entry in enumerate(entries):
+        name = f"response.input[{i}]"
+        if not isinstance(entry, dict):
+            raise ProtocolError("invalid_value", f"{name} must be an object", name)
+        if entry.get("type") != "item_reference":
+            role, text, _ = read_message(entry, name)
+            context.append((role, text))
+            continue
+        item = items.get(entry.get("id"), f"{name}.id")
+        texts = [
+            part.get(CONTENT[item["role"]].get(part.get("type"), ""))
+            for part in item.get("content", [])
+            if item.get("type") == "message" and item.get("role") in CONTENT
+        ]
+        text = " ".join(t.strip() for t in texts if isinstance(t, str) and t.strip())
+        if not text:
+            raise ProtocolError(
+                "invalid_value",
+                f"{name}.id {entry['id']!r} names an item without text (yet)",
+                f"{name}.id",
+            )
+        context.append((item["role"], text))
+    return context

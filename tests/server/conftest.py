@@ -96,3 +96,23 @@ def start_server(model, session_defaults) -> Iterator[Callable[..., object]]:
 def server(start_server):
     """A server with default limits, shared by a test module."""
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def demo():
+    from mooer.model import load_model
+
+    return load_model()  # the bundled demo model
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo):
+    """The demo model served as ``mooer serve`` serves it, on a free loopback port."""
+    from mooer.agent.engine import Engine
+    from mooer.agent.session import SessionConfig
+    from mooer.server.app import start
+    from mooer.server.hub import Hub
+
+    server = start(Hub(demo, Engine(demo, threads=1), ServerConfig(port=0), SessionConfig()))
+    yield server
+    server.stop()

@@ -15,17 +15,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from mooer.agent.session import SessionConfig
 from mooer.asr.segmenter import cut
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.server.commands import stream_main
-from mooer.speak import text_to_speech
 from mooer.transcribe import transcribe
-from mooer.tts.backend import EspeakBackend
-from tests.server.wire import as_received, at_24k, send_realtime
+from tests.server.wire import as_received, at_24k, say, send_realtime
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audio"
 DEFAULTS = SessionConfig()  # what ``mooer serve`` gives every session
@@ -35,32 +32,6 @@ FINAL = "conversation.item.input_audio_transcription.completed"
 CLEAR_LINE = "\r\033[K"  # how ``mooer stream`` rewrites its partial line on a terminal
 # The second question is about the first's answer, so only a memory of the first answers it.
 QUESTIONS = ("what is ten plus five", "and plus one")
-
-
-@pytest.fixture(scope="module")
-def demo():
-    from mooer.model import load_model
-
-    return load_model()  # the bundled demo model
-
-
-@pytest.fixture(scope="module")
-def demo_server(demo):
-    """The demo model served as ``mooer serve`` serves it, on a free loopback port."""
-    from mooer.agent.engine import Engine
-    from mooer.server.app import start
-    from mooer.server.config import ServerConfig
-    from mooer.server.hub import Hub
-
-    server = start(Hub(demo, Engine(demo, threads=1), ServerConfig(port=0), DEFAULTS))
-    yield server
-    server.stop()
-
-
-def _say(text: str) -> np.ndarray:
-    """``text`` spoken by espeak-ng's en-us+f4 (a held-out voice of the demo model), 16 kHz."""
-    pcm, _ = text_to_speech(text, "en", "f4", EspeakBackend(rate=180, pitch=50), SAMPLE_RATE)
-    return pcm.astype(np.float32) / 32768.0
 
 
 def _turn_at_24k(audio: np.ndarray) -> bytes:
@@ -126,7 +97,7 @@ def test_ast_over_the_sdk_gives_the_offline_translation(demo, demo_server):
 def test_a_spoken_chat_answers_the_second_turn_from_the_first(demo, demo_server):
     from openai import AsyncOpenAI
 
-    turns = [_turn_at_24k(_say(q)) for q in QUESTIONS]
+    turns = [_turn_at_24k(say(q)) for q in QUESTIONS]
 
     async def run() -> tuple[list[str], list[str]]:
         client = AsyncOpenAI(base_url=f"{demo_server.url}/v1", api_key="unused")

@@ -1,8 +1,10 @@
-"""LiveKit Agents' OpenAI ``RealtimeModel`` (livekit-plugins-openai 1.8.9) against a real server.
+"""LiveKit Agents' OpenAI ``RealtimeModel`` (livekit-plugins-openai 1.8.9) against a real server
+over the bundled demo model.
 
 Driven as an ``AgentSession`` drives it, without a LiveKit room: chat-context sync with system,
-user and assistant messages, ``generate_reply()`` (the agent speaks first), a spoken turn
-answered with audio, the reply truncated as heard, a second spoken turn; no error on the way.
+user and assistant messages, ``generate_reply()`` (the agent speaks first), two spoken
+arithmetic turns answered with audio (the second only answerable from the first), the last
+reply truncated as heard; no error on the way.
 The frameworks live in their own environment (``scripts/setup.sh --tests`` makes it;
 ``test_frameworks.py`` runs this file there); elsewhere this skips.
 """
@@ -16,6 +18,8 @@ import pytest
 
 from mooer.audio import SAMPLE_RATE
 from mooer.server.pcm import encode_pcm16
+from tests.server.test_framework_pipecat import PAUSE, SILENCE, TURNS
+from tests.server.wire import say
 
 pytest.importorskip(
     "livekit.plugins.openai",
@@ -37,7 +41,7 @@ async def _reply(generation) -> tuple[str, str, bytes]:
     return message.message_id, said, pcm
 
 
-def test_a_livekit_realtime_session_runs_its_standard_flows(server, speech):
+def test_a_livekit_realtime_session_runs_its_standard_flows(demo_server):
     import aiohttp
     from livekit import rtc
     from livekit.agents import llm
@@ -46,7 +50,7 @@ def test_a_livekit_realtime_session_runs_its_standard_flows(server, speech):
     async def run():
         async with aiohttp.ClientSession() as http:
             model = RealtimeModel(
-                base_url=f"{server.url}/v1", api_key="unused", model="mooer", http_session=http
+                base_url=f"{demo_server.url}/v1", api_key="unused", model="mooer", http_session=http
             )
             session = model.session()
             errors, generations = [], asyncio.Queue()
@@ -65,28 +69,36 @@ def test_a_livekit_realtime_session_runs_its_standard_flows(server, speech):
                 await generations.get()  # the same generation, announced
                 opening = await _reply(first)
 
-                wave = speech[0]
-                pcm = encode_pcm16(wave)
-                for i in range(0, len(pcm), 3200):  # 100 ms frames, as a room delivers them
-                    chunk = pcm[i : i + 3200]
-                    session.push_audio(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
-                spoken = await _reply(await asyncio.wait_for(generations.get(), 60))
-                heard_ms = len(spoken[2]) // 2 * 1000 // 24000 // 2
-                session.truncate(message_id=spoken[0], modalities=["audio"], audio_end_ms=heard_ms)
+                spoken = []
+                for question, _ in TURNS:
+                    pcm = encode_pcm16(np.concatenate([PAUSE, say(question), SILENCE]))
+                    for i in range(0, len(pcm), 3200):  # 100 ms frames, as a room delivers them
+                        chunk = pcm[i : i + 3200]
+                        session.push_audio(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+                    spoken.append(await _reply(await asyncio.wait_for(generations.get(), 60)))
+                last_id, _, last_audio = spoken[-1]
+                heard_ms = len(last_audio) // 2 * 1000 // 24000 // 2  # half of it was heard
+                session.truncate(message_id=last_id, modalities=["audio"], audio_end_ms=heard_ms)
                 await asyncio.sleep(0.5)
                 history = [(item.role, item.text_content) for item in session.chat_ctx.items]
+                (served,) = demo_server.hub.connections  # this session, on the server
+                remembered = served.session.conversation.messages[-1]
             finally:
                 await session.aclose()
                 await model.aclose()
-        return errors, remote, first, opening, spoken, history
+        return errors, remote, first, opening, spoken, history, remembered
 
-    errors, remote, first, opening, spoken, history = asyncio.run(run())
+    errors, remote, first, opening, spoken, history, remembered = asyncio.run(run())
     assert errors == []
     assert remote == ["sys_1", "user_1", "assistant_1"]  # the client's ids, in its order
     assert first.user_initiated  # generate_reply() resolved with its generation
-    for _, text, audio in (opening, spoken):
+    for _, text, audio in (opening, *spoken):
         assert text and len(audio) > 0
         assert np.abs(np.frombuffer(audio, "<i2")).max() > 0
+    assert [text.split() for _, text, _ in spoken] == [[answer] for _, answer in TURNS]
     roles = [role for role, _ in history]
     assert roles[:4] == ["system", "user", "assistant", "assistant"]
-    assert roles[4:6] == ["user", "assistant"]  # the spoken turn and its reply
+    assert roles[4:] == ["user", "assistant"] * len(TURNS)  # the spoken turns and replies
+    # The model remembers the last reply as far as it was heard: half of its one word is none
+    # of it ("six" of "sixteen" would be another number).
+    assert (remembered.id, remembered.text, remembered.interrupted) == (spoken[-1][0], "", True)

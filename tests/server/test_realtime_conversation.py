@@ -211,6 +211,54 @@ def test_response_fields_metadata_instructions_and_out_of_band(server, model, se
     assert cancel[-1].error.event_id == "none left"
 
 
+def test_a_response_with_input_answers_those_items_alone(server, model, session_defaults):
+    async def run():
+        async with _connect(server) as conn:
+            await conn.session.update(session=TEXT_CHAT)  # type: ignore[arg-type]
+            await conn.conversation.item.create(item=_message("user", "what is two plus two", "u1"))
+            await conn.conversation.item.create(item=_message("assistant", "four", "a1"))
+            await conn.response.create(  # a context of its own: a reference and a new message
+                response={
+                    "conversation": "none",
+                    "input": [{"type": "item_reference", "id": "u1"}, _message("user", "hello")],
+                }
+            )
+            aside = await _until(conn, "response.done")
+            await conn.response.create(response={"input": [_message("user", "good morning")]})
+            kept = await _until(conn, "response.done")
+            await conn.response.create(response={})  # the conversation, with the kept reply
+            after = await _until(conn, "response.done")
+            await conn.response.create(
+                event_id="bad", response={"input": [{"type": "item_reference", "id": "nope"}]}
+            )
+            unknown = await _until(conn, "error")
+            await conn.response.create(
+                event_id="tool", response={"input": [{"type": "function_call_output"}]}
+            )
+            tool = await _until(conn, "error")
+            return aside, kept, after, unknown[-1].error, tool[-1].error
+
+    aside, kept, after, unknown, tool = asyncio.run(run())
+    own = [("user", "what is two plus two"), ("user", "hello")]
+    assert _text(aside[-1]) == _offline(model, session_defaults, own)
+    assert aside[-1].response.conversation_id is None
+    assert _text(kept[-1]) == _offline(model, session_defaults, [("user", "good morning")])
+    assert kept[-1].response.conversation_id  # conversation "auto": the reply is remembered
+    remembered = [("user", "what is two plus two"), ("assistant", "four")]
+    remembered += [("assistant", _text(kept[-1]))]  # "good morning" itself was not
+    assert _text(after[-1]) == _offline(model, session_defaults, remembered)
+    assert (unknown.code, unknown.param, unknown.event_id) == (
+        "item_not_found",
+        "response.input[0].id",
+        "bad",
+    )
+    assert (tool.code, tool.param, tool.event_id) == (
+        "unsupported_value",
+        "response.input[0].type",
+        "tool",
+    )
+
+
 def test_defaults_are_openais_and_transcription_null_sends_none(server, speech):
     async def run():
         async with _connect(server) as conn:

@@ -46,6 +46,11 @@ def test_chinese_is_cut_by_characters():
     assert _spoken(("今天天气不错", 1200)).truncate(600) == "今天天"
 
 
+def test_a_word_cut_short_is_not_kept():
+    # Half of "sixteen" was heard: "six" would be another number, so nothing of it is kept.
+    assert _spoken(("fifteen ", 500), ("sixteen", 1000)).truncate(1000) == "fifteen"
+
+
 def test_client_messages_are_read_by_role():
     role, text, item = read_message(
         {

@@ -161,9 +161,10 @@ def test_barge_in_clears_the_audio_and_stops_the_deltas(endless, speech):
     assert done.output[0].content[0].transcript == CHAT_REPLY
     cleared = kinds.index("output_audio_buffer.cleared")
     assert events[cleared].response_id == done.id
-    assert (
-        kinds.index("input_audio_buffer.speech_started", kinds.index("response.created")) < cleared
-    )
+    started = kinds.index("input_audio_buffer.speech_started", kinds.index("response.created"))
+    assert started < cleared
+    # The reply falls silent within one audio chunk of the user's speech being detected.
+    assert kinds[started:cleared].count("response.output_audio.delta") <= 1
     after = kinds[cleared:]
     assert "response.output_audio.delta" not in after
     assert "response.output_audio.done" in after  # the audio part still ends

@@ -1,4 +1,5 @@
-"""Audio as the openai SDK's realtime clients put it on the wire, and as the server receives it."""
+"""Audio as the openai SDK's realtime clients put it on the wire, and as the server receives it;
+speech for the demo model in a voice it never heard."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ from mooer.server.pcm import WireDecoder, WireFormat, encode_pcm16
 
 WIRE_RATE = 24000  # the Realtime APIs' PCM16 rate
 CHUNK = 2 * 4800  # bytes per append: 200 ms at 24 kHz, as the API suggests
+
+
+def say(text: str) -> np.ndarray:
+    """``text`` spoken by espeak-ng's en-us+f4 (a held-out voice of the demo model), 16 kHz."""
+    from mooer.speak import text_to_speech
+    from mooer.tts.backend import EspeakBackend
+
+    pcm, _ = text_to_speech(text, "en", "f4", EspeakBackend(rate=180, pitch=50), SAMPLE_RATE)
+    return pcm.astype(np.float32) / 32768.0
 
 
 def at_24k(wave: np.ndarray) -> bytes:
