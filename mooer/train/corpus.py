@@ -514,6 +514,10 @@ def _opposites() -> list[Dialogue]:
     return dialogues
 
 
+# What the assistant says when it speaks first (no user turn yet): words of the small talk
+OPENING = "hello how are you"
+
+
 def _facts() -> list[Dialogue]:
     qa: list[tuple[str, str]] = []
     for a, b, mix in COLOUR_MIXES:

@@ -10,11 +10,12 @@ features happen beside the training process, which only moves ready tensors to t
 
 Manifest: a ``.jsonl`` file, one utterance per line: ``id``, ``audio`` (a path relative to the
 manifest), optional ``start``/``end`` (seconds within the file), ``duration``, ``lang``, ``task``
-(asr | ast | mtl | chat | chat_text, default asr), ``text`` (what is spoken), ``translation``,
-``target`` (the LLM's answer; derived from text/translation for asr, ast and mtl) and ``history``
-(chat: prior ``[question, answer]`` turns). A ``chat_text`` line has no ``audio``: its question
-``text`` stands where the audio would be, so text dialogues keep up what the LLM knows while it
-learns to listen. Manifests are permuted as a whole every epoch.
+(asr | ast | mtl | chat | chat_text | opening, default asr), ``text`` (what is spoken),
+``translation``, ``target`` (the LLM's answer; derived from text/translation for asr, ast and
+mtl) and ``history`` (chat: prior ``[question, answer]`` turns). A ``chat_text`` line has no
+``audio``: its question ``text`` stands where the audio would be, so text dialogues keep up what
+the LLM knows while it learns to listen. An ``opening`` line has neither: the assistant speaks
+first, its ``target`` answering the system turn (and ``history``) alone. Manifests are permuted as a whole every epoch.
 
 Shards: a ``.tar`` holding ``{key}.wav`` (or .flac/.mp3/.ogg) + ``{key}.txt`` members, optionally
 ``{key}.json`` with the manifest fields above; data.train names a shard list file (one tar per
@@ -50,8 +51,9 @@ from mooer.train.manifest import iter_records
 
 log = logging.getLogger(__name__)
 
-TASKS = ("asr", "ast", "mtl", "chat", "chat_text")
-TEXT_ITEM_FRAMES = 40  # batching cost of an item without audio (chat_text), in frames
+TASKS = ("asr", "ast", "mtl", "chat", "chat_text", "opening")
+TEXT_TASKS = ("chat_text", "opening")  # items without audio
+TEXT_ITEM_FRAMES = 40  # batching cost of an item without audio, in frames
 AUDIO_SUFFIXES = ("wav", "flac", "mp3", "ogg", "opus")
 MANIFEST_SUFFIXES = (".jsonl", ".json")
 
@@ -146,6 +148,9 @@ def parse_entry(record: Any, base: Path, where: str) -> Entry:
     if task == "chat_text":
         if audio or not record.get("text"):
             raise ConfigError(f"{where}: a chat_text item has a 'text' question and no 'audio'")
+    elif task == "opening":
+        if audio or record.get("text"):
+            raise ConfigError(f"{where}: an opening item has neither 'audio' nor 'text'")
     elif not isinstance(audio, str) or not audio:
         raise ConfigError(f"{where}: missing field 'audio' (a path relative to the manifest)")
     strings = {}
@@ -374,7 +379,7 @@ class SpeechDataset(IterableDataset):
     def _read(self, entries: Iterable[Entry], counters: _Counters) -> Iterator[_Utt]:
         lo, hi = self.cfg.min_duration, self.cfg.max_duration
         for entry in entries:
-            if entry.task == "chat_text":
+            if entry.task in TEXT_TASKS:
                 yield _Utt(entry, 0, 0.0)
                 continue
             if entry.duration is not None and not lo <= entry.duration <= hi:
@@ -564,7 +569,7 @@ def estimate_cmvn(sources: Sequence[str | Path], max_utts: int = 500, seed: int 
     total = np.zeros(Cmvn.identity().dim, np.float64)
     squares = np.zeros_like(total)
     count = 0
-    spoken = (u for u in dataset._read(entries, _Counters()) if u.frames)  # not chat_text
+    spoken = (u for u in dataset._read(entries, _Counters()) if u.frames)  # not TEXT_TASKS
     for utt in itertools.islice(spoken, max_utts):
         feats = lfr(fbank(utt.samples)).astype(np.float64)  # (T, 560)
         total += feats.sum(0)

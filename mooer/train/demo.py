@@ -73,7 +73,7 @@ class MaskConfig:
 _LOWEST = {
     "n_train": 1, "n_heldout": 1, "workers": 1, "threads": 1, "ctc_steps": 1, "llm_steps": 1,
     "main_repeats": 1, "chat_repeats": 0, "text_chat_repeats": 0, "text_chat_draws": 0,
-    "extra_chat": 0,
+    "extra_chat": 0, "openings": 0,
 }  # fmt: skip
 _FLAGS = {"n_train": "--train", "n_heldout": "--heldout"}  # flags not named for their field
 
@@ -134,6 +134,9 @@ class DemoConfig:
     # more spoken chat dialogues, for stage 2 only (data/chat-N, encoded once): a small model
     # learns the training chat audio by heart long before it answers new questions
     extra_chat: int = 0
+    # the assistant speaking first (no user turn: a voice agent's greeting) this many times per
+    # epoch, answered with ``corpus.OPENING``
+    openings: int = 0
     llm_leg: str = "llm"  # stage 2's folder under out_dir (a later leg gets its own)
     llm_init: str = ""  # an earlier leg's final.pt whose weights this leg starts from
     # instead of training, this leg's weights are the mean of these legs' final.pt files
@@ -522,6 +525,19 @@ def text_chat_set(width: int, repeats: int, drawn: Sequence[Utterance] = ()) -> 
     return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * len(entries))
 
 
+def opening_set(width: int, count: int) -> CachedSet:
+    """``count`` openings: the assistant speaks first, to the system turn alone, with
+    ``corpus.OPENING`` (without them a small model's first words are whatever follows a system
+    turn most often in its training: an answer to some question)."""
+    from mooer.train.corpus import OPENING
+
+    entries = [
+        Entry(id=f"opening-{i:06d}", audio="", task="opening", target=OPENING, lang="en")
+        for i in range(count)
+    ]
+    return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * count)
+
+
 def _llm_config(cfg: DemoConfig) -> TrainConfig:
     model = ModelConfig(
         llm=str(_init_llm(cfg, cfg.out / "init_llm")),
@@ -566,6 +582,7 @@ _LEG_FIELDS = (
     "chat_transcripts",
     "extra_chat_transcripts",
     "extra_chat",
+    "openings",
 )
 _LEG_RECORD = "leg.json"
 
@@ -615,6 +632,8 @@ def _leg_set(cfg: DemoConfig, main_set: CachedSet, extra: CachedSet | None) -> C
             drawn = more_chat(cfg.n_train, cfg.extra_chat + cfg.text_chat_draws, cfg.seed)
         width = data.frames[0].shape[-1]
         data = data + text_chat_set(width, cfg.text_chat_repeats, drawn[cfg.extra_chat :])
+    if cfg.openings:
+        data = data + opening_set(data.frames[0].shape[-1], cfg.openings)
     return data
 
 
@@ -798,6 +817,7 @@ _COUNT_FLAGS = {
     "text_chat_repeats": "every training chat dialogue as text, this many times per epoch",
     "text_chat_draws": "stage 2 also trains on N text chat items drawn as spoken chat is",
     "extra_chat": "stage 2 also trains on N more spoken chat dialogues (synthesised once)",
+    "openings": "stage 2 also trains the assistant speaking first (a greeting), N times per epoch",
 }
 _SWITCHES = {
     "chat_transcripts": "do not also train the chat questions' audio as asr items",

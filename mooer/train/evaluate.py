@@ -35,7 +35,7 @@ from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
 from mooer.llm.prompts import split_mtl
 from mooer.tasks import TASKS, Texts
-from mooer.train.data import Entry, read_audio, read_manifest
+from mooer.train.data import TEXT_TASKS, Entry, read_audio, read_manifest
 from mooer.train.metrics import bleu, char_errors, normalize_en, word_errors
 
 
@@ -170,10 +170,11 @@ def evaluate(
     """Decode and score ``entries`` -> (per-utterance results, summary)."""
     if not entries:
         raise ConfigError("the test set is empty")
-    text_only = [e.id for e in entries if e.task == "chat_text"]
+    text_only = [e for e in entries if e.task in TEXT_TASKS]
     if text_only:
         raise ConfigError(
-            f"{text_only[0]}: a chat_text item has no audio to score (eval scores speech)"
+            f"{text_only[0].id}: a {text_only[0].task} item has no audio to score "
+            "(eval scores speech)"
         )
     waves = [read_audio(e) for e in entries]
     audio_s = sum(len(w) for w in waves) / SAMPLE_RATE

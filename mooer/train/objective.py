@@ -12,6 +12,8 @@ layout (``mooer.llm.conversation``): the system turn and the prior turns as text
 the audio of the current question follows, then the user suffix ``Answer my question.``.
 ``chat_text`` items are chat items without audio: the question's text stands where its audio would
 be. They teach a small LLM trained from scratch the facts a pretrained LLM would already know.
+``opening`` items have no question at all: the assistant speaks first (a voice agent's greeting),
+its answer following the system turn and prior turns directly, as ``Conversation.respond`` does.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from mooer.asr.frontend import Cmvn
 from mooer.asr.quantize import refuse_quantized
 from mooer.devices import DTYPES
 from mooer.errors import ConfigError
-from mooer.llm.conversation import history_prefix, question_suffix
+from mooer.llm.conversation import REPLY_START, history_prefix, question_suffix
 from mooer.llm.decoding import token_id
 from mooer.llm.prompts import IM_END, PAD, build_prompt
 from mooer.train.config import ModelConfig, TrainConfig
@@ -53,7 +55,11 @@ def training_prompt(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
         return build_prompt("ast")
     if task in ("chat", "chat_text"):
         return question_suffix()
-    raise ConfigError(f"unknown training task {task!r}: expected asr, ast, mtl, chat or chat_text")
+    if task == "opening":
+        return REPLY_START
+    raise ConfigError(
+        f"unknown training task {task!r}: expected asr, ast, mtl, chat, chat_text or opening"
+    )
 
 
 def prompt_prefix(task: str, history: Sequence[tuple[str, str]] = (), text: str = "") -> str:
@@ -61,7 +67,7 @@ def prompt_prefix(task: str, history: Sequence[tuple[str, str]] = (), text: str 
     for ``chat_text`` also the question ``text`` itself, in the place of its (absent) audio."""
     if task == "chat_text":
         return history_prefix(list(history)) + text
-    return history_prefix(list(history)) if task == "chat" else ""
+    return history_prefix(list(history)) if task in ("chat", "opening") else ""
 
 
 @dataclass
@@ -196,7 +202,7 @@ class SpeechObjective(nn.Module):
         return self
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch -> encoder output (B, T, D) and lengths (B,); rows without audio (chat_text)
+        """Batch -> encoder output (B, T, D) and lengths (B,); rows without audio (TEXT_TASKS)
         stay empty, as the encoder takes only utterances of at least one frame."""
         if batch.encoder_out is not None:
             return batch.encoder_out, batch.encoder_lengths

@@ -218,6 +218,20 @@ def test_text_chat_items_leave_heldout_questions_out():
     assert (tuple(e.history) + ((e.text, e.target),)) == kept[0]
 
 
+def test_a_leg_with_openings_trains_the_greeting_without_audio():
+    from mooer.train.corpus import OPENING
+    from mooer.train.demo import DemoConfig, _leg_set, opening_set, text_chat_set
+
+    assert [(e.task, e.target, e.audio, e.text) for e in opening_set(8, 2).entries] == [
+        ("opening", OPENING, "", "")
+    ] * 2
+    speech = text_chat_set(width=8, repeats=1)  # stands in for the encoded main set
+    cfg = DemoConfig(text_chat_repeats=0, chat_transcripts=False, openings=3)
+    leg = _leg_set(cfg, speech, None)
+    assert [e.task for e in leg.entries].count("opening") == 3
+    assert len(leg.entries) == len(speech.entries) + 3
+
+
 def test_drawn_text_chat_items_keep_spoken_chats_template_mix():
     from mooer.train.demo import text_chat_set
 

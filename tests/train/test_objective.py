@@ -7,7 +7,7 @@ from mooer.asr.adapter import LinearAdapter
 from mooer.asr.encoder import EncoderConfig, SANMEncoder
 from mooer.asr.frontend import Cmvn
 from mooer.errors import ConfigError
-from mooer.llm.conversation import SYSTEM_TURN, history_prefix, question_suffix
+from mooer.llm.conversation import REPLY_START, SYSTEM_TURN, history_prefix, question_suffix
 from mooer.llm.fabricate import write_tiny_llm
 from mooer.llm.prompts import build_prompt
 from mooer.llm.qwen import load_llm
@@ -67,6 +67,24 @@ def test_text_chat_items_put_the_question_where_its_audio_would_be(llm):
     table = model.get_input_embeddings()
     assert torch.equal(inputs.inputs_embeds[0], table(torch.tensor(ids["input_ids"])))
     answer = tokenizer("five<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert inputs.labels[0][inputs.labels[0] != IGNORE].tolist() == answer
+
+
+def test_openings_answer_the_system_turn_as_a_conversation_does(llm):
+    """An opening item's text is what ``Conversation.respond`` reads when the assistant speaks
+    first: the system turn (and prior turns), then the assistant's turn."""
+    model, tokenizer = llm
+    history = [("what is two plus two", "four")]
+    for turns in ([], history):
+        layout = prompt_prefix("opening", turns) + training_prompt("opening", turns)
+        assert layout == history_prefix(turns) + REPLY_START
+    no_audio = torch.zeros(1, 0, model.config.hidden_size)  # (B, 0, H)
+    prefix, prompt = prompt_prefix("opening"), training_prompt("opening")
+    inputs = build_inputs(model, tokenizer, no_audio, torch.tensor([0]), [prompt], ["hi"], [prefix])
+    ids = tokenizer(SYSTEM_TURN + REPLY_START + "hi<|im_end|>", add_special_tokens=False)
+    table = model.get_input_embeddings()
+    assert torch.equal(inputs.inputs_embeds[0], table(torch.tensor(ids["input_ids"])))
+    answer = tokenizer("hi<|im_end|>", add_special_tokens=False)["input_ids"]
     assert inputs.labels[0][inputs.labels[0] != IGNORE].tolist() == answer
 
 
