@@ -143,3 +143,26 @@ def _served_fp32_text(path: Path) -> str:
     from mooer.transcribe import transcribe
 
     return transcribe(load_model(device="cpu"), [path])[0].text
+
+
+def test_commands_without_a_model_do_not_import_torch(tmp_path):
+    """``mooer --help`` and ``mooer meetings list`` answer in a blink: torch and transformers
+    (seconds to import) load only when a command needs the model; ``mooer.transcribe`` is still
+    the function once its module is imported."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, contextlib, io\n"
+        "from mooer.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    with contextlib.suppress(SystemExit):\n"
+        "        main(['--help'])\n"
+        f"    main(['meetings', 'list', '--db', 'sqlite:///{tmp_path}/m.db'])\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'imported'\n"
+        "import mooer, mooer.transcribe\n"
+        "assert callable(mooer.transcribe) and mooer.transcribe.__name__ == 'transcribe'\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
