@@ -166,3 +166,23 @@ def test_commands_without_a_model_do_not_import_torch(tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "mooer.cli", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert run.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "--port" in run.stderr
+    assert "Traceback" not in run.stderr and "mooer: serving" not in run.stderr

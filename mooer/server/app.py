@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from mooer.errors import ConfigError
 from mooer.server.connection import Link, WireProtocol, serve_connection
 from mooer.server.funasr_ws import FunasrProtocol
 from mooer.server.http_api import HttpApi
@@ -99,11 +100,20 @@ class _Server(uvicorn.Server):
         await asyncio.to_thread(self.hub.close)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, flag: str) -> socket.socket:
+    """A listening socket's address, or a ``ConfigError`` naming it and the ``flag`` that sets it
+    (a port in use is a setting to change, not a crash)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+            f"(another server there? choose another with {flag})"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -132,9 +142,13 @@ class RunningServer:
 
 def _prepare(hub: Hub, log_level: str) -> tuple[_Server, list[socket.socket]]:
     cfg = hub.config
-    sockets = [_bind(cfg.host, cfg.port)]
+    sockets = [_bind(cfg.host, cfg.port, "--port")]
     if cfg.funasr_port is not None:
-        sockets.append(_bind(cfg.host, cfg.funasr_port))
+        try:
+            sockets.append(_bind(cfg.host, cfg.funasr_port, "--funasr-port"))
+        except ConfigError:
+            sockets[0].close()
+            raise
     uv_config = uvicorn.Config(
         create_app(hub),
         log_level=log_level,
@@ -200,8 +214,11 @@ def fix_heap_thresholds() -> bool:
     return all(mallopt(p, HEAP_THRESHOLD) == 1 for p in (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD))
 
 
-def run(hub: Hub, log_level: str = "info") -> None:
-    """Serve in this thread until SIGINT/SIGTERM, then shut down gracefully."""
+def run(hub: Hub, log_level: str = "info", listening: Callable[[], None] | None = None) -> None:
+    """Serve in this thread until SIGINT/SIGTERM, then shut down gracefully; ``listening`` is
+    called once the ports are bound."""
     fix_heap_thresholds()
     server, sockets = _prepare(hub, log_level)
+    if listening is not None:
+        listening()
     _run(server, sockets)

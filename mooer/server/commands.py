@@ -102,13 +102,9 @@ def serve_main(
     hub = Hub(speech_llm, Engine(speech_llm, threads=threads), config, defaults, meetings=store)
     where = f"{config.host}:{config.port}"
     funasr = f", FunASR ws://{config.host}:{config.funasr_port}" if config.funasr_port else ""
-    print(
-        f"mooer: serving http://{where}/ (realtime ws://{where}/v1/realtime{funasr})",
-        file=sys.stderr,
-        flush=True,
-    )
+    serving = f"mooer: serving http://{where}/ (realtime ws://{where}/v1/realtime{funasr})"
     try:
-        run(hub, log_level=log_level.lower())
+        run(hub, log_level.lower(), lambda: print(serving, file=sys.stderr, flush=True))
     finally:
         speech_llm.llm_backend.close()  # vLLM's engine process, if any
     return 0
