@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from mooer.asr.speakers import SpeakerEncoder
-from tests.server.wire import at_24k, send_realtime
+from tests.server.wire import at_24k, closed_transcription
 
 sa = pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
 
@@ -56,24 +56,8 @@ def _ended(db, meeting_id, timeout=10.0):
 
 
 def test_a_recorded_sdk_session_keeps_every_final_with_its_times(recording_server, db, speech):
-    from openai import AsyncOpenAI
-
-    async def run():
-        client = AsyncOpenAI(base_url=f"{recording_server.url}/v1", api_key=KEY)
-        events = []
-        async with client.realtime.connect(model="mooer", extra_query={"record": "1"}) as conn:
-            await conn.session.update(
-                session={"type": "transcription", "mooer": {"task": "asr"}}  # type: ignore
-            )
-            await send_realtime(conn, at_24k(np.concatenate(speech)))
-            await conn.send({"type": "session.close"})  # every final first, then session.closed
-            async for event in conn:
-                events.append(event)
-                if event.type == "session.closed":
-                    break
-        return events
-
-    events = asyncio.run(run())
+    pcm = at_24k(np.concatenate(speech))
+    events = asyncio.run(closed_transcription(recording_server.url, KEY, {"record": "1"}, pcm))
     created = events[0]
     assert created.type == "session.created"
     meeting_id = created.session.mooer["meeting_id"]

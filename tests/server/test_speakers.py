@@ -20,7 +20,7 @@ from mooer.audio import SAMPLE_RATE
 from mooer.server.pcm import encode_pcm16
 from mooer.train.talk import MEETING_VOICES, heldout_sentences, spoken_talk
 from tests.server.conftest import pcm16_round_trip
-from tests.server.wire import at_24k, send_realtime
+from tests.server.wire import at_24k, closed_transcription
 
 pytest.importorskip("resemblyzer", reason="resemblyzer (speaker labels) is missing")
 
@@ -35,24 +35,8 @@ def other_voice() -> np.ndarray:
 
 
 def test_realtime_finals_carry_the_speaker_when_asked(server, speech, other_voice):
-    from openai import AsyncOpenAI
-
-    async def run():
-        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
-        events = []
-        async with client.realtime.connect(model="mooer", extra_query={"speakers": "1"}) as conn:
-            await conn.session.update(
-                session={"type": "transcription", "mooer": {"task": "asr"}}  # type: ignore
-            )
-            await send_realtime(conn, at_24k(np.concatenate([*speech, other_voice])))
-            await conn.send({"type": "session.close"})
-            async for event in conn:
-                events.append(event)
-                if event.type == "session.closed":
-                    break
-        return events
-
-    events = asyncio.run(run())
+    pcm = at_24k(np.concatenate([*speech, other_voice]))
+    events = asyncio.run(closed_transcription(server.url, "unused", {"speakers": "1"}, pcm))
     starts = {e.item_id: e.audio_start_ms for e in events if e.type.endswith("speech_started")}
     switch_ms = sum(s.size for s in speech) * 1000 // SAMPLE_RATE  # where the other voice begins
     finals = [e for e in events if e.type == FINAL]
