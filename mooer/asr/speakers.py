@@ -9,7 +9,7 @@ it takes its nearest speaker and leaves the centroids as they were.
 
 resemblyzer is optional (``scripts/setup.sh --tests`` installs it; see docs/meetings.md). Its own
 mel front end goes through librosa, whose first call takes seconds; ``mel_frames`` computes the
-same spectrogram with numpy, so the first label costs what the others do.
+same spectrogram in torch, so the first label costs what the others do.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def mel_frames(audio: np.ndarray) -> torch.Tensor:
 
 def _louder(audio: np.ndarray) -> np.ndarray:
     """Raise a quiet segment to ``LOUDNESS_DBFS`` (never lower a loud one)."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
     target = 10 ** (LOUDNESS_DBFS / 20)
     return audio * (target / rms) if 0 < rms < target else audio
 
@@ -177,7 +177,7 @@ class SpeakerLabeller:
             self._sums.append(embedding.astype(np.float64))
             return 0
         centroids = np.stack(self._sums)  # (S, 256)
-        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         scores = centroids @ embedding  # (S,) cosine similarities
         best = int(np.argmax(scores))
         if duration_s < config.min_new_s:
