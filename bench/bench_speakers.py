@@ -5,7 +5,8 @@ by three espeak-ng voices no model here trained on, in a drawn order, 0.7-1.2 s 
 to one live ``asr`` session (voice activity detection cuts the turns, each final is labelled on
 the engine's worker), then once more without labels. Reported: the diarisation error rate
 (NIST-style, 0.25 s collar; target <= 15 %) of the live labels and of the same labeller on the
-true turns, the voice print's cost per final, and the CPU the labels add to the session.
+true turns, the voice print's cost per final, and the CPU the labels add to the session; then
+two sessions in real time, to see whether one's labels delay the other's finals.
 
     python bench/bench_speakers.py [--turns 30] [--seed 1] [--threshold 0.78]
 
@@ -59,6 +60,24 @@ def live(engine: Engine, audio: np.ndarray, labeller: SpeakerLabeller | None):
     return finals, cpu
 
 
+def beside(engine: Engine, audio: np.ndarray, labeller: SpeakerLabeller | None) -> list[float]:
+    """Two sessions fed ``audio`` at a microphone's pace, the first labelled by ``labeller``:
+    the second (unlabelled) one's endpoint-to-final latencies, s."""
+    sessions = [
+        engine.open(SessionConfig(mode="asr"), speakers=labeller),
+        engine.open(SessionConfig(mode="asr")),
+    ]
+    start = time.perf_counter()
+    for k, at in enumerate(range(0, audio.size, CHUNK)):
+        time.sleep(max(0.0, start + (k + 1) * CHUNK / SAMPLE_RATE - time.perf_counter()))
+        for session in sessions:
+            session.feed(audio[at : at + CHUNK])
+    for session in sessions:
+        session.close(flush=True)
+        session.wait_closed()
+    return sessions[1].stats.final_latency_s
+
+
 def timed(labeller: SpeakerLabeller) -> list[tuple[float, float, float]]:
     """Wrap ``labeller.label`` to note (audio s, wall s, worker-thread CPU s) per call."""
     notes: list[tuple[float, float, float]] = []
@@ -89,6 +108,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="of the meeting (100, 101: dev)")
     parser.add_argument("--threshold", type=float, default=SpeakerConfig().threshold)
     parser.add_argument("--threads", type=int, default=None, help="the engine's torch threads")
+    parser.add_argument("--beside-s", type=float, default=40.0, help="audio of the real-time pair")
     args = parser.parse_args()
     config = SpeakerConfig(threshold=args.threshold)
 
@@ -130,7 +150,20 @@ def main() -> None:
     )
     added = (cpu_with - cpu_without) / cpu_without
     print(f"session CPU: {cpu_with:.1f} s with labels, {cpu_without:.1f} s without "
-          f"({100 * added:+.1f} %); {load.summary()}")  # fmt: skip
+          f"({100 * added:+.1f} %)")  # fmt: skip
+
+    # Another session beside a labelled one, in real time: does it wait longer for its finals?
+    part = meeting.audio[: round(args.beside_s * SAMPLE_RATE)]
+    alone = beside(engine, part, None)
+    load.sample()
+    near = beside(engine, part, SpeakerLabeller(engine.speaker_encoder, config))
+    load.sample()
+    print(
+        f"an unlabelled session beside another, {part.size / SAMPLE_RATE:.0f} s in real time: "
+        f"final latency median {1000 * statistics.median(alone):.0f} ms / longest "
+        f"{1000 * max(alone):.0f} ms beside an unlabelled one, {1000 * statistics.median(near):.0f}"
+        f" ms / {1000 * max(near):.0f} ms beside a labelled one; {load.summary()}"
+    )
 
 
 if __name__ == "__main__":
