@@ -111,6 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
         log_level=args.log_level, record=args.record, db=args.db, quantize=args.quantize,
         llm_backend=args.llm_backend, llm_url=args.llm_url,
+        speaker_threshold=args.speaker_threshold,
     )  # fmt: skip
 
 
@@ -232,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info")
     p.add_argument("--record", action="store_true", help="keep every live session as a meeting")
     _add_db_arg(p)
+    p.add_argument(
+        "--speaker-threshold", type=float, default=None,
+        help="cosine similarity a segment needs to join a speaker (default 0.78; higher splits)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, delete")

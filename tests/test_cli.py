@@ -50,6 +50,9 @@ def test_errors_are_one_clear_line(fabricated, tmp_path):
     assert "notes.txt" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("transcribe", "--model", str(tmp_path / "missing"), str(junk))
     assert proc.returncode == 2 and "model directory not found" in proc.stderr
+    proc = run("serve", "--speaker-threshold", "2", "--port", "0")  # before any model loads
+    assert proc.returncode == 2 and "SpeakerConfig.threshold=2.0" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_fabricate_command(tmp_path):

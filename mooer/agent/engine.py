@@ -40,6 +40,7 @@ import torch
 
 from mooer.agent.events import Event
 from mooer.agent.session import Session, SessionConfig
+from mooer.asr.speakers import SpeakerConfig, SpeakerEncoder, SpeakerLabeller
 from mooer.asr.vad import VadModel, shared_vad_model
 from mooer.errors import ConfigError
 from mooer.llm.generation import turn_end_id
@@ -183,6 +184,7 @@ class Engine:
         self._steps_begun = 0
         self._sessions: dict[str, Session] = {}
         self._tts: dict[str, TTSBackend] = {}  # loaded once, shared by the sessions that speak
+        self.speaker_encoder = SpeakerEncoder()  # loaded on first use, shared by the labellers
         self._session_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self._closing = False
@@ -224,12 +226,22 @@ class Engine:
                 )
             self.tts_backend(config.tts_backend).stream("", "en", config.voice)
 
+    def speaker_labeller(self, config: SpeakerConfig | None = None) -> SpeakerLabeller:
+        """A new set of speakers (a meeting's) to pass to ``open``; ``ConfigError`` naming the
+        install when resemblyzer is missing. The encoder loads on its first label."""
+        if not self.speaker_encoder.available():
+            self.speaker_encoder.load()  # raises, saying what to install
+        return SpeakerLabeller(self.speaker_encoder, config)
+
     def open(
         self,
         config: SessionConfig | None = None,
         on_event: Callable[[Event], None] | None = None,
+        speakers: SpeakerLabeller | None = None,
     ) -> Session:
-        """A new session; ``on_event`` receives its events (see ``Session`` for threads)."""
+        """A new session; ``on_event`` receives its events (see ``Session`` for threads);
+        ``speakers``: its finals carry who spoke them (sessions may share one labeller, one
+        after another: a meeting's numbering runs on)."""
         config = config or SessionConfig()
         if not isinstance(config, SessionConfig):
             raise ConfigError(f"expected a SessionConfig, got {type(config).__name__}")
@@ -238,7 +250,7 @@ class Engine:
             if self._closing:
                 raise ConfigError("the engine is closed: no new sessions")
             session_id = f"s{next(self._session_ids)}"
-        session = Session(self, config, on_event or (lambda event: None), session_id)
+        session = Session(self, config, on_event or (lambda event: None), session_id, speakers)
         with self._cond:
             self._sessions[session_id] = session
         return session

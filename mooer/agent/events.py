@@ -62,11 +62,14 @@ class TranscriptDelta(Event):
 
 @dataclass(frozen=True)
 class Transcript(Event):
-    """The final transcript of an utterance; ``language`` is "zh" or "en" as guessed from it."""
+    """The final transcript of an utterance; ``language`` is "zh" or "en" as guessed from it;
+    ``speaker`` who said it (0-based, in order of first appearance) where the session labels
+    speakers (see ``mooer.asr.speakers``), else None."""
 
     item_id: str
     text: str
     language: str | None = None
+    speaker: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,11 @@ class TranslationDelta(Event):
 
 @dataclass(frozen=True)
 class Translation(Event):
-    """The final translation of an utterance."""
+    """The final translation of an utterance; ``speaker`` as in ``Transcript``."""
 
     item_id: str
     text: str
+    speaker: int | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from mooer.transcribe import MAX_SEGMENT_S
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine
+    from mooer.asr.speakers import SpeakerLabeller
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,11 @@ class Session:
         config: SessionConfig,
         on_event: Callable[[ev.Event], None],
         session_id: str,
+        speakers: SpeakerLabeller | None = None,
     ) -> None:
         self.id = session_id
         self.config = config
+        self.speakers = speakers  # labels each final's speaker (on the worker), or None
         self.engine = engine
         self.model = engine.model
         self.stats = SessionStats()

@@ -200,6 +200,10 @@ class SessionWork:
         try:
             texts, audio_embeds = yield from self.texts(audio, self.config.final_options)
             transcript, translation = texts.transcript, texts.translation
+            speaker = None
+            if self.session.speakers is not None:
+                yield  # others' work may run between the decode and the voice print
+                speaker = self._speaker(audio)
             question = None
             if self.conversation is not None:
                 question = UserTurn(item, transcript or "", audio_embeds)
@@ -208,14 +212,13 @@ class SessionWork:
                 if delta:
                     stable = track.transcript.stable  # what the deltas add up to
                     self.outbox.emit(ev.TranscriptDelta(item, delta, stable, transcript))
-                self.outbox.emit(
-                    ev.Transcript(item, transcript, language_of(transcript) if transcript else None)
-                )
+                language = language_of(transcript) if transcript else None
+                self.outbox.emit(ev.Transcript(item, transcript, language, speaker))
             if translation is not None:
                 delta = track.translation.finish(translation)
                 if delta:
                     self.outbox.emit(ev.TranslationDelta(item, delta))
-                self.outbox.emit(ev.Translation(item, translation))
+                self.outbox.emit(ev.Translation(item, translation, speaker))
             self.stats.finals += 1
             self.stats.final_latency_s.append(time.perf_counter() - endpoint)
             if translation and self.config.speech_output:
@@ -229,6 +232,15 @@ class SessionWork:
         finally:
             if response is not None:
                 self.responses.retire(response)  # never started (a failure above): nothing was sent
+
+    def _speaker(self, audio: np.ndarray) -> int | None:
+        """Who spoke the utterance's 16 kHz samples (N,); None (and an Error event) if the voice
+        print failed: the final goes out without it."""
+        try:
+            return self.session.speakers.label(audio)
+        except Exception as exc:
+            self.session.report_error(exc)
+            return None
 
     def respond_to_pending(self, response: PendingResponse, asked: float) -> Iterator[None]:
         """Answer the spoken turn waiting for its reply, if any, else the conversation as

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mooer.agent import events as ev
+from mooer.asr.speakers import speaker_label
 from mooer.meetings.store import MeetingStore, Segment, new_meeting_id
 
 
@@ -64,6 +65,7 @@ class Recording:
             text = {"transcript": event.text} if isinstance(event, ev.Transcript) else {
                 "translation": event.text}  # fmt: skip
             language = getattr(event, "language", None)
+            speaker = None if event.speaker is None else speaker_label(event.speaker)
             self.store.keep(
                 self.meeting_id,
                 Segment(
@@ -72,6 +74,7 @@ class Recording:
                     times.end_ms,
                     times.wall_start,
                     times.wall_end,
+                    speaker=speaker,
                     language=language,
                     **text,
                 ),  # fmt: skip

@@ -15,7 +15,8 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from mooer.errors import ConfigError
+from mooer.asr.speakers import SpeakerConfig
+from mooer.errors import ConfigError, MooerError
 from mooer.server.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -47,14 +48,17 @@ def serve_main(
     quantize: str | None = None,
     llm_backend: str = "hf",
     llm_url: str | None = None,
+    speaker_threshold: float | None = None,
 ) -> int:
     """Load the model once and serve every protocol until SIGINT/SIGTERM (then drain).
 
     ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable; ``funasr_open``
     lets clients on ``funasr_port`` in without it. ``record`` keeps every live session as a
-    meeting in ``db`` (clients may ask for it per session anyway). ``quantize``,
-    ``llm_backend`` and ``llm_url``: see ``load_model``.
+    meeting in ``db`` (clients may ask for it per session anyway), its finals labelled with
+    speakers (``speaker_threshold``: see ``SpeakerConfig``). ``quantize``, ``llm_backend`` and
+    ``llm_url``: see ``load_model``.
     """
+    speakers = SpeakerConfig() if speaker_threshold is None else SpeakerConfig(speaker_threshold)
     config = ServerConfig(
         host=host,
         port=port,
@@ -69,6 +73,7 @@ def serve_main(
         model_name="mooer",
         record=record,
         meetings_db=db,
+        speakers=speakers,
     )
     from mooer.agent.engine import Engine
     from mooer.agent.session import SessionConfig
@@ -99,7 +104,15 @@ def serve_main(
         llm_backend=llm_backend,
         llm_url=llm_url,
     )
-    hub = Hub(speech_llm, Engine(speech_llm, threads=threads), config, defaults, meetings=store)
+    engine = Engine(speech_llm, threads=threads)
+    if record:  # every session is labelled: load the voice encoder now, not at the first final
+        try:
+            engine.speaker_encoder.load()
+            labels = "on"
+        except MooerError as exc:
+            labels = f"off ({exc})"
+        print(f"mooer: speaker labels {labels}", file=sys.stderr, flush=True)
+    hub = Hub(speech_llm, engine, config, defaults, meetings=store)
     where = f"{config.host}:{config.port}"
     funasr = f", FunASR ws://{config.host}:{config.funasr_port}" if config.funasr_port else ""
     serving = f"mooer: serving http://{where}/ (realtime ws://{where}/v1/realtime{funasr})"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mooer.asr.speakers import SpeakerConfig
 from mooer.errors import ConfigError, check_number
 
 MIB = 1 << 20
@@ -35,6 +36,7 @@ class ServerConfig:
     model_name: str = "mooer"  # the model id reported to clients
     record: bool = False  # keep every live session as a meeting (clients may ask: ?record=1)
     meetings_db: str | None = None  # the meeting store's URL or SQLite file; None: the default
+    speakers: SpeakerConfig = field(default_factory=SpeakerConfig)  # labels of recorded finals
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -89,6 +91,8 @@ class ServerConfig:
             raise ConfigError(
                 f"ServerConfig.meetings_db={self.meetings_db!r}: expected a database URL or file"
             )
+        if not isinstance(self.speakers, SpeakerConfig):
+            raise ConfigError(f"ServerConfig.speakers={self.speakers!r}: expected a SpeakerConfig")
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         """Whether a connection carrying ``Origin: origin`` to ``Host: host`` may proceed."""

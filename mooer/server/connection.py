@@ -28,6 +28,7 @@ from mooer.server.logs import log_handshake
 
 if TYPE_CHECKING:
     from mooer.agent.session import Session, SessionConfig
+    from mooer.asr.speakers import SpeakerLabeller
     from mooer.server.hub import Hub
     from mooer.server.recorder import Recorder
 
@@ -131,6 +132,7 @@ class Link:
         self._closed: dict[int, asyncio.Future] = {}  # by id(session): set by SessionClosed
         self._ended: dict[str, float] = {}  # item id -> when its utterance ended (monotonic)
         self.recorder: Recorder | None = None  # set while this connection is kept as a meeting
+        self.speakers: SpeakerLabeller | None = None  # set once its finals carry speakers
 
     @property
     def query(self) -> dict[str, str]:
@@ -167,7 +169,21 @@ class Link:
             except MooerError as exc:
                 report(ProtocolError("recording_stopped", str(exc), kind="server_error"))
                 return None
+            self.label_speakers(report, asked=False)
         return self.recorder.meeting_id
+
+    def label_speakers(self, report: Callable[[ProtocolError], None], asked: bool = True) -> None:
+        """Label the speakers of this connection's finals, from its next engine session on, with
+        one numbering for all its sessions (its meeting's). Without resemblyzer, a client that
+        ``asked`` is told why; a recording goes on without labels."""
+        if self.speakers is None:
+            try:
+                self.speakers = self.hub.engine.speaker_labeller(self.hub.config.speakers)
+            except MooerError as exc:
+                if asked:
+                    report(ProtocolError("speakers_unavailable", str(exc), kind="server_error"))
+                else:
+                    log.info("%s: recorded without speaker labels: %s", self.protocol_name, exc)
 
     def open_session(self, config: SessionConfig, on_event: Callable[[Any], None]) -> Session:
         """An engine session whose events run ``on_event`` on this connection's event loop
@@ -187,7 +203,7 @@ class Link:
             else:
                 self.recorder.keep(event, offset_ms, hand_over)
 
-        session = self.hub.engine.open(config, deliver)
+        session = self.hub.engine.open(config, deliver, self.speakers)
         self._closed[id(session)] = closed
         return session
 
@@ -338,6 +354,8 @@ async def serve_connection(
     try:
         if hub.records(link.query):
             link.record(protocol.report)
+        if hub.labels_speakers(link.query):
+            link.label_speakers(protocol.report)
         protocol.start()
         await _read(websocket, link, protocol, writer)
     finally:

@@ -23,7 +23,9 @@ FunASR's clients send no headers); ``ServerConfig.funasr_open`` waives it on the
 mooer's additions: each utterance's final (``offline``/``2pass-offline``) carries
 ``stamp_sents``, one sentence with its ``start`` and ``end`` in ms from the file's start; a
 config frame with ``"record": true`` keeps the connection as a meeting, and every reply from
-then on carries its ``meeting_id``.
+then on carries its ``meeting_id``. A recorded connection, or one whose config frame has
+``"speakers": true``, labels each final's speaker from its next file on: its ``stamp_sents``
+entry carries ``spk`` (0, 1, ... in order of first appearance, as FunASR's own ``spk``).
 """
 
 from __future__ import annotations
@@ -177,10 +179,11 @@ class FunasrProtocol(WireProtocol):
                 "busy", "the previous file is still being finished; wait for its is_final reply"
             )
         settings = apply_frame(self.settings, frame)
-        if "record" in frame and frame["record"] is not False:
-            if frame["record"] is not True:
-                raise ProtocolError("invalid_value", "record must be true or false", "record")
-            self.link.record(self.report)
+        for name, ask in (("record", self.link.record), ("speakers", self.link.label_speakers)):
+            if name in frame and frame[name] is not False:
+                if frame[name] is not True:
+                    raise ProtocolError("invalid_value", f"{name} must be true or false", name)
+                ask(self.report)
         if settings != self.settings and self.session is not None:
             if settings.engine_changes() != self.settings.engine_changes() or (
                 settings.audio_fs != self.settings.audio_fs
@@ -235,6 +238,8 @@ class FunasrProtocol(WireProtocol):
                 if times is not None:
                     sentence = {"text_seg": event.text, "punc": "", "start": times[0],
                                 "end": times[1]}  # fmt: skip
+                    if event.speaker is not None:
+                        sentence["spk"] = event.speaker
                     message["stamp_sents"] = [{**sentence, "ts_list": []}]
             if self.held is not None:
                 self.held.append(message)

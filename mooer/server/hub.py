@@ -85,6 +85,10 @@ class Hub:
         """Whether a new connection is recorded: ``--record``, or ``?record=1`` from the client."""
         return self.config.record or query.get("record", "").lower() in ("1", "true", "yes")
 
+    def labels_speakers(self, query: dict[str, str]) -> bool:
+        """Whether a new connection asked for speaker labels (``?speakers=1``)."""
+        return query.get("speakers", "").lower() in ("1", "true", "yes")
+
     def recorder(self, link: Link, report: Callable[[ProtocolError], None]) -> Recorder:
         """Start keeping ``link``'s finals as a new meeting (``MooerError``: no store here)."""
         from mooer.meetings.recording import Recording

@@ -19,7 +19,9 @@ translation is spoken as ``conversation.item.input_audio_translation.audio.delta
 PCM16 with ``sample_rate``); the client event ``session.close`` ends the session as on
 ``/v1/realtime/translations``: what is pending is flushed (translations spoken), then
 ``session.closed`` and the socket closes. A change of ``instructions`` alone keeps the
-conversation (its cache is rebuilt under the new system turn).
+conversation (its cache is rebuilt under the new system turn). On a connection that labels
+speakers (``?speakers=1``, or recorded) each final's ``...transcription.completed`` (and
+asr+ast's ``...translation.completed``) carries ``speaker``: "speaker 1", "speaker 2"...
 
 Which stream carries what, by task (``session.mooer.task``):
 asr and chat put the transcript in ``input_audio_transcription``; ast puts the English
@@ -35,6 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mooer.agent import events as ev
+from mooer.asr.speakers import speaker_label
 from mooer.audio import SAMPLE_RATE
 from mooer.server.connection import CLOSE_NORMAL, Link, ProtocolError, new_id
 from mooer.server.openai_wire import OpenAIWire, audio_pieces, error_kind, json_object
@@ -377,7 +380,7 @@ class RealtimeProtocol(OpenAIWire):
         self._transcription_delta(e.item_id, e.delta, stable_text=e.stable_text, text=e.text)
 
     def _on_transcript(self, e: ev.Transcript) -> None:
-        self._transcription_done(e.item_id, e.text)
+        self._transcription_done(e.item_id, e.text, e.speaker)
 
     def _on_translation_delta(self, e: ev.TranslationDelta) -> None:
         if self.settings.task == "ast":
@@ -392,13 +395,14 @@ class RealtimeProtocol(OpenAIWire):
 
     def _on_translation(self, e: ev.Translation) -> None:
         if self.settings.task == "ast":
-            self._transcription_done(e.item_id, e.text)
+            self._transcription_done(e.item_id, e.text, e.speaker)
         else:
             self.emit(
                 "conversation.item.input_audio_translation.completed",
                 item_id=e.item_id,
                 content_index=0,
                 translation=e.text,
+                **_speaker(e.speaker),
             )
 
     @property
@@ -418,7 +422,7 @@ class RealtimeProtocol(OpenAIWire):
             **extra,
         )
 
-    def _transcription_done(self, item_id: str, text: str) -> None:
+    def _transcription_done(self, item_id: str, text: str, speaker: int | None) -> None:
         item = self.items.pop(item_id, _Utterance())
         seconds = max(0, item.end_ms - item.start_ms) / 1000
         if self._transcribes:
@@ -428,6 +432,7 @@ class RealtimeProtocol(OpenAIWire):
                 content_index=0,
                 transcript=text,
                 usage={"type": "duration", "seconds": seconds},
+                **_speaker(speaker),
             )
         transcript = text if self._transcribes else None
         done = _user_item(item_id, {"type": "input_audio", "transcript": transcript})
@@ -604,3 +609,8 @@ def _user_item(item_id: str, content: dict[str, Any]) -> dict[str, Any]:
         "status": "completed",
         "content": [content],
     }
+
+
+def _speaker(index: int | None) -> dict[str, str]:
+    """A final's ``speaker`` field ("speaker 1"...), on connections that label speakers."""
+    return {} if index is None else {"speaker": speaker_label(index)}

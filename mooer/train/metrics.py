@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jiwer
+import numpy as np
 import sacrebleu
 
 from mooer.errors import ConfigError
@@ -125,3 +126,62 @@ def bleu(refs: Sequence[str], hyps: Sequence[str], tokenize: str = "13a") -> flo
         return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=tokenize).score)
     except (KeyError, ValueError, AssertionError) as exc:
         raise ConfigError(f"sacrebleu cannot score with tokenize={tokenize!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class DiarizationErrors:
+    """Seconds of reference speech scored, and of its errors: ``missed`` (speech without a
+    label), ``false_alarm`` (a label where no one spoke), ``confusion`` (the wrong speaker)."""
+
+    speech_s: float
+    missed_s: float
+    false_alarm_s: float
+    confusion_s: float
+
+    @property
+    def der(self) -> float:
+        """Diarisation error rate, 0..1 (may exceed 1 with much false alarm)."""
+        wrong = self.missed_s + self.false_alarm_s + self.confusion_s
+        return wrong / self.speech_s if self.speech_s else 0.0
+
+
+def diarization_errors(
+    reference: Sequence[tuple[object, float, float]],
+    hypothesis: Sequence[tuple[object, float, float]],
+    collar_s: float = 0.25,
+    step_s: float = 0.01,
+) -> DiarizationErrors:
+    """DER's parts for (speaker, start s, end s) turns without overlap, scored every ``step_s``
+    under the best one-to-one mapping of hypothesis speakers to reference ones; ``collar_s``
+    either side of each reference boundary is not scored (as NIST's md-eval does)."""
+    from scipy.optimize import linear_sum_assignment
+
+    end = max([e for _, _, e in [*reference, *hypothesis]], default=0.0)
+    frames = int(np.ceil(end / step_s)) + 1
+    times = (np.arange(frames) + 0.5) * step_s  # (F,) frame centres
+
+    def track(turns: Sequence[tuple[object, float, float]]) -> tuple[np.ndarray, list[object]]:
+        names = list(dict.fromkeys(name for name, _, _ in turns))
+        who = np.full(frames, -1)  # (F,) index into names, -1: no one
+        for name, start, stop in turns:
+            who[(times >= start) & (times < stop)] = names.index(name)
+        return who, names
+
+    ref, ref_names = track(reference)
+    hyp, hyp_names = track(hypothesis)
+    scored = np.ones(frames, dtype=bool)
+    for _, start, stop in reference:
+        for edge in (start, stop):
+            scored &= np.abs(times - edge) > collar_s
+    ref, hyp = ref[scored], hyp[scored]
+    both = (ref >= 0) & (hyp >= 0)
+    overlap = np.zeros((len(ref_names), len(hyp_names)))  # frames where both speak, per pair
+    np.add.at(overlap, (ref[both], hyp[both]), 1)
+    rows, cols = linear_sum_assignment(-overlap)
+    matched = overlap[rows, cols].sum()
+    return DiarizationErrors(
+        speech_s=float((ref >= 0).sum() * step_s),
+        missed_s=float(((ref >= 0) & (hyp < 0)).sum() * step_s),
+        false_alarm_s=float(((ref < 0) & (hyp >= 0)).sum() * step_s),
+        confusion_s=float((both.sum() - matched) * step_s),
+    )

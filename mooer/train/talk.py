@@ -89,3 +89,53 @@ def spoken_talk(
         spans.append((at, at + clip.size))
         at += clip.size + parts[-1].size
     return Talk(np.concatenate(parts), list(sentences), spans)
+
+
+# Three voices no model here trained on, for speaker labelling: a man, a woman and a second man.
+MEETING_VOICES = (
+    VoiceSpec("cmn", "m7", 170, 50),
+    VoiceSpec("cmn", "f4", 180, 50),
+    VoiceSpec("cmn", "m8", 160, 40),
+)
+
+
+@dataclass(frozen=True)
+class Meeting:
+    """Turns of several voices: the audio and, per turn, its speaker (an index into the voices)
+    and samples."""
+
+    audio: np.ndarray  # float32 (N,) at 16 kHz
+    turns: list[tuple[int, int, int]]  # (speaker, start, end) samples of each turn's sound
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.size / SAMPLE_RATE
+
+
+def spoken_meeting(
+    turns: int,
+    voices: tuple[VoiceSpec, ...] = MEETING_VOICES,
+    pause_s: tuple[float, float] = (0.7, 1.2),
+    seed: int = 0,
+) -> Meeting:
+    """``turns`` short turns (one held-out Mandarin sentence each, about 1.5-3 s) of ``voices``
+    in an order drawn with ``seed`` (every voice speaks; the same voice may go on), with pauses
+    drawn from ``pause_s`` between them: long enough for a voice activity detector to end each
+    turn, so segments and turns match."""
+    if not len(voices) <= turns <= 411:
+        raise ConfigError(f"turns={turns!r}: expected {len(voices)}..411 (one sentence each)")
+    rng = np.random.default_rng(seed)
+    order = list(range(len(voices))) + list(rng.integers(0, len(voices), turns - len(voices)))
+    rng.shuffle(order)
+    sentences = heldout_sentences(turns, "zh", seed)
+    parts, spans = [], []
+    at = 0
+    for speaker, sentence in zip(order, sentences):
+        pause = float(rng.uniform(*pause_s))
+        turn = spoken_talk([sentence], 0.0, voices[speaker], lead_s=pause, tail_s=0.0)
+        start, end = turn.spans[0]
+        parts.append(turn.audio)
+        spans.append((int(speaker), at + start, at + end))
+        at += turn.audio.size
+    parts.append(np.zeros(SAMPLE_RATE, dtype=np.float32))  # the last turn ends in silence
+    return Meeting(np.concatenate(parts), spans)

@@ -25,8 +25,8 @@ def test_sessions_one_after_another_keep_one_timeline(tmp_path):
     at(1000.6, 600, ev.SpeechStarted("i1", 500))
     at(1003.0, 3000, ev.SpeechStopped("i1", 2500))
     at(1003.0, 3000, ev.Committed("i1"))
-    at(1003.4, 3400, ev.Transcript("i1", "hello", "en"))
-    at(1003.5, 3400, ev.Translation("i1", "你好"))
+    at(1003.4, 3400, ev.Transcript("i1", "hello", "en", speaker=1))
+    at(1003.5, 3400, ev.Translation("i1", "你好", speaker=1))
     # a second engine session (after a session.update) began at 10 s of the connection's audio
     at(1010.5, 10_400, ev.SpeechStarted("i2", 300), offset_ms=10_000)
     at(1011.5, 11_400, ev.SpeechStopped("i2", 1300), offset_ms=10_000)
@@ -48,5 +48,6 @@ def test_sessions_one_after_another_keep_one_timeline(tmp_path):
     assert first.wall_start == pytest.approx(1000.5) and first.wall_end == pytest.approx(1002.5)
     assert second.wall_start == pytest.approx(1010.4) and second.wall_end == pytest.approx(1011.4)
     assert first.language == "en"
+    assert [s.speaker for s in meeting.segments] == ["speaker 2", None, None]  # labelled or not
     assert meeting.info.started_at == 1000.0 and meeting.info.ended_at == 1014.2
     store.close()

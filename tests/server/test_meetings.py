@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 import websockets
 
-from tests.server.wire import at_24k, send_realtime
+from mooer.asr.speakers import SpeakerEncoder
+from tests.server.wire import at_24k, closed_transcription
 
 sa = pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
 
 KEY = "meeting-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 FINAL = "conversation.item.input_audio_transcription.completed"
+# A recorded session's speaker labels, where resemblyzer is installed (setup.sh --tests)
+LABELLED = "speaker 1" if SpeakerEncoder.available() else None
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +56,8 @@ def _ended(db, meeting_id, timeout=10.0):
 
 
 def test_a_recorded_sdk_session_keeps_every_final_with_its_times(recording_server, db, speech):
-    from openai import AsyncOpenAI
-
-    async def run():
-        client = AsyncOpenAI(base_url=f"{recording_server.url}/v1", api_key=KEY)
-        events = []
-        async with client.realtime.connect(model="mooer", extra_query={"record": "1"}) as conn:
-            await conn.session.update(
-                session={"type": "transcription", "mooer": {"task": "asr"}}  # type: ignore
-            )
-            await send_realtime(conn, at_24k(np.concatenate(speech)))
-            await conn.send({"type": "session.close"})  # every final first, then session.closed
-            async for event in conn:
-                events.append(event)
-                if event.type == "session.closed":
-                    break
-        return events
-
-    events = asyncio.run(run())
+    pcm = at_24k(np.concatenate(speech))
+    events = asyncio.run(closed_transcription(recording_server.url, KEY, {"record": "1"}, pcm))
     created = events[0]
     assert created.type == "session.created"
     meeting_id = created.session.mooer["meeting_id"]
@@ -89,7 +76,9 @@ def test_a_recorded_sdk_session_keeps_every_final_with_its_times(recording_serve
     for s in meeting.segments:
         assert (s.start_ms, s.end_ms) == (starts[s.item_id], stops[s.item_id])
         assert meeting.info.started_at <= s.wall_start <= s.wall_end <= meeting.info.ended_at
-        assert s.translation is None and s.speaker is None
+        assert s.translation is None
+    # recorded finals are labelled: the two AISHELL recordings are one speaker (S0764)
+    assert {s.speaker for s in meeting.segments} == {f.speaker for f in finals} == {LABELLED}
 
     # the meetings API, behind the key
     base = f"{recording_server.url}/v1/meetings"
@@ -156,6 +145,9 @@ def test_funasr_asks_with_record_and_its_finals_carry_times(recording_server, db
     assert [(k.transcript, k.start_ms, k.end_ms) for k in meeting.segments] == [
         (s["text_seg"], s["start"], s["end"]) for s in stamps
     ]
+    if LABELLED:
+        assert {s["spk"] for s in stamps} == {0}
+        assert {k.speaker for k in meeting.segments} == {LABELLED}
 
 
 def test_translation_sessions_ask_with_the_query_and_learn_the_id(recording_server, db):

@@ -48,3 +48,23 @@ async def send_translation(conn, pcm: bytes) -> None:
     """``session.input_audio_buffer.append`` on a ``client.realtime.translations`` connection."""
     for chunk in _chunks(pcm):
         await conn.session.input_audio_buffer.append(audio=chunk)
+
+
+async def closed_transcription(base_url: str, key: str, query: dict[str, str], pcm: bytes) -> list:
+    """An asr transcription session by the openai SDK (``query`` on its URL): ``pcm`` (24 kHz),
+    then ``session.close``; every event up to ``session.closed``, after every final."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key=key)
+    events = []
+    async with client.realtime.connect(model="mooer", extra_query=query) as conn:
+        await conn.session.update(
+            session={"type": "transcription", "mooer": {"task": "asr"}}  # type: ignore
+        )
+        await send_realtime(conn, pcm)
+        await conn.send({"type": "session.close"})
+        async for event in conn:
+            events.append(event)
+            if event.type == "session.closed":
+                break
+    return events

@@ -123,3 +123,21 @@ def test_error_counts_add_up():
     total = ErrorCounts(1, 2, 3, 10) + ErrorCounts(0, 1, 0, 5)
     assert total == ErrorCounts(1, 3, 3, 15)
     assert total.errors == 7 and total.rate == pytest.approx(7 / 15)
+
+
+def test_diarization_errors_by_hand():
+    from mooer.train.metrics import diarization_errors
+
+    reference = [("ann", 0.0, 2.0), ("bob", 3.0, 5.0), ("ann", 6.0, 8.0)]
+    # other names, same turns: the mapping makes it perfect (0.25 s collars: 1.5 s per turn)
+    perfect = diarization_errors(reference, [(7, 0.0, 2.0), (8, 3.0, 5.0), (7, 6.0, 8.0)])
+    assert perfect.der == 0.0 and perfect.speech_s == pytest.approx(3 * 1.5, abs=0.02)  # less the collars
+    # the last turn given to bob: 2 s less the collars either end are confused
+    wrong = diarization_errors(reference, [(7, 0.0, 2.0), (8, 3.0, 5.0), (8, 6.0, 8.0)])
+    assert wrong.confusion_s == pytest.approx(1.5, abs=0.02) and wrong.missed_s == 0.0
+    assert wrong.der == pytest.approx(1.5 / 4.5, abs=0.01)
+    # a turn not labelled at all is missed; a label in the silence is a false alarm
+    gaps = diarization_errors(reference, [(7, 0.0, 2.0), (8, 3.0, 5.5), (7, 6.0, 8.0)][:2])
+    assert gaps.missed_s == pytest.approx(1.5, abs=0.02)
+    assert gaps.false_alarm_s == pytest.approx(0.25, abs=0.02)  # 5.25-5.5 is past the collar
+    assert diarization_errors(reference, [], collar_s=0.0).der == 1.0

@@ -34,3 +34,17 @@ def test_pauses_fall_in_the_range_asked_for():
         spoken_talk(heldout_sentences(2), (0.5, 0.2))
     with pytest.raises(ConfigError, match="pause_s"):
         spoken_talk(heldout_sentences(2), 11.0)
+
+
+def test_a_meeting_gives_every_voice_a_turn_with_pauses_between():
+    from mooer.train.talk import MEETING_VOICES, spoken_meeting
+
+    meeting = spoken_meeting(6, seed=3, pause_s=(0.7, 0.9))
+    speakers = [who for who, _, _ in meeting.turns]
+    assert len(speakers) == 6 and set(speakers) == set(range(len(MEETING_VOICES)))
+    assert speakers != [who for who, _, _ in spoken_meeting(6, seed=4).turns]
+    gaps = [b[1] - a[2] for a, b in zip(meeting.turns, meeting.turns[1:])]
+    assert all(0.7 * SAMPLE_RATE - 1 <= g <= 0.9 * SAMPLE_RATE + 1 for g in gaps), gaps
+    assert meeting.audio.size - meeting.turns[-1][2] == SAMPLE_RATE  # ends in 1 s of silence
+    with pytest.raises(ConfigError, match="turns"):
+        spoken_meeting(2)
