@@ -8,6 +8,7 @@ naming the store (password hidden) and the cause, never the SQL or its parameter
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -25,6 +26,8 @@ from mooer.errors import ConfigError, MooerError
 
 ID_PREFIX = "mtg_"
 MEETING_ID = re.compile(r"mtg_[0-9a-f]{20}")
+ITEM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # what the protocols' item ids are made of
+MAX_SPEAKER_CHARS = 64  # the speaker column's width
 BUSY_TIMEOUT_S = 5.0  # SQLite: how long a write waits for another writer's lock
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: how long opening a connection may take
 DRIVERS = {"sqlite": "sqlite", "sqlite+pysqlite": "sqlite", "postgresql": "postgresql+psycopg",
@@ -37,6 +40,13 @@ class StoreError(MooerError):
 
 class UnknownMeeting(StoreError):
     """No meeting has this id."""
+
+
+class NotFound(StoreError):
+    """The meeting exists but holds no such speaker, or no audio for that segment."""
+
+
+log = logging.getLogger("mooer.meetings")
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,18 @@ segments = sa.Table(
     sa.UniqueConstraint("meeting_id", "item_id", name="segments_item"),
     sa.Index("segments_meeting", "meeting_id", "start_ms"),
 )
+# A segment's audio (``mooer serve --record-audio``): FLAC, 16 kHz mono, in the database itself
+# so that servers sharing a PostgreSQL store can all play it, and a deletion is one transaction.
+segment_audio = sa.Table(
+    "segment_audio",
+    metadata,
+    sa.Column("meeting_id", sa.String(32), sa.ForeignKey("meetings.id"), primary_key=True),
+    sa.Column("item_id", sa.String(64), primary_key=True),
+    sa.Column("flac", sa.LargeBinary, nullable=False),
+)
+# PostgreSQL: a trigram index turns search's LIKE '%...%' into an index lookup (pg_trgm)
+TRIGRAM_INDEX = ("CREATE INDEX IF NOT EXISTS segments_search_trgm ON segments "
+                 "USING gin (search_text gin_trgm_ops)")  # fmt: skip
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -196,7 +218,20 @@ class MeetingStore:
                         f"meeting store {self.where}: cannot create its folder: {exc}"
                     ) from exc
             metadata.create_all(self.engine)
+            if not self.is_sqlite:
+                self._trigram_index()
             self._ready = True
+
+    def _trigram_index(self) -> None:
+        """Search's index on PostgreSQL, where the pg_trgm extension can be had; without it
+        search still works, by a sequential scan."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+                conn.execute(sa.text(TRIGRAM_INDEX))
+        except SQLAlchemyError as exc:
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            log.warning("meeting store %s: search without a trigram index: %s", self.where, cause)
 
     def open(self) -> MeetingStore:
         """Connect and make the schema now (``mooer serve --record`` fails fast on a bad store)."""
@@ -212,9 +247,10 @@ class MeetingStore:
             conn.execute(meetings.insert().values(**row))
         return meeting_id
 
-    def keep(self, meeting_id: str, segment: Segment) -> None:
+    def keep(self, meeting_id: str, segment: Segment, audio: bytes | None = None) -> None:
         """Store a segment, or fill in what a later final of the same item adds (a translation
-        after its transcript): fields left None keep their stored value."""
+        after its transcript): fields left None keep their stored value. ``audio`` (FLAC) is
+        kept with a new segment."""
         values = {k: v for k, v in vars(segment).items() if v is not None}
         text = "\n".join(t.lower() for t in (segment.transcript, segment.translation) if t)
         where = (segments.c.meeting_id == meeting_id) & (segments.c.item_id == segment.item_id)
@@ -225,6 +261,9 @@ class MeetingStore:
                 return
             conn.execute(segments.insert().values(meeting_id=meeting_id, search_text=text,
                                                   **values))  # fmt: skip
+            if audio is not None:
+                conn.execute(segment_audio.insert().values(
+                    meeting_id=meeting_id, item_id=segment.item_id, flac=audio))  # fmt: skip
             longer = meetings.c.duration_ms < segment.end_ms
             conn.execute(
                 meetings.update()
@@ -265,10 +304,42 @@ class MeetingStore:
             ).all()
         return Meeting(_info(row), [_segment(r) for r in rows])
 
+    def rename_speaker(self, meeting_id: str, old: str, new: str) -> int:
+        """Call speaker ``old`` ``new`` in every segment of a meeting (two names may become one);
+        how many segments changed. ``NotFound`` if no segment has ``old``."""
+        self._check_id(meeting_id)
+        new = check_speaker(new)
+        where = (segments.c.meeting_id == meeting_id) & (segments.c.speaker == old)
+        with self._transaction("renaming a speaker") as conn:
+            self._require(conn, meeting_id)
+            changed = conn.execute(segments.update().where(where).values(speaker=new)).rowcount
+        if not changed:
+            raise NotFound(f"meeting {meeting_id} has no speaker {old!r}")
+        return changed
+
+    def audio(self, meeting_id: str, item_id: str) -> bytes:
+        """A segment's audio as FLAC; ``NotFound`` if it was not kept."""
+        self._check_id(meeting_id)
+        if not isinstance(item_id, str) or not ITEM_ID.fullmatch(item_id):
+            raise NotFound(f"{item_id!r} is not a segment id")
+        where = (segment_audio.c.meeting_id == meeting_id) & (segment_audio.c.item_id == item_id)
+        with self._transaction("reading a segment's audio") as conn:
+            self._require(conn, meeting_id)
+            flac = conn.execute(sa.select(segment_audio.c.flac).where(where)).scalar()
+        if flac is None:
+            raise NotFound(f"meeting {meeting_id} kept no audio of segment {item_id}")
+        return flac
+
+    def _require(self, conn: sa.Connection, meeting_id: str) -> None:
+        found = conn.execute(sa.select(meetings.c.id).where(meetings.c.id == meeting_id)).first()
+        if found is None:
+            raise self._unknown(meeting_id)
+
     def delete(self, meeting_id: str) -> None:
-        """Remove a meeting and its segments; ``UnknownMeeting`` if there is none."""
+        """Remove a meeting, its segments and their audio; ``UnknownMeeting`` if there is none."""
         self._check_id(meeting_id)
         with self._transaction("deleting a meeting") as conn:
+            conn.execute(segment_audio.delete().where(segment_audio.c.meeting_id == meeting_id))
             conn.execute(segments.delete().where(segments.c.meeting_id == meeting_id))
             if conn.execute(meetings.delete().where(meetings.c.id == meeting_id)).rowcount == 0:
                 raise self._unknown(meeting_id)
@@ -284,6 +355,19 @@ class MeetingStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def check_speaker(name: object) -> str:
+    """A speaker's new name: 1..64 printable characters, no leading or trailing space."""
+    if (
+        not isinstance(name, str) or not name or name != name.strip()
+        or len(name) > MAX_SPEAKER_CHARS or not name.isprintable()
+    ):  # fmt: skip
+        raise ConfigError(
+            f"speaker name {name!r}: expected 1 to {MAX_SPEAKER_CHARS} printable characters, "
+            "without leading or trailing spaces"
+        )
+    return name
 
 
 def _info(row: sa.Row) -> MeetingInfo:

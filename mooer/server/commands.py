@@ -44,6 +44,7 @@ def serve_main(
     log_level: str = "info",
     record: bool = False,
     db: str | None = None,
+    record_audio: bool = False,
     quantize: str | None = None,
     llm_backend: str = "hf",
     llm_url: str | None = None,
@@ -52,7 +53,8 @@ def serve_main(
 
     ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable; ``funasr_open``
     lets clients on ``funasr_port`` in without it. ``record`` keeps every live session as a
-    meeting in ``db`` (clients may ask for it per session anyway). ``quantize``,
+    meeting in ``db`` (clients may ask for it per session anyway), with each segment's audio
+    when ``record_audio``. ``quantize``,
     ``llm_backend`` and ``llm_url``: see ``load_model``.
     """
     config = ServerConfig(
@@ -69,6 +71,7 @@ def serve_main(
         model_name="mooer",
         record=record,
         meetings_db=db,
+        record_audio=record_audio,
     )
     from mooer.agent.engine import Engine
     from mooer.agent.session import SessionConfig
