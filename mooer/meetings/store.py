@@ -157,7 +157,9 @@ segment_audio = sa.Table(
     sa.Column("item_id", sa.String(64), primary_key=True),
     sa.Column("flac", sa.LargeBinary, nullable=False),
 )
-# PostgreSQL: a trigram index turns search's LIKE '%...%' into an index lookup (pg_trgm)
+# PostgreSQL: a trigram index turns search's LIKE '%...%' into an index lookup (pg_trgm) for
+# searches of at least TRIGRAM characters (a two-character Mandarin word has no trigram)
+TRIGRAM = 3
 TRIGRAM_INDEX = ("CREATE INDEX IF NOT EXISTS segments_search_trgm ON segments "
                  "USING gin (search_text gin_trgm_ops)")  # fmt: skip
 
@@ -285,7 +287,11 @@ class MeetingStore:
         holds that text (case-insensitive, taken literally: ``%`` and ``_`` are not wildcards)."""
         query = meetings.select().order_by(meetings.c.started_at.desc(), meetings.c.id).limit(limit)
         if search:
-            found = segments.c.search_text.contains(search.lower(), autoescape=True)
+            needle = search.lower()
+            if self.is_sqlite or len(needle) >= TRIGRAM:
+                found = segments.c.search_text.contains(needle, autoescape=True)
+            else:  # shorter than a trigram: a scan of the text beats a scan of the whole index
+                found = sa.func.strpos(segments.c.search_text, needle) > 0
             query = query.where(meetings.c.id.in_(sa.select(segments.c.meeting_id).where(found)))
         with self._transaction("listing meetings") as conn:
             return [_info(row) for row in conn.execute(query)]

@@ -63,6 +63,9 @@ def test_listing_is_newest_first_and_search_takes_text_literally(store):
     assert [m.id for m in store.list(search="off_site")] == [old]
     assert [m.id for m in store.list(search="'); DROP TABLE")] == [new]
     assert store.list(search="nothing like it") == []
+    assert [m.id for m in store.list(search="0%")] == [old]  # shorter than a trigram
+    assert [m.id for m in store.list(search="_")] == [old]
+    assert [m.id for m in store.list(search="'")] == [new]
     assert len(store.list(limit=1)) == 1
     assert store.get(old).segments[0].transcript == "Budget: 50% off_site"  # the table is there
 
