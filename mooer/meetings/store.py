@@ -185,8 +185,11 @@ class MeetingStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             try:
+                # prepare_threshold None: psycopg never prepares a repeated query, whose generic
+                # plan could not use the trigram index (the search text is not known then)
                 self.engine = sa.create_engine(
-                    self.url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+                    self.url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S,
+                                            "prepare_threshold": None},
                     pool_pre_ping=True,
                 )  # fmt: skip
             except ImportError as exc:
