@@ -134,9 +134,11 @@ class MeetingsApi:
         from mooer.meetings.store import check_speaker
 
         meeting_id = request.path_params["meeting_id"]
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise ProtocolError("invalid_value", f"the body is over {MAX_BODY_BYTES} bytes")
+        body = b""
+        async for chunk in request.stream():  # read no further than a rename can need
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise ProtocolError("invalid_value", f"the body is over {MAX_BODY_BYTES} bytes")
         try:
             fields = parse_json_object(body.decode("utf-8"))
         except UnicodeDecodeError as exc:

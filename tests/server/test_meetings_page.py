@@ -1,6 +1,7 @@
 """The meetings page in headless Chromium against a real server holding a recorded meeting (its
 audio kept), and the review API's refusals: no key, a path for a meeting id or export name, SQL
-in a search. Needs Chromium and playwright, as tests/server/test_page.py does (skipped without)."""
+in a search; on SQLite and on PostgreSQL. Needs Chromium and playwright, as test_page.py does
+(skipped without)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import io
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 
 import httpx
@@ -18,6 +20,7 @@ import websockets
 
 from mooer.audio import SAMPLE_RATE
 from mooer.server.pcm import encode_pcm16
+from tests.meetings.conftest import postgres_url  # noqa: F401  (the fixture)
 
 sa = pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
 
@@ -27,9 +30,19 @@ TRANSLATED = "conversation.item.input_audio_translation.completed"
 NAME = "<img src=x onerror=\"window.pwned=1\"> Ana & 'Bo'"  # a name that is also markup
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("review") / "meetings.db")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def db(request, tmp_path_factory) -> Iterator[str]:
+    """An empty store on each backend (PostgreSQL: the cluster tests/meetings starts)."""
+    if request.param == "sqlite":
+        yield str(tmp_path_factory.mktemp("review") / "meetings.db")
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    from mooer.meetings.store import MeetingStore, metadata
+
+    store = MeetingStore(url)
+    metadata.drop_all(store.engine)
+    store.close()
 
 
 @pytest.fixture(scope="module")
@@ -221,5 +234,7 @@ def test_the_review_api_refuses_without_the_key_and_takes_paths_and_sql_as_text(
                         ({"old": "speaker 2", "new": "x" * 65}, "new")]:  # fmt: skip
         assert error(httpx.patch(rename, json=body, headers=AUTH), 400)["param"] == param
     assert error(httpx.patch(rename, content=b"{", headers=AUTH), 400)["code"] == "invalid_json"
+    huge = httpx.patch(rename, content=b" " * 100_000, headers=AUTH)
+    assert "over 4096 bytes" in error(huge, 400)["message"]
     missing = httpx.patch(rename, json={"old": "nobody", "new": "x"}, headers=AUTH)
     assert error(missing, 404)["message"] == f"meeting {meeting_id} has no speaker 'nobody'"
