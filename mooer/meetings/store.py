@@ -157,11 +157,29 @@ segment_audio = sa.Table(
     sa.Column("item_id", sa.String(64), primary_key=True),
     sa.Column("flac", sa.LargeBinary, nullable=False),
 )
-# PostgreSQL: a trigram index turns search's LIKE '%...%' into an index lookup (pg_trgm) for
-# searches of at least TRIGRAM characters (a two-character Mandarin word has no trigram)
+# Search's trigram index turns a scan for '%...%' into an index lookup, for searches of at least
+# TRIGRAM characters (a two-character Mandarin word has no trigram). PostgreSQL: pg_trgm's GIN
+# index on the column. SQLite: an FTS5 table with the trigram tokenizer over the column, kept up
+# to date by triggers in each write's own transaction.
 TRIGRAM = 3
 TRIGRAM_INDEX = ("CREATE INDEX IF NOT EXISTS segments_search_trgm ON segments "
                  "USING gin (search_text gin_trgm_ops)")  # fmt: skip
+SQLITE_FTS = "segments_fts"
+SQLITE_FTS_SCHEMA = (
+    f"CREATE VIRTUAL TABLE {SQLITE_FTS} USING fts5(search_text, content='segments', "
+    "content_rowid='id', tokenize='trigram')",
+    f"CREATE TRIGGER segments_fts_insert AFTER INSERT ON segments BEGIN INSERT INTO "
+    f"{SQLITE_FTS}(rowid, search_text) VALUES (new.id, new.search_text); END",
+    f"CREATE TRIGGER segments_fts_update AFTER UPDATE OF search_text ON segments BEGIN "
+    f"INSERT INTO {SQLITE_FTS}({SQLITE_FTS}, rowid, search_text) VALUES ('delete', old.id, "
+    f"old.search_text); INSERT INTO {SQLITE_FTS}(rowid, search_text) VALUES (new.id, "
+    "new.search_text); END",
+    f"CREATE TRIGGER segments_fts_delete AFTER DELETE ON segments BEGIN INSERT INTO "
+    f"{SQLITE_FTS}({SQLITE_FTS}, rowid, search_text) VALUES ('delete', old.id, "
+    "old.search_text); END",
+    f"INSERT INTO {SQLITE_FTS}({SQLITE_FTS}) VALUES ('rebuild')",  # the segments kept before
+)
+fts = sa.table(SQLITE_FTS, sa.column("rowid", sa.Integer), sa.column(SQLITE_FTS))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -198,6 +216,7 @@ class MeetingStore:
                     "pip install 'mooer[meetings]'"
                 ) from exc
         self._ready = False
+        self._indexed = False  # whether search has its trigram index
         self._lock = threading.Lock()
 
     @contextmanager
@@ -223,20 +242,26 @@ class MeetingStore:
                         f"meeting store {self.where}: cannot create its folder: {exc}"
                     ) from exc
             metadata.create_all(self.engine)
-            if not self.is_sqlite:
-                self._trigram_index()
+            self._indexed = self._trigram_index()
             self._ready = True
 
-    def _trigram_index(self) -> None:
-        """Search's index on PostgreSQL, where the pg_trgm extension can be had; without it
-        search still works, by a sequential scan."""
+    def _trigram_index(self) -> bool:
+        """Make search's index where this database can have one (SQLite with FTS5's trigram
+        tokenizer, PostgreSQL with the pg_trgm extension); without it search still works, by
+        scanning the text. Whether there is one."""
         try:
             with self.engine.begin() as conn:
-                conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
-                conn.execute(sa.text(TRIGRAM_INDEX))
+                if not self.is_sqlite:
+                    conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+                    conn.execute(sa.text(TRIGRAM_INDEX))
+                elif not sa.inspect(conn).has_table(SQLITE_FTS):
+                    for statement in SQLITE_FTS_SCHEMA:
+                        conn.execute(sa.text(statement))
         except SQLAlchemyError as exc:
             cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             log.warning("meeting store %s: search without a trigram index: %s", self.where, cause)
+            return False
+        return True
 
     def open(self) -> MeetingStore:
         """Connect and make the schema now (``mooer serve --record`` fails fast on a bad store)."""
@@ -289,15 +314,22 @@ class MeetingStore:
         """The newest meetings first; with ``search``, those where a transcript or translation
         holds that text (case-insensitive, taken literally: ``%`` and ``_`` are not wildcards)."""
         query = meetings.select().order_by(meetings.c.started_at.desc(), meetings.c.id).limit(limit)
-        if search:
-            needle = search.lower()
-            if self.is_sqlite or len(needle) >= TRIGRAM:
-                found = segments.c.search_text.contains(needle, autoescape=True)
-            else:  # shorter than a trigram: a scan of the text beats a scan of the whole index
-                found = sa.func.strpos(segments.c.search_text, needle) > 0
-            query = query.where(meetings.c.id.in_(sa.select(segments.c.meeting_id).where(found)))
         with self._transaction("listing meetings") as conn:
+            if search:  # after the schema step, which says whether the index is there
+                query = query.where(meetings.c.id.in_(self._holding(search.lower())))
             return [_info(row) for row in conn.execute(query)]
+
+    def _holding(self, needle: str) -> sa.Select:
+        """The ids of the meetings whose segments' text holds ``needle``, taken literally."""
+        if len(needle) >= TRIGRAM and self._indexed and self.is_sqlite:  # an FTS5 phrase
+            phrase = '"' + needle.replace('"', '""') + '"'
+            rows = sa.select(fts.c.rowid).where(fts.c[SQLITE_FTS].op("MATCH")(phrase))
+            found = segments.c.id.in_(rows)
+        elif len(needle) >= TRIGRAM or self.is_sqlite:  # PostgreSQL: pg_trgm serves LIKE
+            found = segments.c.search_text.contains(needle, autoescape=True)
+        else:  # shorter than a trigram: a scan of the text beats a scan of the whole index
+            found = sa.func.strpos(segments.c.search_text, needle) > 0
+        return sa.select(segments.c.meeting_id).where(found)
 
     def get(self, meeting_id: str) -> Meeting:
         """A meeting with its segments in stream order; ``UnknownMeeting`` if there is none."""

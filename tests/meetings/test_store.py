@@ -125,14 +125,38 @@ def test_segment_audio_is_kept_with_its_segment_and_deleted_with_its_meeting(sto
         assert conn.execute(sa.text("SELECT count(*) FROM segment_audio")).scalar() == 0
 
 
-def test_postgresql_search_has_a_trigram_index(store, store_url):
-    if store.is_sqlite:
-        pytest.skip("PostgreSQL only: SQLite searches with LIKE")
+def test_search_has_a_trigram_index(store, store_url):
     store.open()
     with store.engine.connect() as conn:
-        indexes = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = "
-                                       "'segments'")).scalars().all()  # fmt: skip
-    assert any("gin_trgm_ops" in i for i in indexes), indexes
+        if store.is_sqlite:  # an FTS5 table with the trigram tokenizer
+            sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = "
+                                       "'segments_fts'")).scalar()  # fmt: skip
+            assert "tokenize='trigram'" in sql
+        else:
+            indexes = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = "
+                                           "'segments'")).scalars().all()  # fmt: skip
+            assert any("gin_trgm_ops" in i for i in indexes), indexes
+
+
+def test_a_sqlite_store_made_before_the_index_gets_it_with_its_old_segments(tmp_path):
+    path = tmp_path / "meetings.db"
+    store = MeetingStore(str(path))
+    meeting = store.create("realtime", T0)
+    store.keep(meeting, seg("i1", 0, 1000, transcript="Quarterly budget"))
+    store.close()
+    with sqlite3.connect(path) as conn:  # as an older mooer left it
+        for trigger in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER segments_fts_{trigger}")
+        conn.execute("DROP TABLE segments_fts")
+    store = MeetingStore(str(path))
+    try:
+        assert [m.id for m in store.list(search="budget")] == [meeting]
+        store.keep(meeting, seg("i1", 0, 1000, translation="季度预算"))  # an update, indexed too
+        assert [m.id for m in store.list(search="季度预算")] == [meeting]
+        store.delete(meeting)
+        assert store.list(search="budget") == []
+    finally:
+        store.close()
 
 
 def test_a_second_store_on_the_same_database_sees_the_meetings(store, store_url):
