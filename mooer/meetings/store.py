@@ -316,20 +316,23 @@ class MeetingStore:
         query = meetings.select().order_by(meetings.c.started_at.desc(), meetings.c.id).limit(limit)
         with self._transaction("listing meetings") as conn:
             if search:  # after the schema step, which says whether the index is there
-                query = query.where(meetings.c.id.in_(self._holding(search.lower())))
+                query = query.where(self._holding(search.lower()))
             return [_info(row) for row in conn.execute(query)]
 
-    def _holding(self, needle: str) -> sa.Select:
-        """The ids of the meetings whose segments' text holds ``needle``, taken literally."""
+    def _holding(self, needle: str) -> sa.ColumnElement[bool]:
+        """Whether a meeting's segments' text holds ``needle``, taken literally."""
         if len(needle) >= TRIGRAM and self._indexed and self.is_sqlite:  # an FTS5 phrase
             phrase = '"' + needle.replace('"', '""') + '"'
             rows = sa.select(fts.c.rowid).where(fts.c[SQLITE_FTS].op("MATCH")(phrase))
-            found = segments.c.id.in_(rows)
-        elif len(needle) >= TRIGRAM or self.is_sqlite:  # PostgreSQL: pg_trgm serves LIKE
+            return meetings.c.id.in_(
+                sa.select(segments.c.meeting_id).where(segments.c.id.in_(rows))
+            )
+        if len(needle) >= TRIGRAM or self.is_sqlite:  # PostgreSQL: pg_trgm serves LIKE
             found = segments.c.search_text.contains(needle, autoescape=True)
         else:  # shorter than a trigram: a scan of the text beats a scan of the whole index
             found = sa.func.strpos(segments.c.search_text, needle) > 0
-        return sa.select(segments.c.meeting_id).where(found)
+        # per meeting, newest first, stopping at its first match: a common word is found at once
+        return sa.exists().where((segments.c.meeting_id == meetings.c.id) & found)
 
     def get(self, meeting_id: str) -> Meeting:
         """A meeting with its segments in stream order; ``UnknownMeeting`` if there is none."""
