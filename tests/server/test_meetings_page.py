@@ -20,7 +20,7 @@ import websockets
 
 from mooer.audio import SAMPLE_RATE
 from mooer.server.pcm import encode_pcm16
-from tests.meetings.conftest import postgres_url  # noqa: F401  (the fixture)
+from tests.meetings.conftest import empty_store, postgres_url  # noqa: F401  (a fixture)
 
 sa = pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
 
@@ -33,16 +33,8 @@ NAME = "<img src=x onerror=\"window.pwned=1\"> Ana & 'Bo'"  # a name that is als
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def db(request, tmp_path_factory) -> Iterator[str]:
     """An empty store on each backend (PostgreSQL: the cluster tests/meetings starts)."""
-    if request.param == "sqlite":
-        yield str(tmp_path_factory.mktemp("review") / "meetings.db")
-        return
-    url = request.getfixturevalue("postgres_url")
-    yield url
-    from mooer.meetings.store import MeetingStore, metadata
-
-    store = MeetingStore(url)
-    metadata.drop_all(store.engine)
-    store.close()
+    with empty_store(request.param, tmp_path_factory.mktemp("review"), request) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
