@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db_arg(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, delete")
+    p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, rename, delete")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("list", help="the meetings, newest first")
     a.add_argument("--search", help="only meetings whose transcript or translation holds this")
