@@ -110,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_audio_s=args.max_request_audio,
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
         log_level=args.log_level, record=args.record, db=args.db, quantize=args.quantize,
+        record_audio=args.record_audio,
         llm_backend=args.llm_backend, llm_url=args.llm_url,
         speaker_threshold=args.speaker_threshold,
     )  # fmt: skip
@@ -126,6 +127,8 @@ def cmd_meetings(args: argparse.Namespace) -> int:
         return commands.export_main(
             args.id, args.format, db=args.db, name=args.name, folder=args.dir
         )
+    if args.action == "rename":
+        return commands.rename_main(args.id, args.old, args.new, db=args.db)
     return commands.delete_main(args.id, db=args.db)
 
 
@@ -232,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam size of final results")
     p.add_argument("--log-level", default="info")
     p.add_argument("--record", action="store_true", help="keep every live session as a meeting")
+    p.add_argument(
+        "--record-audio", action="store_true",
+        help="recorded meetings keep each segment's audio (FLAC), for review",
+    )  # fmt: skip
     _add_db_arg(p)
     p.add_argument(
         "--speaker-threshold", type=float, default=None,
@@ -239,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, delete")
+    p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, rename, delete")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("list", help="the meetings, newest first")
     a.add_argument("--search", help="only meetings whose transcript or translation holds this")
@@ -253,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--format", default="srt", help="srt, vtt, txt, json or md (default srt)")
     a.add_argument("--name", help="write to this file (a bare name) instead of standard output")
     a.add_argument("--dir", default=".", help="the folder --name is written in")
-    a = actions.add_parser("delete", help="remove a meeting and its segments")
+    a = actions.add_parser("rename", help="rename a speaker in every segment of a meeting")
+    a.add_argument("id")
+    a.add_argument("old", help="the speaker's name now, e.g. 'speaker 1'")
+    a.add_argument("new", help="the name to give")
+    a = actions.add_parser("delete", help="remove a meeting, its segments and their audio")
     a.add_argument("id")
     for a in actions.choices.values():
         _add_db_arg(a)

@@ -1,4 +1,4 @@
-"""``mooer meetings list|show|export|delete``: plain parameters in, an exit status out."""
+"""``mooer meetings list|show|export|rename|delete``: plain parameters in, an exit status out."""
 
 from __future__ import annotations
 
@@ -53,6 +53,16 @@ def export_main(meeting_id: str, fmt: str = "txt", db: str | None = None,
         raise ConfigError(f"cannot write the export to {path}: {exc}") from exc
     note = " (in progress: what is stored so far)" if meeting.info.in_progress else ""
     print(f"wrote {path}{note}", file=sys.stderr)
+    return 0
+
+
+def rename_main(meeting_id: str, old: str, new: str, db: str | None = None) -> int:
+    store = open_store(db)
+    try:
+        changed = store.rename_speaker(meeting_id, old, new)
+    finally:
+        store.close()
+    print(f"renamed {old!r} to {new!r} in {changed} segment(s) of {meeting_id}", file=sys.stderr)
     return 0
 
 

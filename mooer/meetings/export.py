@@ -92,13 +92,17 @@ def render(meeting: Meeting, fmt: str) -> str:
 def _cue_text(s: Segment, vtt: bool) -> str:
     lines = [t for t in (s.transcript, s.translation) if t]
     text = "\n".join(lines) or "…"
-    if vtt:  # WebVTT cue text: & and < are markup
-        text = text.replace("&", "&amp;").replace("<", "&lt;")
+    if vtt:  # WebVTT cue text: & and < are markup, and > ends a voice tag
+        text = _vtt_escape(text)
         if s.speaker:
-            text = f"<v {s.speaker}>{text}"
+            text = f"<v {_vtt_escape(s.speaker).replace('>', '&gt;')}>{text}"
     elif s.speaker:
         text = f"{s.speaker}: {text}"
     return text
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;")
 
 
 def wall(seconds: float) -> str:

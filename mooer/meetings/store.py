@@ -8,6 +8,7 @@ naming the store (password hidden) and the cause, never the SQL or its parameter
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -25,6 +26,8 @@ from mooer.errors import ConfigError, MooerError
 
 ID_PREFIX = "mtg_"
 MEETING_ID = re.compile(r"mtg_[0-9a-f]{20}")
+ITEM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # what the protocols' item ids are made of
+MAX_SPEAKER_CHARS = 64  # the speaker column's width
 BUSY_TIMEOUT_S = 5.0  # SQLite: how long a write waits for another writer's lock
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: how long opening a connection may take
 DRIVERS = {"sqlite": "sqlite", "sqlite+pysqlite": "sqlite", "postgresql": "postgresql+psycopg",
@@ -37,6 +40,13 @@ class StoreError(MooerError):
 
 class UnknownMeeting(StoreError):
     """No meeting has this id."""
+
+
+class NotFound(StoreError):
+    """The meeting exists but holds no such speaker, or no audio for that segment."""
+
+
+log = logging.getLogger("mooer.meetings")
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,38 @@ segments = sa.Table(
     sa.UniqueConstraint("meeting_id", "item_id", name="segments_item"),
     sa.Index("segments_meeting", "meeting_id", "start_ms"),
 )
+# A segment's audio (``mooer serve --record-audio``): FLAC, 16 kHz mono, in the database itself
+# so that servers sharing a PostgreSQL store can all play it, and a deletion is one transaction.
+segment_audio = sa.Table(
+    "segment_audio",
+    metadata,
+    sa.Column("meeting_id", sa.String(32), sa.ForeignKey("meetings.id"), primary_key=True),
+    sa.Column("item_id", sa.String(64), primary_key=True),
+    sa.Column("flac", sa.LargeBinary, nullable=False),
+)
+# Search's trigram index turns a scan for '%...%' into an index lookup, for searches of at least
+# TRIGRAM characters (a two-character Mandarin word has no trigram). PostgreSQL: pg_trgm's GIN
+# index on the column. SQLite: an FTS5 table with the trigram tokenizer over the column, kept up
+# to date by triggers in each write's own transaction.
+TRIGRAM = 3
+TRIGRAM_INDEX = ("CREATE INDEX IF NOT EXISTS segments_search_trgm ON segments "
+                 "USING gin (search_text gin_trgm_ops)")  # fmt: skip
+SQLITE_FTS = "segments_fts"
+SQLITE_FTS_SCHEMA = (
+    f"CREATE VIRTUAL TABLE {SQLITE_FTS} USING fts5(search_text, content='segments', "
+    "content_rowid='id', tokenize='trigram')",
+    f"CREATE TRIGGER segments_fts_insert AFTER INSERT ON segments BEGIN INSERT INTO "
+    f"{SQLITE_FTS}(rowid, search_text) VALUES (new.id, new.search_text); END",
+    f"CREATE TRIGGER segments_fts_update AFTER UPDATE OF search_text ON segments BEGIN "
+    f"INSERT INTO {SQLITE_FTS}({SQLITE_FTS}, rowid, search_text) VALUES ('delete', old.id, "
+    f"old.search_text); INSERT INTO {SQLITE_FTS}(rowid, search_text) VALUES (new.id, "
+    "new.search_text); END",
+    f"CREATE TRIGGER segments_fts_delete AFTER DELETE ON segments BEGIN INSERT INTO "
+    f"{SQLITE_FTS}({SQLITE_FTS}, rowid, search_text) VALUES ('delete', old.id, "
+    "old.search_text); END",
+    f"INSERT INTO {SQLITE_FTS}({SQLITE_FTS}) VALUES ('rebuild')",  # the segments kept before
+)
+fts = sa.table(SQLITE_FTS, sa.column("rowid", sa.Integer), sa.column(SQLITE_FTS))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -161,8 +203,11 @@ class MeetingStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             try:
+                # prepare_threshold None: psycopg never prepares a repeated query, whose generic
+                # plan could not use the trigram index (the search text is not known then)
                 self.engine = sa.create_engine(
-                    self.url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+                    self.url, connect_args={"connect_timeout": CONNECT_TIMEOUT_S,
+                                            "prepare_threshold": None},
                     pool_pre_ping=True,
                 )  # fmt: skip
             except ImportError as exc:
@@ -171,6 +216,7 @@ class MeetingStore:
                     "pip install 'mooer[meetings]'"
                 ) from exc
         self._ready = False
+        self._indexed = False  # whether search has its trigram index
         self._lock = threading.Lock()
 
     @contextmanager
@@ -196,7 +242,26 @@ class MeetingStore:
                         f"meeting store {self.where}: cannot create its folder: {exc}"
                     ) from exc
             metadata.create_all(self.engine)
+            self._indexed = self._trigram_index()
             self._ready = True
+
+    def _trigram_index(self) -> bool:
+        """Make search's index where this database can have one (SQLite with FTS5's trigram
+        tokenizer, PostgreSQL with the pg_trgm extension); without it search still works, by
+        scanning the text. Whether there is one."""
+        try:
+            with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+                    conn.execute(sa.text(TRIGRAM_INDEX))
+                elif not sa.inspect(conn).has_table(SQLITE_FTS):
+                    for statement in SQLITE_FTS_SCHEMA:
+                        conn.execute(sa.text(statement))
+        except SQLAlchemyError as exc:
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            log.warning("meeting store %s: search without a trigram index: %s", self.where, cause)
+            return False
+        return True
 
     def open(self) -> MeetingStore:
         """Connect and make the schema now (``mooer serve --record`` fails fast on a bad store)."""
@@ -212,9 +277,10 @@ class MeetingStore:
             conn.execute(meetings.insert().values(**row))
         return meeting_id
 
-    def keep(self, meeting_id: str, segment: Segment) -> None:
+    def keep(self, meeting_id: str, segment: Segment, audio: bytes | None = None) -> None:
         """Store a segment, or fill in what a later final of the same item adds (a translation
-        after its transcript): fields left None keep their stored value."""
+        after its transcript): fields left None keep their stored value. ``audio`` (FLAC) is
+        kept with a new segment."""
         values = {k: v for k, v in vars(segment).items() if v is not None}
         text = "\n".join(t.lower() for t in (segment.transcript, segment.translation) if t)
         where = (segments.c.meeting_id == meeting_id) & (segments.c.item_id == segment.item_id)
@@ -225,6 +291,9 @@ class MeetingStore:
                 return
             conn.execute(segments.insert().values(meeting_id=meeting_id, search_text=text,
                                                   **values))  # fmt: skip
+            if audio is not None:
+                conn.execute(segment_audio.insert().values(
+                    meeting_id=meeting_id, item_id=segment.item_id, flac=audio))  # fmt: skip
             longer = meetings.c.duration_ms < segment.end_ms
             conn.execute(
                 meetings.update()
@@ -245,11 +314,25 @@ class MeetingStore:
         """The newest meetings first; with ``search``, those where a transcript or translation
         holds that text (case-insensitive, taken literally: ``%`` and ``_`` are not wildcards)."""
         query = meetings.select().order_by(meetings.c.started_at.desc(), meetings.c.id).limit(limit)
-        if search:
-            found = segments.c.search_text.contains(search.lower(), autoescape=True)
-            query = query.where(meetings.c.id.in_(sa.select(segments.c.meeting_id).where(found)))
         with self._transaction("listing meetings") as conn:
+            if search:  # after the schema step, which says whether the index is there
+                query = query.where(self._holding(search.lower()))
             return [_info(row) for row in conn.execute(query)]
+
+    def _holding(self, needle: str) -> sa.ColumnElement[bool]:
+        """Whether a meeting's segments' text holds ``needle``, taken literally."""
+        if len(needle) >= TRIGRAM and self._indexed and self.is_sqlite:  # an FTS5 phrase
+            phrase = '"' + needle.replace('"', '""') + '"'
+            rows = sa.select(fts.c.rowid).where(fts.c[SQLITE_FTS].op("MATCH")(phrase))
+            return meetings.c.id.in_(
+                sa.select(segments.c.meeting_id).where(segments.c.id.in_(rows))
+            )
+        if len(needle) >= TRIGRAM or self.is_sqlite:  # PostgreSQL: pg_trgm serves LIKE
+            found = segments.c.search_text.contains(needle, autoescape=True)
+        else:  # shorter than a trigram: a scan of the text beats a scan of the whole index
+            found = sa.func.strpos(segments.c.search_text, needle) > 0
+        # per meeting, newest first, stopping at its first match: a common word is found at once
+        return sa.exists().where((segments.c.meeting_id == meetings.c.id) & found)
 
     def get(self, meeting_id: str) -> Meeting:
         """A meeting with its segments in stream order; ``UnknownMeeting`` if there is none."""
@@ -265,10 +348,42 @@ class MeetingStore:
             ).all()
         return Meeting(_info(row), [_segment(r) for r in rows])
 
+    def rename_speaker(self, meeting_id: str, old: str, new: str) -> int:
+        """Call speaker ``old`` ``new`` in every segment of a meeting (two names may become one);
+        how many segments changed. ``NotFound`` if no segment has ``old``."""
+        self._check_id(meeting_id)
+        new = check_speaker(new)
+        where = (segments.c.meeting_id == meeting_id) & (segments.c.speaker == old)
+        with self._transaction("renaming a speaker") as conn:
+            self._require(conn, meeting_id)
+            changed = conn.execute(segments.update().where(where).values(speaker=new)).rowcount
+        if not changed:
+            raise NotFound(f"meeting {meeting_id} has no speaker {old!r}")
+        return changed
+
+    def audio(self, meeting_id: str, item_id: str) -> bytes:
+        """A segment's audio as FLAC; ``NotFound`` if it was not kept."""
+        self._check_id(meeting_id)
+        if not isinstance(item_id, str) or not ITEM_ID.fullmatch(item_id):
+            raise NotFound(f"{item_id!r} is not a segment id")
+        where = (segment_audio.c.meeting_id == meeting_id) & (segment_audio.c.item_id == item_id)
+        with self._transaction("reading a segment's audio") as conn:
+            self._require(conn, meeting_id)
+            flac = conn.execute(sa.select(segment_audio.c.flac).where(where)).scalar()
+        if flac is None:
+            raise NotFound(f"meeting {meeting_id} kept no audio of segment {item_id}")
+        return flac
+
+    def _require(self, conn: sa.Connection, meeting_id: str) -> None:
+        found = conn.execute(sa.select(meetings.c.id).where(meetings.c.id == meeting_id)).first()
+        if found is None:
+            raise self._unknown(meeting_id)
+
     def delete(self, meeting_id: str) -> None:
-        """Remove a meeting and its segments; ``UnknownMeeting`` if there is none."""
+        """Remove a meeting, its segments and their audio; ``UnknownMeeting`` if there is none."""
         self._check_id(meeting_id)
         with self._transaction("deleting a meeting") as conn:
+            conn.execute(segment_audio.delete().where(segment_audio.c.meeting_id == meeting_id))
             conn.execute(segments.delete().where(segments.c.meeting_id == meeting_id))
             if conn.execute(meetings.delete().where(meetings.c.id == meeting_id)).rowcount == 0:
                 raise self._unknown(meeting_id)
@@ -284,6 +399,19 @@ class MeetingStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def check_speaker(name: object) -> str:
+    """A speaker's new name: 1..64 printable characters, no leading or trailing space."""
+    if (
+        not isinstance(name, str) or not name or name != name.strip()
+        or len(name) > MAX_SPEAKER_CHARS or not name.isprintable()
+    ):  # fmt: skip
+        raise ConfigError(
+            f"speaker name {name!r}: expected 1 to {MAX_SPEAKER_CHARS} printable characters, "
+            "without leading or trailing spaces"
+        )
+    return name
 
 
 def _info(row: sa.Row) -> MeetingInfo:

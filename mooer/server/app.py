@@ -56,6 +56,9 @@ def create_app(hub: Hub) -> ASGIApp:
     async def index(request) -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
+    async def meetings_page(request) -> FileResponse:  # its data comes from the API, behind the key
+        return FileResponse(STATIC_DIR / "meetings.html")
+
     funasr = _websocket(hub, FunasrProtocol)
     app = Starlette(
         routes=[
@@ -70,6 +73,7 @@ def create_app(hub: Hub) -> ASGIApp:
             Route("/metrics", api.metrics),
             *MeetingsApi(hub).routes(),
             Route("/", index),
+            Route("/meetings", meetings_page),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
     )

@@ -45,6 +45,7 @@ def serve_main(
     log_level: str = "info",
     record: bool = False,
     db: str | None = None,
+    record_audio: bool = False,
     quantize: str | None = None,
     llm_backend: str = "hf",
     llm_url: str | None = None,
@@ -55,8 +56,8 @@ def serve_main(
     ``api_key`` falls back to the ``MOOER_API_KEY`` environment variable; ``funasr_open``
     lets clients on ``funasr_port`` in without it. ``record`` keeps every live session as a
     meeting in ``db`` (clients may ask for it per session anyway), its finals labelled with
-    speakers (``speaker_threshold``: see ``SpeakerConfig``). ``quantize``, ``llm_backend`` and
-    ``llm_url``: see ``load_model``.
+    speakers (``speaker_threshold``: see ``SpeakerConfig``), with each segment's audio when
+    ``record_audio``. ``quantize``, ``llm_backend`` and ``llm_url``: see ``load_model``.
     """
     speakers = SpeakerConfig() if speaker_threshold is None else SpeakerConfig(speaker_threshold)
     config = ServerConfig(
@@ -74,6 +75,7 @@ def serve_main(
         record=record,
         meetings_db=db,
         speakers=speakers,
+        record_audio=record_audio,
     )
     from mooer.agent.engine import Engine
     from mooer.agent.session import SessionConfig

@@ -37,6 +37,7 @@ class ServerConfig:
     record: bool = False  # keep every live session as a meeting (clients may ask: ?record=1)
     meetings_db: str | None = None  # the meeting store's URL or SQLite file; None: the default
     speakers: SpeakerConfig = field(default_factory=SpeakerConfig)  # labels of recorded finals
+    record_audio: bool = False  # recorded meetings keep each segment's audio (FLAC)
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -83,8 +84,11 @@ class ServerConfig:
                 raise ConfigError(f"ServerConfig.{name}={value!r}: expected seconds > 0")
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ConfigError(f"ServerConfig.model_name={self.model_name!r}: expected a name")
-        if not isinstance(self.record, bool):
-            raise ConfigError(f"ServerConfig.record={self.record!r}: expected True or False")
+        for name in ("record", "record_audio"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"ServerConfig.{name}={getattr(self, name)!r}: expected True or False"
+                )
         if self.meetings_db is not None and (
             not isinstance(self.meetings_db, str) or not self.meetings_db
         ):

@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from mooer.agent import events as ev
@@ -308,9 +309,12 @@ class WireProtocol(ABC):
         self.report(error)
         self.link.close(code, error.message)
 
-    def admit_audio(self, samples: int) -> bool:
-        """Count received audio (16 kHz samples); past the allowance, report and end the session."""
-        if self.link.count_audio(samples / SAMPLE_RATE):
+    def admit_audio(self, samples: np.ndarray) -> bool:
+        """Count received audio (16 kHz); past the allowance, report and end the session.
+        A recorded connection that keeps audio holds on to what it admits."""
+        if self.link.count_audio(samples.size / SAMPLE_RATE):
+            if self.link.recorder is not None:
+                self.link.recorder.hear(samples)
             return True
         limit = self.link.hub.config.max_session_audio_s
         self.report(

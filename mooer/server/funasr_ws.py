@@ -207,7 +207,7 @@ class FunasrProtocol(WireProtocol):
             self.encoded += data
             return
         samples = self.decoder.decode(data)
-        if samples.size and self.admit_audio(samples.size):
+        if samples.size and self.admit_audio(samples):
             self.session.feed(samples)
 
     def _ensure_session(self) -> None:
@@ -287,7 +287,7 @@ class FunasrProtocol(WireProtocol):
             blocks = stream.blocks()
             while not self.gone:
                 block = await asyncio.to_thread(next, blocks, None)
-                if block is None or not self.admit_audio(block.size):
+                if block is None or not self.admit_audio(block):
                     return
                 await asyncio.to_thread(session.feed, block)
         finally:

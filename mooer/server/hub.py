@@ -92,10 +92,14 @@ class Hub:
     def recorder(self, link: Link, report: Callable[[ProtocolError], None]) -> Recorder:
         """Start keeping ``link``'s finals as a new meeting (``MooerError``: no store here)."""
         from mooer.meetings.recording import Recording
+        from mooer.meetings.tape import AudioTape
         from mooer.server.recorder import Recorder
 
         store = self.meeting_store()
-        recording = Recording(store, link.protocol_name, lambda: round(link.audio_s * 1000))
+        received_ms = round(link.audio_s * 1000)
+        tape = AudioTape(received_ms) if self.config.record_audio else None
+        recording = Recording(store, link.protocol_name, lambda: round(link.audio_s * 1000),
+                              tape=tape)  # fmt: skip
         return Recorder(recording, self._meeting_writer, link.loop, report)
 
     def auth_error(self, conn: HTTPConnection) -> ProtocolError | None:

@@ -70,6 +70,23 @@ class OpenAIWire(WireProtocol):
         mooer = {**session.get("mooer", {}), "meeting_id": self.link.recorder.meeting_id}
         return {**session, "mooer": mooer}
 
+    def without_meeting(self, session: object) -> object:
+        """A ``session.update``'s session without ``mooer.meeting_id``: a client may echo the id
+        it was given (a session object read back and sent again), never set or change it."""
+        mooer = session.get("mooer") if isinstance(session, dict) else None
+        if not isinstance(mooer, dict) or "meeting_id" not in mooer:
+            return session
+        given = self.link.recorder.meeting_id if self.link.recorder is not None else None
+        if mooer["meeting_id"] != given:
+            raise ProtocolError(
+                "invalid_value",
+                f"session.mooer.meeting_id is read-only: this session's is {given!r} (a meeting "
+                "is asked for with ?record=1 when connecting)",
+                "session.mooer.meeting_id",
+            )
+        rest = {k: v for k, v in mooer.items() if k != "meeting_id"}
+        return {**session, "mooer": rest}
+
     def error_message(self, error: ProtocolError) -> dict[str, Any]:
         return {
             "type": "error",
@@ -122,7 +139,7 @@ class OpenAIWire(WireProtocol):
         self.feed(self.decoder.decode_base64(event["audio"]))
 
     def feed(self, samples: np.ndarray) -> None:
-        if self.ending or samples.size == 0 or not self.admit_audio(samples.size):
+        if self.ending or samples.size == 0 or not self.admit_audio(samples):
             return
         self.samples_fed += samples.size
         self.session.feed(samples)

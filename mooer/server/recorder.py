@@ -44,6 +44,11 @@ class Recorder:
         if not self._submit(self._keep, event, offset_ms, then):
             then(event)  # the server is closing: the writer is gone
 
+    def hear(self, samples: Any) -> None:
+        """Audio the connection received (16 kHz), for the segments' audio when it is kept."""
+        if self.recording.tape is not None and not self.failed:
+            self.recording.tape.append(samples)
+
     def stop(self) -> None:
         """The connection is over: mark the meeting ended after its last segment."""
         self._submit(self._guarded, self.recording.end)

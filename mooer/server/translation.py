@@ -78,7 +78,7 @@ class TranslationProtocol(OpenAIWire):
         self.emit("session.created", session=self._describe())
 
     def _session_update(self, event: dict[str, Any]) -> None:
-        session = json_object(event.get("session"), "session")
+        session = json_object(self.without_meeting(event.get("session")), "session")
         for key, current in (("type", "translation"), ("model", self.model)):
             if key in session and session[key] != current:
                 raise ProtocolError(

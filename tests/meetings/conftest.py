@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,11 +79,12 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request, tmp_path) -> Iterator[str]:
-    """An empty store's URL on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'meetings.db'}"
+@contextmanager
+def empty_store(backend: str, folder: Path, request) -> Iterator[str]:
+    """An empty store's URL on ``backend``: a SQLite file in ``folder``, or the PostgreSQL
+    cluster of ``postgres_url`` (its tables dropped afterwards)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / 'meetings.db'}"
         return
     url = request.getfixturevalue("postgres_url")
     yield url
@@ -91,6 +93,13 @@ def store_url(request, tmp_path) -> Iterator[str]:
     store = MeetingStore(url)
     metadata.drop_all(store.engine)
     store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """An empty store's URL on each backend."""
+    with empty_store(request.param, tmp_path, request) as url:
+        yield url
 
 
 @pytest.fixture

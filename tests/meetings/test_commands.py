@@ -25,7 +25,8 @@ def test_list_show_export_delete(tmp_path, capsys):
     db = str(tmp_path / "m.db")
     store = MeetingStore(db)
     meeting = store.create("funasr", T0)
-    store.keep(meeting, Segment("i1", 0, 2000, T0, T0 + 2, "今天天气不错", "nice weather"))
+    store.keep(meeting, Segment("i1", 0, 2000, T0, T0 + 2, "今天天气不错", "nice weather",
+                                speaker="speaker 1"))  # fmt: skip
     store.close()
 
     listed = mooer("meetings", "list", "--db", db)
@@ -36,7 +37,7 @@ def test_list_show_export_delete(tmp_path, capsys):
     assert mooer("meetings", "list", "--db", db, "--search", "rain").stdout == ""
 
     shown = mooer("meetings", "show", meeting, "--db", db)
-    assert "[00:00:00.000 - 00:00:02.000] 今天天气不错\n    nice weather" in shown.stdout
+    assert "[00:00:00.000 - 00:00:02.000] speaker 1: 今天天气不错\n    nice weather" in shown.stdout
     out = mooer("meetings", "export", meeting, "--db", db, "--format", "vtt", "--name", "a.vtt",
                 "--dir", str(tmp_path))  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -44,6 +45,13 @@ def test_list_show_export_delete(tmp_path, capsys):
     refused = mooer("meetings", "export", meeting, "--db", db, "--name", "../a.srt")
     assert refused.returncode == 2 and refused.stderr.startswith("mooer: error: export name")
     assert not (tmp_path.parent / "a.srt").exists()
+
+    renamed = mooer("meetings", "rename", meeting, "speaker 1", "Ana Li", "--db", db)
+    assert renamed.returncode == 0, renamed.stderr
+    assert "speaker 1" not in mooer("meetings", "show", meeting, "--db", db).stdout
+    assert "] Ana Li: 今天天气不错" in mooer("meetings", "show", meeting, "--db", db).stdout
+    missing = mooer("meetings", "rename", meeting, "speaker 9", "X", "--db", db)
+    assert missing.returncode == 2 and "has no speaker 'speaker 9'" in missing.stderr
 
     assert mooer("meetings", "delete", meeting, "--db", db).returncode == 0
     gone = mooer("meetings", "show", meeting, "--db", db)

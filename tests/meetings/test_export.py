@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -70,3 +71,13 @@ def test_format_names_and_export_names():
         with pytest.raises(ConfigError, match="without a folder"):
             export_name(bad, "mtg_1", "srt")
     assert set(FORMATS) == {"srt", "vtt", "txt", "json", "md"}
+
+
+def test_a_speaker_name_is_text_in_every_format():
+    name = "<i>Ana</i> & Bo>"
+    renamed = meeting()
+    renamed = Meeting(renamed.info, [replace(s, speaker=name) for s in renamed.segments])
+    assert "<v &lt;i&gt;Ana&lt;/i&gt; &amp; Bo&gt;>今天天气不错" in render(renamed, "vtt")
+    assert "| &lt;i>Ana&lt;/i> &amp; Bo> | 今天天气不错 |" in render(renamed, "md")
+    assert f"{name}: 今天天气不错" in render(renamed, "srt")
+    assert json.loads(render(renamed, "json"))["segments"][0]["speaker"] == name

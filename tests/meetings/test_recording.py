@@ -51,3 +51,60 @@ def test_sessions_one_after_another_keep_one_timeline(tmp_path):
     assert [s.speaker for s in meeting.segments] == ["speaker 2", None, None]  # labelled or not
     assert meeting.info.started_at == 1000.0 and meeting.info.ended_at == 1014.2
     store.close()
+
+
+def test_kept_audio_is_the_segment_cut_from_what_the_connection_received(tmp_path):
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from mooer.audio import SAMPLE_RATE
+    from mooer.meetings.tape import AudioTape
+
+    store = MeetingStore(str(tmp_path / "m.db"))
+    received = {"ms": 0}
+    tape = AudioTape()
+    recording = Recording(store, "realtime", lambda: received["ms"], tape=tape)
+    recording.begin()
+    ramp = np.arange(4 * SAMPLE_RATE, dtype=np.float32) / (8 * SAMPLE_RATE)  # 4 s, each distinct
+    for piece in np.split(ramp, 8):  # half a second a frame, as a client sends it
+        tape.append(piece)
+        received["ms"] += 500
+    recording.observe(ev.SpeechStarted("i1", 1250), 0)
+    recording.observe(ev.SpeechStopped("i1", 2750), 0)
+    recording.observe(ev.Transcript("i1", "hello"), 0)
+    recording.observe(ev.Translation("i1", "你好"), 0)
+    audio, rate = sf.read(io.BytesIO(store.audio(recording.meeting_id, "i1")), dtype="float32")
+    assert rate == SAMPLE_RATE and audio.shape == (int(1.5 * SAMPLE_RATE),)
+    want = ramp[int(1.25 * SAMPLE_RATE) : int(2.75 * SAMPLE_RATE)]
+    assert np.abs(audio - want).max() < 1e-4  # PCM16, losslessly compressed
+    store.close()
+
+
+def test_a_chat_reply_is_a_segment_of_the_assistant(tmp_path):
+    from mooer.meetings.recording import ASSISTANT
+
+    store = MeetingStore(str(tmp_path / "m.db"))
+    clock = {"now": 1000.0, "received_ms": 0}
+    recording = Recording(store, "realtime", lambda: clock["received_ms"], lambda: clock["now"])
+    recording.begin()
+
+    def at(now: float, received_ms: int, event: ev.Event) -> None:
+        clock.update(now=now, received_ms=received_ms)
+        recording.observe(event, 0)
+
+    at(1000.5, 500, ev.SpeechStarted("u1", 400))
+    at(1002.0, 2000, ev.SpeechStopped("u1", 1900))
+    at(1002.2, 2200, ev.Transcript("u1", "what time is it"))
+    at(1002.3, 2300, ev.ResponseStarted("resp_1", "u1", "item_reply"))
+    at(1004.0, 4000, ev.ResponseDone("resp_1", "it is noon", "completed"))
+    at(1005.0, 5000, ev.ResponseStarted("resp_2", None, "item_empty"))
+    at(1005.1, 5100, ev.ResponseDone("resp_2", "", "cancelled"))  # nothing said: not kept
+    segments = store.get(recording.meeting_id).segments
+    assert [(s.item_id, s.speaker, s.transcript, s.start_ms, s.end_ms) for s in segments] == [
+        ("u1", None, "what time is it", 400, 1900),
+        ("item_reply", ASSISTANT, "it is noon", 2300, 4000),
+    ]
+    assert (segments[1].wall_start, segments[1].wall_end) == (1002.3, 1004.0)
+    store.close()

@@ -11,6 +11,7 @@ from mooer.errors import ConfigError
 sa = pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
 from mooer.meetings.store import (  # noqa: E402
     MeetingStore,
+    NotFound,
     Segment,
     StoreError,
     UnknownMeeting,
@@ -62,6 +63,9 @@ def test_listing_is_newest_first_and_search_takes_text_literally(store):
     assert [m.id for m in store.list(search="off_site")] == [old]
     assert [m.id for m in store.list(search="'); DROP TABLE")] == [new]
     assert store.list(search="nothing like it") == []
+    assert [m.id for m in store.list(search="0%")] == [old]  # shorter than a trigram
+    assert [m.id for m in store.list(search="_")] == [old]
+    assert [m.id for m in store.list(search="'")] == [new]
     assert len(store.list(limit=1)) == 1
     assert store.get(old).segments[0].transcript == "Budget: 50% off_site"  # the table is there
 
@@ -80,6 +84,79 @@ def test_unknown_ids_and_deletion(store):
     assert store.list() == []
     with store.engine.connect() as conn:  # its segments went with it
         assert conn.execute(sa.text("SELECT count(*) FROM segments")).scalar() == 0
+
+
+def test_renaming_a_speaker_changes_every_segment_of_that_meeting_only(store):
+    meeting, other = store.create("realtime", T0), store.create("realtime", T0)
+    store.keep(meeting, seg("i1", 0, 1000, transcript="a", speaker="speaker 1"))
+    store.keep(meeting, seg("i2", 1000, 2000, transcript="b", speaker="speaker 2"))
+    store.keep(meeting, seg("i3", 2000, 3000, transcript="c", speaker="speaker 1"))
+    store.keep(other, seg("i1", 0, 1000, transcript="a", speaker="speaker 1"))
+    name = "<b>Ana</b> & 'x'); DROP TABLE segments; --"  # a name is data, stored as given
+    assert store.rename_speaker(meeting, "speaker 1", name) == 2
+    assert [s.speaker for s in store.get(meeting).segments] == [name, "speaker 2", name]
+    assert store.get(other).segments[0].speaker == "speaker 1"
+    assert store.rename_speaker(meeting, "speaker 2", name) == 1  # two speakers become one
+    with pytest.raises(NotFound, match="no speaker 'speaker 2'"):
+        store.rename_speaker(meeting, "speaker 2", "Bo")
+    for bad in ("", " Bo", "x" * 65, "line\nbreak", None):
+        with pytest.raises(ConfigError, match="speaker name"):
+            store.rename_speaker(meeting, name, bad)
+    with pytest.raises(UnknownMeeting):
+        store.rename_speaker("mtg_00000000000000000000", "speaker 1", "Bo")
+
+
+def test_segment_audio_is_kept_with_its_segment_and_deleted_with_its_meeting(store):
+    meeting = store.create("realtime", T0)
+    flac = b"fLaC" + bytes(range(256)) * 8
+    store.keep(meeting, seg("item_1", 0, 1000, transcript="a"), flac)
+    store.keep(meeting, seg("item_1", 0, 1000, translation="b"))  # the translation: audio stays
+    store.keep(meeting, seg("item_2", 1000, 2000, transcript="c"))  # kept without audio
+    assert store.audio(meeting, "item_1") == flac
+    with pytest.raises(NotFound, match="no audio of segment item_2"):
+        store.audio(meeting, "item_2")
+    for bad in ("../item_1", "item_1/x", "' OR 1=1 --", ""):
+        with pytest.raises(NotFound, match="not a segment id"):
+            store.audio(meeting, bad)
+    with pytest.raises(UnknownMeeting):
+        store.audio("mtg_00000000000000000000", "item_1")
+    store.delete(meeting)
+    with store.engine.connect() as conn:  # its audio went with it
+        assert conn.execute(sa.text("SELECT count(*) FROM segment_audio")).scalar() == 0
+
+
+def test_search_has_a_trigram_index(store, store_url):
+    store.open()
+    with store.engine.connect() as conn:
+        if store.is_sqlite:  # an FTS5 table with the trigram tokenizer
+            sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = "
+                                       "'segments_fts'")).scalar()  # fmt: skip
+            assert "tokenize='trigram'" in sql
+        else:
+            indexes = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE tablename = "
+                                           "'segments'")).scalars().all()  # fmt: skip
+            assert any("gin_trgm_ops" in i for i in indexes), indexes
+
+
+def test_a_sqlite_store_made_before_the_index_gets_it_with_its_old_segments(tmp_path):
+    path = tmp_path / "meetings.db"
+    store = MeetingStore(str(path))
+    meeting = store.create("realtime", T0)
+    store.keep(meeting, seg("i1", 0, 1000, transcript="Quarterly budget"))
+    store.close()
+    with sqlite3.connect(path) as conn:  # as an older mooer left it
+        for trigger in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER segments_fts_{trigger}")
+        conn.execute("DROP TABLE segments_fts")
+    store = MeetingStore(str(path))
+    try:
+        assert [m.id for m in store.list(search="budget")] == [meeting]
+        store.keep(meeting, seg("i1", 0, 1000, translation="季度预算"))  # an update, indexed too
+        assert [m.id for m in store.list(search="季度预算")] == [meeting]
+        store.delete(meeting)
+        assert store.list(search="budget") == []
+    finally:
+        store.close()
 
 
 def test_a_second_store_on_the_same_database_sees_the_meetings(store, store_url):

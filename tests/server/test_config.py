@@ -22,6 +22,7 @@ from mooer.server.config import ServerConfig
         ({"max_session_audio_s": float("nan")}, "max_session_audio_s"),
         ({"host": ""}, "host"),
         ({"record": "yes"}, "record"),
+        ({"record_audio": 1}, "record_audio"),
         ({"meetings_db": ""}, "meetings_db"),
     ],
 )

@@ -305,3 +305,48 @@ async def _send_paced(ws, pcm: bytes, chunk: int = 9600, pace_s: float = 0.05) -
     for i in range(0, len(pcm), chunk):
         await ws.send(pcm[i : i + chunk])
         await asyncio.sleep(pace_s)
+
+
+def test_a_chat_keeps_its_replies_and_an_echoed_meeting_id_is_accepted(recording_server, db,
+                                                                         speech):  # fmt: skip
+    """The id read back from session.created may be sent again in a session.update; a different
+    one is refused. The assistant's replies are segments of their own (speaker "assistant")."""
+
+    async def run():
+        url = (f"ws://{recording_server.host}:{recording_server.port}/v1/realtime"
+               f"?model=mooer&record=1&api_key={KEY}")  # fmt: skip
+        async with websockets.connect(url, max_size=None) as ws:
+            created = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            session = {"type": "realtime", "output_modalities": ["text"],
+                       "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+                       "mooer": {"task": "chat", **created["session"]["mooer"]}}  # fmt: skip
+            await ws.send(json.dumps({"type": "session.update", "session": session}))
+            changed = {**session, "mooer": {"meeting_id": "mtg_00000000000000000000"}}
+            await ws.send(json.dumps({"type": "session.update", "session": changed}))
+            from mooer.server.pcm import encode_pcm16
+
+            await ws.send(encode_pcm16(speech[0]))
+            events = []
+            while not events or events[-1]["type"] != "response.done":
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 90)))
+            await ws.send(json.dumps({"type": "session.close"}))
+            while events[-1]["type"] != "session.closed":
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 90)))
+        return created, events
+
+    created, events = asyncio.run(run())
+    meeting_id = created["session"]["mooer"]["meeting_id"]
+    updated = next(e for e in events if e["type"] == "session.updated")
+    assert updated["session"]["mooer"] == {**updated["session"]["mooer"], "task": "chat",
+                                           "meeting_id": meeting_id}  # fmt: skip
+    refused = [e["error"] for e in events if e["type"] == "error"]
+    assert [e["param"] for e in refused] == ["session.mooer.meeting_id"]
+    assert meeting_id in refused[0]["message"]
+    heard = next(e["transcript"] for e in events if e["type"] == FINAL)
+    reply = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert reply
+    meeting = _ended(db, meeting_id)
+    kept = [(s.speaker, s.transcript) for s in meeting.segments]
+    assert kept[:2] == [(None, heard), ("assistant", reply)]
+    user, answer = meeting.segments[:2]
+    assert user.end_ms <= answer.start_ms <= answer.end_ms

@@ -131,7 +131,9 @@ def test_diarization_errors_by_hand():
     reference = [("ann", 0.0, 2.0), ("bob", 3.0, 5.0), ("ann", 6.0, 8.0)]
     # other names, same turns: the mapping makes it perfect (0.25 s collars: 1.5 s per turn)
     perfect = diarization_errors(reference, [(7, 0.0, 2.0), (8, 3.0, 5.0), (7, 6.0, 8.0)])
-    assert perfect.der == 0.0 and perfect.speech_s == pytest.approx(3 * 1.5, abs=0.02)  # less the collars
+    assert perfect.der == 0.0 and perfect.speech_s == pytest.approx(
+        3 * 1.5, abs=0.02
+    )  # less the collars
     # the last turn given to bob: 2 s less the collars either end are confused
     wrong = diarization_errors(reference, [(7, 0.0, 2.0), (8, 3.0, 5.0), (8, 6.0, 8.0)])
     assert wrong.confusion_s == pytest.approx(1.5, abs=0.02) and wrong.missed_s == 0.0
