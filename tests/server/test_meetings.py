@@ -347,6 +347,6 @@ def test_a_chat_keeps_its_replies_and_an_echoed_meeting_id_is_accepted(recording
     assert reply
     meeting = _ended(db, meeting_id)
     kept = [(s.speaker, s.transcript) for s in meeting.segments]
-    assert kept[:2] == [(None, heard), ("assistant", reply)]
+    assert kept[:2] == [(LABELLED, heard), ("assistant", reply)]
     user, answer = meeting.segments[:2]
     assert user.end_ms <= answer.start_ms <= answer.end_ms
