@@ -101,6 +101,14 @@ def cmd_fabricate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from mooer.server.commands import serve_main
 
+    ray = None
+    if args.ray:
+        from mooer.server.ray_serve import RayOptions
+
+        ray = RayOptions(replicas=args.replicas, max_replicas=args.max_replicas,
+                         target_sessions=args.target_sessions, address=args.ray_address,
+                         replica_cpus=args.replica_cpus)  # fmt: skip
+
     return serve_main(
         model=args.model, llm=args.llm, variant=args.variant, device=args.device,
         dtype=args.dtype, heads=args.heads, host=args.host, port=args.port,
@@ -110,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_audio_s=args.max_request_audio,
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
         log_level=args.log_level, record=args.record, db=args.db, quantize=args.quantize,
-        llm_backend=args.llm_backend, llm_url=args.llm_url,
+        llm_backend=args.llm_backend, llm_url=args.llm_url, ray=ray,
     )  # fmt: skip
 
 
@@ -232,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info")
     p.add_argument("--record", action="store_true", help="keep every live session as a meeting")
     _add_db_arg(p)
+    r = p.add_argument_group("Ray Serve (docs/scaling.md; needs: pip install 'mooer[ray]')")
+    r.add_argument("--ray", action="store_true", help="serve from replicas behind Ray Serve")
+    r.add_argument("--replicas", type=int, default=2, help="replicas (autoscaling: the least)")
+    r.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
+    r.add_argument("--target-sessions", type=int,
+                   help="live sessions per replica autoscaling aims at (default: half "
+                   "--max-sessions)")  # fmt: skip
+    r.add_argument("--ray-address", help="join this Ray cluster (default: start one on loopback)")
+    r.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs per replica")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, delete")
