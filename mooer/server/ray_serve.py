@@ -150,8 +150,14 @@ def _before_graceful_shutdown(hook: Callable[[], None]) -> None:
 
 
 class LostReplicaClose:
-    """ASGI middleware for Serve's proxy: a websocket whose replica ended it without a close
-    (the replica died) gets ``CLOSE_REPLICA_LOST`` rather than a dropped connection."""
+    """ASGI middleware for Serve's proxy, around each websocket:
+
+    - one whose replica ended it without a close (the replica died) gets
+      ``CLOSE_REPLICA_LOST`` rather than a dropped connection;
+    - what the replica sends after the client has gone (its own close, answering the
+      client's) is dropped here: Serve's proxy would log the failed send as an ERROR with
+      "async generator ignored GeneratorExit" for every websocket a client closes.
+    """
 
     def __init__(self, app: Callable) -> None:
         self.app = app
@@ -163,8 +169,14 @@ class LostReplicaClose:
         seen: set[str] = set()  # websocket.accept / websocket.close / websocket.disconnect
 
         async def watched_send(message: dict) -> None:
+            if {"websocket.close", "websocket.disconnect"} & seen:
+                return  # the connection is over: nobody to send to
+            try:
+                await send(message)
+            except OSError:  # the client went away meanwhile (uvicorn's ClientDisconnected)
+                seen.add("websocket.disconnect")
+                return
             seen.add(message["type"])
-            await send(message)
 
         async def watched_receive() -> dict:
             message = await receive()

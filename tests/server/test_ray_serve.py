@@ -192,6 +192,14 @@ class Session:
             await self.ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
             await asyncio.sleep(pace_s)
 
+    async def received(self) -> None:
+        """Wait until the replica has handled everything sent so far: it answers messages in
+        order, so the error event for an unknown type comes after the appends before it."""
+        errors = sum(e["type"] == "error" for e in self.events)
+        await self.ws.send(json.dumps({"type": "test.barrier"}))
+        while sum(e["type"] == "error" for e in self.events) == errors:
+            await asyncio.sleep(0.05)
+
     async def close(self) -> None:
         await self.ws.send(json.dumps({"type": "session.close"}))
         await asyncio.wait_for(self.reader, 120)
@@ -285,6 +293,20 @@ def test_sessions_land_on_both_replicas_by_their_own_records(cluster, expected):
     assert sum(added.values()) == len(sessions)
 
 
+def test_normal_closes_leave_no_error_in_ray_logs(cluster):
+    """The sessions above all ended normally (closed by the server or by the client)."""
+    from ray._private.worker import global_worker
+
+    logs = Path(global_worker.node.get_session_dir_path()) / "logs"
+    lines = [
+        f"{path.name}: {line}"
+        for path in [*logs.glob("serve/*.log"), *logs.glob("worker-*.err")]
+        for line in path.read_text(errors="replace").splitlines()
+        if " ERROR " in line or "GeneratorExit" in line
+    ]
+    assert not lines, "\n".join(lines[:20])
+
+
 def test_a_killed_replica_closes_its_sessions_with_1012_and_others_carry_on(cluster, expected):
     async def run() -> tuple[list[Session], list[Session], Session]:
         sessions = await _spread(cluster.url)
@@ -328,6 +350,7 @@ def test_scaling_down_delivers_every_final_before_the_close(cluster, expected):
         # Speech in flight: its end (and so its final) is still to come when the scale-down
         # starts; the removed replica's drain ends each utterance and sends its final first.
         await asyncio.gather(*(s.send(_turn("zh_weather.wav", trailing=NOTHING)) for s in sessions))
+        await asyncio.gather(*(s.received() for s in sessions))
         await asyncio.to_thread(serve.run, one, name="mooer", route_prefix="/")
         for _ in range(300):
             if len(_open_requests()) == 1:
@@ -341,5 +364,5 @@ def test_scaling_down_delivers_every_final_before_the_close(cluster, expected):
     drained, kept = asyncio.run(run())
     assert drained and kept
     assert {s.close_code for s in drained} == {CLOSE_GOING_AWAY}
-    assert all(s.finals == [expected["zh"]] for s in drained)
-    assert all(s.finals == [expected["zh"]] for s in kept)
+    assert [s.finals for s in drained] == [[expected["zh"]]] * len(drained)
+    assert [s.finals for s in kept] == [[expected["zh"]]] * len(kept)
