@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from mooer.audio import SAMPLE_RATE, load_audio
+from mooer.errors import ConfigError
 from mooer.server.config import ServerConfig
 from mooer.text import join_texts
 from mooer.transcribe import transcribe
@@ -37,6 +39,7 @@ from mooer.server.ray_serve import (  # noqa: E402
     DEPLOYMENT_NAME,
     RayOptions,
     application,
+    build_app,
     deploy,
     start_ray,
     undeploy,
@@ -94,7 +97,10 @@ def cluster():
         )
         yield Cluster(f"http://127.0.0.1:{port}", recipe)
     finally:
-        undeploy()
+        from ray.serve.exceptions import RayServeException
+
+        with contextlib.suppress(ValueError, RayServeException):  # the last test undeployed
+            undeploy()
         ray.shutdown()
 
 
@@ -216,6 +222,33 @@ async def _spread(url: str, want: int = 2, most: int = 6) -> list[Session]:
         sessions.append(await Session.open(url))
     assert len([n for n in _open_requests().values() if n]) >= want, _open_requests()
     return sessions
+
+
+def test_replica_options_autoscale_on_sessions_up_to_the_session_limit():
+    config = ServerConfig(max_sessions=16, shutdown_timeout_s=10.0)
+    fixed = RayOptions(replicas=3).deployment_options(config)
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["max_ongoing_requests"] == 16  # a websocket is one ongoing request
+    assert fixed["graceful_shutdown_timeout_s"] > config.shutdown_timeout_s  # drain first
+    scaling = RayOptions(replicas=1, max_replicas=5).deployment_options(config)[
+        "autoscaling_config"
+    ]
+    assert scaling == {
+        "min_replicas": 1, "initial_replicas": 1, "max_replicas": 5, "target_ongoing_requests": 8,
+    }  # fmt: skip
+    capped = RayOptions(max_replicas=4, target_sessions=40).deployment_options(config)
+    assert capped["autoscaling_config"]["target_ongoing_requests"] == 16
+    with pytest.raises(ConfigError, match="max_replicas"):
+        RayOptions(replicas=3, max_replicas=2)
+
+
+def test_serve_configs_are_checked_before_any_replica_starts():
+    with pytest.raises(ConfigError, match="unknown setting.*max_session_count"):
+        build_app({"max_sessions": 4, "max_session_count": 4})
+    with pytest.raises(ConfigError, match="funasr_port.*ws://HOST:PORT/funasr"):
+        build_app({"funasr_port": 10095})
+    with pytest.raises(ConfigError, match="max_sessions"):
+        build_app({"max_sessions": 0})
 
 
 def test_every_protocol_through_the_proxy_gives_the_offline_results(cluster, expected):
@@ -366,3 +399,19 @@ def test_scaling_down_delivers_every_final_before_the_close(cluster, expected):
     assert {s.close_code for s in drained} == {CLOSE_GOING_AWAY}
     assert [s.finals for s in drained] == [[expected["zh"]]] * len(drained)
     assert [s.finals for s in kept] == [[expected["zh"]]] * len(kept)
+
+
+def test_undeploy_drains_every_session_before_serve_stops(cluster, expected):
+    """What ``mooer serve --ray`` does on SIGINT/SIGTERM: the proxy outlives the drain."""
+
+    async def run() -> list[Session]:
+        sessions = [await Session.open(cluster.url) for _ in range(2)]
+        await asyncio.gather(*(s.send(_turn("zh_weather.wav", trailing=NOTHING)) for s in sessions))
+        await asyncio.gather(*(s.received() for s in sessions))
+        await asyncio.to_thread(undeploy)
+        await asyncio.wait_for(asyncio.gather(*(s.reader for s in sessions)), 60)
+        return sessions
+
+    sessions = asyncio.run(run())
+    assert [s.close_code for s in sessions] == [CLOSE_GOING_AWAY] * 2
+    assert [s.finals for s in sessions] == [[expected["zh"]]] * 2
