@@ -22,6 +22,7 @@ instead, which tells a client to reconnect: the proxy routes it to a live replic
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -60,7 +61,7 @@ class RayOptions:
     ``max_replicas`` > ``replicas``: Serve autoscales between the two, aiming at
     ``target_sessions`` live sessions per replica (default: half the server's session limit).
     ``address``: an existing Ray cluster (``auto``, ``ray://HOST:10001``); None starts a
-    local one bound to loopback, with ``num_cpus`` CPUs (None: all) and no dashboard.
+    local one with ``num_cpus`` CPUs (None: all) and no dashboard.
     """
 
     replicas: int = 2
@@ -112,7 +113,7 @@ class MooerReplica:
         self.replica_id = serve.get_replica_context().replica_tag
         self.hub = recipe.build(replica=self.replica_id)
         self._loop = asyncio.get_running_loop()  # the loop Serve runs this replica's app on
-        self._drain: asyncio.Future | None = None
+        self._drain: concurrent.futures.Future | None = None
         _before_graceful_shutdown(self.start_drain)
 
     def __serve_build_asgi_app__(self):
@@ -124,12 +125,11 @@ class MooerReplica:
         """Refuse new sessions, finish the live ones (finals, close 1001); from any thread."""
         if self._drain is None:
             log.info("replica %s: draining", self.replica_id)
-            drain = asyncio.run_coroutine_threadsafe(self.hub.drain(), self._loop)
-            self._drain = asyncio.wrap_future(drain, loop=self._loop)
+            self._drain = asyncio.run_coroutine_threadsafe(self.hub.drain(), self._loop)
 
     async def __del__(self) -> None:
         self.start_drain()  # already done, unless Serve skipped its graceful path
-        await self._drain
+        await asyncio.wrap_future(self._drain)
         await asyncio.to_thread(self.hub.close)
         self.hub.model.llm_backend.close()
         await super().__del__()  # the ASGI wrapper's lifespan shutdown
@@ -204,9 +204,20 @@ def proxy_middlewares() -> list:
     return [Middleware(LostReplicaClose)]
 
 
+def _serve():
+    """Ray Serve's API, or a ``ConfigError`` saying how to install it."""
+    try:
+        from ray import serve
+    except ImportError as exc:
+        raise ConfigError(
+            f"--ray needs Ray Serve ({exc}): pip install 'mooer[ray]' (ray[serve]==2.60.0)"
+        ) from exc
+    return serve
+
+
 def application(recipe: HubRecipe, options: RayOptions):
     """The Serve application: ``options`` replicas of ``MooerReplica`` built from ``recipe``."""
-    from ray import serve
+    serve = _serve()
 
     if recipe.config.funasr_port is not None:
         raise ConfigError(
