@@ -7,7 +7,9 @@ recordings, server VAD), against, one after the other: ``mooer serve`` (plain), 
 ``bench_session``; at the end the proxy's added latency: the difference of the p50 of end of
 speech -> final and of VAD endpoint -> final between ``--replicas 1`` and plain (target: under
 20 ms). ``RSS MB``: the plain server's process; for Ray, every process of the local cluster
-(its own daemons, proxy and replicas), read from ``/proc``.
+(its own daemons, proxy and replicas), read from ``/proc``. Each server runs in a session of its
+own: Ray starts its processes so, and where the kernel shares CPU by session (autogroup) a
+plain server in the clients' session would get a smaller share than Ray's replicas.
 
     python bench/bench_ray.py [--sessions 1 4 8] [--seconds 20] [--replicas 2]
 """
@@ -75,7 +77,7 @@ def main() -> None:
     load = LoadLog()
     results: dict[str, dict[int, Figures]] = {}
     for name, extra in setups.items():
-        with ServerProcess(extra) as server:
+        with ServerProcess(extra, new_session=True) as server:
             run_level(server.realtime_url(), session_streams(clips, 1, 4.0, args.pause), "asr", 20)
             results[name] = {}
             for count in args.sessions:
