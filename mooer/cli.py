@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--target-sessions", type=int,
                    help="live sessions per replica autoscaling aims at (default: half "
                    "--max-sessions)")  # fmt: skip
-    r.add_argument("--ray-address", help="join this Ray cluster (default: start one on loopback)")
+    r.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     r.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs per replica")
     p.set_defaults(func=cmd_serve)
 
