@@ -44,13 +44,15 @@ from machine import CpuWatch, LoadLog, describe, rss_mb  # noqa: E402
 class ServerProcess:
     """``mooer serve`` in a child process on a free loopback port; stopped with SIGINT."""
 
-    def __init__(self, serve_args: Sequence[str] = ()) -> None:
+    def __init__(self, serve_args: Sequence[str] = (), new_session: bool = False) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         command = [sys.executable, "-m", "mooer.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "warning", *serve_args]
-        self.process = subprocess.Popen(command)
+        # new_session: a scheduling group of its own where the kernel groups by session
+        # (autogroup), as Ray's daemons and workers have; else it shares the clients' CPU share.
+        self.process = subprocess.Popen(command, start_new_session=new_session)
         self._wait_ready(timeout=180.0)
 
     @property

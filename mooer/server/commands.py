@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from mooer.asr.speakers import SpeakerConfig
@@ -20,7 +20,78 @@ from mooer.errors import ConfigError, MooerError
 from mooer.server.config import ServerConfig
 
 if TYPE_CHECKING:
+    from mooer.meetings.store import MeetingStore
+    from mooer.server.hub import Hub
+    from mooer.server.ray_serve import RayOptions
     from mooer.server.reply_audio import ReplyAudio
+
+
+@dataclass(frozen=True)
+class HubRecipe:
+    """What a server process loads: its limits and the model options of ``load_model``.
+
+    ``mooer serve`` builds one hub from it; with ``--ray`` every replica builds its own from
+    the same recipe (it is sent to them, so it holds only plain values).
+    """
+
+    config: ServerConfig
+    model: str | None = None
+    llm: str | None = None
+    variant: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    heads: int = 4
+    threads: int | None = None
+    beam: int | None = None
+    quantize: str | None = None
+    llm_backend: str = "hf"
+    llm_url: str | None = None
+
+    def open_store(self) -> MeetingStore | None:
+        """The meeting store, opened now so a bad one is a clear error before the model loads;
+        None when nothing is recorded."""
+        if not (self.config.record or self.config.meetings_db):
+            return None
+        from mooer.meetings import open_store
+
+        store = open_store(self.config.meetings_db).open()
+        print(f"mooer: meetings kept in {store.where}" + (" (recording every session)"
+              if self.config.record else ""), file=sys.stderr, flush=True)  # fmt: skip
+        return store
+
+    def build(self, store: MeetingStore | None = None, replica: str | None = None) -> Hub:
+        """Load the model and start its engine (``store``: an opened meeting store, else the
+        hub opens ``config.meetings_db`` when first needed; ``replica``: see ``Hub``)."""
+        from mooer.agent.engine import Engine
+        from mooer.agent.session import SessionConfig
+        from mooer.model import load_model
+        from mooer.server.hub import Hub
+
+        defaults = SessionConfig()
+        if self.beam is not None:
+            final = replace(defaults.final_options, num_beams=self.beam)
+            defaults = replace(defaults, final_options=final)
+        speech_llm = load_model(
+            self.model,
+            llm=self.llm,
+            task="asr",
+            variant=self.variant,
+            device=self.device,
+            dtype=self.dtype,
+            attention_heads=self.heads,
+            quantize=self.quantize,
+            llm_backend=self.llm_backend,
+            llm_url=self.llm_url,
+        )
+        engine = Engine(speech_llm, threads=self.threads)
+        if self.config.record:  # every session is labelled: load the voice encoder now
+            try:
+                engine.speaker_encoder.load()
+                labels = "on"
+            except MooerError as exc:
+                labels = f"off ({exc})"
+            print(f"mooer: speaker labels {labels}", file=sys.stderr, flush=True)
+        return Hub(speech_llm, engine, self.config, defaults, meetings=store, replica=replica)
 
 
 def serve_main(
@@ -50,6 +121,7 @@ def serve_main(
     llm_backend: str = "hf",
     llm_url: str | None = None,
     speaker_threshold: float | None = None,
+    ray: RayOptions | None = None,
 ) -> int:
     """Load the model once and serve every protocol until SIGINT/SIGTERM (then drain).
 
@@ -58,6 +130,7 @@ def serve_main(
     meeting in ``db`` (clients may ask for it per session anyway), its finals labelled with
     speakers (``speaker_threshold``: see ``SpeakerConfig``), with each segment's audio when
     ``record_audio``. ``quantize``, ``llm_backend`` and ``llm_url``: see ``load_model``.
+    ``ray``: serve from replicas behind Ray Serve's proxy instead (``mooer.server.ray_serve``).
     """
     speakers = SpeakerConfig() if speaker_threshold is None else SpeakerConfig(speaker_threshold)
     config = ServerConfig(
@@ -77,51 +150,26 @@ def serve_main(
         speakers=speakers,
         record_audio=record_audio,
     )
-    from mooer.agent.engine import Engine
-    from mooer.agent.session import SessionConfig
-    from mooer.model import load_model
-    from mooer.server.app import run
-    from mooer.server.hub import Hub
-
+    recipe = HubRecipe(
+        config, model=model, llm=llm, variant=variant, device=device, dtype=dtype, heads=heads,
+        threads=threads, beam=beam, quantize=quantize, llm_backend=llm_backend, llm_url=llm_url,
+    )  # fmt: skip
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
-    store = None
-    if record or db:  # a store that cannot be opened is a clear error now, before the model loads
-        from mooer.meetings import open_store
+    if ray is not None:
+        from mooer.server.ray_serve import serve_on_ray
 
-        store = open_store(db).open()
-        print(f"mooer: meetings kept in {store.where}" + (" (recording every session)"
-              if record else ""), file=sys.stderr, flush=True)  # fmt: skip
-    defaults = SessionConfig()
-    if beam is not None:
-        defaults = replace(defaults, final_options=replace(defaults.final_options, num_beams=beam))
-    speech_llm = load_model(
-        model,
-        llm=llm,
-        task="asr",
-        variant=variant,
-        device=device,
-        dtype=dtype,
-        attention_heads=heads,
-        quantize=quantize,
-        llm_backend=llm_backend,
-        llm_url=llm_url,
-    )
-    engine = Engine(speech_llm, threads=threads)
-    if record:  # every session is labelled: load the voice encoder now, not at the first final
-        try:
-            engine.speaker_encoder.load()
-            labels = "on"
-        except MooerError as exc:
-            labels = f"off ({exc})"
-        print(f"mooer: speaker labels {labels}", file=sys.stderr, flush=True)
-    hub = Hub(speech_llm, engine, config, defaults, meetings=store)
+        return serve_on_ray(recipe, ray, log_level=log_level)
+    from mooer.server.app import run
+
+    store = recipe.open_store()
+    hub = recipe.build(store)
     where = f"{config.host}:{config.port}"
     funasr = f", FunASR ws://{config.host}:{config.funasr_port}" if config.funasr_port else ""
     serving = f"mooer: serving http://{where}/ (realtime ws://{where}/v1/realtime{funasr})"
     try:
         run(hub, log_level.lower(), lambda: print(serving, file=sys.stderr, flush=True))
     finally:
-        speech_llm.llm_backend.close()  # vLLM's engine process, if any
+        hub.model.llm_backend.close()  # vLLM's engine process, if any
     return 0
 
 

@@ -283,6 +283,8 @@ class HttpApi:
             "sessions": len(self.hub.connections),
             "max_sessions": self.hub.config.max_sessions,
         }
+        if self.hub.replica is not None:
+            body["replica"] = self.hub.replica
         return JSONResponse(body, status_code=503 if self.hub.draining else 200)
 
     async def metrics(self, request: Request) -> Response:

@@ -56,13 +56,16 @@ class Hub:
         session_defaults: SessionConfig | None = None,
         metrics: Metrics | None = None,
         meetings: MeetingStore | None = None,
+        replica: str | None = None,
     ) -> None:
         self.model = model
         self.engine = engine
         self.config = config
         # Decoding options, VAD and partial interval of every session; protocols set the rest.
         self.session_defaults = session_defaults or SessionConfig()
-        self.metrics = metrics or Metrics()
+        # One of several replicas (mooer serve --ray): named in /health and on every series.
+        self.replica = replica
+        self.metrics = metrics or Metrics({"replica": replica} if replica else None)
         self.connections: set[WireProtocol] = set()
         self.draining = False
         self._closed = False

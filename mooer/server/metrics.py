@@ -41,6 +41,7 @@ class _Metric:
         self.name = name
         self.help = help_text
         self._lock = lock
+        self.constant: Labels = ()  # on every series (the replica, behind Ray Serve)
 
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
@@ -66,7 +67,10 @@ class Counter(_Metric):
 
     def render(self) -> list[str]:
         lines = self.header()
-        lines += [f"{self.name}{_render_labels(k)} {_number(v)}" for k, v in self._values.items()]
+        lines += [
+            f"{self.name}{_render_labels(self.constant + k)} {_number(v)}"
+            for k, v in self._values.items()
+        ]
         return lines
 
 
@@ -105,7 +109,8 @@ class Histogram(_Metric):
 
     def render(self) -> list[str]:
         lines = self.header()
-        for key, (counts, total) in self._series.items():
+        for own, (counts, total) in self._series.items():
+            key = self.constant + own
             running = 0
             for bound, n in zip(self.buckets, counts):
                 running += n
@@ -117,9 +122,10 @@ class Histogram(_Metric):
 
 
 class Metrics:
-    """The server's series. Label ``protocol`` is realtime, translation, funasr or http."""
+    """The server's series. Label ``protocol`` is realtime, translation, funasr or http;
+    ``constant`` labels go on every series (``replica``, so Prometheus keeps replicas apart)."""
 
-    def __init__(self) -> None:
+    def __init__(self, constant: dict[str, str] | None = None) -> None:
         lock = threading.Lock()
         self._lock = lock
         self.sessions_active = Gauge("mooer_sessions_active", "Live websocket sessions.", lock)
@@ -169,6 +175,8 @@ class Metrics:
             self.errors,
             self.text_revisions,
         ]
+        for metric in self._all:
+            metric.constant = _labels(constant or {})
 
     def render(self) -> str:
         """The exposition text (``text/plain; version=0.0.4``)."""
