@@ -154,12 +154,13 @@ class SessionWork:
     ) -> Waiting[tuple[Texts, torch.Tensor]]:
         """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
 
-        The audio is encoded once for every prompt the mode runs; a manual turn longer than the
-        model's segments is decoded in pieces, as ``transcribe()`` would. It yields what the
-        LLM backend is still working on (the engine serves others meanwhile).
+        The audio is encoded once for every prompt the mode runs (in the engine's next batched
+        forward); a manual turn longer than the model's segments is decoded in pieces, as
+        ``transcribe()`` would. It yields what the encoder batch and the LLM backend are still
+        working on (the engine serves others meanwhile).
         """
         pieces = [audio[a:b] for a, b in split_long(audio)]
-        embeds, lengths = self.model.embed(pieces)  # (P, Ta, H), (P,)
+        embeds, lengths = yield from self.engine.embed(pieces)  # (P, Ta, H), (P,), batched
         texts = yield from decode_waiting(
             self.model, embeds, lengths, self.config.task, options, step_by_step
         )
