@@ -9,7 +9,7 @@ prompt: the example recordings' audio embeddings (6.1 s of speech) spliced befor
 - hf: as the engine serves live sessions on the hf backend: one request at a time with the
   token loop. Its rate does not depend on how many wait, so it is measured once, on
   ``--hf-requests`` of them (a 0.5B model decodes about a token per second here);
-- vllm: every request handed to the in-process vLLM engine at once (``VllmBackend.complete``),
+- vllm: every request handed to the in-process vLLM engine at once (``VllmBackend.stream``),
   which batches them continuously.
 
     python bench/bench_llm_backends.py [--concurrency 1 8 32] [--tokens 32] [--checkpoint DIR]
@@ -68,7 +68,7 @@ def hf_rate(model, requests: list[torch.Tensor], options) -> float:
 
 def vllm_rate(backend: VllmBackend, requests: list[torch.Tensor], options) -> float:
     started = time.perf_counter()
-    futures = [backend.complete(inputs, options) for inputs in requests]
+    futures = [backend.stream(inputs, options).done for inputs in requests]
     wait(futures)
     tokens = sum(len(f.result()) for f in futures)
     return tokens / (time.perf_counter() - started)

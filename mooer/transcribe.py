@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 from tqdm import tqdm
 
 from mooer.asr.segmenter import cut_blocks
@@ -246,16 +247,21 @@ def transcribe(
     return results
 
 
+# Work that encodes waveforms: (B, Ta, H) embeddings and (B,) lengths (``Engine.embed``)
+Embed = Callable[[Sequence[np.ndarray]], Waiting[tuple[Tensor, Tensor]]]
+
+
 def transcribe_steps(
     model: SpeechLLM,
     stream: AudioStream,
     task: str,
     options: DecodingOptions,
+    embed: Embed,
     vad: VadConfig = SEGMENTER,
 ) -> Waiting[Result]:
     """Engine work: ``transcribe`` of one file in bounded steps, each one block of decoding and
     voice activity or one utterance's decode, so a long file never holds up other clients
-    for long; a decode on a batching LLM backend (vLLM) is yielded as the future to wait for.
+    for long; an encode in the engine's batch (``embed``) or a decode on a batching LLM backend (vLLM) is yielded as the future to wait for.
     Closing the generator stops the work and closes the file."""
     check_task(model, task)
     parts: list[Texts] = []
@@ -263,7 +269,7 @@ def transcribe_steps(
     for ended in utterances(result, stream, vad):
         for audio in ended:
             yield
-            embeds, lengths = model.embed([audio])  # (1, Ta, H), (1,)
+            embeds, lengths = yield from embed([audio])  # (1, Ta, H), (1,)
             parts += yield from decode_waiting(model, embeds, lengths, task, options)
         yield
     return settle(result, task, parts)

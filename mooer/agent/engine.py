@@ -14,7 +14,9 @@ at the end of a turn). The worker keeps a record of the steps it ran (``steps_ru
 With a batching LLM backend (vLLM) a step may yield a ``Future``: the decode it started is
 running elsewhere, and the job is parked until the future is done, while the worker runs the
 other clients' steps (which start their decodes too, so that vLLM batches them all). A parked
-job keeps its place: its client's other jobs wait behind it.
+job keeps its place: its client's other jobs wait behind it. Audio to encode waits the same way
+(``embed``): the utterances queued at the same moment are encoded as one padded batch
+(``mooer.agent.encode_batch``), a step of the worker's own between the clients' steps.
 
 Threads: ``on_event`` runs on the worker thread for results (transcripts, translations,
 replies) and on the caller's thread for what ``feed``/``commit``/``close`` find at once (speech
@@ -31,18 +33,21 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
+import numpy as np
 import torch
 
+from mooer.agent.encode_batch import Asked, Embeddings, EncodeBatch, EncodeBatchConfig
 from mooer.agent.events import Event
 from mooer.agent.session import Session, SessionConfig
 from mooer.asr.speakers import SpeakerConfig, SpeakerEncoder, SpeakerLabeller
 from mooer.asr.vad import VadModel, shared_vad_model
 from mooer.errors import ConfigError
+from mooer.llm.backend import Waiting
 from mooer.llm.generation import turn_end_id
 from mooer.model import SpeechLLM
 from mooer.tts.backend import TTSBackend, load_backend
@@ -158,7 +163,7 @@ class Engine:
 
     ``threads``: torch intra-op threads of the worker (default: ``default_threads``).
     ``vad_model``: default, the silero model shared by the process, loaded on the first
-    session with turn detection.
+    session with turn detection. ``encode_batch``: the bounds of a batched encoder forward.
     """
 
     def __init__(
@@ -166,6 +171,7 @@ class Engine:
         model: SpeechLLM,
         threads: int | None = None,
         vad_model: VadModel | None = None,
+        encode_batch: EncodeBatchConfig | None = None,
     ) -> None:
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
@@ -181,6 +187,9 @@ class Engine:
         self._running: Job | None = None
         self._parked: dict[Client, Job] = {}  # jobs waiting for their future (not in _ready)
         self._record: deque[StepRecord] = deque(maxlen=RECORD_LENGTH)
+        self._encodes = EncodeBatch(model, encode_batch or EncodeBatchConfig())
+        self._batch_sizes: deque[int] = deque(maxlen=RECORD_LENGTH)
+        self._resumed = 0  # clients the running encoder forward put first in the round
         self._steps_begun = 0
         self._sessions: dict[str, Session] = {}
         self._tts: dict[str, TTSBackend] = {}  # loaded once, shared by the sessions that speak
@@ -293,6 +302,25 @@ class Engine:
         with self._cond:
             return list(self._record)
 
+    def encode_batches(self) -> list[int]:
+        """The item counts of the encoder forwards run, oldest first (the last
+        ``RECORD_LENGTH``)."""
+        with self._cond:
+            return list(self._batch_sizes)
+
+    def embed(self, waves: Sequence[np.ndarray]) -> Waiting[Embeddings]:
+        """Engine work (call it in a job's step): ``waves`` (16 kHz float32) as LLM input
+        embeddings (B, Ta, H) and lengths (B,), encoded in the worker's next batched forward
+        with whatever else is queued then; ``model.embed`` in effect."""
+        with self._cond:
+            future = self._encodes.add(waves, self._steps_begun, len(self._ready))
+            self._cond.notify_all()
+        try:
+            yield future
+        finally:
+            future.cancel()  # the job was dropped while waiting; a no-op once encoded
+        return future.result()
+
     # -- scheduling, used by Session ---------------------------------------------------------
 
     def submit(self, session: Session, kind: JobKind, work: Work) -> None:
@@ -379,18 +407,27 @@ class Engine:
         torch.set_num_threads(self.threads)  # this thread's own setting
         while True:
             with self._cond:
-                while not self._ready:
+                while not self._ready and not self._encodes.pending:
                     if self._stopped:
                         return
                     self._cond.wait()
-                client = self._next_client()
-                job = self._queues[client][0]
-                job.started = True
-                self._running = job
-                waiting = tuple(other.id for other in self._ready)
-                record = StepRecord(self._steps_begun, client.id, job.kind, job.queued_at, waiting)
-                self._record.append(record)
-                self._steps_begun += 1
+                if self._encodes.due(self._steps_begun, idle=not self._ready):
+                    taken = self._encodes.take()
+                else:
+                    taken = None
+                    client = self._next_client()
+                    job = self._queues[client][0]
+                    job.started = True
+                    self._running = job
+                    waiting = tuple(other.id for other in self._ready)
+                    record = StepRecord(
+                        self._steps_begun, client.id, job.kind, job.queued_at, waiting
+                    )
+                    self._record.append(record)
+                    self._steps_begun += 1
+            if taken is not None:
+                self._encode(taken)
+                continue
             more, waits_for = self._step(job)
             with self._cond:
                 self._running = None
@@ -407,12 +444,26 @@ class Engine:
             if waits_for is not None:
                 waits_for.add_done_callback(lambda _, c=client, j=job: self._unpark(c, j))
 
+    def _encode(self, taken: list[Asked]) -> None:
+        """Run one batched encoder forward. Its jobs go on first, in their order (``_unpark``):
+        they have waited for a turn of the round already, for the others to join the batch."""
+        with self._cond:
+            self._resumed = 0
+        items = self._encodes.run(taken)
+        if items:
+            with self._cond:
+                self._batch_sizes.append(items)
+
     def _unpark(self, client: Client, job: Job) -> None:
         """``job``'s future is done: its client rejoins the round (unless the job was dropped)."""
         with self._cond:
             if self._parked.get(client) is job:
                 del self._parked[client]
-                self._ready.append(client)
+                if threading.current_thread() is self._worker:  # encoded by _encode
+                    self._ready.insert(self._resumed, client)
+                    self._resumed += 1
+                else:
+                    self._ready.append(client)
                 self._cond.notify_all()
 
     def _next_client(self) -> Client:

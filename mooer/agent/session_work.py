@@ -27,7 +27,7 @@ import torch
 from mooer.agent import events as ev
 from mooer.agent.stable_text import TRANSLATION_AGREE, StableText
 from mooer.llm.backend import Waiting
-from mooer.llm.conversation import Conversation, Message, Reply, WholeReply
+from mooer.llm.conversation import Conversation, Message, Reply, StreamedReply
 from mooer.llm.decoding import DecodingOptions, splice
 from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SpeechGeneration, SpeechReply, spoken_reply
@@ -156,12 +156,13 @@ class SessionWork:
     ) -> Waiting[tuple[Texts, torch.Tensor]]:
         """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
 
-        The audio is encoded once for every prompt the mode runs; a manual turn longer than the
-        model's segments is decoded in pieces, as ``transcribe()`` would. It yields what the
-        LLM backend is still working on (the engine serves others meanwhile).
+        The audio is encoded once for every prompt the mode runs (in the engine's next batched
+        forward); a manual turn longer than the model's segments is decoded in pieces, as
+        ``transcribe()`` would. It yields what the encoder batch and the LLM backend are still
+        working on (the engine serves others meanwhile).
         """
         pieces = [audio[a:b] for a, b in split_long(audio)]
-        embeds, lengths = self.model.embed(pieces)  # (P, Ta, H), (P,)
+        embeds, lengths = yield from self.engine.embed(pieces)  # (P, Ta, H), (P,), batched
         texts = yield from decode_waiting(
             self.model, embeds, lengths, self.config.task, options, step_by_step
         )
@@ -264,7 +265,7 @@ class SessionWork:
             asked = question.item_id if question is not None else None
             self.outbox.deliver(ev.ResponseStarted(response.response_id, asked, response.item_id))
         self.stats.responses += 1
-        reply: Reply | WholeReply | None = None
+        reply: Reply | StreamedReply | None = None
         status: ev.ResponseStatus = "cancelled"
         options = self.config.chat_options
         names = {"answer_id": response.item_id, "instructions": response.instructions}
@@ -298,9 +299,17 @@ class SessionWork:
                     **names,
                 )
             if reply is not None:
-                if reply.ready is not None:
-                    yield reply.ready  # a batching backend's answer: others run meanwhile
-                for text, audio in self._reply_pieces(response, reply):
+                pieces = self._reply_pieces(response, reply)
+                while True:
+                    # A streaming backend's next token (the whole answer, to be spoken a
+                    # sentence at a time): others run meanwhile.
+                    waits = reply.pending(whole=response.speak)
+                    if waits is not None:
+                        yield waits
+                    piece = next(pieces, None)
+                    if piece is None:
+                        break
+                    text, audio = piece
                     if text:
                         if reply.text == text:  # the reply's first text
                             self.stats.reply_latency_s.append(time.perf_counter() - since)

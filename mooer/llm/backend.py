@@ -7,8 +7,8 @@ hf        in this process with transformers (the default): beam search, the toke
           chat memory as a KV cache, the speech head
 vllm      on vLLM, in this process (``VllmBackend``) or on a separately started vLLM
           OpenAI server (``--llm-url``, ``RemoteBackend``): prompts go in as embeddings,
-          greedy or sampled tokens come back, and concurrent requests share one
-          continuously batched engine
+          greedy or sampled tokens stream back (``TokenStream``), and concurrent requests
+          share one continuously batched engine
 ========  ==============================================================================
 
 A backend answers with futures, so that a caller on the engine's worker can start several
@@ -19,8 +19,9 @@ its engine has the answer.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -133,14 +134,66 @@ class HFBackend:
         pass
 
 
+class TokenStream:
+    """The token ids of one answer as a backend makes them: added by the backend's thread,
+    read by another (a chat reply's text streams out as they come). ``done`` holds them all
+    once the answer has ended, or the backend's error; cancelling it stops the request.
+    ``arrivals``: how many times ids came in (more than one: they streamed)."""
+
+    def __init__(self) -> None:
+        self.done: Future[list[int]] = Future()
+        self.arrivals = 0
+        self._ids: list[int] = []
+        self._lock = threading.Lock()
+        self._more: Future[None] = Future()  # done at the next arrival or the end
+
+    def add(self, ids: Sequence[int]) -> None:
+        """More ids of the answer (the backend's thread)."""
+        if not ids:
+            return
+        with self._lock:
+            self._ids += ids
+            self.arrivals += 1
+            more, self._more = self._more, Future()
+        more.set_result(None)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The answer has ended, or failed with ``error`` (the backend's thread)."""
+        with self._lock:
+            ids, more = list(self._ids), self._more
+        try:
+            if error is None:
+                self.done.set_result(ids)
+            else:
+                self.done.set_exception(error)
+        except InvalidStateError:  # cancelled meanwhile
+            pass
+        if not more.done():
+            more.set_result(None)
+
+    def ids(self, start: int = 0) -> list[int]:
+        """The ids come so far, from the ``start``-th on."""
+        with self._lock:
+            return self._ids[start:]
+
+    def more(self, seen: int) -> Future[None] | None:
+        """A future done when ids past the first ``seen`` have come or the answer has ended;
+        None when that is so already."""
+        with self._lock:
+            if len(self._ids) > seen or self.done.done():
+                return None
+            return self._more
+
+
 class EmbedsBackend:
-    """A backend that takes whole prompts as embeddings and answers with token ids (vLLM in
-    this process or behind a server); subclasses implement ``complete``."""
+    """A backend that takes whole prompts as embeddings and streams back token ids (vLLM in
+    this process or behind a server); subclasses implement ``stream``."""
 
     name = "vllm"
 
-    def complete(self, inputs_embeds: Tensor, options: DecodingOptions) -> Future[list[int]]:
-        """The answer token ids to one prompt ``inputs_embeds`` (L, H), up to ``<|im_end|>``."""
+    def stream(self, inputs_embeds: Tensor, options: DecodingOptions) -> TokenStream:
+        """The answer token ids to one prompt ``inputs_embeds`` (L, H), as they come, ending
+        at ``<|im_end|>`` (which the stream includes)."""
         raise NotImplementedError
 
     def answers(
@@ -153,7 +206,7 @@ class EmbedsBackend:
         step_by_step: bool,
     ) -> list[Future[str]]:
         return [
-            self.text(model, self.complete(inputs[0], options))
+            self.text(model, self.stream(inputs[0], options).done)
             for inputs in one_by_one(model, embeds, lengths, prompt)
         ]
 

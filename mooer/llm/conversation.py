@@ -21,7 +21,7 @@ items): the cache keeps the messages before the first one changed and recomputes
 
 On a backend that takes whole prompts as embeddings (vLLM) there is no cache here: each reply
 re-sends the remembered prefix's embeddings before the question (vLLM's prefix caching reuses
-what it computed for the same prefix), and the answer comes back whole.
+what it computed for the same prefix), and the answer's tokens stream back (``StreamedReply``).
 
 The system turn holds the session's instructions (OpenAI Realtime ``session.instructions``);
 without any it is the released one byte for byte, the text the checkpoints were trained on.
@@ -29,8 +29,9 @@ without any it is the released one byte for byte, the text the checkpoints were 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,8 +40,8 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from mooer.errors import ConfigError
-from mooer.llm.backend import EmbedsBackend
-from mooer.llm.decoding import DecodingOptions, answer_ids
+from mooer.llm.backend import EmbedsBackend, TokenStream
+from mooer.llm.decoding import DecodingOptions
 from mooer.llm.generation import (
     Generation,
     TextStream,
@@ -381,8 +382,10 @@ class Conversation:
         if self.backend is not None:
             prefix = self._embed_ids(self._system_ids + sum(self._message_ids, []))  # (1, P, H)
             whole = torch.cat([prefix, inputs_embeds.to(prefix.dtype)], dim=1)  # (1, P + N, H)
-            asked = self.backend.complete(whole[0], options)
-            reply: Reply | WholeReply = WholeReply(self, asked, question or "", whole.shape[1])
+            asked = self.backend.stream(whole[0], options)
+            reply: Reply | StreamedReply = StreamedReply(
+                self, asked, question or "", whole.shape[1]
+            )
         else:
             reply = (kind or Reply)(self, inputs_embeds, question or "", options, **generation)
         reply.memo = (
@@ -437,7 +440,7 @@ class Conversation:
             self._cache.crop(keep - self._cache.get_seq_length())
         self._cached = index
 
-    def _finish(self, reply: Reply | WholeReply) -> Turn:
+    def _finish(self, reply: Reply | StreamedReply) -> Turn:
         """Crop the cache back to the remembered prefix and remember the reply's messages."""
         if self._cache is not None:
             with torch.inference_mode():
@@ -469,8 +472,6 @@ class Reply(Generation):
     this one (``SpeechReply(Reply, SpeechGeneration)``).
     """
 
-    ready: Future[list[int]] | None = None  # computed here, token by token (see WholeReply)
-
     def __init__(
         self,
         conversation: Conversation,
@@ -491,24 +492,28 @@ class Reply(Generation):
         # What the end remembers: the question's message, the answer's id, whether at all
         self.memo: tuple[Message | None, str | None, bool] = (None, None, True)
 
+    def pending(self, whole: bool = False) -> Future | None:
+        """Nothing to wait for: the tokens are computed here, one per step."""
+        return None
+
     def _end(self, interrupted: bool) -> None:
         super()._end(interrupted)
         self.turn = self.conversation._finish(self)
 
 
-class WholeReply:
-    """A chat answer from a backend that answers whole (vLLM): ``ready`` is done when the
-    answer is; then iterating gives its tokens as a ``Reply`` does, and the end (or ``stop``)
-    remembers the turn.
+class StreamedReply:
+    """A chat answer from a backend that streams it (vLLM): iterating gives its tokens as they
+    come, as a ``Reply`` does, and the end (or ``stop``) remembers the turn.
 
-    Iterating before ``ready`` is done waits for it: engine work yields ``ready`` first.
+    Iterating blocks until the next token has come: engine work yields ``pending()`` first,
+    so that the worker serves others meanwhile.
     """
 
     def __init__(
-        self, conversation: Conversation, ready: Future[list[int]], question: str, inputs: int
+        self, conversation: Conversation, stream: TokenStream, question: str, inputs: int
     ) -> None:
         self.conversation = conversation
-        self.ready = ready
+        self.stream = stream
         self.question = question
         self.ids: list[int] = []
         self.ended = False
@@ -518,32 +523,42 @@ class WholeReply:
         self.input_tokens = inputs
         self.memo: tuple[Message | None, str | None, bool] = (None, None, True)
         self._text = TextStream(conversation.model.tokenizer)
-        self._tokens: Iterator[int] | None = None
+        self._eos = turn_end_id(conversation.model.tokenizer)
+        self._read = 0  # of the stream's ids
 
     @property
     def text(self) -> str:
         return self._text.text
 
-    def __iter__(self) -> WholeReply:
+    def pending(self, whole: bool = False) -> Future | None:
+        """What to wait for before the next step runs without blocking: the next token (or
+        the end), or with ``whole`` the end; None when it is there."""
+        if whole:
+            return None if self.stream.done.done() else self.stream.done
+        return self.stream.more(self._read)
+
+    def __iter__(self) -> StreamedReply:
         return self
 
     def __next__(self) -> tuple[int, str]:
         if self.ended:
             raise StopIteration
-        if self._tokens is None:
-            eos = turn_end_id(self.conversation.model.tokenizer)
-            self._tokens = iter(answer_ids(self.ready.result(), eos, eos))
-        token = next(self._tokens, None)
-        if token is None:
+        while (more := self.stream.more(self._read)) is not None:
+            wait_futures([more])
+        came = self.stream.ids(self._read)
+        if not came or came[0] == self._eos:
+            self.stream.done.result()  # the backend's error, if it failed
             self._end(interrupted=False)
             raise StopIteration
+        token = came[0]
+        self._read += 1
         self.ids.append(token)
         return token, self._text.push(token)
 
     def stop(self) -> None:
         """End now (barge-in): the answer still being made is dropped; a no-op once ended."""
         if not self.ended:
-            self.ready.cancel()
+            self.stream.done.cancel()
             self._end(interrupted=True)
 
     def _end(self, interrupted: bool) -> None:

@@ -1,8 +1,9 @@
 """The LLM stage on vLLM in this process: one continuously batched engine for every caller.
 
-vLLM's ``AsyncLLM`` runs on an event loop of its own thread; ``complete`` hands it a prompt's
-embeddings and returns a future at once, so the engine's worker can start other sessions'
-decodes while this one runs, and vLLM batches all that are in flight. vLLM spawns its engine
+vLLM's ``AsyncLLM`` runs on an event loop of its own thread; ``stream`` hands it a prompt's
+embeddings and returns a ``TokenStream`` at once, filled as vLLM's incremental outputs come,
+so the engine's worker can start other sessions' decodes while this one runs (vLLM batches all
+that are in flight) and a chat reply's text goes out token by token. vLLM spawns its engine
 core as a process: a script that loads the vllm backend needs the ``if __name__ ==
 "__main__":`` guard. On a CPU, vLLM's KV cache takes ``$VLLM_CPU_KVCACHE_SPACE`` GiB (set to
 ``DEFAULT_KV_CACHE_GIB`` here when unset; vLLM's own default is most of the RAM).
@@ -15,7 +16,6 @@ import itertools
 import logging
 import os
 import threading
-from concurrent.futures import Future
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from mooer.errors import ConfigError
-from mooer.llm.backend import EmbedsBackend, embeds_for_vllm
+from mooer.llm.backend import EmbedsBackend, TokenStream, embeds_for_vllm
 from mooer.llm.decoding import DecodingOptions
 from mooer.llm.generation import turn_end_id
 from mooer.llm.vllm_export import merged_llm_dir
@@ -126,7 +126,7 @@ class VllmBackend(EmbedsBackend):
         )
         return AsyncLLM.from_engine_args(args)
 
-    def complete(self, inputs_embeds: Tensor, options: DecodingOptions) -> Future[list[int]]:
+    def stream(self, inputs_embeds: Tensor, options: DecodingOptions) -> TokenStream:
         from vllm import SamplingParams
 
         if options.num_beams > 1 and not self._warned_beams:
@@ -135,16 +135,25 @@ class VllmBackend(EmbedsBackend):
         params = SamplingParams(**sampling_knobs(options, self._eos), detokenize=False)
         request = {"prompt_embeds": embeds_for_vllm(inputs_embeds)}  # (L, H)
         request_id = f"mooer-{next(self._ids)}"
-        return asyncio.run_coroutine_threadsafe(
-            self._generate(request, params, request_id), self._loop
+        stream = TokenStream()
+        task = asyncio.run_coroutine_threadsafe(
+            self._generate(request, params, request_id, stream), self._loop
         )
+        # a cancelled answer cancels the task: vLLM aborts the request
+        stream.done.add_done_callback(lambda done: done.cancelled() and task.cancel())
+        return stream
 
-    async def _generate(self, request: dict, params, request_id: str) -> list[int]:
-        final = None
-        async for output in self._engine.generate(request, params, request_id):
-            final = output  # a cancelled future cancels this task: vLLM aborts the request
-        assert final is not None
-        return list(final.outputs[0].token_ids)
+    async def _generate(self, request: dict, params, request_id: str, stream: TokenStream) -> None:
+        seen = 0
+        try:
+            async for output in self._engine.generate(request, params, request_id):
+                ids = output.outputs[0].token_ids  # all so far
+                stream.add(list(ids[seen:]))
+                seen = len(ids)
+        except BaseException as exc:  # cancelled, or vLLM failed: whoever reads is told
+            stream.finish(exc)
+            raise
+        stream.finish()
 
     def close(self) -> None:
         if self._loop.is_closed():

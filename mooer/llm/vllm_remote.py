@@ -2,7 +2,8 @@
 
 Each prompt goes to the server's Completions API as ``prompt_embeds`` (the base64 of a
 ``torch.save``d (L, H) tensor) from a pool of threads, so that many are in flight at once and
-the server batches them. The server must serve this model's merged export (``mooer
+the server batches them; the answer's token ids stream back (``stream: true``, server-sent
+events), so a chat reply's text goes out token by token. The server must serve this model's merged export (``mooer
 export-vllm``): its folder's name carries the fingerprint of the LLM and LoRA, and a server on
 another one is refused by name. A server that goes away fails the requests made meanwhile with
 an ``LLMServerError`` (a session's Error event); the next request after it is back succeeds.
@@ -11,12 +12,14 @@ an ``LLMServerError`` (a session's Error event); the next request after it is ba
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import threading
 import urllib.error
 import urllib.request
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,7 @@ import torch
 from torch import Tensor
 
 from mooer.errors import ConfigError, LLMServerError
-from mooer.llm.backend import EmbedsBackend, embeds_for_vllm
+from mooer.llm.backend import EmbedsBackend, TokenStream, embeds_for_vllm
 from mooer.llm.decoding import DecodingOptions
 from mooer.llm.generation import turn_end_id
 from mooer.llm.vllm_engine import sampling_knobs
@@ -74,39 +77,69 @@ class RemoteBackend(EmbedsBackend):
             self._served = ours[0]
         return ours[0]
 
-    def complete(self, inputs_embeds: Tensor, options: DecodingOptions) -> Future[list[int]]:
+    def stream(self, inputs_embeds: Tensor, options: DecodingOptions) -> TokenStream:
         buffer = io.BytesIO()
         torch.save(embeds_for_vllm(inputs_embeds), buffer)  # (L, H)
         embeds = base64.b64encode(buffer.getvalue()).decode("ascii")
         knobs = sampling_knobs(options, self._eos)
         if knobs["logit_bias"] is None:
             del knobs["logit_bias"]
-        return self._pool.submit(self._complete, embeds, knobs)
+        stream = TokenStream()
+        job = self._pool.submit(self._stream, embeds, knobs, stream)
+        stream.done.add_done_callback(lambda done: done.cancelled() and job.cancel())
+        return stream
 
-    def _complete(self, embeds: str, knobs: dict[str, Any]) -> list[int]:
+    def _stream(self, embeds: str, knobs: dict[str, Any], stream: TokenStream) -> None:
+        """Read the answer's server-sent events into ``stream``; a cancelled stream stops
+        reading (closing the connection aborts the request there)."""
         body = {
             "model": self.served_model(),
             "prompt_embeds": embeds,
             "return_token_ids": True,
             "skip_special_tokens": False,
+            "stream": True,
             **knobs,
         }
-        answer = self._call("POST", "/completions", body)
         try:
-            return [int(t) for t in answer["choices"][0]["token_ids"]]
+            with self._talking("/completions"), self._open("POST", "/completions", body) as events:
+                for line in events:
+                    if stream.done.cancelled():
+                        return
+                    if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                        continue
+                    stream.add(self._token_ids(json.loads(line[len(b"data: ") :])))
+        except BaseException as exc:
+            stream.finish(exc)
+            raise
+        stream.finish()
+
+    def _token_ids(self, chunk: dict) -> list[int]:
+        if "error" in chunk:
+            detail = str(chunk["error"])[:300]
+            raise LLMServerError(f"the LLM server at {self.url} failed an answer: {detail}")
+        try:
+            return [int(t) for t in chunk["choices"][0]["token_ids"]]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise LLMServerError(
                 f"the LLM server at {self.url} answered without token ids: is it vLLM >= 0.32?"
             ) from exc
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+    def _open(self, method: str, path: str, body: dict | None = None):
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
         )
+        return urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        with self._talking(path), self._open(method, path, body) as response:
+            return json.loads(response.read())
+
+    @contextlib.contextmanager
+    def _talking(self, path: str) -> Iterator[None]:
+        """Failures to reach the server, or to read it, as ``LLMServerError`` naming what to do."""
         try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-                return json.loads(response.read())
+            yield
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
             raise LLMServerError(f"the LLM server at {self.url} refused {path}: {detail}") from exc

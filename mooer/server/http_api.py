@@ -49,7 +49,7 @@ from mooer.server.connection import ProtocolError
 from mooer.server.hub import Hub
 from mooer.server.realtime_session import OPENAI_VOICES
 from mooer.text import language_of
-from mooer.transcribe import SEGMENTER, Result, transcribe_steps
+from mooer.transcribe import SEGMENTER, Embed, Result, transcribe_steps
 from mooer.tts import espeak
 from mooer.tts.backend import EspeakBackend, resample_pcm16
 
@@ -85,12 +85,14 @@ def transcription_work(
     filename: str,
     task: str,
     options: DecodingOptions,
+    embed: Embed,
 ) -> Waiting[Result]:
     """Engine work: the upload cut and decoded by ``transcribe_steps``, one bounded step at a
-    time (a block of decoding and voice activity, or one utterance), exactly as ``mooer
-    transcribe`` cuts and decodes the same file; its audio errors as the client's."""
+    time (a block of decoding and voice activity, or one utterance, encoded in the engine's
+    batch by ``embed``), exactly as ``mooer transcribe`` cuts and decodes the same file; its
+    audio errors as the client's."""
     try:
-        return (yield from transcribe_steps(model, stream, task, options, SEGMENTER))
+        return (yield from transcribe_steps(model, stream, task, options, embed, SEGMENTER))
     except AudioTooLong as exc:
         raise _audio_too_long(filename, exc.limit_s) from exc
     except MooerError as exc:
@@ -211,7 +213,9 @@ class HttpApi:
         options = self.hub.session_defaults.final_options  # the same as live finals
         result = await self._on_engine(
             request,
-            transcription_work(self.hub.model, stream, filename, task, options),
+            transcription_work(
+                self.hub.model, stream, filename, task, options, self.hub.engine.embed
+            ),
         )
         self.hub.metrics.audio_seconds.inc(result.duration, protocol="http")
         segments = [

@@ -10,6 +10,7 @@ Results are held to exact equality with the offline API on the same audio (``tra
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -428,6 +429,24 @@ def test_eight_interleaved_sessions_all_get_their_finals(engine, clips):
         assert [e.text for e in finals] == ["星期一会下雨"]
         assert all(e.item_id.startswith(f"item_{session.id}_") for e in finals)
     assert sum(s.stats.partials for s in sessions) > 0
+
+
+def test_finals_queued_together_are_encoded_in_one_batch(engine, clips):
+    said = list(clips)
+    recorders = [Recorder() for _ in said]
+    manual = dataclasses.replace(ASR, turn_detection=False)
+    sessions = [engine.open(manual, r) for r in recorders]
+    held, release = threading.Event(), threading.Event()
+    engine.submit(engine.open(manual), "control", lambda: held.set() or release.wait(30))
+    assert held.wait(30)  # the worker is busy: the utterances pile up
+    for session, text in zip(sessions, said, strict=True):
+        _feed(session, clips[text])
+        session.commit()
+    release.set()
+    assert all(session.wait_idle(60) for session in sessions)
+    assert engine.encode_batches() == [len(said)]  # one forward for every session's utterance
+    for recorder, text in zip(recorders, said, strict=True):
+        assert [e.text for e in recorder.of(ev.Transcript)] == [text]
 
 
 def test_bad_chunks_raise_and_the_session_goes_on(engine, clips):

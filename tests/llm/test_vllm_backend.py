@@ -60,8 +60,21 @@ def hf_answers() -> dict:
     return vllm_side.answers(model)
 
 
+def _streamed(answers: dict) -> tuple[dict, int | None]:
+    """``answers`` without the chat reply's ``arrivals``, and those."""
+    chat = dict(answers["chat_session"])
+    arrivals = chat.pop("arrivals")
+    return {**answers, "chat_session": chat}, arrivals
+
+
 def test_vllm_in_process_answers_as_hf_does(vllm_answers, hf_answers):
-    assert vllm_answers["in_process"] == hf_answers
+    in_process, arrivals = _streamed(vllm_answers["in_process"])
+    hf, _ = _streamed(hf_answers)
+    assert in_process == hf
+    # A chat reply's text goes out token by token as the tokens stream back from vLLM.
+    assert arrivals > 1 and len(hf["chat_session"]["deltas"]) > 1
+    assert "".join(hf["chat_session"]["deltas"]) == hf["chat_session"]["text"][0]
+    assert hf["chat_session"]["errors"] == []
     assert hf_answers["asr"][0]["transcript"] == "星期一会下雨"
     assert len(hf_answers["chat"]) == 2
     assert hf_answers["live"]["errors"] == []
@@ -69,9 +82,10 @@ def test_vllm_in_process_answers_as_hf_does(vllm_answers, hf_answers):
 
 
 def test_a_vllm_server_answers_as_hf_does_and_a_restart_is_survived(vllm_answers, hf_answers):
-    server = dict(vllm_answers["server"])
+    server, arrivals = _streamed(vllm_answers["server"])
     gone, back = server.pop("gone"), server.pop("back")
-    assert server == hf_answers
+    assert server == _streamed(hf_answers)[0]
+    assert arrivals > 1  # the Completions API streamed the reply's tokens
     assert back == hf_answers["asr"][0]["transcript"]  # the same front end, the server restarted
     assert gone.startswith("LLMServerError: the LLM server at http://127.0.0.1:")
     assert "api_server --model FOLDER --enable-prompt-embeds" in gone

@@ -23,6 +23,7 @@ from mooer.agent.engine import Engine
 from mooer.agent.session import SessionConfig
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.errors import MooerError
+from mooer.llm.backend import EmbedsBackend, TokenStream
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import STREAMING
 from mooer.llm.vllm_export import merged_llm_dir
@@ -53,7 +54,39 @@ def answers(model) -> dict:
         turns.append(conversation.answer(audio, CHAT, question=name).answer)
     got["chat"] = turns
     got["live"] = live(model)
+    got["chat_session"] = chat_session(model)
     return got
+
+
+def chat_session(model) -> dict:
+    """A spoken question's reply in a chat session on the engine: its text deltas and final
+    text, and (``arrivals``, on a streaming backend) in how many pieces its tokens came back."""
+    streams: list[TokenStream] = []
+    backend = model.llm_backend
+    if isinstance(backend, EmbedsBackend):
+        ask = backend.stream
+
+        def stream(*args) -> TokenStream:
+            streams.append(ask(*args))
+            return streams[-1]
+
+        backend.stream = stream  # type: ignore[method-assign]
+    engine = Engine(model, threads=1)
+    recorder = Recorder()
+    config = SessionConfig(mode="chat", turn_detection=False, final_options=GREEDY)
+    session = engine.open(config, recorder)
+    session.feed(load_audio(EXAMPLES / CHAT_QUESTIONS[0]))
+    session.commit()
+    recorder.wait_for(lambda event: isinstance(event, ev.ResponseDone), timeout=600)
+    assert engine.close(timeout=600)
+    if isinstance(backend, EmbedsBackend):
+        del backend.stream
+    return {
+        "deltas": [e.delta for e in recorder.of(ev.ResponseTextDelta)],
+        "text": [e.text for e in recorder.of(ev.ResponseDone)],
+        "errors": [e.message for e in recorder.of(ev.Error)],
+        "arrivals": streams[-1].arrivals if streams else None,  # the reply's, the last asked
+    }
 
 
 def live(model) -> dict:

@@ -189,22 +189,26 @@ def test_a_long_upload_and_a_live_session_take_turns_on_the_engine(
     ]
 
     # The engine's record: the upload (a step per 5 s block of decoding and voice activity, one
-    # for the end, one per utterance, one to answer) and the session shared the worker.
+    # for the end, two per utterance: to ask for its encoding in the engine's batch and to
+    # decode it, one to answer) and the session shared the worker.
     record = [r for r in engine.steps_run() if r.client != holder.id]
     [upload_id] = {r.client for r in record if r.kind == "request"}
     blocks = -(-samples.size // int(BLOCK_S * SAMPLE_RATE))
-    assert sum(r.client == upload_id for r in record) == blocks + 1 + len(ranges) + 1
-    # The final went first, then the upload and the session took turns.
+    assert sum(r.client == upload_id for r in record) == blocks + 1 + 2 * len(ranges) + 1
+    # The final went first (parked while the encoder ran), then the upload and the session took
+    # turns.
     assert [(r.client, r.waiting) for r in record[:2]] == [
         (live.id, (upload_id,)),
-        (upload_id, (live.id,)),
+        (upload_id, ()),
     ]
     assert record[0].kind == "final" and record[2].client == live.id
     finals = [r for r in record if r.client == live.id and r.kind == "final"]
-    assert len(finals) == 3
+    begun = {r.queued_at: r for r in reversed(finals)}  # each final's first step
+    assert len(begun) == 3 and len(finals) == 6  # each: its encoding asked for, then decoded
     steps = {r.step: r.client for r in record}
-    for final in finals:  # no upload step ran between an utterance's end and its final
-        assert upload_id not in [steps.get(i) for i in range(final.queued_at, final.step)]
+    for final in begun.values():  # at most one upload step ran between an utterance's end and
+        # its final (while the session's earlier final waited for the encoder batch)
+        assert [steps.get(i) for i in range(final.queued_at, final.step)].count(upload_id) <= 1
     for prev, cur in zip(record, record[1:]):  # round-robin: while another client waits, a
         if cur.client == prev.client and prev.waiting:  # client goes twice only for a final
             assert cur.kind == "final", (prev, cur)
