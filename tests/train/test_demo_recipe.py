@@ -214,7 +214,7 @@ def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(run
 
     # a new work folder, seeded from the exported model: its CMVN, encoder and LLM
     out = tmp_path / "from-model"
-    leg = ["--stages", "features", "llm", "--llm-leg", "more", "--llm-lr", "1e-12"]
+    leg = ["--stages", "data", "features", "llm", "--llm-leg", "more", "--llm-lr", "1e-12"]
     flags = ["--llm-init", str(run_dir / "model"), "--multi-sentence", "4", "--workers", "1"]
     assert main(["--out", str(out), *TINY, *leg, *flags]) == 0
     assert (out / "am.mvn").read_text() == (run_dir / "am.mvn").read_text()
@@ -231,7 +231,8 @@ def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(run
         ("asr", "en"), ("asr", "zh"), ("ast", "zh"), ("asr", "en")
     ]  # fmt: skip
     encoded = torch.load(out / "encoded_multi-4.pt")
-    assert [len(h) for h in encoded] == [round(e.duration / 0.06) for e in entries]
+    for entry, hidden in zip(entries, encoded, strict=True):
+        assert abs(hidden.shape[0] * 0.06 - entry.duration) < 0.12  # one frame per 60 ms
     with pytest.raises(ConfigError, match="not a demo model"):
         main(
             [
