@@ -10,7 +10,8 @@ Stages, each skipped when its output exists (so a stopped run continues where it
     llm        stage 2: the encoder frozen and its outputs cached; adapter + a Qwen2 from config
                trained in full on the answer tokens
     export     the release flat layout (am.mvn, paraformer-encoder.pth, adapter_project.pt, llm/)
-    eval       held-out scores of the exported model (``mooer eval``), written beside it
+    eval       held-out scores of the exported model (``mooer eval``), written beside it, on
+               the held-out set and on held-out sentences in twos and threes (150 ms pauses)
 
 Features are cached because the CPU that trains also makes them: computing fbanks once instead of
 every epoch halves a CPU run. The cache costs no augmentation variety: the synthesised audio is
