@@ -142,8 +142,10 @@ class DemoConfig:
     # several sentences, and a model that only saw one answers one
     multi_sentence: int = 0
     llm_leg: str = "llm"  # stage 2's folder under out_dir (a later leg gets its own)
-    llm_init: str = ""  # an earlier leg's final.pt whose weights this leg starts from
-    # instead of training, this leg's weights are the mean of these legs' final.pt files
+    # an earlier leg's final.pt whose weights this leg starts from, or an exported demo model's
+    # folder (which also seeds a new work folder: see ``_seed_work_folder``)
+    llm_init: str = ""
+    # instead of training, this leg's weights are the mean of these legs' (final.pt or folder)
     llm_average: tuple[str, ...] = ()
     llm_lr: float = 1.5e-3
     llm_frames_in_batch: int = 1500
@@ -964,7 +966,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = run(cfg, args.stages)
     if args.install is not None:
         shutil.copytree(
-            model, args.install, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval")
+            model,
+            args.install,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(*(scores for _, scores in _EVAL_SETS)),
         )
     for _, scores in _EVAL_SETS:
         summary = model / scores / "summary.json"
