@@ -68,6 +68,8 @@ class Utterance:
     task: str  # "asr" | "ast" | "mtl" | "chat"
     target: str  # asr: text; ast: translation; mtl: "text\ntranslation"; chat: the answer
     history: list[tuple[str, str]] = field(default_factory=list)  # chat: prior (q, a) turns
+    # sentences spoken one after another, with pauses (``text`` joins them); empty: one sentence
+    parts: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -707,4 +709,44 @@ def more_chat(n_train: int, n: int, seed: int = 0) -> list[Utterance]:
     items = [sampler.draw() for _ in range(n)]
     for i, item in enumerate(items):
         item.id = f"chat-{i:06d}"
+    return items
+
+
+# spoken language and task of multi-sentence items, in turn: what a segmenter hands the model
+# when a speaker does not pause long between sentences
+MULTI_KINDS = (("asr", "en"), ("asr", "zh"), ("ast", "zh"))
+MULTI_SIZES = (2, 3)  # sentences per item
+
+
+def multi_sentence(split: str, n: int, seed: int = 0) -> list[Utterance]:
+    """``n`` items of two or three sentences of ``split``, one task and language each (asr
+    English, asr Mandarin, ast zh->en in turn), ids ``multi-000000``...: ``parts`` holds the
+    sentences, ``text``/``translation``/``target`` their joined texts.
+
+    Drawn as ``build_corpus`` draws single sentences (its split, its samplers), so a held-out
+    sentence is never part of a training item.
+    """
+    from mooer.text import join_texts
+
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not isinstance(n, int) or n < 0:
+        raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+    rng = random.Random(f"mooer-corpus/{seed}/{split}/multi")
+    samplers = [
+        _Sampler(_pools(kind)[split], random.Random(f"mooer-corpus/{seed}/{split}/multi/{kind}"))
+        for kind in MULTI_KINDS
+    ]
+    items = []
+    for i in range(n):
+        task, lang = MULTI_KINDS[i % len(MULTI_KINDS)]
+        sampler = samplers[i % len(MULTI_KINDS)]
+        parts = [sampler.draw() for _ in range(rng.choice(MULTI_SIZES))]
+        text = join_texts(u.text for u in parts)
+        translation = join_texts(u.translation for u in parts)
+        target = translation if task == "ast" else text
+        parts_text = [u.text for u in parts]
+        items.append(
+            Utterance(f"multi-{i:06d}", lang, text, translation, task, target, [], parts_text)
+        )
     return items

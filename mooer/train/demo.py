@@ -10,7 +10,8 @@ Stages, each skipped when its output exists (so a stopped run continues where it
     llm        stage 2: the encoder frozen and its outputs cached; adapter + a Qwen2 from config
                trained in full on the answer tokens
     export     the release flat layout (am.mvn, paraformer-encoder.pth, adapter_project.pt, llm/)
-    eval       held-out scores of the exported model (``mooer eval``), written beside it
+    eval       held-out scores of the exported model (``mooer eval``), written beside it, on
+               the held-out set and on held-out sentences in twos and threes (150 ms pauses)
 
 Features are cached because the CPU that trains also makes them: computing fbanks once instead of
 every epoch halves a CPU run. The cache costs no augmentation variety: the synthesised audio is
@@ -21,14 +22,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import logging
 import multiprocessing
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +76,7 @@ class MaskConfig:
 _LOWEST = {
     "n_train": 1, "n_heldout": 1, "workers": 1, "threads": 1, "ctc_steps": 1, "llm_steps": 1,
     "main_repeats": 1, "chat_repeats": 0, "text_chat_repeats": 0, "text_chat_draws": 0,
-    "extra_chat": 0, "openings": 0,
+    "extra_chat": 0, "openings": 0, "multi_sentence": 0,
 }  # fmt: skip
 _FLAGS = {"n_train": "--train", "n_heldout": "--heldout"}  # flags not named for their field
 
@@ -137,9 +140,15 @@ class DemoConfig:
     # the assistant speaking first (no user turn: a voice agent's greeting) this many times per
     # epoch, answered with ``corpus.OPENING``
     openings: int = 0
+    # items of two or three training sentences with 100-700 ms pauses (asr en, asr zh, ast),
+    # for stage 2 only (data/multi-N, encoded once): a segment of continuous speech holds
+    # several sentences, and a model that only saw one answers one
+    multi_sentence: int = 0
     llm_leg: str = "llm"  # stage 2's folder under out_dir (a later leg gets its own)
-    llm_init: str = ""  # an earlier leg's final.pt whose weights this leg starts from
-    # instead of training, this leg's weights are the mean of these legs' final.pt files
+    # an earlier leg's final.pt whose weights this leg starts from, or an exported demo model's
+    # folder (which also seeds a new work folder: see ``_seed_work_folder``)
+    llm_init: str = ""
+    # instead of training, this leg's weights are the mean of these legs' (final.pt or folder)
     llm_average: tuple[str, ...] = ()
     llm_lr: float = 1.5e-3
     llm_frames_in_batch: int = 1500
@@ -348,17 +357,26 @@ def _normalised(cmvn: Cmvn, raw: list[np.ndarray]) -> list[torch.Tensor]:
 
 
 def _stage_features(cfg: DemoConfig) -> None:
-    """LFR features of both splits; am.mvn from every training frame; saved normalised, fp16."""
+    """LFR features of both splits; am.mvn from every training frame (unless the work folder
+    was seeded from a model: its encoder needs its CMVN); saved normalised, fp16."""
     raw = {split: _split_features(cfg, split) for split in ("train", "heldout")}
-    total = sum(f.sum(0, dtype=np.float64) for f in raw["train"])
-    squares = sum((f.astype(np.float64) ** 2).sum(0) for f in raw["train"])
-    count = sum(len(f) for f in raw["train"])
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    cmvn = Cmvn(shift=-mean, rescale=1.0 / np.maximum(std, 1e-2))
-    cmvn.save(cfg.out / "am.mvn")
+    if (cfg.out / "am.mvn").exists():
+        cmvn = Cmvn.load(cfg.out / "am.mvn")
+    else:
+        cmvn = _training_cmvn(raw["train"])
+        cmvn.save(cfg.out / "am.mvn")
     for split, feats in raw.items():
         torch.save(_normalised(cmvn, feats), cfg.out / f"features_{split}.pt")
+
+
+def _training_cmvn(raw: list[np.ndarray]) -> Cmvn:
+    """The CMVN that gives every training frame's (560,) features zero mean and unit variance."""
+    total = sum(f.sum(0, dtype=np.float64) for f in raw)
+    squares = sum((f.astype(np.float64) ** 2).sum(0) for f in raw)
+    count = sum(len(f) for f in raw)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return Cmvn(shift=-mean, rescale=1.0 / np.maximum(std, 1e-2))
 
 
 def _load_set(cfg: DemoConfig, split: str, name: str) -> CachedSet:
@@ -477,24 +495,38 @@ def _encode_set(objective, data: CachedSet) -> CachedSet:
     return CachedSet(data.entries, [outputs[e.id] for e in data.entries])
 
 
-def _extra_chat_set(cfg: DemoConfig, objective) -> CachedSet:
-    """``cfg.extra_chat`` more training chat items (``corpus.more_chat``): spoken by the training
-    voices, normalised with the run's am.mvn and encoded once; kept under data/chat-N."""
-    from mooer.train.corpus import more_chat
+def _extra_set(
+    cfg: DemoConfig, objective, split: str, items: Callable[[], Sequence[Utterance]]
+) -> CachedSet:
+    """More training items for stage 2 (``items()``: ``corpus.more_chat``, ``multi_sentence``):
+    spoken by the training voices, normalised with the run's am.mvn and encoded once; kept
+    under data/SPLIT."""
     from mooer.train.synth import TRAIN_VOICES, synthesize_corpus
 
-    split = f"chat-{cfg.extra_chat}"
     cache = cfg.out / f"encoded_{split}.pt"
     if not cache.exists():
         if not _manifest(cfg, split).exists():
-            items = more_chat(cfg.n_train, cfg.extra_chat, cfg.seed)
             synthesize_corpus(
-                items, cfg.out / "data" / split, TRAIN_VOICES, cfg.seed, cfg.workers, True
+                items(), cfg.out / "data" / split, TRAIN_VOICES, cfg.seed, cfg.workers, True
             )
         feats = _normalised(Cmvn.load(cfg.out / "am.mvn"), _split_features(cfg, split))
         entries = demo_tasks(read_manifest(_manifest(cfg, split)))
         torch.save(_encode_set(objective, CachedSet(entries, feats)).frames, cache)
     return _load_set(cfg, split, "encoded")
+
+
+def _extra_speech(cfg: DemoConfig, objective) -> CachedSet | None:
+    """The leg's spoken items beyond the main set: ``extra_chat`` and ``multi_sentence``."""
+    from mooer.train.corpus import more_chat, multi_sentence
+
+    extras = []
+    if cfg.extra_chat:
+        chat = functools.partial(more_chat, cfg.n_train, cfg.extra_chat, cfg.seed)
+        extras.append(_extra_set(cfg, objective, f"chat-{cfg.extra_chat}", chat))
+    if cfg.multi_sentence:
+        multi = functools.partial(multi_sentence, "train", cfg.multi_sentence, cfg.seed)
+        extras.append(_extra_set(cfg, objective, f"multi-{cfg.multi_sentence}", multi))
+    return sum(extras[1:], extras[0]) if extras else None
 
 
 def text_chat_set(width: int, repeats: int, drawn: Sequence[Utterance] = ()) -> CachedSet:
@@ -554,8 +586,9 @@ def _llm_config(cfg: DemoConfig) -> TrainConfig:
 
 
 def average_weights(paths: Sequence[str | Path]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of state dicts (checkpoint averaging: the legs' errors differ)."""
-    states = [torch.load(p, map_location="cpu") for p in paths]
+    """The element-wise mean of legs' weights (checkpoint averaging: the legs' errors differ);
+    a leg is its final.pt or an exported demo model's folder (see ``_weights``)."""
+    states = [_weights(p) for p in paths]
     if not states or any(s.keys() != states[0].keys() for s in states):
         raise ConfigError(f"cannot average {list(map(str, paths))}: not the same model's weights")
     return {k: _mean([s[k] for s in states]) for k in states[0]}
@@ -583,6 +616,7 @@ _LEG_FIELDS = (
     "extra_chat_transcripts",
     "extra_chat",
     "openings",
+    "multi_sentence",
 )
 _LEG_RECORD = "leg.json"
 
@@ -592,12 +626,53 @@ def leg_record(final_pt: str | Path) -> dict:
     every leg it came from once, earliest first. An entry holds a trained leg's settings and the
     name of the leg it started from, or the names of the legs it averaged. Kept beside the
     weights because a model built in legs has no single config that describes it."""
+    if Path(final_pt).is_dir():  # an exported demo model: its mooer.json holds the record
+        return _model_info(Path(final_pt))["demo_recipe"]["stage2"]
     folder = Path(final_pt).parent
     path = folder / _LEG_RECORD
     if not path.exists():
         entry = {"weights": str(final_pt), "settings": "not recorded"}
         return {"leg": folder.name, "legs": {folder.name: entry}}
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _model_info(model_dir: Path) -> dict:
+    """An exported demo model's ``mooer.json``; refused when it is not the recipe's export."""
+    from mooer.train.export import MANIFEST
+
+    info = read_json_file(model_dir / MANIFEST, ConfigError)
+    if "stage2" not in info.get("demo_recipe", {}):
+        raise ConfigError(f"{model_dir}: not a demo model (no demo_recipe.stage2 in {MANIFEST})")
+    return info
+
+
+def _weights(source: str | Path) -> dict[str, torch.Tensor]:
+    """Stage 2's weights from a leg's final.pt or an exported demo model's folder."""
+    if not Path(source).is_dir():
+        return torch.load(source, map_location="cpu")
+    from mooer.train.objective import build_objective
+
+    model = ModelConfig(checkpoint=str(source), full_llm=True, llm_dtype="fp32")
+    with tempfile.TemporaryDirectory() as work:  # build_objective's work folder, left empty
+        cfg = TrainConfig(data=DataConfig(train=[], valid=[]), model=model, output_dir=work)
+        return build_objective(cfg, torch.device("cpu")).state_dict()
+
+
+def _seed_work_folder(cfg: DemoConfig, model_dir: Path) -> None:
+    """A work folder for a leg that starts from an exported demo model (``--llm-init DIR``):
+    its CMVN, encoder and LLM (with the tokenizer) stand for the stages that made them, so the
+    data, features and encoder outputs are made with them and nothing else is retrained."""
+    _model_info(model_dir)
+    for source, target in (
+        ("am.mvn", "am.mvn"),
+        ("paraformer-encoder.pth", "ctc/final/paraformer-encoder.pth"),
+        ("llm", "init_llm"),
+        ("llm", "tokenizer"),
+    ):
+        if not (cfg.out / target).exists():
+            (cfg.out / target).parent.mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if (model_dir / source).is_dir() else shutil.copyfile
+            copy(model_dir / source, cfg.out / target)
 
 
 def _write_leg_record(cfg: DemoConfig) -> None:
@@ -617,8 +692,8 @@ def _write_leg_record(cfg: DemoConfig) -> None:
 
 
 def _leg_set(cfg: DemoConfig, main_set: CachedSet, extra: CachedSet | None) -> CachedSet:
-    """What one stage-2 leg trains on: the encoded main set and ``extra`` spoken chat, chat
-    repeated, chat questions as asr items, and chat as text."""
+    """What one stage-2 leg trains on: the encoded main set and ``extra`` speech (spoken chat,
+    multi-sentence items), chat repeated, chat questions as asr items, and chat as text."""
     main_set = CachedSet(main_set.entries * cfg.main_repeats, main_set.frames * cfg.main_repeats)
     speech = main_set if extra is None else main_set + extra
     data = speech.repeated("chat", cfg.chat_repeats)
@@ -654,9 +729,9 @@ def _stage_llm(cfg: DemoConfig) -> None:
         encoded = _encode_set(objective, _load_set(cfg, "train", "features"))
         torch.save(encoded.frames, cache)
     main_set = _load_set(cfg, "train", "encoded")
-    extra = _extra_chat_set(cfg, objective) if cfg.extra_chat else None
+    extra = _extra_speech(cfg, objective)
     if cfg.llm_init:
-        objective.load_state_dict(torch.load(cfg.llm_init))
+        objective.load_state_dict(_weights(cfg.llm_init))
     data = _leg_set(cfg, main_set, extra)
     _fit(
         train_cfg,
@@ -684,13 +759,35 @@ def _stage_export(cfg: DemoConfig) -> None:
     export_model(objective.eval(), cfg.model_dir, train_cfg, extra=recipe)
 
 
+# held-out sets scored by the eval stage: (split, the exported model's subfolder for its scores)
+_EVAL_SETS = (("heldout", "eval"), ("heldout-multi", "eval-multi"))
+
+
+def _multi_heldout(cfg: DemoConfig) -> int:
+    """How many multi-sentence items the held-out set of several sentences holds."""
+    from mooer.train.corpus import MULTI_KINDS
+
+    return max(cfg.n_heldout // 5, len(MULTI_KINDS))  # 120 for the card's 600
+
+
 def _stage_eval(cfg: DemoConfig) -> None:
+    """Scores on the held-out set and on held-out sentences in twos and threes with 150 ms
+    pauses (``synth.CLEAN_PAUSE_S``): one segment of continuous speech, recognised whole?"""
+    from mooer.train.corpus import multi_sentence
     from mooer.train.evaluate import main as eval_main
+    from mooer.train.synth import HELDOUT_VOICES, synthesize_corpus
 
     model = cfg.model_dir
-    testset = cfg.out / "heldout_demo_tasks.jsonl"
-    write_manifest(demo_tasks(read_manifest(_manifest(cfg, "heldout"))), testset)
-    eval_main(["--model", str(model), str(testset), "--out", str(model / "eval")])
+    for split, scores in _EVAL_SETS:
+        if (model / scores / "summary.json").exists():
+            continue
+        if not _manifest(cfg, split).exists():
+            items = multi_sentence("heldout", _multi_heldout(cfg), cfg.seed)
+            out = cfg.out / "data" / split
+            synthesize_corpus(items, out, HELDOUT_VOICES, cfg.seed, cfg.workers, False)
+        testset = cfg.out / f"{split}_demo_tasks.jsonl"
+        write_manifest(demo_tasks(read_manifest(_manifest(cfg, split))), testset)
+        eval_main(["--model", str(model), str(testset), "--out", str(model / scores)])
 
 
 def write_manifest(entries: Sequence[Entry], path: Path) -> Path:
@@ -734,8 +831,6 @@ EXAMPLES = (
 
 def write_examples(out_dir: str | Path, seed: int = 0) -> list[Path]:
     """Speak ``EXAMPLES`` into ``out_dir/{name}.wav`` (clean, 16 kHz), as the corpus does."""
-    import tempfile
-
     from mooer.train.corpus import Utterance
     from mooer.train.synth import HELDOUT_VOICES, synthesize_corpus
 
@@ -763,7 +858,7 @@ _STAGE_DONE = {
     "ctc": lambda c: (c.out / "ctc" / "final" / "paraformer-encoder.pth").exists(),
     "llm": lambda c: (c.out / c.llm_leg / "final.pt").exists(),
     "export": lambda c: (c.model_dir / "adapter_project.pt").exists(),
-    "eval": lambda c: (c.model_dir / "eval" / "summary.json").exists(),
+    "eval": lambda c: all((c.model_dir / s / "summary.json").exists() for _, s in _EVAL_SETS),
 }
 _STAGE_RUN = {
     "data": _stage_data,
@@ -798,6 +893,8 @@ def run(cfg: DemoConfig, stages: Sequence[str] = STAGES) -> Path:
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}: expected some of {', '.join(STAGES)}")
     _claim_work_folder(cfg)
+    if cfg.llm_init and Path(cfg.llm_init).is_dir():
+        _seed_work_folder(cfg, Path(cfg.llm_init))
     torch.set_num_threads(cfg.threads)
     for stage in (s for s in STAGES if s in stages):
         if _STAGE_DONE[stage](cfg):
@@ -818,6 +915,7 @@ _COUNT_FLAGS = {
     "text_chat_draws": "stage 2 also trains on N text chat items drawn as spoken chat is",
     "extra_chat": "stage 2 also trains on N more spoken chat dialogues (synthesised once)",
     "openings": "stage 2 also trains the assistant speaking first (a greeting), N times per epoch",
+    "multi_sentence": "stage 2 also trains on N spoken items of 2-3 sentences (asr, ast)",
 }
 _SWITCHES = {
     "chat_transcripts": "do not also train the chat questions' audio as asr items",
@@ -888,11 +986,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = run(cfg, args.stages)
     if args.install is not None:
         shutil.copytree(
-            model, args.install, dirs_exist_ok=True, ignore=shutil.ignore_patterns("eval")
+            model,
+            args.install,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(*(scores for _, scores in _EVAL_SETS)),
         )
-    summary = model / "eval" / "summary.json"
-    if summary.exists():
-        print(json.dumps(json.loads(summary.read_text(encoding="utf-8")), indent=2))
+    for _, scores in _EVAL_SETS:
+        summary = model / scores / "summary.json"
+        if summary.exists():
+            print(json.dumps(json.loads(summary.read_text(encoding="utf-8")), indent=2))
     return 0
 
 

@@ -50,6 +50,11 @@ RATE_JITTER = 0.15  # training rates vary by up to +-15 % around the voice's own
 PITCH_JITTER = 10  # and pitch by up to +-10 on espeak-ng's 0..100 scale
 MAX_PAD_S = 0.25  # silence added before and after speech, at most, in seconds
 _CHUNK = 64  # utterances per task sent to a worker process
+# between the sentences of a multi-sentence item (``Utterance.parts``): a speaker who goes on
+# (100 ms) to one who stops at a full stop (700 ms), what a segmenter may hand over as one
+PAUSE_RANGE_S = (0.1, 0.7)
+CLEAN_PAUSE_S = 0.15  # and in clean (held-out) speech: continuous speech, as issue 13 measures
+AUDIBLE = 1e-3  # sample magnitude (-60 dBFS) above which a clip's sound begins and ends
 
 
 @dataclass(frozen=True)
@@ -141,15 +146,35 @@ def _speak(
         pitch = int(
             np.clip(pitch + rng.integers(-PITCH_JITTER, PITCH_JITTER + 1), *espeak.PITCH_RANGE)
         )
-    pcm = espeak.synthesize(utt.text, spec.voice, spec.variant, rate, pitch)
-    if pcm.size == 0:
+    if utt.parts:  # sentences in a row, one voice, a pause drawn for each gap
+        clips = [trimmed(spoken(part, spec, rate, pitch)) for part in utt.parts]
+        gaps = [rng.uniform(*PAUSE_RANGE_S) if vary else CLEAN_PAUSE_S for _ in clips[1:]]
+        audio = np.concatenate([clips[0]] + [
+            np.concatenate([np.zeros(round(gap * SAMPLE_RATE), np.float32), clip])
+            for gap, clip in zip(gaps, clips[1:])
+        ])  # fmt: skip
+    else:
+        audio = spoken(utt.text, spec, rate, pitch)
+    if audio.size == 0:
         raise AudioError(f"espeak-ng produced no audio for utterance {utt.id}: {utt.text!r}")
-    audio = resample(pcm.astype(np.float32) / 32768.0, espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
     if vary:
         pads = rng.integers(0, int(MAX_PAD_S * SAMPLE_RATE) + 1, size=2)
         audio = np.pad(audio, (int(pads[0]), int(pads[1])))
         audio = augment(audio, rng)
     return audio, spec
+
+
+def spoken(text: str, spec: VoiceSpec, rate: int, pitch: int) -> np.ndarray:
+    """``text`` in ``spec``'s voice at ``rate`` and ``pitch``: (N,) float32 at 16 kHz, with
+    espeak-ng's own silence around it."""
+    pcm = espeak.synthesize(text, spec.voice, spec.variant, rate, pitch)
+    return resample(pcm.astype(np.float32) / 32768.0, espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
+
+
+def trimmed(clip: np.ndarray) -> np.ndarray:
+    """``clip`` from its first to its last audible sample (the silence around it cut)."""
+    sound = np.flatnonzero(np.abs(clip) > AUDIBLE)
+    return clip[sound[0] : sound[-1] + 1] if sound.size else clip[:0]
 
 
 def _write_wav(path: Path, pcm16: np.ndarray) -> None:

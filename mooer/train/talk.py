@@ -14,14 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mooer.audio import SAMPLE_RATE, resample
+from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError, check_number
 from mooer.text import language_of
 from mooer.train.corpus import english_sentences, is_heldout, mandarin_pairs
-from mooer.train.synth import HELDOUT_VOICES, VoiceSpec
-from mooer.tts import espeak
+from mooer.train.synth import HELDOUT_VOICES, VoiceSpec, spoken, trimmed
 
-AUDIBLE = 1e-3  # sample magnitude (-60 dBFS) above which a clip's sound begins and ends
 LANGUAGES = ("zh", "en")
 
 
@@ -80,10 +78,8 @@ def spoken_talk(
     at = parts[0].size
     for i, (said, _) in enumerate(sentences):
         spec = voice or next(v for v in HELDOUT_VOICES if v.lang == language_of(said))
-        pcm = espeak.synthesize(said, spec.voice, spec.variant, spec.rate, spec.pitch)
-        clip = resample(pcm.astype(np.float32) / 32768.0, espeak.SAMPLE_RATE_ESPEAK, SAMPLE_RATE)
-        sound = np.flatnonzero(np.abs(clip) > AUDIBLE)
-        clip = clip[sound[0] : sound[-1] + 1]  # the pause is all the silence between sentences
+        # trimmed: the pause is all the silence between sentences
+        clip = trimmed(spoken(said, spec, spec.rate, spec.pitch))
         gap = rng.uniform(low, high) if i + 1 < len(sentences) else tail_s
         parts += [clip, np.zeros(round(gap * SAMPLE_RATE), dtype=np.float32)]
         spans.append((at, at + clip.size))

@@ -18,6 +18,7 @@ from mooer.train.corpus import (
     is_heldout,
     mandarin_pairs,
     more_chat,
+    multi_sentence,
 )
 
 WORD_VALUE = {english_number(n): n for n in range(100)}
@@ -245,3 +246,33 @@ def test_drawn_text_chat_items_keep_spoken_chats_template_mix():
         return sum("opposite" in e.text for e in entries) / len(entries)
 
     assert opposites(texts.entries) > 3 * opposites(text_chat_set(width=8, repeats=1).entries)
+
+
+@pytest.mark.parametrize("split_name", ["train", "heldout"])
+def test_multi_sentence_items_join_sentences_of_their_split(split_name):
+    from mooer.text import join_texts
+
+    english_of = dict(mandarin_pairs())
+    items = multi_sentence(split_name, 60, seed=0)
+    assert [(u.id, u.task, u.lang) for u in items[:3]] == [
+        ("multi-000000", "asr", "en"),
+        ("multi-000001", "asr", "zh"),
+        ("multi-000002", "ast", "zh"),
+    ]
+    assert {len(u.parts) for u in items} == {2, 3}
+    for u in items:
+        assert u.text == join_texts(u.parts)
+        if u.lang == "en":
+            assert u.text == " ".join(u.parts) and u.translation == ""
+            keys = u.parts
+        else:  # Mandarin joined without a space; the translation joins the parts' English
+            assert u.text == "".join(u.parts) and " " not in u.text
+            keys = [english_of[part] for part in u.parts]
+            assert u.translation == " ".join(keys)
+        assert u.target == (u.translation if u.task == "ast" else u.text)
+        # the split's sentences only: no held-out sentence is ever trained on
+        assert [is_heldout(k) for k in keys] == [split_name == "heldout"] * len(keys)
+    assert multi_sentence(split_name, 60, seed=0) == items
+    assert multi_sentence(split_name, 60, seed=1) != items
+    with pytest.raises(ConfigError, match="split must be one of train, heldout"):
+        multi_sentence("valid", 3)

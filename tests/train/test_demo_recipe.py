@@ -207,3 +207,50 @@ def test_a_leg_can_add_spoken_chat_dialogues(run_dir):
         assert hidden.shape[-1] == width
         assert abs(hidden.shape[0] * 0.06 - entry.duration) < 0.12  # one frame per 60 ms
     assert (run_dir / "chatty" / "final.pt").exists()
+
+
+def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(run_dir, tmp_path):
+    from mooer.train.data import read_manifest
+
+    # a new work folder, seeded from the exported model: its CMVN, encoder and LLM
+    out = tmp_path / "from-model"
+    leg = ["--stages", "data", "features", "llm", "--llm-leg", "more", "--llm-lr", "1e-12"]
+    flags = ["--llm-init", str(run_dir / "model"), "--multi-sentence", "4", "--workers", "1"]
+    assert main(["--out", str(out), *TINY, *leg, *flags]) == 0
+    assert (out / "am.mvn").read_text() == (run_dir / "am.mvn").read_text()
+    assert not (out / "ctc" / "train_log.jsonl").exists()  # no stage 1: the model's encoder
+    trained = torch.load(run_dir / "llm" / "final.pt")
+    resumed = torch.load(out / "more" / "final.pt")
+    for name in ("llm.model.layers.0.mlp.gate_proj.weight", "adapter.linear1.weight"):
+        assert (resumed[name] - trained[name]).abs().max() < 1e-7  # started from the model
+    record = leg_record(out / "more" / "final.pt")
+    assert list(record["legs"]) == ["llm", "more"] and record["legs"]["more"]["init"] == "llm"
+    assert record["legs"]["more"]["settings"]["multi_sentence"] == 4
+    entries = read_manifest(out / "data" / "multi-4" / "manifest.jsonl")
+    assert [(e.task, e.lang) for e in entries] == [
+        ("asr", "en"), ("asr", "zh"), ("ast", "zh"), ("asr", "en")
+    ]  # fmt: skip
+    encoded = torch.load(out / "encoded_multi-4.pt")
+    for entry, hidden in zip(entries, encoded, strict=True):
+        assert abs(hidden.shape[0] * 0.06 - entry.duration) < 0.12  # one frame per 60 ms
+    with pytest.raises(ConfigError, match="not a demo model"):
+        main(
+            [
+                "--out",
+                str(tmp_path / "bad"),
+                *TINY,
+                *leg,
+                "--llm-init",
+                str(run_dir / "ctc" / "final"),
+            ]
+        )
+
+
+def test_the_eval_stage_also_scores_sentences_in_a_row(run_dir):
+    from mooer.train.data import read_manifest
+
+    summary = json.loads((run_dir / "model" / "eval-multi" / "summary.json").read_text())
+    assert summary["utterances"] == 3  # 12 // 5, at least one of each task
+    entries = read_manifest(run_dir / "data" / "heldout-multi" / "manifest.jsonl")
+    assert [e.task for e in entries] == ["asr", "asr", "ast"]
+    assert all(e.duration > 1.0 for e in entries)

@@ -10,15 +10,20 @@ import soundfile as sf
 from mooer.errors import AudioError, ConfigError
 from mooer.train.corpus import Utterance, build_corpus
 from mooer.train.synth import (
+    CLEAN_PAUSE_S,
     HELDOUT_VOICES,
     MANIFEST_FIELDS,
+    MAX_PAD_S,
+    PAUSE_RANGE_S,
     TRAIN_VOICES,
     VoiceSpec,
     _pink_noise,
     augment,
     main,
     read_manifest,
+    spoken,
     synthesize_corpus,
+    trimmed,
 )
 from mooer.tts.espeak import available_variants
 
@@ -154,6 +159,37 @@ def test_clean_heldout_audio_has_no_padding_or_noise(tmp_path):
     samples, _ = sf.read(record["audio"], dtype="int16")
     quiet = np.abs(samples[:80]).max()  # the first 5 ms: espeak-ng starts in true silence
     assert quiet < 50
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+def test_a_multi_sentence_item_is_its_sentences_with_pauses(tmp_path, augmented):
+    parts = ["today is monday", "the bank is on the left", "thank you"]
+    utt = Utterance("m1", "en", " ".join(parts), "", "asr", " ".join(parts), parts=parts)
+    voices = HELDOUT_VOICES if not augmented else TRAIN_VOICES
+    (record,) = read_manifest(synthesize_corpus([utt], tmp_path, voices, 0, 1, augmented))
+    samples, _ = sf.read(record["audio"], dtype="float32")
+    if not augmented:  # the sentences, trimmed, in the item's one voice, 150 ms apart
+        spec = next(v for v in HELDOUT_VOICES if v.name == record["voice"])
+        speech = sum(trimmed(spoken(p, spec, spec.rate, spec.pitch)).size for p in parts) / 16000
+        assert record["duration"] == pytest.approx(speech + 2 * CLEAN_PAUSE_S, abs=0.03)
+        gaps = _silent_runs(samples, 0.1)
+        assert len(gaps) >= 2 and all(g < 0.2 for g in gaps)
+        return
+    # training: a pause of 100-700 ms between sentences, noise and padding as any item
+    alone = [spoken(p, TRAIN_VOICES[0], 175, 50) for p in parts]
+    assert record["duration"] > sum(trimmed(a).size for a in alone) / 16000 * 0.8
+    assert record["duration"] < sum(a.size for a in alone) / 16000 * 1.25 + 2 * (
+        PAUSE_RANGE_S[1] + MAX_PAD_S
+    )
+    assert record["text"] == " ".join(parts)
+
+
+def _silent_runs(samples: np.ndarray, shortest_s: float) -> list[float]:
+    """Lengths in seconds of the runs of near-silence (-60 dBFS) at least ``shortest_s`` long,
+    inside the sound (not before its start or after its end)."""
+    loud = np.flatnonzero(np.abs(samples) > 1e-3)
+    quiet = np.diff(loud) / 16000  # the gaps between loud samples
+    return [float(q) for q in quiet if q >= shortest_s]
 
 
 def test_voices_are_checked_before_any_work(small_corpus, tmp_path):
