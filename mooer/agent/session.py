@@ -73,6 +73,10 @@ class SessionConfig:
 
     ``instructions``: chat's system turn (OpenAI's ``session.instructions``); "" keeps the
     released one.
+
+    ``partial_context``: how much audio each partial encodes around the new part (see
+    ``mooer.asr.partial_context``); None encodes the whole utterance so far for every partial,
+    whose cost then grows with the utterance. Finals always encode the whole utterance.
     """
 
     mode: str = "asr"
