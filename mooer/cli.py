@@ -18,7 +18,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=int, default=4, help="encoder attention heads (Paraformer: 4)")
 
 
-def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
+def add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    """``--quantize``, for every command that loads a model to decode with (never to train)."""
     p.add_argument("--quantize", metavar="int8", help="int8 encoder + adapter on the CPU")
 
 
@@ -163,6 +164,7 @@ def cmd_s2st(args: argparse.Namespace) -> int:
         args.audio, args.out, model=args.model, llm=args.llm, variant=args.variant,
         device=args.device, dtype=args.dtype, heads=args.heads, task=args.task, voice=args.voice,
         backend=args.backend, rate=args.rate, max_new_tokens=args.max_new_tokens,
+        quantize=args.quantize,
     )  # fmt: skip
 
 
@@ -204,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="speech to text (asr), to English (ast), or both (mtl)")
     _add_model_args(p)
-    _add_quantize_arg(p)
+    add_quantize_arg(p)
     _add_llm_backend_args(p)
     p.add_argument("audio", nargs="+", help="audio files, Kaldi wav.scp or .jsonl lists")
     p.add_argument("--task", choices=["asr", "ast", "mtl"], default="asr")
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="websocket + HTTP server (OpenAI Realtime, FunASR, browser page)"
     )
     _add_model_args(p)
-    _add_quantize_arg(p)
+    add_quantize_arg(p)
     _add_llm_backend_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -289,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("s2st", help="Chinese speech to English speech (and its text)")
     _add_model_args(p)
+    add_quantize_arg(p)
     p.add_argument("audio", help="input speech")
     p.add_argument("-o", "--out", required=True, help="output wav")
     p.add_argument("--task", choices=["s2s_trans", "s2s_chat"], default="s2s_trans",

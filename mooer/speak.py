@@ -541,6 +541,7 @@ def s2st_command(
     backend: str = "espeak",
     rate: int | None = None,
     max_new_tokens: int | None = None,
+    quantize: str | None = None,
 ) -> int:
     """``mooer s2st IN.wav -o OUT.wav``: the text is printed as it comes, the speech written."""
     from dataclasses import replace
@@ -549,7 +550,7 @@ def s2st_command(
 
     speech_llm = load_model(
         model, llm=llm, task="ast", variant=variant, device=device, dtype=dtype,
-        attention_heads=heads,
+        attention_heads=heads, quantize=quantize,
     )  # fmt: skip
     options = None
     if max_new_tokens is not None:

@@ -98,6 +98,22 @@ def test_transcribe_quantize_int8_on_the_demo_model():
     assert "Traceback" not in proc.stderr
 
 
+def test_s2st_quantize_int8_on_the_demo_model(tmp_path):
+    """The int8 encoder + adapter translate the Mandarin example as fp32 does (the round trip
+    above), and write its speech."""
+    import soundfile as sf
+
+    example = EXAMPLE_DIR / "zh_translate.wav"
+    out = tmp_path / "out.wav"
+    proc = run("s2st", str(example), "-o", str(out), "--device", "cpu", "--quantize", "int8")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "i want a blue bag"
+    samples, rate = sf.read(out)
+    assert samples.size > rate // 2
+    proc = run("s2st", str(example), "-o", str(out), "--device", "cpu", "--quantize", "int4")
+    assert proc.returncode == 2 and "quantize 'int4': expected one of int8" in proc.stderr
+
+
 def test_serve_quantize_int8_answers_over_http(tmp_path):
     import signal
     import socket

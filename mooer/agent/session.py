@@ -27,6 +27,7 @@ import torch
 
 from mooer.agent import events as ev
 from mooer.agent.session_work import Responses, SessionWork
+from mooer.asr.partial_context import PartialContext
 from mooer.asr.vad import (
     SpeechEnded,
     SpeechStarted,
@@ -73,6 +74,10 @@ class SessionConfig:
 
     ``instructions``: chat's system turn (OpenAI's ``session.instructions``); "" keeps the
     released one.
+
+    ``partial_context``: how much audio each partial encodes around the new part (see
+    ``mooer.asr.partial_context``); None encodes the whole utterance so far for every partial,
+    whose cost then grows with the utterance. Finals always encode the whole utterance.
     """
 
     mode: str = "asr"
@@ -82,6 +87,7 @@ class SessionConfig:
     max_segment_s: float = 20.0
     max_context_tokens: int = 2048  # chat memory, in LLM tokens
     partial_options: DecodingOptions = STREAMING  # token by token: num_beams 1
+    partial_context: PartialContext | None = PartialContext()  # None: partials encode it all
     final_options: DecodingOptions = OFFLINE
     chat_options: DecodingOptions = CHAT
     auto_response: bool = True
@@ -130,6 +136,11 @@ class SessionConfig:
         _require("instructions", isinstance(self.instructions, str), "a string")
         for name in ("partial_options", "final_options", "chat_options", "speech_options"):
             _require(name, isinstance(getattr(self, name), DecodingOptions), "a DecodingOptions")
+        _require(
+            "partial_context",
+            self.partial_context is None or isinstance(self.partial_context, PartialContext),
+            "a PartialContext or None",
+        )
         for name in ("partial_options", "chat_options", "speech_options"):
             _require(
                 name,
@@ -159,6 +170,7 @@ class SessionStats:
     utterances: int = 0
     partials: int = 0  # partial decodes run
     partials_skipped: int = 0  # replaced by a newer one, or made useless by the final, unrun
+    partial_audio_s: float = 0.0  # audio the partials encoded (windows, or whole utterances)
     finals: int = 0
     responses: int = 0
     responses_cancelled: int = 0

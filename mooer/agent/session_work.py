@@ -1,6 +1,8 @@
 """The model work of one live session, run on the engine's worker thread as the session's jobs.
 
-- partial: re-decode the growing utterance greedily, token by token; its stable prefix goes out;
+- partial: decode the growing utterance greedily, token by token; its stable prefix goes out. Its
+  audio is encoded in a bounded window (``SessionConfig.partial_context``, see
+  ``mooer.asr.partial_context``), or whole where that is None;
 - final: decode the whole utterance with the offline settings (the ``mooer.tasks`` recipe, as
   ``transcribe()`` decodes a segment), and in chat mode go on to the reply, generated one token
   per step so that the worker can serve other sessions between tokens and a barge-in stops it
@@ -26,6 +28,8 @@ import torch
 
 from mooer.agent import events as ev
 from mooer.agent.stable_text import TRANSLATION_AGREE, StableText
+from mooer.asr.partial_context import PartialContext, PartialEmbeds
+from mooer.audio import SAMPLE_RATE
 from mooer.llm.backend import Waiting
 from mooer.llm.conversation import Conversation, Message, Reply, StreamedReply
 from mooer.llm.decoding import DecodingOptions, splice
@@ -53,8 +57,14 @@ class _Track:
     """The partial state of the utterance being decoded."""
 
     item_id: str
+    context: PartialContext | None  # None: each partial encodes the whole utterance so far
     transcript: StableText = field(default_factory=StableText)
     translation: StableText = field(default_factory=lambda: StableText(TRANSLATION_AGREE))
+    embeds: PartialEmbeds | None = None
+
+    def __post_init__(self) -> None:
+        if self.context is not None:
+            self.embeds = PartialEmbeds(self.context)
 
 
 @dataclass(eq=False)
@@ -163,26 +173,43 @@ class SessionWork:
         """
         pieces = [audio[a:b] for a, b in split_long(audio)]
         embeds, lengths = yield from self.engine.embed(pieces)  # (P, Ta, H), (P,), batched
-        texts = yield from decode_waiting(
-            self.model, embeds, lengths, self.config.task, options, step_by_step
-        )
+        texts = yield from self._decode(embeds, lengths, options, step_by_step)
         audio_embeds = torch.cat([embeds[p, : int(n)] for p, n in enumerate(lengths)])  # (Ta, H)
-        return Texts.join(texts), audio_embeds
+        return texts, audio_embeds
+
+    def _decode(
+        self, embeds: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions, step: bool
+    ) -> Waiting[Texts]:
+        """The mode's texts of pieces of one utterance, ``embeds`` (P, Ta, H), as one."""
+        texts = yield from decode_waiting(
+            self.model, embeds, lengths, self.config.task, options, step
+        )
+        return Texts.join(texts)
 
     def _track_of(self, item: str) -> _Track:
         if self._track is None or self._track.item_id != item:
-            self._track = _Track(item)
+            self._track = _Track(item, self.config.partial_context)
         return self._track
 
     def partial(self, item: str, audio: np.ndarray) -> Waiting[None]:
         if item != self.session.open_item:
             return  # cleared, or ended since: its final says more
-        texts, _ = yield from self.texts(audio, self.config.partial_options, step_by_step=True)
+        track = self._track_of(item)
+        options = self.config.partial_options
+        if track.embeds is None:
+            texts, _ = yield from self.texts(audio, options, step_by_step=True)
+            self.stats.partial_audio_s += audio.size / SAMPLE_RATE
+        else:
+            encoded = track.embeds.encoded_samples
+            embeds = track.embeds.embed(self.model.embed, audio)  # (Ta, H)
+            self.stats.partial_audio_s += (track.embeds.encoded_samples - encoded) / SAMPLE_RATE
+            texts = yield from self._decode(
+                embeds[None], torch.tensor([len(embeds)]), options, True
+            )
         transcript, translation = texts.transcript, texts.translation
         self.stats.partials += 1
         if item != self.session.open_item:
             return
-        track = self._track_of(item)
         if transcript is not None:
             shown = track.transcript.shown
             delta = track.transcript.update(transcript)

@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``mooer eval``: decode a test-set manifest and report WER/CER/BLEU/chat accuracy/RTF."""
     from dataclasses import replace
 
+    from mooer.cli import add_quantize_arg
     from mooer.model import load_model
 
     parser = argparse.ArgumentParser(prog="mooer eval", description=main.__doc__)
@@ -234,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--beams", type=int, default=OFFLINE.num_beams)
     parser.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
-    parser.add_argument("--quantize", metavar="int8", help="int8 encoder + adapter on the CPU")
+    add_quantize_arg(parser)
     parser.add_argument("--tasks", nargs="+", help="score only these tasks")
     parser.add_argument("--limit", type=int, help="score only the first N utterances")
     args = parser.parse_args(argv)

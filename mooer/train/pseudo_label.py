@@ -128,6 +128,7 @@ def pseudo_label(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mooer pseudo-label``: transcribe (and translate) unlabelled audio into a manifest."""
+    from mooer.cli import add_quantize_arg
     from mooer.model import load_model
 
     parser = argparse.ArgumentParser(prog="mooer pseudo-label", description=main.__doc__)
@@ -142,9 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
+    add_quantize_arg(parser)
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.model, llm=args.llm, device=args.device)
+        model = load_model(args.model, llm=args.llm, device=args.device, quantize=args.quantize)
         labels = pseudo_label(
             model,
             read_inputs(args.inputs),

@@ -267,6 +267,30 @@ def test_manual_turns_commit_the_buffer(engine, model, clips):
     assert len(recorder.of(ev.TranscriptDelta)) >= 1
 
 
+def test_partials_of_a_long_utterance_encode_bounded_windows(engine, model):
+    """A 12 s turn: each partial encodes a window of bounded length (``partial_context``), or
+    with None the whole utterance so far; the final is the offline decode either way."""
+    audio = spoken_talk(heldout_sentences(5, "en"), (0.2, 0.3)).audio
+    encoded = {}
+    for context in (ASR.partial_context, None):
+        recorder = Recorder()
+        config = dataclasses.replace(ASR, turn_detection=False, partial_context=context)
+        session = engine.open(config, recorder)
+        _feed(session, audio, settle=True)
+        session.commit()
+        assert session.wait_idle(60)
+        stats = session.stats
+        assert stats.partials >= 20 and stats.partials_skipped == 0
+        encoded[context] = stats.partial_audio_s
+        assert [e.text for e in recorder.of(ev.Transcript)] == [_offline(model, audio).text]
+        session.close(flush=False)
+    interval = ASR.partial_interval_ms / 1000
+    lengths = [k * interval for k in range(1, stats.partials + 1)]  # s, about: chunk boundaries
+    assert encoded[None] == pytest.approx(sum(lengths), rel=0.05)
+    window = (ASR.partial_context.left_ms + ASR.partial_context.redo_ms) / 1000 + 2 * interval
+    assert encoded[ASR.partial_context] <= stats.partials * window < encoded[None] / 2
+
+
 def test_clear_drops_the_utterance_in_progress(engine, model, clips):
     recorder = Recorder()
     session = engine.open(ASR, recorder)
