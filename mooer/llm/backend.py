@@ -152,6 +152,11 @@ class EmbedsBackend:
         options: DecodingOptions,
         step_by_step: bool,
     ) -> list[Future[str]]:
+        if options.hotwords is not None:
+            raise ConfigError(
+                "hotwords are not supported on the vllm LLM backend (its requests carry no "
+                "per-hypothesis logits processor): use --llm-backend hf for hotwords"
+            )
         return [
             self.text(model, self.complete(inputs[0], options))
             for inputs in one_by_one(model, embeds, lengths, prompt)
