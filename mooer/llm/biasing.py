@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from torch import Tensor
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, check_number
 
 SEPARATORS = re.compile(r"[\s,;，、；]+")  # between the words of a prompt or a CLI list
 
@@ -45,12 +44,9 @@ class BiasingConfig:
     max_chars: int = 40  # per hotword
 
     def __post_init__(self) -> None:
-        if not _is_number(self.bonus) or not 0.0 < self.bonus <= 20.0:
-            raise ConfigError(f"BiasingConfig.bonus must be in (0, 20], got {self.bonus!r}")
-        for name in ("max_hotwords", "max_chars"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"BiasingConfig.{name} must be an int >= 1, got {value!r}")
+        check_number(self.bonus, "BiasingConfig.bonus", 0.01, 20.0)
+        check_number(self.max_hotwords, "BiasingConfig.max_hotwords", 1, integer=True)
+        check_number(self.max_chars, "BiasingConfig.max_chars", 1, integer=True)
 
 
 @dataclass(frozen=True)
@@ -120,15 +116,8 @@ def hotwords_from_funasr(
     if not isinstance(parsed, Mapping):
         return hotwords_from_text(value, where, config)
     for word, weight in parsed.items():
-        if not _is_number(weight):
-            raise ConfigError(f"{where}: the weight of {word!r} must be a number, got {weight!r}")
+        check_number(weight, f"{where}: the weight of {word!r}")
     return hotwords_from_list(list(parsed), where, config)
-
-
-def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    )
 
 
 class _Node:
@@ -195,7 +184,6 @@ class HotwordTree:
             if state.is_end:
                 banked += self.bonus
         return state, banked + self.held(state) - self.held(node)
-
 
     def deltas(self, node: _Node, pieces: tuple[bytes | None, ...], vocab: int) -> Tensor:
         """(V,) the credit change each token (its bytes in ``pieces``; ids past them are
