@@ -155,9 +155,12 @@ class SessionWork:
         """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
 
         The audio is encoded once for every prompt the mode runs; a manual turn longer than the
-        model's segments is decoded in pieces, as ``transcribe()`` would. It yields what the
+        model's segments is decoded in pieces, as ``transcribe()`` would; the session's
+        hotwords are favoured. It yields what the
         LLM backend is still working on (the engine serves others meanwhile).
         """
+        if self.config.hotwords is not None:
+            options = replace(options, hotwords=self.config.hotwords)
         pieces = [audio[a:b] for a, b in split_long(audio)]
         embeds, lengths = self.model.embed(pieces)  # (P, Ta, H), (P,)
         texts = yield from decode_waiting(

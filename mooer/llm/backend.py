@@ -153,10 +153,7 @@ class EmbedsBackend:
         step_by_step: bool,
     ) -> list[Future[str]]:
         if options.hotwords is not None:
-            raise ConfigError(
-                "hotwords are not supported on the vllm LLM backend (its requests carry no "
-                "per-hypothesis logits processor): use --llm-backend hf for hotwords"
-            )
+            check_hotwords(self)
         return [
             self.text(model, self.complete(inputs[0], options))
             for inputs in one_by_one(model, embeds, lengths, prompt)
@@ -181,6 +178,16 @@ class EmbedsBackend:
 
     def close(self) -> None:
         pass
+
+
+def check_hotwords(backend: LLMBackend) -> None:
+    """Refuse hotwords on a backend that cannot bias its decoding by them (vLLM: its requests
+    carry no logits processor that follows each hypothesis)."""
+    if backend.name != "hf":
+        raise ConfigError(
+            f"hotwords are not supported on the {backend.name} LLM backend: "
+            "serve with --llm-backend hf to use them"
+        )
 
 
 def check_backend_name(name: str) -> None:

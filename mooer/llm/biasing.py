@@ -92,12 +92,32 @@ def hotwords_from_list(
 
 
 def hotwords_from_text(
-    text: str, where: str, config: BiasingConfig | None = None
+    text: object, where: str, config: BiasingConfig | None = None
 ) -> Hotwords | None:
     """The words of a prompt or a comma-separated list (split at spaces, commas, semicolons)."""
     if not isinstance(text, str):
         raise ConfigError(f"{where}: expected a string, got {type(text).__name__}")
     return hotwords_from_list(SEPARATORS.split(text), where, config)
+
+
+def hotwords_from_lines(
+    text: str, where: str, config: BiasingConfig | None = None
+) -> Hotwords | None:
+    """A hotword file: one hotword per line; a number after the last space (the weight of
+    FunASR's hotword files) is dropped."""
+    words = []
+    for line in text.splitlines():
+        head, _, last = line.strip().rpartition(" ")
+        words.append(head if head and _is_weight(last) else line)
+    return hotwords_from_list(words, where, config)
+
+
+def _is_weight(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def hotwords_from_funasr(
@@ -140,14 +160,19 @@ class HotwordTree:
         self.root = _Node(0)
         self.nodes = [self.root]
         for key in _keys(hotwords.words):
+            word = key.decode("utf-8").lstrip(" ")
+            lead = len(key) - len(word.encode("utf-8"))  # the space before a Latin word
             node = self.root
             for i, byte in enumerate(key):
                 if byte not in node.children:
                     node.children[byte] = _Node(node.depth + 1)
                     self.nodes.append(node.children[byte])
                 node = node.children[byte]
-                # the share of the word spelled so far; the largest over words through here
-                node.credit = max(node.credit, bonus * (i + 1) / len(key))
+                # the share of the word's characters spelled so far (a character counts once
+                # whole: the first byte of a Mandarin one is shared by thousands), the largest
+                # over the words through here; the space before a word earns nothing
+                done = len(key[lead : i + 1].decode("utf-8", errors="ignore"))
+                node.credit = max(node.credit, bonus * done / len(word))
             node.is_end = True
         self.bonus = bonus
         self._deltas: dict[tuple[int, int, int], Tensor] = {}
