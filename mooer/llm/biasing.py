@@ -2,8 +2,9 @@
 
 The hotwords' bytes go into a prefix tree with failure links (Aho-Corasick), so the tree state
 of a hypothesis is found from its tokens alone and follows every beam. A hypothesis is
-credited for the part of a hotword it has spelled so far (a share of ``bonus`` as large as the
-share of the word's characters) and keeps the whole ``bonus`` once the word is complete; when a
+credited for the part of a hotword it has spelled so far (the word's value times the square of
+the share of its characters; ``bonus`` per word, per character in Mandarin) and keeps the whole
+value once the word is complete; when a
 partial match fails (a token that does not go on spelling it, or the end of the answer), the
 credit is taken back. Each step's scores get the change of credit each token would bring:
 beam search compares hypotheses by scores that hold their credit, the token loop picks its
@@ -39,7 +40,7 @@ SEPARATORS = re.compile(r"[\s,;，、；]+")  # between the words of a prompt or
 class BiasingConfig:
     """How strongly hotwords are favoured, and how many a request may give."""
 
-    bonus: float = 4.0  # log-probability credited for a whole hotword
+    bonus: float = 2.0  # log-probability per word (per character in Mandarin); bench_hotwords.py
     max_hotwords: int = 100
     max_chars: int = 40  # per hotword
 
@@ -141,7 +142,7 @@ def hotwords_from_funasr(
 
 
 class _Node:
-    __slots__ = ("children", "depth", "fail", "credit", "is_end")
+    __slots__ = ("children", "depth", "fail", "credit", "is_end", "value")
 
     def __init__(self, depth: int) -> None:
         self.children: dict[int, _Node] = {}
@@ -149,6 +150,7 @@ class _Node:
         self.fail: _Node | None = None  # the longest proper suffix that is also in the tree
         self.credit = 0.0  # what a hypothesis standing here holds (0 once the word is complete)
         self.is_end = False
+        self.value = 0.0  # what a hotword that ends here earns
 
 
 class HotwordTree:
@@ -161,6 +163,7 @@ class HotwordTree:
         self.nodes = [self.root]
         for key in _keys(hotwords.words):
             word = key.decode("utf-8").lstrip(" ")
+            value = bonus * _units(word)
             lead = len(key) - len(word.encode("utf-8"))  # the space before a Latin word
             node = self.root
             for i, byte in enumerate(key):
@@ -168,13 +171,15 @@ class HotwordTree:
                     node.children[byte] = _Node(node.depth + 1)
                     self.nodes.append(node.children[byte])
                 node = node.children[byte]
-                # the share of the word's characters spelled so far (a character counts once
-                # whole: the first byte of a Mandarin one is shared by thousands), the largest
-                # over the words through here; the space before a word earns nothing
+                # the square of the share of the word's characters spelled so far: a letter or
+                # two earn little (they start many words: a greedy step must not turn to them
+                # for it), a whole character at a time (the first byte of a Mandarin one is
+                # shared by thousands); the largest over the words through here; the space
+                # before a word earns nothing
                 done = len(key[lead : i + 1].decode("utf-8", errors="ignore"))
-                node.credit = max(node.credit, bonus * done / len(word))
+                node.credit = max(node.credit, value * (done / len(word)) ** 2)
             node.is_end = True
-        self.bonus = bonus
+            node.value = max(node.value, value)
         self._deltas: dict[tuple[int, int, int], Tensor] = {}
         self._link()
         # Latin-script answers start as after a space: the first word matches too
@@ -207,7 +212,7 @@ class HotwordTree:
                 state = state.fail
             state = state.children.get(byte, self.root)
             if state.is_end:
-                banked += self.bonus
+                banked += state.value
         return state, banked + self.held(state) - self.held(node)
 
     def deltas(self, node: _Node, pieces: tuple[bytes | None, ...], vocab: int) -> Tensor:
@@ -246,6 +251,12 @@ class HotwordTree:
                     found[token] = self.step(self.root, data)[1]
             self._deltas[key] = found
         return found
+
+
+def _units(word: str) -> int:
+    """How many ``bonus`` a whole ``word`` earns: one per word of a spaced script, one per
+    character of an unspaced one (a Mandarin word of two characters is two or so tokens)."""
+    return sum(1 if part.isascii() else len(part) for part in word.split())
 
 
 def _keys(words: Sequence[str]) -> list[bytes]:
