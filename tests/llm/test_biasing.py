@@ -14,6 +14,7 @@ from mooer.audio import load_audio
 from mooer.errors import ConfigError
 from mooer.llm.backend import EmbedsBackend, HFBackend, check_hotwords
 from mooer.llm.biasing import (
+    UNSPACED_CHAR,
     BiasingConfig,
     HotwordBias,
     Hotwords,
@@ -68,9 +69,10 @@ def test_latin_words_match_at_a_word_start_and_mandarin_ones_anywhere():
     assert walk(latin, [b"a teen"]) == pytest.approx([BONUS])
     mandarin = HotwordTree(Hotwords(("杯子",)))
     # the demo tokenizer spells 一个杯子 as one token
-    assert walk(mandarin, ["一个杯子".encode()]) == pytest.approx([2 * BONUS])  # per character
+    value = 2 * UNSPACED_CHAR * BONUS  # per character
+    assert walk(mandarin, ["一个杯子".encode()]) == pytest.approx([value])
     assert walk(mandarin, ["一个杯".encode(), "八".encode()]) == pytest.approx(
-        [BONUS / 2, -BONUS / 2]  # half the characters: a quarter of the value
+        [value / 4, -value / 4]  # half the characters: a quarter of the value
     )
 
 
