@@ -3,7 +3,7 @@
 The hotwords' bytes go into a prefix tree with failure links (Aho-Corasick), so the tree state
 of a hypothesis is found from its tokens alone and follows every beam. A hypothesis is
 credited for the part of a hotword it has spelled so far (the word's value times the square of
-the share of its characters; ``bonus`` per word, 1.5 per character in Mandarin) and keeps the whole
+the share of its characters; ``bonus`` per word, per character in Mandarin) and keeps the whole
 value once the word is complete; when a
 partial match fails (a token that does not go on spelling it, or the end of the answer), the
 credit is taken back. Each step's scores get the change of credit each token would bring:
@@ -40,7 +40,7 @@ SEPARATORS = re.compile(r"[\s,;，、；]+")  # between the words of a prompt or
 class BiasingConfig:
     """How strongly hotwords are favoured, and how many a request may give."""
 
-    bonus: float = 2.0  # log-probability per word (x 1.5 per Mandarin character); bench_hotwords.py
+    bonus: float = 2.0  # log-probability per word (per Mandarin character); bench_hotwords.py
     max_hotwords: int = 100
     max_chars: int = 40  # per hotword
 
@@ -253,7 +253,7 @@ class HotwordTree:
         return found
 
 
-UNSPACED_CHAR = 1.5  # bonuses per character of an unspaced script (bench_hotwords.py)
+UNSPACED_CHAR = 1.0  # bonuses per character of an unspaced script (bench_hotwords.py)
 
 
 def _units(word: str) -> float:

@@ -1,10 +1,12 @@
-"""Hotwords through the real server on the bundled demo model: the HTTP ``prompt`` field and
-FunASR's ``hotwords``, with a recording of a held-out voice whose 学校 the model hears as 厕所
-unbiased (the decoding itself is tested in tests/llm/test_biasing.py)."""
+"""Hotwords through the real server on the bundled demo model: the Realtime transcription
+``prompt`` with a recording of a held-out voice whose 学校 the model hears as 厕所 unbiased
+(the decoding itself is tested in tests/llm/test_biasing.py), and bad lists in the HTTP
+``prompt`` and FunASR's ``hotwords`` refused by field."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from mooer.server.pcm import encode_pcm16
 
 RECORDING = Path(__file__).resolve().parents[1] / "assets" / "hotword_xuexiao.wav"
 SAID = "学校在哪里"
+FINAL = "conversation.item.input_audio_transcription.completed"
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +47,39 @@ def _upload(server, **form) -> httpx.Response:
         )
 
 
-def test_the_http_prompt_brings_a_misheard_word_back(demo_server):
-    plain = _upload(demo_server)
-    assert plain.status_code == 200 and plain.json()["text"] != SAID
-    biased = _upload(demo_server, prompt="学校，银行")
-    assert biased.status_code == 200 and biased.json()["text"] == SAID
+async def _realtime(server, prompt: str) -> str:
+    """The recording committed whole to an OpenAI Realtime transcription session (no turn
+    detection) whose transcription ``prompt`` is given: its final transcript."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    pcm = encode_pcm16(load_audio(RECORDING))
+    async with client.realtime.connect(
+        model="mooer", extra_query={"intent": "transcription"}
+    ) as conn:
+        audio_input = {
+            "format": {"type": "audio/pcm", "rate": 16000},
+            "turn_detection": None,
+            "transcription": {"model": "mooer", "prompt": prompt},
+        }
+        session = {"type": "transcription", "audio": {"input": audio_input}}
+        await conn.session.update(session=session)  # type: ignore[arg-type]
+        for at in range(0, len(pcm), 6400):
+            await conn.input_audio_buffer.append(
+                audio=base64.b64encode(pcm[at : at + 6400]).decode()
+            )
+        await conn.input_audio_buffer.commit()
+        async for event in conn:
+            if event.type == "error":
+                raise AssertionError(event.error.message)
+            if event.type == FINAL:
+                return event.transcript
+    raise AssertionError("no transcript")
+
+
+def test_the_realtime_prompt_brings_a_misheard_word_back(demo_server):
+    assert asyncio.run(_realtime(demo_server, "")) != SAID
+    assert asyncio.run(_realtime(demo_server, "学校, 银行")) == SAID
 
 
 def test_too_many_prompt_words_are_refused_by_field(demo_server):
@@ -70,16 +101,6 @@ async def _funasr(server, hotwords: str) -> list[dict]:
         while not replies or not (replies[-1].get("is_final") or "error" in replies[-1]):
             replies.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
         return replies
-
-
-def test_funasr_hotwords_bring_a_misheard_word_back(demo_server):
-    plain = _finals(asyncio.run(_funasr(demo_server, "")))
-    assert plain and plain != SAID
-    assert _finals(asyncio.run(_funasr(demo_server, json.dumps({"学校": 20})))) == SAID
-
-
-def _finals(replies: list[dict]) -> str:
-    return "".join(r["text"] for r in replies if r["mode"] == "offline")
 
 
 def test_a_funasr_hotword_weight_that_is_no_number_is_refused_by_name(demo_server):
