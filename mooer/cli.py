@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mooer.errors import MooerError
 
@@ -34,12 +35,13 @@ def _add_llm_backend_args(p: argparse.ArgumentParser) -> None:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from mooer.llm.backend import check_hotwords
     from mooer.llm.decoding import OFFLINE
     from mooer.model import load_model
     from mooer.transcribe import read_inputs, transcribe
 
     pairs = read_inputs(args.audio)
-    options = OFFLINE
+    options = replace(OFFLINE, hotwords=_hotwords(args))
     if args.beam is not None:
         options = replace(options, num_beams=args.beam)
     if args.max_new_tokens is not None:
@@ -50,6 +52,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         llm_backend=args.llm_backend, llm_url=args.llm_url,
     )  # fmt: skip
     try:
+        if options.hotwords is not None:
+            check_hotwords(model.llm_backend)
         results = transcribe(
             model,
             [path for _, path in pairs],
@@ -198,6 +202,22 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="sounddevice output device for --play (index or name)")
 
 
+def _hotwords(args: argparse.Namespace):
+    """The hotwords of ``--hotwords`` (comma-separated) and ``--hotwords-file``, or None."""
+    from mooer.errors import ConfigError
+    from mooer.llm.biasing import hotwords_from_lines, hotwords_from_list
+
+    words = (args.hotwords or "").split(",")
+    if args.hotwords_file:
+        try:
+            text = Path(args.hotwords_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--hotwords-file {args.hotwords_file}: {exc}") from exc
+        found = hotwords_from_lines(text, "--hotwords-file")
+        words += found.words if found else ()
+    return hotwords_from_list(words, "--hotwords/--hotwords-file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mooer", description="LLM-based speech recognition, translation and spoken chat."
@@ -216,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
     p.add_argument("--max-audio", type=float, help="refuse a file holding more seconds of audio")
+    p.add_argument("--hotwords", help='words to favour, comma-separated: "sixteen,New York"')
+    p.add_argument("--hotwords-file", help="words to favour, one per line")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser(

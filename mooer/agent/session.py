@@ -38,6 +38,7 @@ from mooer.asr.vad import (
 )
 from mooer.audio import SAMPLE_RATE, ms_to_samples, samples_to_ms
 from mooer.errors import ConfigError
+from mooer.llm.biasing import Hotwords
 from mooer.llm.conversation import CHAT, ROLES, Conversation, Message
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions
 from mooer.llm.speech import SPOKEN_REPLY
@@ -73,7 +74,8 @@ class SessionConfig:
     (None: its default).
 
     ``instructions``: chat's system turn (OpenAI's ``session.instructions``); "" keeps the
-    released one.
+    released one. ``hotwords``: words favoured when the utterances are decoded (see
+    ``mooer.llm.biasing``).
 
     ``partial_context``: how much audio each partial encodes around the new part (see
     ``mooer.asr.partial_context``); None encodes the whole utterance so far for every partial,
@@ -98,6 +100,7 @@ class SessionConfig:
     tts_backend: str = "espeak"
     speech_options: DecodingOptions = SPOKEN_REPLY  # audio tokens of the speech head
     instructions: str = ""
+    hotwords: Hotwords | None = None  # favoured in transcripts and translations (partial, final)
 
     @property
     def task(self) -> str:
@@ -134,6 +137,9 @@ class SessionConfig:
         _require("voice", self.voice is None or isinstance(self.voice, str), "a string or None")
         _require("tts_backend", isinstance(self.tts_backend, str), "a backend name")
         _require("instructions", isinstance(self.instructions, str), "a string")
+        _require(
+            "hotwords", self.hotwords is None or isinstance(self.hotwords, Hotwords), "Hotwords"
+        )
         for name in ("partial_options", "final_options", "chat_options", "speech_options"):
             _require(name, isinstance(getattr(self, name), DecodingOptions), "a DecodingOptions")
         _require(

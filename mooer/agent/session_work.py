@@ -168,8 +168,8 @@ class SessionWork:
 
         The audio is encoded once for every prompt the mode runs (in the engine's next batched
         forward); a manual turn longer than the model's segments is decoded in pieces, as
-        ``transcribe()`` would. It yields what the encoder batch and the LLM backend are still
-        working on (the engine serves others meanwhile).
+        ``transcribe()`` would; the session's hotwords are favoured. It yields what the encoder
+        batch and the LLM backend are still working on (the engine serves others meanwhile).
         """
         pieces = [audio[a:b] for a, b in split_long(audio)]
         embeds, lengths = yield from self.engine.embed(pieces)  # (P, Ta, H), (P,), batched
@@ -180,7 +180,10 @@ class SessionWork:
     def _decode(
         self, embeds: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions, step: bool
     ) -> Waiting[Texts]:
-        """The mode's texts of pieces of one utterance, ``embeds`` (P, Ta, H), as one."""
+        """The mode's texts of pieces of one utterance, ``embeds`` (P, Ta, H), as one; the
+        session's hotwords favoured."""
+        if self.config.hotwords is not None:
+            options = replace(options, hotwords=self.config.hotwords)
         texts = yield from decode_waiting(
             self.model, embeds, lengths, self.config.task, options, step
         )

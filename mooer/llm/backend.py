@@ -205,6 +205,8 @@ class EmbedsBackend:
         options: DecodingOptions,
         step_by_step: bool,
     ) -> list[Future[str]]:
+        if options.hotwords is not None:
+            check_hotwords(self)
         return [
             self.text(model, self.stream(inputs[0], options).done)
             for inputs in one_by_one(model, embeds, lengths, prompt)
@@ -229,6 +231,16 @@ class EmbedsBackend:
 
     def close(self) -> None:
         pass
+
+
+def check_hotwords(backend: LLMBackend) -> None:
+    """Refuse hotwords on a backend that cannot bias its decoding by them (vLLM: its requests
+    carry no logits processor that follows each hypothesis)."""
+    if backend.name != "hf":
+        raise ConfigError(
+            f"hotwords are not supported on the {backend.name} LLM backend: "
+            "serve with --llm-backend hf to use them"
+        )
 
 
 def check_backend_name(name: str) -> None:

@@ -22,6 +22,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from mooer.errors import CheckpointError, ConfigError
+from mooer.llm.biasing import HotwordBias, Hotwords
 from mooer.llm.prompts import IM_END, PAD
 
 
@@ -37,6 +38,7 @@ class DecodingOptions:
     temperature: float = 1.0  # sampling only
     repetition_penalty: float = 1.0  # 1 = off
     eos_bias: float = 0.0  # added to the <|im_end|> score; < 0 delays the end of the answer
+    hotwords: Hotwords | None = None  # words favoured by context biasing (mooer.llm.biasing)
 
     def __post_init__(self) -> None:
         for name, minimum in (("num_beams", 1), ("max_new_tokens", 1)):
@@ -63,6 +65,8 @@ class DecodingOptions:
             raise ConfigError(
                 f"DecodingOptions.repetition_penalty must be > 0, got {self.repetition_penalty!r}"
             )
+        if self.hotwords is not None and not isinstance(self.hotwords, Hotwords):
+            raise ConfigError(f"DecodingOptions.hotwords must be Hotwords, got {self.hotwords!r}")
 
 
 OFFLINE = DecodingOptions(num_beams=4, max_new_tokens=200, length_penalty=0.8, eos_bias=-0.2)
@@ -174,6 +178,8 @@ def generate_ids(
     processors = LogitsProcessorList()
     if options.eos_bias:
         processors.append(EosBias(eos_id, options.eos_bias))
+    if options.hotwords is not None:
+        processors.append(HotwordBias(tokenizer, options.hotwords))
     with torch.inference_mode():
         # generate() derives positions from the attention mask (positions_from_mask).
         output = model.generate(

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from mooer.errors import ConfigError
+from mooer.llm.biasing import HotwordBias
 from mooer.llm.decoding import DecodingOptions, EosBias, token_id
 from mooer.llm.prompts import IM_END
 
@@ -87,7 +88,7 @@ class Generation:
         self.interrupted = False  # ended by stop()
         self._eos = turn_end_id(tokenizer)
         self._pending = inputs_embeds  # (1, N, H) not yet run
-        self._choose = TokenChooser(options, self._eos)
+        self._choose = TokenChooser(options, self._eos, tokenizer)
         self._text = TextStream(tokenizer)
 
     @property
@@ -124,15 +125,27 @@ class Generation:
 
 
 class TokenChooser:
-    """Picks the next token from the LLM's scores as ``DecodingOptions`` say (greedy or sampled)."""
+    """Picks the next token from the LLM's scores as ``DecodingOptions`` say (greedy or sampled).
 
-    def __init__(self, options: DecodingOptions, eos_id: int) -> None:
+    ``tokenizer`` spells the tokens for ``options.hotwords`` (needed only with hotwords).
+    """
+
+    def __init__(
+        self,
+        options: DecodingOptions,
+        eos_id: int,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
         self.sample = options.do_sample
         self.processors = LogitsProcessorList()
         if options.repetition_penalty != 1.0:
             self.processors.append(RepetitionPenaltyLogitsProcessor(options.repetition_penalty))
         if options.eos_bias:
             self.processors.append(EosBias(eos_id, options.eos_bias))
+        if options.hotwords is not None:
+            if tokenizer is None:
+                raise ConfigError("decoding with hotwords needs the tokenizer")
+            self.processors.append(HotwordBias(tokenizer, options.hotwords))
         if options.do_sample and options.temperature != 1.0:
             self.processors.append(TemperatureLogitsWarper(options.temperature))
         if options.do_sample and options.top_p < 1.0:

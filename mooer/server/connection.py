@@ -25,11 +25,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from mooer.agent import events as ev
 from mooer.audio import SAMPLE_RATE
 from mooer.errors import ConfigError, MooerError, check_number
+from mooer.llm.backend import check_hotwords
+from mooer.llm.biasing import Hotwords, hotwords_from_text
 from mooer.server.logs import log_handshake
 
 if TYPE_CHECKING:
     from mooer.agent.session import Session, SessionConfig
     from mooer.asr.speakers import SpeakerLabeller
+    from mooer.llm.backend import LLMBackend
     from mooer.server.hub import Hub
     from mooer.server.recorder import Recorder
 
@@ -70,6 +73,24 @@ class ProtocolError(Exception):
         self.param = param
         self.kind = kind
         self.event_id = event_id  # of the client message at fault, when it had one
+
+
+def hotwords_field(
+    value: object,
+    name: str,
+    backend: LLMBackend | None,
+    read: Callable[[object, str], Hotwords | None] = hotwords_from_text,
+) -> Hotwords | None:
+    """A request's hotwords from its field ``name`` (read by ``read``; default: the words of a
+    prompt); a ``ProtocolError`` naming the field when they are too many or too long, or when
+    the LLM ``backend`` cannot use them (None: not checked)."""
+    try:
+        hotwords = read(value, name)
+        if hotwords is not None and backend is not None:
+            check_hotwords(backend)
+    except ConfigError as exc:
+        raise ProtocolError("invalid_value", str(exc), name) from None
+    return hotwords
 
 
 def parse_json_object(text: str) -> dict[str, Any]:

@@ -16,7 +16,10 @@ what is left of the session's allowance) it is refused with ``audio_too_long``
 After ``is_speaking: false`` the pending utterance is decoded and the last reply carries
 ``is_final: true`` and ``is_end: true`` (an empty-text reply if nothing was said), so clients
 that wait for the end-of-input acknowledgement return. Another JSON frame may then start the
-next file on the same connection. ``hotwords`` and ``itn`` are accepted and ignored.
+next file on the same connection. ``hotwords`` (a JSON object ``{"word": weight}`` as
+FunASR's clients send their hotword file, or words separated by spaces) are favoured by
+context biasing (``mooer.llm.biasing``; one bonus for every word, weights checked but not
+used); ``itn`` is accepted and ignored.
 
 On a server with an API key, the first JSON frame carries it as ``api_key`` (mooer's addition:
 FunASR's clients send no headers); ``ServerConfig.funasr_open`` waives it on the FunASR port.
@@ -38,12 +41,15 @@ from typing import Any
 from mooer.agent import events as ev
 from mooer.audio import AudioStream, AudioTooLong
 from mooer.errors import MooerError
+from mooer.llm.backend import LLMBackend
+from mooer.llm.biasing import Hotwords, hotwords_from_funasr
 from mooer.server.captions import AppendOnlyText
 from mooer.server.connection import (
     CLOSE_POLICY,
     Link,
     ProtocolError,
     WireProtocol,
+    hotwords_field,
     number_field,
     parse_json_object,
 )
@@ -69,18 +75,25 @@ class FunasrSettings:
     chunk_size: tuple[int, int, int] = (5, 10, 5)
     audio_fs: int = 16000
     wav_format: str = "pcm"
+    hotwords: Hotwords | None = None
 
     def engine_changes(self) -> dict[str, Any]:
         """What the engine session needs from these settings. Offline mode: no partials, and
         audio cut as ``mooer transcribe`` and HTTP uploads cut it (``SEGMENTER``)."""
         if self.mode == "offline":
-            return {"mode": "asr", "partial_interval_ms": 0, "vad": SEGMENTER}
+            return {"mode": "asr", "partial_interval_ms": 0, "vad": SEGMENTER, **self._words()}
         partials = max(100, self.chunk_size[1] * CHUNK_FRAME_MS)
-        return {"mode": "asr", "partial_interval_ms": partials}
+        return {"mode": "asr", "partial_interval_ms": partials, **self._words()}
+
+    def _words(self) -> dict[str, Any]:
+        return {} if self.hotwords is None else {"hotwords": self.hotwords}
 
 
-def apply_frame(settings: FunasrSettings, frame: dict[str, Any]) -> FunasrSettings:
-    """``settings`` updated by a JSON frame's fields; ``ProtocolError`` names a bad one."""
+def apply_frame(
+    settings: FunasrSettings, frame: dict[str, Any], backend: LLMBackend | None = None
+) -> FunasrSettings:
+    """``settings`` updated by a JSON frame's fields; ``ProtocolError`` names a bad one
+    (hotwords are refused where the LLM ``backend`` cannot use them)."""
     changes: dict[str, Any] = {}
     if "mode" in frame:
         if frame["mode"] not in MODES:
@@ -96,6 +109,10 @@ def apply_frame(settings: FunasrSettings, frame: dict[str, Any]) -> FunasrSettin
         changes["audio_fs"] = number_field(frame["audio_fs"], "audio_fs", *PCM16_RATES)
     if "wav_format" in frame:
         changes["wav_format"] = str(frame["wav_format"]).lower()
+    if "hotwords" in frame:
+        changes["hotwords"] = hotwords_field(
+            frame["hotwords"], "hotwords", backend, hotwords_from_funasr
+        )
     return replace(settings, **changes)
 
 
@@ -178,7 +195,7 @@ class FunasrProtocol(WireProtocol):
             raise ProtocolError(
                 "busy", "the previous file is still being finished; wait for its is_final reply"
             )
-        settings = apply_frame(self.settings, frame)
+        settings = apply_frame(self.settings, frame, self.link.hub.model.llm_backend)
         for name, ask in (("record", self.link.record), ("speakers", self.link.label_speakers)):
             if name in frame and frame[name] is not False:
                 if frame[name] is not True:

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
@@ -45,7 +45,7 @@ from mooer.llm.backend import Waiting
 from mooer.llm.decoding import DecodingOptions
 from mooer.meetings.export import subtitles
 from mooer.model import SpeechLLM
-from mooer.server.connection import ProtocolError
+from mooer.server.connection import ProtocolError, hotwords_field
 from mooer.server.hub import Hub
 from mooer.server.realtime_session import OPENAI_VOICES
 from mooer.text import language_of
@@ -211,6 +211,9 @@ class HttpApi:
         except MooerError as exc:
             raise ProtocolError("invalid_audio", f"{filename}: {exc}", "file") from exc
         options = self.hub.session_defaults.final_options  # the same as live finals
+        hotwords = hotwords_field(form.get("prompt") or "", "prompt", self.hub.model.llm_backend)
+        if hotwords is not None:
+            options = replace(options, hotwords=hotwords)
         result = await self._on_engine(
             request,
             transcription_work(

@@ -147,7 +147,11 @@ class RealtimeProtocol(OpenAIWire):
     # -- client events ---------------------------------------------------------------------
 
     def _session_update(self, event: dict[str, Any]) -> None:
-        new = apply_update(self.settings, self.without_meeting(event.get("session")))
+        new = apply_update(
+            self.settings,
+            self.without_meeting(event.get("session")),
+            self.link.hub.model.llm_backend,
+        )
         if new.format != self.settings.format:
             self.feed(self.decoder.flush())
             self.decoder = WireDecoder(new.format)

@@ -23,7 +23,9 @@ from typing import Any
 from mooer.agent.session import SessionConfig
 from mooer.asr.vad import VadConfig
 from mooer.audio import SAMPLE_RATE
-from mooer.server.connection import ProtocolError, number_field
+from mooer.llm.backend import LLMBackend
+from mooer.llm.biasing import Hotwords
+from mooer.server.connection import ProtocolError, hotwords_field, number_field
 from mooer.server.openai_wire import json_object
 from mooer.server.pcm import WireFormat
 
@@ -99,6 +101,7 @@ class RealtimeSettings:
     output_modalities: tuple[str, ...] = ("text",)
     voice: str | None = None  # as the client named it
     output_rate: int = 24000  # PCM16 output
+    hotwords: Hotwords | None = None  # the words of transcription.prompt
 
     @property
     def speaks(self) -> bool:
@@ -136,6 +139,7 @@ class RealtimeSettings:
             voice=None if self.voice in OPENAI_VOICES else self.voice,
             output_sample_rate=self.output_rate,
             instructions=self.instructions,
+            hotwords=self.hotwords,
         )
 
     def describe(self, session_id: str, model: str) -> dict[str, Any]:
@@ -185,8 +189,12 @@ class RealtimeSettings:
         }
 
 
-def apply_update(settings: RealtimeSettings, session: object) -> RealtimeSettings:
-    """``settings`` changed by a ``session.update``'s ``session``; ``ProtocolError`` if bad."""
+def apply_update(
+    settings: RealtimeSettings, session: object, backend: LLMBackend | None = None
+) -> RealtimeSettings:
+    """``settings`` changed by a ``session.update``'s ``session``; ``ProtocolError`` if bad.
+    The words of the transcription's ``prompt`` become hotwords (refused where the LLM
+    ``backend`` cannot use them)."""
     if not isinstance(session, dict):
         raise ProtocolError("invalid_value", "'session' must be an object", param="session")
     new = settings
@@ -225,7 +233,9 @@ def apply_update(settings: RealtimeSettings, session: object) -> RealtimeSetting
             value = container[key]
             if value is not None and not isinstance(value, dict):
                 raise ProtocolError("invalid_value", f"{param} must be an object or null", param)
-            new = replace(new, transcription=value)
+            prompt = (value or {}).get("prompt") or ""
+            hotwords = hotwords_field(prompt, f"{param}.prompt", backend)
+            new = replace(new, transcription=value, hotwords=hotwords)
             break
 
     if "instructions" in session:
