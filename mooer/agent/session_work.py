@@ -150,18 +150,32 @@ class SessionWork:
         return self.session.config
 
     def texts(
-        self, audio: np.ndarray, options: DecodingOptions, step_by_step: bool = False
+        self,
+        audio: np.ndarray,
+        options: DecodingOptions,
+        step_by_step: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+        translation_from: str = "",
     ) -> Waiting[tuple[Texts, torch.Tensor]]:
         """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
 
         The audio is encoded once for every prompt the mode runs; a manual turn longer than the
         model's segments is decoded in pieces, as ``transcribe()`` would. It yields what the
-        LLM backend is still working on (the engine serves others meanwhile).
+        LLM backend is still working on (the engine serves others meanwhile). ``should_stop``
+        and ``translation_from`` (the English already sent; a single piece only): see
+        ``decode_waiting``.
         """
         pieces = [audio[a:b] for a, b in split_long(audio)]
         embeds, lengths = self.model.embed(pieces)  # (P, Ta, H), (P,)
         texts = yield from decode_waiting(
-            self.model, embeds, lengths, self.config.task, options, step_by_step
+            self.model,
+            embeds,
+            lengths,
+            self.config.task,
+            options,
+            step_by_step,
+            should_stop,
+            translation_from if len(pieces) == 1 else "",
         )
         audio_embeds = torch.cat([embeds[p, : int(n)] for p, n in enumerate(lengths)])  # (Ta, H)
         return Texts.join(texts), audio_embeds
@@ -174,7 +188,11 @@ class SessionWork:
     def partial(self, item: str, audio: np.ndarray) -> Waiting[None]:
         if item != self.session.open_item:
             return  # cleared, or ended since: its final says more
-        texts, _ = yield from self.texts(audio, self.config.partial_options, step_by_step=True)
+
+        def ended() -> bool:  # the utterance's final waits behind this partial
+            return item != self.session.open_item
+
+        texts, _ = yield from self.texts(audio, self.config.partial_options, True, ended)
         transcript, translation = texts.transcript, texts.translation
         self.stats.partials += 1
         if item != self.session.open_item:
@@ -196,7 +214,10 @@ class SessionWork:
     ) -> Iterator[None]:
         track = self._track_of(item)
         try:
-            texts, audio_embeds = yield from self.texts(audio, self.config.final_options)
+            # The final goes on from the English already sent: a delta is never taken back.
+            texts, audio_embeds = yield from self.texts(
+                audio, self.config.final_options, translation_from=track.translation.stable
+            )
             transcript, translation = texts.transcript, texts.translation
             question = None
             if self.conversation is not None:
