@@ -26,6 +26,7 @@ import torch
 
 from mooer.agent import events as ev
 from mooer.agent.stable_text import TRANSLATION_AGREE, StableText
+from mooer.audio import SAMPLE_RATE
 from mooer.llm.backend import Waiting
 from mooer.llm.conversation import Conversation, Message, Reply, WholeReply
 from mooer.llm.decoding import DecodingOptions, splice
@@ -36,6 +37,7 @@ from mooer.tasks import Texts, decode_waiting
 from mooer.text import language_of
 from mooer.transcribe import split_long
 from mooer.tts.backend import float_to_pcm16, split_sentences
+from mooer.tts.speaker_encoder import MIN_PROMPT_SECONDS
 
 if TYPE_CHECKING:
     from mooer.agent.session import Session, SessionConfig
@@ -143,6 +145,7 @@ class SessionWork:
         )
         self._track: _Track | None = None
         self._unanswered: UserTurn | None = None
+        self._voice: np.ndarray | None = None  # the last speaker turn's speech (translations)
 
     @property
     def config(self) -> SessionConfig:
@@ -238,7 +241,7 @@ class SessionWork:
             self.stats.finals += 1
             self.stats.final_latency_s.append(time.perf_counter() - endpoint)
             if translation and self.config.speech_output:
-                yield from self._speak_translation(item, translation, audio_embeds)
+                yield from self._speak_translation(item, translation, audio, audio_embeds)
             if question is not None:
                 if response is None:
                     self.await_reply(question)
@@ -385,15 +388,16 @@ class SessionWork:
                 self.outbox.deliver(ev.ResponseAudioDelta(response.response_id, data, rate))
 
     def _speak_translation(
-        self, item: str, text: str, audio_embeds: torch.Tensor
+        self, item: str, text: str, audio: np.ndarray, audio_embeds: torch.Tensor
     ) -> Iterator[None]:
         """A final translation spoken between other sessions' work: by the speech head (the
-        ``s2s_trans`` answer to the utterance's ``audio``, a step per token), or by the TTS
-        backend a sentence per step (also when the head said nothing)."""
+        ``s2s_trans`` answer to the utterance's ``audio``, a step per token, in the voice of
+        whoever said it), or by the TTS backend in the session's fixed voice, a sentence per
+        step (also when the head said nothing)."""
         rate = self.config.output_sample_rate
         if self.native:
             spoke = False
-            for pcm in self._translation_speech(audio_embeds):
+            for pcm in self._translation_speech(audio, audio_embeds):
                 if pcm.size:
                     spoke = True
                     self.outbox.emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
@@ -404,9 +408,12 @@ class SessionWork:
             self.outbox.emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
             yield
 
-    def _translation_speech(self, audio_embeds: torch.Tensor) -> Iterator[np.ndarray]:
+    def _translation_speech(
+        self, audio: np.ndarray, audio_embeds: torch.Tensor
+    ) -> Iterator[np.ndarray]:
         """PCM16 per token of the head's ``s2s_trans`` answer to the utterance's audio
-        embeddings (Ta, H), encoded once for its final (often empty)."""
+        embeddings (Ta, H), encoded once for its final (often empty). Each utterance is a
+        speaker turn: its own speech gives the voice (a short one keeps the last turn's)."""
         model = self.model
         embeds = audio_embeds[None]  # (1, Ta, H)
         lengths = torch.tensor([len(audio_embeds)], device=embeds.device)  # (1,)
@@ -419,7 +426,10 @@ class SessionWork:
             replace(self.config.final_options, num_beams=1),
             audio_options=self.config.speech_options,
         )
-        for chunk in speak_natively(generation, model, sample_rate=self.config.output_sample_rate):
+        if audio.size >= MIN_PROMPT_SECONDS * SAMPLE_RATE:
+            self._voice = audio
+        rate = self.config.output_sample_rate
+        for chunk in speak_natively(generation, model, sample_rate=rate, source=self._voice):
             yield float_to_pcm16(chunk.audio)
 
     def _tts_sentences(
