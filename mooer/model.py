@@ -34,6 +34,7 @@ from mooer.tts.hifigan import HifiganGenerator, load_generator
 from mooer.tts.speaker_encoder import (
     ResNetSpeakerEncoder,
     load_speaker_encoder,
+    speaker_embedding,
     speaker_embedding_from_file,
 )
 
@@ -140,11 +141,17 @@ class SpeechLLM(nn.Module):
                 head.generator = load_generator(self._head_path("generator")).to(self.device)
             return head.generator
 
-    def speaker_vector(self, voice: str | os.PathLike | None = None) -> torch.Tensor:
-        """The (1, 512, 1) speaker vector of ``voice`` (a recording), default ``prompt.wav``.
+    def speaker_vector(self, voice: str | os.PathLike | np.ndarray | None = None) -> torch.Tensor:
+        """The (1, 512, 1) speaker vector of ``voice``: a recording (default ``prompt.wav``),
+        or 16 kHz float32 samples (N,) of a speaker (the source speech of a translation).
 
-        Cached per file; a file changed on disk since is read again.
+        Cached per file; a file changed on disk since is read again. ``AudioError`` for
+        samples the speaker encoder cannot use (shorter than 0.5 s, silent).
         """
+        if isinstance(voice, np.ndarray):
+            head = self._speech_head
+            with head.lock:
+                return speaker_embedding(self._speaker_encoder(), voice)
         if voice is None:
             if self.paths is None or self.paths.prompt_wav is None:
                 raise CheckpointError(
@@ -160,14 +167,19 @@ class SpeechLLM(nn.Module):
         head = self._speech_head
         with head.lock:
             if key not in head.voices:
-                if head.speaker_encoder is None:
-                    encoder = load_speaker_encoder(self._head_path("speaker_encoder"))
-                    head.speaker_encoder = encoder.to(self.device)
-                head.voices[key] = speaker_embedding_from_file(head.speaker_encoder, path)
+                head.voices[key] = speaker_embedding_from_file(self._speaker_encoder(), path)
                 while len(head.voices) > MAX_CACHED_VOICES:
                     head.voices.popitem(last=False)
             head.voices.move_to_end(key)
             return head.voices[key]
+
+    def _speaker_encoder(self) -> ResNetSpeakerEncoder:
+        """The head's speaker encoder, loaded on first use (the head's lock held)."""
+        head = self._speech_head
+        if head.speaker_encoder is None:
+            encoder = load_speaker_encoder(self._head_path("speaker_encoder"))
+            head.speaker_encoder = encoder.to(self.device)
+        return head.speaker_encoder
 
     def _head_path(self, part: str) -> Path:
         path = getattr(self.paths, part, None) if self.paths is not None else None

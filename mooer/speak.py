@@ -31,7 +31,7 @@ import soxr
 import torch
 
 from mooer.audio import SAMPLE_RATE, load_audio, to_mono_16k
-from mooer.errors import ConfigError
+from mooer.errors import AudioError, ConfigError
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import SPEECH, STREAMING, DecodingOptions, splice
 from mooer.llm.generation import Generation, require_single_beam
@@ -232,8 +232,10 @@ def speech_to_speech(
     ``samples``: 16 kHz mono float32 (N,), or an audio file. ``options`` default to ``SPEECH``
     (sampling, top_p 0.85) with a speech head, else greedy text (``TRANSLATION`` / ``CHAT``);
     beams are not possible token by token. ``voice``: with a speech head a recording whose voice
-    is used (default the checkpoint's ``prompt.wav``), else a voice of the backend (espeak-ng:
-    ``m1``..``m8``, ``f1``..``f5``). ``backend`` (default espeak-ng) only serves models without a
+    is used (default: a translation speaks in the voice of its source speech, taken from each
+    piece by the head's speaker encoder; an answer in the checkpoint's ``prompt.wav`` voice),
+    else a voice of the backend (espeak-ng: ``m1``..``m8``, ``f1``..``f5``; the same voice
+    whoever spoke). ``backend`` (default espeak-ng) only serves models without a
     head. ``sample_rate``: the output rate (default the source's, 22050 Hz). ``should_stop`` is
     asked between tokens (barge-in): True ends the answer at once.
     """
@@ -295,6 +297,7 @@ def speak_natively(
     model: SpeechLLM,
     voice: str | os.PathLike | None = None,
     sample_rate: int | None = None,
+    source: np.ndarray | None = None,
 ) -> SpeechStream:
     """Speak a speech answer with ``model``'s head while it is generated (e.g. a chat
     ``SpeechReply`` that remembers its turn), its audio vocoded as the latents arrive.
@@ -302,11 +305,14 @@ def speak_natively(
     One chunk per token (often empty: the vocoder waits for a few frames), so that a caller can
     pause between tokens; a stopped ``generation`` drops the audio not yet given. ``voice``: a
     recording (default the checkpoint's ``prompt.wav``); ``sample_rate`` as ``speech_to_speech``.
-    Given a ``sample_rate``, the head is loaded at the first latents: an answer without speech
-    never loads it.
+    ``source``: 16 kHz speech (N,) being translated, whose speaker's voice is used instead
+    (``SpeechHead.follow``). Given a ``sample_rate``, the head is loaded at the first latents:
+    an answer without speech never loads it.
     """
     _check_rate(sample_rate)
     head = SpeechHead(model, voice, sample_rate)
+    if source is not None:
+        head.follow(source)
 
     def chunks() -> Generator[SpeechChunk, None, None]:
         yield from head.steps(generation)
@@ -384,12 +390,14 @@ class SpeechHead:
 
     The generator, the speaker vector of ``voice`` and the vocoder are made at the first latents
     (or ``vocoder()``); ``rate`` defaults to the generator's own (which then loads it now).
+    ``follow`` makes the next answers speak in the voice of the speech they translate.
     """
 
     def __init__(self, model: SpeechLLM, voice: str | os.PathLike | None, rate: int | None) -> None:
         self.model = model
         self.voice = voice
         self.rate = rate or model.speech_generator().cfg.sample_rate
+        self.speaker: torch.Tensor | None = None  # (1, 512, 1) of the source speech followed
         self._vocoder: StreamingVocoder | None = None
         self._resampler: _Resampler | None = None
 
@@ -397,10 +405,24 @@ class SpeechHead:
         """The vocoder of this stream, made on first use."""
         if self._vocoder is None:
             generator = self.model.speech_generator()
-            speaker = self.model.speaker_vector(self.voice)  # (1, 512, 1)
+            speaker = self.speaker
+            if speaker is None:
+                speaker = self.model.speaker_vector(self.voice)  # (1, 512, 1)
             self._vocoder = StreamingVocoder(generator, speaker)
-            self._resampler = _Resampler(self._vocoder.sample_rate, self.rate)
+            if self._resampler is None:
+                self._resampler = _Resampler(self._vocoder.sample_rate, self.rate)
         return self._vocoder
+
+    def follow(self, source: np.ndarray) -> None:
+        """Speak the next answer in the voice of ``source``, 16 kHz speech (N,) of the speaker
+        it translates: a speaker vector of the head's own encoder, taken afresh for each
+        speaker turn. Too little speech for one (under 0.5 s, or silent) keeps the voice so
+        far. Call between answers (the vocoder is flushed at each answer's end)."""
+        try:
+            self.speaker = self.model.speaker_vector(source)
+        except AudioError:
+            return
+        self._vocoder = None  # made again, with this speaker, at the next latents
 
     def push(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (T, H) -> the audio that became final."""
@@ -445,6 +467,8 @@ def _speak_natively(
     deltas = _Deltas()
     said = ""  # text of the finished segments
     for piece in _segments(wave, task):
+        if task == "s2s_trans" and head.voice is None:
+            head.follow(piece)  # the translation speaks in the voice of who said it
         generation = SpeechGeneration(
             model.llm,
             model.tokenizer,

@@ -17,7 +17,7 @@ mtl       ``ast`` on an MTL model, else ``asr``   the transcript and the transla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -113,19 +113,45 @@ def decode_waiting(
     task: str,
     options: DecodingOptions = OFFLINE,
     step_by_step: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    translation_from: str = "",
 ) -> Waiting[list[Texts]]:
     """``decode`` as engine work: every prompt of every item is asked of the model's LLM
     backend at once, then each answer not ready yet is yielded as a future to wait for (the
-    engine runs other clients' work meanwhile; the hf backend's answers are ready at once)."""
+    engine runs other clients' work meanwhile; the hf backend's answers are ready at once).
+
+    ``should_stop``: see ``LLMBackend.answers``. ``translation_from``: words of the
+    translation already sent to a client (a live utterance's committed English): the ``ast``
+    answer is made to go on from them, so it never contradicts them (not on an MTL variant,
+    whose translation follows its transcript in one answer).
+    """
     check_task(model, task)
+    tasks = prompt_tasks(model, task)
+    forced = {p: _forced(model, p, translation_from) for p in tasks}
     with torch.inference_mode():
         asked = [
             model.llm_backend.answers(
-                model, embeds, lengths, build_prompt(p), options, step_by_step
+                model,
+                embeds,
+                lengths,
+                build_prompt(p) + forced[p],
+                options,
+                step_by_step,
+                should_stop,
             )
-            for p in prompt_tasks(model, task)
+            for p in tasks
         ]
     flat = yield from waiting([future for futures in asked for future in futures])
     count = len(embeds)
-    answers = [flat[p * count : (p + 1) * count] for p in range(len(asked))]  # per prompt
+    answers = [  # per prompt
+        [join_texts([forced[p], a]) for a in flat[i * count : (i + 1) * count]]
+        for i, p in enumerate(tasks)
+    ]
     return [read_answers(model, task, item) for item in zip(*answers)]
+
+
+def _forced(model: SpeechLLM, prompt_task: str, translation_from: str) -> str:
+    """The start of the answer to ``prompt_task`` that is given rather than decoded."""
+    if prompt_task != "ast" or model.is_mtl:
+        return ""
+    return translation_from.strip()

@@ -5,12 +5,14 @@ import pytest
 
 from mooer.audio import load_audio
 from mooer.errors import ConfigError
+from mooer.llm.backend import run_blocking
 from mooer.llm.decoding import STREAMING
 from mooer.llm.prompts import build_prompt
 from mooer.model import DEMO_MODEL_DIR, load_model
-from mooer.tasks import Texts, check_task, decode, prompt_tasks, read_answers
+from mooer.tasks import Texts, check_task, decode, decode_waiting, prompt_tasks, read_answers
 from mooer.train.data import Entry
 from mooer.train.evaluate import evaluate
+from mooer.train.talk import spoken_talk
 from mooer.transcribe import transcribe
 
 EXAMPLES = DEMO_MODEL_DIR.parent.parent / "examples" / "audio"
@@ -58,6 +60,39 @@ def test_mtl_on_a_two_prompt_model_encodes_once(demo, monkeypatch):
         (both.text, both.translation) == (asr, ast) == ("我想要一个蓝色的包", "i want a blue bag")
     )
     assert len(calls) == 1
+
+
+def test_a_translation_goes_on_from_the_words_already_sent(demo, mtl_model):
+    """A live final continues the English its partials committed, so the client never reads a
+    contradiction: here "it is", which partials of 今天是... agreed on (bench_simul), where the
+    whole sentence alone is translated "today is ..."."""
+    wave = spoken_talk([("今天是九月十九号", "")], 0.0, lead_s=0.2, tail_s=0.2).audio
+    embeds, lengths = demo.embed([wave])
+
+    def decoded(task: str, sent: str) -> Texts:
+        return run_blocking(decode_waiting(demo, embeds, lengths, task, translation_from=sent))[0]
+
+    assert decoded("ast", "") == Texts(None, "today is september nineteenth")
+    forced = decoded("ast", "it is").translation
+    assert forced.startswith("it is ") and len(forced.split()) > 2  # decoded on from there
+    assert decoded("mtl", "it is") == Texts("今天是九月十九号", forced)
+    # an MTL variant writes its transcript first: nothing is forced there
+    audio, n = mtl_model.embed([wave])
+    plain = run_blocking(decode_waiting(mtl_model, audio, n, "ast"))
+    assert run_blocking(decode_waiting(mtl_model, audio, n, "ast", translation_from="x")) == plain
+
+
+def test_a_token_loop_answer_stops_when_asked(demo):
+    embeds, lengths = demo.embed([load_audio(EXAMPLES / "zh_translate.wav")])
+    (whole,) = decode(demo, embeds, lengths, "asr", GREEDY, step_by_step=True)
+    steps = []
+    stopped = decode_waiting(
+        demo, embeds, lengths, "asr", GREEDY, True, lambda: steps.append(1) or len(steps) > 2
+    )
+    (cut,) = run_blocking(stopped)
+    assert whole.transcript == "我想要一个蓝色的包"
+    assert len(steps) == 3 and whole.transcript.startswith(cut.transcript) and cut.transcript
+    assert len(cut.transcript) < len(whole.transcript)
 
 
 def test_step_by_step_equals_generate_for_greedy(demo):

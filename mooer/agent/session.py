@@ -231,8 +231,10 @@ class Session:
                 replace(
                     config.vad,
                     max_segment_s=config.max_segment_s,
-                    # a chat turn is a whole question, not a sentence: its wait does not shrink
+                    # a chat turn is a whole question, not a sentence: its wait does not
+                    # shrink, nor is it cut at a short pause
                     shrink_s=None if config.mode == "chat" else config.vad.shrink_s,
+                    pause_cut_s=None if config.mode == "chat" else config.vad.pause_cut_s,
                 ),
                 engine.vad_model,
             )

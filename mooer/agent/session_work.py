@@ -40,6 +40,7 @@ from mooer.tasks import Texts, decode_waiting
 from mooer.text import language_of
 from mooer.transcribe import split_long
 from mooer.tts.backend import float_to_pcm16, split_sentences
+from mooer.tts.speaker_encoder import MIN_PROMPT_SECONDS
 
 if TYPE_CHECKING:
     from mooer.agent.session import Session, SessionConfig
@@ -155,6 +156,7 @@ class SessionWork:
         )
         self._track: _Track | None = None
         self._unanswered: UserTurn | None = None
+        self._voice: np.ndarray | None = None  # the last speaker turn's speech (translations)
 
     @property
     def config(self) -> SessionConfig:
@@ -162,7 +164,12 @@ class SessionWork:
         return self.session.config
 
     def texts(
-        self, audio: np.ndarray, options: DecodingOptions, step_by_step: bool = False
+        self,
+        audio: np.ndarray,
+        options: DecodingOptions,
+        step_by_step: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+        translation_from: str = "",
     ) -> Waiting[tuple[Texts, torch.Tensor]]:
         """The utterance's texts as the mode wants them, and its audio embeddings (Ta, H).
 
@@ -170,22 +177,38 @@ class SessionWork:
         forward); a manual turn longer than the model's segments is decoded in pieces, as
         ``transcribe()`` would; the session's hotwords are favoured. It yields what the encoder
         batch and the LLM backend are still working on (the engine serves others meanwhile).
+        ``should_stop`` and ``translation_from`` (the English already sent; a single piece
+        only): see ``decode_waiting``.
         """
         pieces = [audio[a:b] for a, b in split_long(audio)]
         embeds, lengths = yield from self.engine.embed(pieces)  # (P, Ta, H), (P,), batched
-        texts = yield from self._decode(embeds, lengths, options, step_by_step)
+        since = translation_from if len(pieces) == 1 else ""
+        texts = yield from self._decode(embeds, lengths, options, step_by_step, should_stop, since)
         audio_embeds = torch.cat([embeds[p, : int(n)] for p, n in enumerate(lengths)])  # (Ta, H)
         return texts, audio_embeds
 
     def _decode(
-        self, embeds: torch.Tensor, lengths: torch.Tensor, options: DecodingOptions, step: bool
+        self,
+        embeds: torch.Tensor,
+        lengths: torch.Tensor,
+        options: DecodingOptions,
+        step: bool,
+        should_stop: Callable[[], bool] | None = None,
+        translation_from: str = "",
     ) -> Waiting[Texts]:
         """The mode's texts of pieces of one utterance, ``embeds`` (P, Ta, H), as one; the
         session's hotwords favoured."""
         if self.config.hotwords is not None:
             options = replace(options, hotwords=self.config.hotwords)
         texts = yield from decode_waiting(
-            self.model, embeds, lengths, self.config.task, options, step
+            self.model,
+            embeds,
+            lengths,
+            self.config.task,
+            options,
+            step,
+            should_stop,
+            translation_from,
         )
         return Texts.join(texts)
 
@@ -199,15 +222,19 @@ class SessionWork:
             return  # cleared, or ended since: its final says more
         track = self._track_of(item)
         options = self.config.partial_options
+
+        def ended() -> bool:  # the utterance's final waits behind this partial
+            return item != self.session.open_item
+
         if track.embeds is None:
-            texts, _ = yield from self.texts(audio, options, step_by_step=True)
+            texts, _ = yield from self.texts(audio, options, True, ended)
             self.stats.partial_audio_s += audio.size / SAMPLE_RATE
         else:
             encoded = track.embeds.encoded_samples
             embeds = track.embeds.embed(self.model.embed, audio)  # (Ta, H)
             self.stats.partial_audio_s += (track.embeds.encoded_samples - encoded) / SAMPLE_RATE
             texts = yield from self._decode(
-                embeds[None], torch.tensor([len(embeds)]), options, True
+                embeds[None], torch.tensor([len(embeds)]), options, True, ended
             )
         transcript, translation = texts.transcript, texts.translation
         self.stats.partials += 1
@@ -229,7 +256,10 @@ class SessionWork:
     ) -> Iterator[None]:
         track = self._track_of(item)
         try:
-            texts, audio_embeds = yield from self.texts(audio, self.config.final_options)
+            # The final goes on from the English already sent: a delta is never taken back.
+            texts, audio_embeds = yield from self.texts(
+                audio, self.config.final_options, translation_from=track.translation.stable
+            )
             transcript, translation = texts.transcript, texts.translation
             speaker = None
             if self.session.speakers is not None:
@@ -253,7 +283,7 @@ class SessionWork:
             self.stats.finals += 1
             self.stats.final_latency_s.append(time.perf_counter() - endpoint)
             if translation and self.config.speech_output:
-                yield from self._speak_translation(item, translation, audio_embeds)
+                yield from self._speak_translation(item, translation, audio, audio_embeds)
             if question is not None:
                 if response is None:
                     self.await_reply(question)
@@ -432,15 +462,16 @@ class SessionWork:
                 self.outbox.deliver(ev.ResponseAudioDelta(response.response_id, data, rate))
 
     def _speak_translation(
-        self, item: str, text: str, audio_embeds: torch.Tensor
+        self, item: str, text: str, audio: np.ndarray, audio_embeds: torch.Tensor
     ) -> Iterator[None]:
         """A final translation spoken between other sessions' work: by the speech head (the
-        ``s2s_trans`` answer to the utterance's ``audio``, a step per token), or by the TTS
-        backend a sentence per step (also when the head said nothing)."""
+        ``s2s_trans`` answer to the utterance's ``audio``, a step per token, in the voice of
+        whoever said it), or by the TTS backend in the session's fixed voice, a sentence per
+        step (also when the head said nothing)."""
         rate = self.config.output_sample_rate
         if self.native:
             spoke = False
-            for pcm in self._translation_speech(audio_embeds):
+            for pcm in self._translation_speech(audio, audio_embeds):
                 if pcm.size:
                     spoke = True
                     self.outbox.emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
@@ -451,9 +482,12 @@ class SessionWork:
             self.outbox.emit(ev.TranslationAudioDelta(item, _pcm_bytes(pcm), rate))
             yield
 
-    def _translation_speech(self, audio_embeds: torch.Tensor) -> Iterator[np.ndarray]:
+    def _translation_speech(
+        self, audio: np.ndarray, audio_embeds: torch.Tensor
+    ) -> Iterator[np.ndarray]:
         """PCM16 per token of the head's ``s2s_trans`` answer to the utterance's audio
-        embeddings (Ta, H), encoded once for its final (often empty)."""
+        embeddings (Ta, H), encoded once for its final (often empty). Each utterance is a
+        speaker turn: its own speech gives the voice (a short one keeps the last turn's)."""
         model = self.model
         embeds = audio_embeds[None]  # (1, Ta, H)
         lengths = torch.tensor([len(audio_embeds)], device=embeds.device)  # (1,)
@@ -466,7 +500,10 @@ class SessionWork:
             replace(self.config.final_options, num_beams=1),
             audio_options=self.config.speech_options,
         )
-        for chunk in speak_natively(generation, model, sample_rate=self.config.output_sample_rate):
+        if audio.size >= MIN_PROMPT_SECONDS * SAMPLE_RATE:
+            self._voice = audio
+        rate = self.config.output_sample_rate
+        for chunk in speak_natively(generation, model, sample_rate=rate, source=self._voice):
             yield float_to_pcm16(chunk.audio)
 
     def _tts_sentences(

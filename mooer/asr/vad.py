@@ -27,6 +27,7 @@ WINDOW = 512  # samples the network scores at once: 32 ms at 16 kHz
 CONTEXT = 64  # samples of the previous window prepended to each window: 4 ms
 STATE_SHAPE = (2, 1, 128)  # LSTM (h, c) x batch x hidden
 PAUSE_DB = 35.0  # a window this far below the segment's loudest one is a pause, whatever p says
+BLOCK = 128  # samples whose level finds a short pause to cut at: 8 ms, a quarter of a window
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class VadConfig:
     1.5 s sentence is ended by a 100 ms pause (three silent 32 ms windows), while a 0.5 s "hello"
     still waits 370 ms and a stop closure (one or two windows) does not end it. (Live chat
     sessions set ``shrink_s=None``: a turn there is a whole question.)
+
+    Speech whose pauses are all shorter than that wait (a fast speaker) is cut once the segment
+    is ``pause_cut_s`` long, at the best pause it has held so far: the longest run of at least
+    ``min_pause_ms`` of pause windows (the quietest of equal ones), in its middle. A pause lies
+    between words, so no word is split. ``None`` (or ``shrink_s=None``): only ``max_segment_s``
+    cuts such speech.
     """
 
     threshold: float = 0.5
@@ -55,6 +62,8 @@ class VadConfig:
     short_silence_ms: int = 96  # the wait once the segment is shrink_s long (3 windows)
     shrink_s: float | None = 1.5  # segment length over which the wait shrinks; None: it does not
     speech_pad_ms: int = 100  # kept either side of the speech in a segment's audio
+    pause_cut_s: float | None = 3.0  # a segment this long is cut at its best pause so far
+    min_pause_ms: int = 48  # the shortest pause such a cut may take
     max_segment_s: float = 20.0  # longer speech is cut at its quietest point
     cut_search_s: float = 3.0  # how far back from max_segment_s that point is looked for
 
@@ -67,7 +76,13 @@ class VadConfig:
             0 < _number(off) < self.threshold,
             f"in (0, threshold={self.threshold}); unset it means threshold - 0.15",
         )
-        for name in ("min_speech_ms", "min_silence_ms", "short_silence_ms", "speech_pad_ms"):
+        for name in (
+            "min_speech_ms",
+            "min_silence_ms",
+            "short_silence_ms",
+            "speech_pad_ms",
+            "min_pause_ms",
+        ):
             value = getattr(self, name)
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             _require(name, value, ok, "a whole number of milliseconds >= 0")
@@ -75,6 +90,13 @@ class VadConfig:
         shrink = self.shrink_s
         _require("shrink_s", shrink, shrink is None or _number(shrink) > 0, "None or above 0")
         _require("max_segment_s", self.max_segment_s, _number(self.max_segment_s) >= 1, ">= 1")
+        cut = self.pause_cut_s
+        _require(
+            "pause_cut_s",
+            cut,
+            cut is None or 1 <= _number(cut) <= self.max_segment_s,
+            f"None or in [1, max_segment_s={self.max_segment_s}]",
+        )
         _require(
             "cut_search_s",
             self.cut_search_s,
@@ -289,6 +311,10 @@ class VadState:
     segment_start: int = 0  # of the open segment (SPEECH)
     silence_start: int | None = None  # first sample of the current run of silent windows
     pause_start: int | None = None  # of the current run of pause windows (silent or quiet)
+    quiet_start: int | None = None  # of the current run of quiet blocks (BLOCK samples each)
+    quiet_level: float = 0.0  # the sum of their RMS
+    pauses: list[tuple[int, int, float]] = field(default_factory=list)
+    """(start, end, mean RMS) of the open segment's finished quiet runs of min_pause_ms or more."""
     loudest: float = 0.0  # RMS of the open segment's loudest window
     last_end: int = 0  # end of the last segment: the next one starts no earlier
     recent: deque[tuple[int, float, float]] = field(default_factory=deque)
@@ -320,6 +346,9 @@ class StreamingVad:
         self._shrink = None if shrink is None else max(_ms(shrink * 1000), 1)
         self._max_segment = _ms(self.config.max_segment_s * 1000)
         self._cut_search = max(_ms(self.config.cut_search_s * 1000), WINDOW)
+        pause_cut = self.config.pause_cut_s
+        self._pause_cut = None if pause_cut is None else _ms(pause_cut * 1000)
+        self._min_pause = max(_ms(self.config.min_pause_ms), BLOCK)
 
     def reset(self) -> None:
         """Forget the stream: the next sample fed is sample 0 of a new one."""
@@ -381,7 +410,30 @@ class StreamingVad:
             s.recent.append((start + WINDOW // 2, p, rms))
             if len(s.recent) > self._cut_search // WINDOW + 1:
                 s.recent.popleft()
-        return self._advance(p, rms, start, s.analysed)
+            self._follow_pauses(window, start)
+        events = self._advance(p, rms, start, s.analysed)
+        if s.phase is Phase.SPEECH:
+            s.loudest = max(s.loudest, rms)
+        return events
+
+    def _follow_pauses(self, window: np.ndarray, start: int) -> None:
+        """Note the runs of quiet 8 ms blocks (``PAUSE_DB`` below the segment's loudest window)
+        that are long enough to cut at: finer than a window, so a 70 ms pause between two
+        sentences is seen whole."""
+        s = self.state
+        level = s.loudest * 10 ** (-PAUSE_DB / 20)
+        blocks = np.sqrt((window.reshape(-1, BLOCK) ** 2).mean(axis=1))  # (4,) RMS
+        for k, rms in enumerate(blocks.tolist()):
+            at = start + k * BLOCK
+            if rms < level:
+                if s.quiet_start is None:
+                    s.quiet_start, s.quiet_level = at, 0.0
+                s.quiet_level += rms
+            elif s.quiet_start is not None:
+                if at - s.quiet_start >= self._min_pause:
+                    mean = s.quiet_level * BLOCK / (at - s.quiet_start)
+                    s.pauses.append((s.quiet_start, at, mean))
+                s.quiet_start = None
 
     def endpoint_wait(self, length: int) -> int:
         """Samples of pause that end a segment ``length`` samples long when the pause began."""
@@ -413,6 +465,8 @@ class StreamingVad:
         if self._shrink is not None and self._pause_ends_turn(p, rms, start, end):
             assert s.pause_start is not None
             return [self._close(min(s.pause_start + self._pad, end), False)]
+        if self._pause_cut is not None and s.pauses and end - s.segment_start >= self._pause_cut:
+            return self._cut_at_pause()
         if end + WINDOW // 2 - s.segment_start > self._max_segment:
             return self._cut(end)
         return []
@@ -421,7 +475,6 @@ class StreamingVad:
         """Follow the run of pause windows; whether it is long enough for the segment's length."""
         s = self.state
         quiet = rms * 10 ** (PAUSE_DB / 20) < s.loudest
-        s.loudest = max(s.loudest, rms)
         if p >= self.config.off_threshold and not quiet:
             s.pause_start = None
             return False
@@ -442,11 +495,23 @@ class StreamingVad:
         cut = min(candidates, key=lambda w: (round(w[1] * 20), w[2]))[0]
         return [self._close(cut, True), self._open(cut)]
 
+    def _cut_at_pause(self) -> list[VadEvent]:
+        """Close a segment pause_cut_s long in the middle of its best pause, and go on from
+        there: the longest pause, the quietest of equally long ones."""
+        s = self.state
+        start, end, _ = max(s.pauses, key=lambda pause: (pause[1] - pause[0], -pause[2]))
+        later = [pause for pause in s.pauses if pause[0] >= end]
+        cut = (start + end) // 2
+        events: list[VadEvent] = [self._close(cut, True), self._open(cut)]
+        s.pauses += later  # the new segment's own
+        return events
+
     def _open(self, start: int) -> SpeechStarted:
         s = self.state
         s.phase, s.segment_start, s.silence_start = Phase.SPEECH, start, None
-        s.pause_start, s.loudest = None, 0.0
+        s.pause_start, s.quiet_start, s.loudest = None, None, 0.0
         s.recent.clear()
+        s.pauses.clear()
         return SpeechStarted(start)
 
     def _close(self, end: int, forced: bool) -> SpeechEnded:

@@ -20,7 +20,7 @@ its engine has the answer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -54,10 +54,13 @@ class LLMBackend(Protocol):
         prompt: str,
         options: DecodingOptions,
         step_by_step: bool,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[Future[str]]:
         """One answer text per item of ``embeds`` (B, Ta, H) with ``lengths`` (B,), all asked
         the templated ``prompt``; ``step_by_step``: the caller wants the token loop's answer
-        (live partials), which a batching backend gives anyway."""
+        (live partials), which a batching backend gives anyway. ``should_stop``, asked
+        between the token loop's steps: True ends the answer where it is (a partial whose
+        utterance has ended is not worth finishing: its final waits behind it)."""
 
     def close(self) -> None:
         """Stop the engine, if the backend has one."""
@@ -115,6 +118,7 @@ class HFBackend:
         prompt: str,
         options: DecodingOptions,
         step_by_step: bool,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[Future[str]]:
         if not step_by_step:
             ids = generate_ids(
@@ -126,7 +130,8 @@ class HFBackend:
         for inputs in one_by_one(model, embeds, lengths, prompt):
             generation = Generation(model.llm, model.tokenizer, inputs, options)
             for _ in generation:
-                pass
+                if should_stop is not None and should_stop():
+                    generation.stop()
             texts.append(done(generation.text))
         return texts
 
@@ -204,6 +209,7 @@ class EmbedsBackend:
         prompt: str,
         options: DecodingOptions,
         step_by_step: bool,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[Future[str]]:
         if options.hotwords is not None:
             check_hotwords(self)

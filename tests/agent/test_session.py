@@ -190,6 +190,26 @@ def test_continuous_speech_gets_a_final_per_sentence(engine):
     assert sum(t == en for t, (_, en) in zip(translations, talk.sentences)) >= 6
 
 
+def test_a_fast_speaker_gets_a_final_per_sentence_not_one_at_20_s(engine):
+    """Eight held-out sentences 70 ms apart, shorter than any endpoint wait: each utterance
+    is cut once it is 3 s long, at its best pause, which is the one between two sentences
+    (espeak-ng's audio varies a little between calls: one boundary may be missed)."""
+    talk = spoken_talk(heldout_sentences(8), pause_s=0.07)
+    recorder = Recorder()
+    session = engine.open(dataclasses.replace(ASR, partial_interval_ms=0), recorder)
+    _feed(session, talk.audio)
+    session.close()
+    assert session.wait_closed(60)
+
+    stopped = [e.audio_end_ms * SAMPLE_RATE // 1000 for e in recorder.of(ev.SpeechStopped)]
+    assert len(talk.spans) - 1 <= len(stopped) <= len(talk.spans)
+    ends = [end for _, end in talk.spans]
+    for cut in stopped[:-1]:  # in the pause after a sentence (the last: in the silence)
+        assert any(0 <= cut - end <= 0.07 * SAMPLE_RATE for end in ends), (cut, ends)
+    said = {zh for zh, _ in talk.sentences}
+    assert sum(e.text in said for e in recorder.of(ev.Transcript)) >= len(talk.spans) - 2
+
+
 @pytest.mark.parametrize(("mode", "turns"), [("asr", 2), ("chat", 1)])
 def test_a_300ms_pause_ends_a_sentence_but_not_a_chat_turn(engine, mode, turns):
     talk = spoken_talk(heldout_sentences(2), pause_s=0.3)

@@ -247,9 +247,10 @@ class _Marks:
         self._hook.remove()
 
 
-def _head_audio(model, latents: torch.Tensor, rate: int = 24000) -> np.ndarray:
-    """Whole-utterance vocoding of ``latents`` at ``rate``: what streaming must equal."""
-    whole = vocode(model.speech_generator(), latents, model.speaker_vector())
+def _head_audio(model, latents: torch.Tensor, rate: int = 24000, voice=None) -> np.ndarray:
+    """Whole-utterance vocoding of ``latents`` at ``rate`` in ``voice`` (default prompt.wav):
+    what streaming must equal."""
+    whole = vocode(model.speech_generator(), latents, model.speaker_vector(voice))
     return soxr.resample(whole, model.speech_generator().cfg.sample_rate, rate)
 
 
@@ -335,7 +336,9 @@ def test_an_ast_session_speaks_the_translation_with_the_head(omni_engine, omni, 
     )
     list(generation)
     assert generation.text == TRANSLATION and generation.audio_tokens == 20
-    np.testing.assert_allclose(_sent(spoken), _head_audio(omni, generation.latents), atol=2e-4)
+    # in the voice of who spoke: the utterance's own speaker vector
+    expected = _head_audio(omni, generation.latents, voice=utterance)
+    np.testing.assert_allclose(_sent(spoken), expected, atol=2e-4)
 
 
 def test_a_reply_the_head_leaves_unspoken_is_spoken_by_the_backend(omni_model, clips):

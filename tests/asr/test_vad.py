@@ -232,6 +232,8 @@ def test_bad_input_raises_audio_error(chunk, message):
         ({"short_silence_ms": -5}, "short_silence_ms"),
         ({"shrink_s": 0}, "shrink_s"),
         ({"shrink_s": "soon"}, "shrink_s"),
+        ({"pause_cut_s": 0.5}, "pause_cut_s"),
+        ({"min_pause_ms": 2.5}, "min_pause_ms"),
         ({"threshold": "high"}, "threshold"),
     ],
 )
@@ -302,3 +304,25 @@ def test_the_endpoint_wait_shrinks_from_min_silence_to_short_silence():
     assert steady.endpoint_wait(0) == steady.endpoint_wait(10 * SECOND) == int(0.3 * SECOND)
     # silence_duration_ms below short_silence_ms: the wait never exceeds min_silence_ms
     assert StreamingVad(VadConfig(min_silence_ms=50)).endpoint_wait(0) == int(0.05 * SECOND)
+
+
+def test_speech_with_pauses_shorter_than_the_endpoint_wait_is_cut_at_its_pauses():
+    """A fast speaker: sentences 70 ms apart, less than the shortest endpoint wait (96 ms).
+    Without pause cuts the detector hears one long turn; with them each segment ends in a
+    pause (never inside a word), nearly always the one between two sentences, long before
+    max_segment_s (espeak-ng's audio varies a little with its previous calls)."""
+    talk = spoken_talk(heldout_sentences(12), 0.07)
+    config = VadConfig()
+    segments = _segments(_run(talk.audio, 320))
+    uncut = _segments(_run(talk.audio, 320, VadConfig(pause_cut_s=None)))
+    assert len(uncut) <= len(talk.spans) // 2  # the shrinking wait alone misses most pauses
+    assert len(segments) >= len(talk.spans) - 2
+    assert max(s.duration_s for s in segments) < config.pause_cut_s + 1.0
+    peak = np.abs(talk.audio).max()
+    between = 0
+    for segment in segments[:-1]:
+        assert segment.forced
+        around = talk.audio[segment.end - 64 : segment.end + 64]  # 8 ms
+        assert np.abs(around).max() < peak * 10 ** (-35 / 20)  # a pause
+        between += not any(a < segment.end < b for a, b in talk.spans)
+    assert between >= len(segments) - 3
