@@ -557,15 +557,25 @@ def text_chat_set(width: int, repeats: int, drawn: Sequence[Utterance] = ()) -> 
     return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * len(entries))
 
 
-def opening_set(width: int, count: int) -> CachedSet:
-    """``count`` openings: the assistant speaks first, to the system turn alone, with
-    ``corpus.OPENING`` (without them a small model's first words are whatever follows a system
-    turn most often in its training: an answer to some question)."""
-    from mooer.train.corpus import OPENING
+def opening_set(width: int, count: int, seed: int = 0) -> CachedSet:
+    """``count`` openings: the assistant speaks first with ``corpus.OPENING``, every other one
+    after a training chat dialogue (a voice agent's history synced before it greets). Without
+    them a small model's first words are whatever follows a system turn or an answer most often
+    in its training: some answer to some question."""
+    from mooer.train.corpus import OPENING, chat_dialogues, is_heldout
 
+    dialogues = [d for d in chat_dialogues() if not is_heldout(d[0][0])]
+    drawn = np.random.default_rng(seed).integers(len(dialogues), size=count)
     entries = [
-        Entry(id=f"opening-{i:06d}", audio="", task="opening", target=OPENING, lang="en")
-        for i in range(count)
+        Entry(
+            id=f"opening-{i:06d}",
+            audio="",
+            task="opening",
+            target=OPENING,
+            history=list(dialogues[d]) if i % 2 else [],
+            lang="en",
+        )
+        for i, d in enumerate(drawn)
     ]
     return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * count)
 
@@ -708,7 +718,7 @@ def _leg_set(cfg: DemoConfig, main_set: CachedSet, extra: CachedSet | None) -> C
         width = data.frames[0].shape[-1]
         data = data + text_chat_set(width, cfg.text_chat_repeats, drawn[cfg.extra_chat :])
     if cfg.openings:
-        data = data + opening_set(data.frames[0].shape[-1], cfg.openings)
+        data = data + opening_set(data.frames[0].shape[-1], cfg.openings, cfg.seed)
     return data
 
 

@@ -223,9 +223,13 @@ def test_a_leg_with_openings_trains_the_greeting_without_audio():
     from mooer.train.corpus import OPENING
     from mooer.train.demo import DemoConfig, _leg_set, opening_set, text_chat_set
 
-    assert [(e.task, e.target, e.audio, e.text) for e in opening_set(8, 2).entries] == [
+    openings = opening_set(8, 4).entries
+    assert [(e.task, e.target, e.audio, e.text) for e in openings] == [
         ("opening", OPENING, "", "")
-    ] * 2
+    ] * 4
+    # Every other one greets after a training dialogue, as after a history synced by a client.
+    assert [bool(e.history) for e in openings] == [False, True, False, True]
+    assert all(not is_heldout(e.history[0][0]) for e in openings[1::2])
     speech = text_chat_set(width=8, repeats=1)  # stands in for the encoded main set
     cfg = DemoConfig(text_chat_repeats=0, chat_transcripts=False, openings=3)
     leg = _leg_set(cfg, speech, None)
