@@ -31,7 +31,7 @@ import soxr
 import torch
 
 from mooer.audio import SAMPLE_RATE, load_audio, to_mono_16k
-from mooer.errors import AudioError, ConfigError
+from mooer.errors import AudioError, ConfigError, check_number
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import SPEECH, STREAMING, DecodingOptions, splice
 from mooer.llm.generation import Generation, require_single_beam
@@ -211,10 +211,8 @@ def _resolve_backend(backend: TTSBackend | str | None) -> TTSBackend:
 
 
 def _check_rate(sample_rate: int | None) -> None:
-    if sample_rate is not None and (
-        isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 8000
-    ):
-        raise ConfigError(f"output sample_rate must be an integer >= 8000 Hz, got {sample_rate!r}")
+    if sample_rate is not None:
+        check_number(sample_rate, "output sample_rate (Hz)", low=8000, integer=True)
 
 
 def speech_to_speech(

@@ -46,7 +46,7 @@ from mooer.agent.events import Event
 from mooer.agent.session import Session, SessionConfig
 from mooer.asr.speakers import SpeakerConfig, SpeakerEncoder, SpeakerLabeller
 from mooer.asr.vad import VadModel, shared_vad_model
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, check_number
 from mooer.llm.backend import Waiting
 from mooer.llm.generation import turn_end_id
 from mooer.model import SpeechLLM
@@ -173,10 +173,8 @@ class Engine:
         vad_model: VadModel | None = None,
         encode_batch: EncodeBatchConfig | None = None,
     ) -> None:
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise ConfigError(f"Engine threads must be an int >= 1, got {threads!r}")
+        if threads is not None:
+            check_number(threads, "Engine threads", low=1, integer=True)
         self.model = model
         self.threads = threads or default_threads(model)
         self._vad_model = vad_model

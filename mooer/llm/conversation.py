@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, check_number
 from mooer.llm.backend import EmbedsBackend, TokenStream
 from mooer.llm.decoding import DecodingOptions
 from mooer.llm.generation import (
@@ -124,10 +124,7 @@ class Conversation:
     def __init__(
         self, model: SpeechLLM, max_context_tokens: int = 2048, instructions: str = ""
     ) -> None:
-        if isinstance(max_context_tokens, bool) or not isinstance(max_context_tokens, int):
-            raise ConfigError(f"max_context_tokens must be an int, got {max_context_tokens!r}")
-        if max_context_tokens < 64:
-            raise ConfigError(f"max_context_tokens must be >= 64, got {max_context_tokens}")
+        check_number(max_context_tokens, "max_context_tokens", low=64, integer=True)
         self.model = model
         self.max_context_tokens = max_context_tokens
         self.messages: list[Message] = []

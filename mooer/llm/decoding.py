@@ -21,7 +21,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from mooer.errors import CheckpointError, ConfigError
+from mooer.errors import CheckpointError, ConfigError, check_number
 from mooer.llm.biasing import HotwordBias, Hotwords
 from mooer.llm.prompts import IM_END, PAD
 
@@ -41,12 +41,8 @@ class DecodingOptions:
     hotwords: Hotwords | None = None  # words favoured by context biasing (mooer.llm.biasing)
 
     def __post_init__(self) -> None:
-        for name, minimum in (("num_beams", 1), ("max_new_tokens", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(
-                    f"DecodingOptions.{name} must be an int >= {minimum}, got {value!r}"
-                )
+        for name in ("num_beams", "max_new_tokens"):
+            check_number(getattr(self, name), f"DecodingOptions.{name}", low=1, integer=True)
         if not isinstance(self.do_sample, bool):
             raise ConfigError(f"DecodingOptions.do_sample must be a bool, got {self.do_sample!r}")
         for name in ("length_penalty", "top_p", "temperature", "repetition_penalty", "eos_bias"):
