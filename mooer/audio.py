@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from mooer.errors import AudioError
+from mooer.errors import AudioError, check_number
 
 SAMPLE_RATE = 16000  # Hz, the only rate the front end accepts
 HOP_MS = 10  # fbank frame shift
@@ -153,10 +153,12 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
 
 
 def _check_rate(rate: int) -> int:
-    numeric = isinstance(rate, (int, float, np.number)) and not isinstance(rate, bool)
-    if not (numeric and np.isfinite(rate) and rate > 0 and int(rate) == rate):
-        raise AudioError(f"sample rate must be a positive integer, got {rate!r}")
-    return int(rate)
+    """``rate`` as an int; NumPy scalars and whole floats, which array callers hand in, pass."""
+    if isinstance(rate, np.number):
+        rate = rate.item()
+    if isinstance(rate, float) and rate.is_integer():
+        rate = int(rate)
+    return check_number(rate, "sample rate", 1, integer=True, error=AudioError)
 
 
 def _open(source: AudioSource) -> tuple[str, str | BinaryIO]:

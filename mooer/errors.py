@@ -7,6 +7,7 @@ the file, key or value at fault, so the CLI and the server can report it without
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,28 +35,34 @@ def check_number(
     high: float | None = None,
     integer: bool = False,
     error: type[MooerError] = ConfigError,
+    *,
+    above: float | None = None,
+    below: float | None = None,
 ) -> Any:
-    """``value`` if it is a number (with ``integer``, a whole one; never a bool) in
-    ``low..high`` (either end may be open-ended); else ``error`` naming ``name`` and the range.
+    """``value`` if it is a finite number (with ``integer``, a whole one; never a bool) in
+    ``low..high`` and, where given, past the exclusive bounds ``above`` / ``below`` (every
+    bound may be left open); else ``error`` naming ``name`` and the range.
 
     The one check behind the numeric settings clients and users pass in: Python counts
     ``True`` as an int, and JSON readers pass ``1e12``, ``NaN`` and ``Infinity`` as numbers.
     """
     kinds = int if integer else (int, float)
-    number = isinstance(value, kinds) and not isinstance(value, bool)
-    # NaN fails both comparisons
     if not (
-        number
-        and (low is None or low <= value)  # type: ignore[operator]
-        and (high is None or value <= high)  # type: ignore[operator]
+        isinstance(value, kinds)
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or math.isfinite(value))  # a huge int overflows a float
+        and (low is None or low <= value)
+        and (high is None or value <= high)
+        and (above is None or above < value)
+        and (below is None or value < below)
     ):
         kind = "an integer" if integer else "a number"
-        if low is not None and high is not None:
+        if low is not None and high is not None and above is None and below is None:
             expected = f"{kind} in {low:g}..{high:g}"
-        elif low is not None:
-            expected = f"{kind} >= {low:g}"
         else:
-            expected = kind if high is None else f"{kind} <= {high:g}"
+            bounds = ((">=", low), (">", above), ("<=", high), ("<", below))
+            limits = " and ".join(f"{op} {b:g}" for op, b in bounds if b is not None)
+            expected = f"{kind} {limits}" if limits else kind
         raise error(f"{name}={value!r}: expected {expected}")
     return value
 

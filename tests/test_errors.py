@@ -22,3 +22,15 @@ def test_in_range_values_come_back_and_open_ends_are_stated():
         check_number(0, "rate", 1, error=AudioError)
     with pytest.raises(ConfigError, match=r"expected an integer <= 3$"):
         check_number(4, "f", high=3, integer=True)
+
+
+def test_exclusive_bounds_and_non_finite_values_are_refused_with_open_ends_too():
+    assert check_number(1.0, "p", high=1.0, above=0.0) == 1.0
+    with pytest.raises(ConfigError, match=r"^p=0\.0: expected a number > 0 and <= 1$"):
+        check_number(0.0, "p", high=1.0, above=0.0)
+    with pytest.raises(ConfigError, match=r"^t=1: expected a number > 0 and < 1$"):
+        check_number(1, "t", above=0, below=1)
+    for value in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ConfigError, match=r"^w=.*: expected a number$"):
+            check_number(value, "w")
+    assert check_number(10**400, "n", 0, integer=True) == 10**400  # no float overflow

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,7 @@ from mooer.asr.vad import (
     check_chunk,
 )
 from mooer.audio import SAMPLE_RATE, ms_to_samples, samples_to_ms
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, check_number
 from mooer.llm.biasing import Hotwords
 from mooer.llm.conversation import CHAT, ROLES, Conversation, Message
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions
@@ -112,27 +111,23 @@ class SessionConfig:
         _require("vad", isinstance(self.vad, VadConfig), "a VadConfig")
         for name in ("turn_detection", "auto_response", "barge_in", "speech_output"):
             _require(name, isinstance(getattr(self, name), bool), "True or False")
-        interval = self.partial_interval_ms
+        interval = check_number(
+            self.partial_interval_ms, "SessionConfig.partial_interval_ms", 0, integer=True
+        )
         _require(
             "partial_interval_ms",
-            _is_int(interval) and (interval == 0 or interval >= 100),
+            interval == 0 or interval >= 100,
             "0 (no partials) or a whole number of milliseconds >= 100",
         )
-        seconds = self.max_segment_s
-        _require(
-            "max_segment_s",
-            _is_number(seconds) and self.vad.cut_search_s < seconds <= MAX_SEGMENT_S,
-            f"a number of seconds in ({self.vad.cut_search_s} (vad.cut_search_s), {MAX_SEGMENT_S}]",
+        check_number(
+            self.max_segment_s,
+            "SessionConfig.max_segment_s",
+            high=MAX_SEGMENT_S,
+            above=self.vad.cut_search_s,
         )
-        _require(
-            "max_context_tokens",
-            _is_int(self.max_context_tokens) and self.max_context_tokens >= 64,
-            "an int >= 64",
-        )
-        _require(
-            "output_sample_rate",
-            _is_int(self.output_sample_rate) and 8000 <= self.output_sample_rate <= 192000,
-            "an integer rate from 8000 to 192000 Hz",
+        check_number(self.max_context_tokens, "SessionConfig.max_context_tokens", 64, integer=True)
+        check_number(
+            self.output_sample_rate, "SessionConfig.output_sample_rate", 8000, 192000, integer=True
         )
         _require("voice", self.voice is None or isinstance(self.voice, str), "a string or None")
         _require("tts_backend", isinstance(self.tts_backend, str), "a backend name")
@@ -158,14 +153,6 @@ class SessionConfig:
 def _require(name: str, ok: bool, expected: str) -> None:
     if not ok:
         raise ConfigError(f"SessionConfig.{name}: expected {expected}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 @dataclass

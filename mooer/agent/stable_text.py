@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 from collections import deque
 
+from mooer.errors import check_number
 from mooer.text import has_chinese, separator, units
 
 # Hypotheses that must agree before a unit is committed. Translations of a sentence's prefix
@@ -65,8 +66,7 @@ class StableText:
     """
 
     def __init__(self, agree: int = TRANSCRIPT_AGREE) -> None:
-        if not isinstance(agree, int) or agree < 2:
-            raise ValueError(f"agree must be an int >= 2 (hypotheses that agree), got {agree!r}")
+        check_number(agree, "StableText agree (hypotheses that agree)", 2, integer=True)
         self.stable = ""
         self.shown = ""
         self._recent: deque[list[str]] = deque(maxlen=agree)

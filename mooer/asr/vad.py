@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mooer.audio import SAMPLE_RATE
-from mooer.errors import AudioError, CheckpointError, ConfigError
+from mooer.errors import AudioError, CheckpointError, ConfigError, check_number
 
 WINDOW = 512  # samples the network scores at once: 32 ms at 16 kHz
 CONTEXT = 64  # samples of the previous window prepended to each window: 4 ms
@@ -68,41 +68,25 @@ class VadConfig:
     cut_search_s: float = 3.0  # how far back from max_segment_s that point is looked for
 
     def __post_init__(self) -> None:
-        _require("threshold", self.threshold, 0 < _number(self.threshold) < 1, "in (0, 1)")
+        check_number(self.threshold, "VadConfig.threshold", above=0, below=1)
+        if self.negative_threshold is not None:
+            check_number(self.negative_threshold, "VadConfig.negative_threshold", above=0)
         off = self.off_threshold
         _require(
             "negative_threshold",
             off,
-            0 < _number(off) < self.threshold,
+            0 < off < self.threshold,
             f"in (0, threshold={self.threshold}); unset it means threshold - 0.15",
         )
-        for name in (
-            "min_speech_ms",
-            "min_silence_ms",
-            "short_silence_ms",
-            "speech_pad_ms",
-            "min_pause_ms",
-        ):
-            value = getattr(self, name)
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            _require(name, value, ok, "a whole number of milliseconds >= 0")
-        _require("min_silence_ms", self.min_silence_ms, self.min_silence_ms > 0, "above 0")
-        shrink = self.shrink_s
-        _require("shrink_s", shrink, shrink is None or _number(shrink) > 0, "None or above 0")
-        _require("max_segment_s", self.max_segment_s, _number(self.max_segment_s) >= 1, ">= 1")
-        cut = self.pause_cut_s
-        _require(
-            "pause_cut_s",
-            cut,
-            cut is None or 1 <= _number(cut) <= self.max_segment_s,
-            f"None or in [1, max_segment_s={self.max_segment_s}]",
-        )
-        _require(
-            "cut_search_s",
-            self.cut_search_s,
-            0 < _number(self.cut_search_s) < self.max_segment_s,
-            f"in (0, max_segment_s={self.max_segment_s})",
-        )
+        for name in ("min_speech_ms", "short_silence_ms", "speech_pad_ms", "min_pause_ms"):
+            check_number(getattr(self, name), f"VadConfig.{name}", 0, integer=True)
+        check_number(self.min_silence_ms, "VadConfig.min_silence_ms", 1, integer=True)
+        if self.shrink_s is not None:
+            check_number(self.shrink_s, "VadConfig.shrink_s", above=0)
+        check_number(self.max_segment_s, "VadConfig.max_segment_s", 1)
+        if self.pause_cut_s is not None:
+            check_number(self.pause_cut_s, "VadConfig.pause_cut_s", 1, self.max_segment_s)
+        check_number(self.cut_search_s, "VadConfig.cut_search_s", above=0, below=self.max_segment_s)
 
     @property
     def off_threshold(self) -> float:
@@ -110,13 +94,6 @@ class VadConfig:
         if self.negative_threshold is None:
             return self.threshold - 0.15
         return self.negative_threshold
-
-
-def _number(value: object) -> float:
-    """``value`` as a finite float, or NaN (which fails every range check) if it is not one."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return math.nan
-    return float(value)
 
 
 def _require(name: str, value: object, ok: bool, expected: str) -> None:

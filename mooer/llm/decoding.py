@@ -8,7 +8,6 @@ like its items one by one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -45,22 +44,11 @@ class DecodingOptions:
             check_number(getattr(self, name), f"DecodingOptions.{name}", low=1, integer=True)
         if not isinstance(self.do_sample, bool):
             raise ConfigError(f"DecodingOptions.do_sample must be a bool, got {self.do_sample!r}")
-        for name in ("length_penalty", "top_p", "temperature", "repetition_penalty", "eos_bias"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-            ):
-                raise ConfigError(f"DecodingOptions.{name} must be a finite number, got {value!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"DecodingOptions.top_p must be in (0, 1], got {self.top_p!r}")
-        if self.temperature <= 0.0:
-            raise ConfigError(f"DecodingOptions.temperature must be > 0, got {self.temperature!r}")
-        if self.repetition_penalty <= 0.0:
-            raise ConfigError(
-                f"DecodingOptions.repetition_penalty must be > 0, got {self.repetition_penalty!r}"
-            )
+        for name in ("length_penalty", "eos_bias"):
+            check_number(getattr(self, name), f"DecodingOptions.{name}")
+        check_number(self.top_p, "DecodingOptions.top_p", high=1.0, above=0.0)
+        for name in ("temperature", "repetition_penalty"):
+            check_number(getattr(self, name), f"DecodingOptions.{name}", above=0.0)
         if self.hotwords is not None and not isinstance(self.hotwords, Hotwords):
             raise ConfigError(f"DecodingOptions.hotwords must be Hotwords, got {self.hotwords!r}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from mooer.asr.speakers import SpeakerConfig
@@ -78,10 +77,7 @@ class ServerConfig:
             "idle_timeout_s",
             "shutdown_timeout_s",
         ):
-            value = getattr(self, name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not ok or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"ServerConfig.{name}={value!r}: expected seconds > 0")
+            check_number(getattr(self, name), f"ServerConfig.{name}", above=0)
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ConfigError(f"ServerConfig.model_name={self.model_name!r}: expected a name")
         for name in ("record", "record_audio"):

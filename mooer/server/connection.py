@@ -131,7 +131,9 @@ def _depth_over(obj: object, limit: int) -> bool:
     return False
 
 
-def number_field(value: object, param: str, low: float, high: float, integer: bool = True) -> Any:
+def number_field(
+    value: object, param: str, low: float, high: float | None = None, integer: bool = True
+) -> Any:
     """A client's numeric field, or ``invalid_value`` naming ``param`` and its range."""
     try:
         return check_number(value, param, low, high, integer=integer)

@@ -45,7 +45,7 @@ from mooer.llm.backend import Waiting
 from mooer.llm.decoding import DecodingOptions
 from mooer.meetings.export import subtitles
 from mooer.model import SpeechLLM
-from mooer.server.connection import ProtocolError, hotwords_field
+from mooer.server.connection import ProtocolError, hotwords_field, number_field
 from mooer.server.hub import Hub
 from mooer.server.realtime_session import OPENAI_VOICES
 from mooer.text import language_of
@@ -330,11 +330,7 @@ def _speech_request(raw: bytes) -> tuple[str, str | None, str, float]:
             f"{', '.join([*SPEECH_FORMATS, 'pcm'])}",
             "response_format",
         )
-    speed = body.get("speed", 1.0)
-    if isinstance(speed, bool) or not isinstance(speed, int | float) or not 0.25 <= speed <= 4:
-        raise ProtocolError(
-            "invalid_value", f"speed {speed!r}: expected a number in 0.25..4.0", "speed"
-        )
+    speed = number_field(body.get("speed", 1.0), "speed", 0.25, 4.0, integer=False)
     return text, voice, fmt, float(speed)
 
 

@@ -39,7 +39,7 @@ from typing import Any
 from mooer.agent import events as ev
 from mooer.asr.speakers import speaker_label
 from mooer.audio import SAMPLE_RATE
-from mooer.server.connection import CLOSE_NORMAL, Link, ProtocolError, new_id
+from mooer.server.connection import CLOSE_NORMAL, Link, ProtocolError, new_id, number_field
 from mooer.server.openai_wire import OpenAIWire, audio_pieces, error_kind, json_object
 from mooer.server.pcm import WireDecoder
 from mooer.server.realtime_items import ROOT, Items, Speech, read_input, read_message
@@ -249,11 +249,7 @@ class RealtimeProtocol(OpenAIWire):
             raise ProtocolError(
                 "invalid_value", "content_index must be 0: a reply has one part", "content_index"
             )
-        end_ms = event.get("audio_end_ms")
-        if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
-            raise ProtocolError(
-                "invalid_value", "audio_end_ms must be a whole number >= 0", "audio_end_ms"
-            )
+        end_ms = number_field(event.get("audio_end_ms"), "audio_end_ms", 0)
         speech = self.conversation.speech.get(item_id)
         if self.response is not None and self.response.item_id == item_id:
             speech = self.response.speech  # still being made (or its end not seen yet)

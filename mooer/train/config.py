@@ -21,8 +21,8 @@ The resolved config is stored with checkpoints and exported models (``mooer.json
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mooer.asr.encoder import EncoderConfig
-from mooer.errors import ConfigError, read_json_file
+from mooer.errors import ConfigError, check_number, read_json_file
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -366,19 +366,13 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
 
 
 def _number(kind: type, value: Any, where: str) -> int | float:
-    what = "an integer" if kind is int else "a number"
     if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-        try:
+        with contextlib.suppress(ValueError):  # else check_number names the string
             value = float(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected {what}, got {_show(value)}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{where}: expected {what}, got {_show(value)}")
-    if kind is int:
-        if value != int(value):
-            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
-        return int(value)
-    return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # YAML's 2.0 and "1e4"
+    check_number(value, where, integer=kind is int)
+    return kind(value)
 
 
 def _show(value: Any) -> str:

@@ -40,7 +40,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, check_number
 
 TASKS = ("asr", "ast", "mtl", "chat")
 
@@ -676,8 +676,7 @@ def build_corpus(
     No held-out sentence occurs in the training list (see the module docstring for the key).
     """
     for name, value in (("n_train", n_train), ("n_heldout", n_heldout)):
-        if not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        check_number(value, name, 0, integer=True)
     counts = {"train": _counts(n_train), "heldout": _counts(n_heldout)}
     splits: dict[str, list[Utterance]] = {split: [] for split in SPLITS}
     for kind in TASK_MIX:
@@ -700,8 +699,7 @@ def more_chat(n_train: int, n: int, seed: int = 0) -> list[Utterance]:
     Chat is the task whose audio a small model learns by heart first: more spoken dialogues,
     not more passes over the same ones, is what carries it to new questions.
     """
-    if not isinstance(n, int) or n < 0:
-        raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+    check_number(n, "n", 0, integer=True)
     kind = ("chat", "en")
     sampler = _sampler("train", kind, seed)
     for _ in range(_counts(n_train)[kind]):
@@ -730,8 +728,7 @@ def multi_sentence(split: str, n: int, seed: int = 0) -> list[Utterance]:
 
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not isinstance(n, int) or n < 0:
-        raise ConfigError(f"n must be a non-negative integer, got {n!r}")
+    check_number(n, "n", 0, integer=True)
     rng = random.Random(f"mooer-corpus/{seed}/{split}/multi")
     samplers = [
         _Sampler(_pools(kind)[split], random.Random(f"mooer-corpus/{seed}/{split}/multi/{kind}"))

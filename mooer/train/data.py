@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mooer.asr.frontend import Cmvn, Frontend, fbank, lfr, num_frames
 from mooer.audio import FEATURE_DIM, FRAME_MS, SAMPLE_RATE, load_audio
-from mooer.errors import AudioError, ConfigError
+from mooer.errors import AudioError, ConfigError, check_number
 from mooer.train.config import DataConfig
 from mooer.train.manifest import iter_records
 
@@ -171,8 +171,8 @@ def parse_entry(record: Any, base: Path, where: str) -> Entry:
     times = {}
     for name in ("duration", "start", "end"):
         value = record.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigError(f"{where}: field {name!r} must be a number of seconds, got {value!r}")
+        if value is not None:
+            check_number(value, f"{where}: {name}")  # seconds
         times[name] = value
     return Entry(
         id=strings["id"] or (Path(audio).stem if audio else where),

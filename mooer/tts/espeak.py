@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mooer.errors import ConfigError
+from mooer.errors import ConfigError, check_number
 
 SAMPLE_RATE_ESPEAK = 22050  # Hz; checked against espeak_Initialize's return on first use
 RATE_RANGE = (80, 450)  # words per minute that espeak-ng accepts
@@ -147,8 +147,7 @@ def _get_library() -> _Library:
 def check_rate_and_pitch(rate: int, pitch: int) -> None:
     """ConfigError unless both are within what espeak-ng accepts (it clamps silently)."""
     for name, value, (low, high) in (("rate", rate, RATE_RANGE), ("pitch", pitch, PITCH_RANGE)):
-        if not (isinstance(value, int) and low <= value <= high):
-            raise ConfigError(f"espeak-ng {name} {value!r} is not an integer in {low}..{high}")
+        check_number(value, f"espeak-ng {name}", low, high, integer=True)
 
 
 def voice_name(voice: str = "en-us", variant: str | None = None) -> str:

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from mooer.agent.stable_text import StableText, continuation, revises
+from mooer.errors import ConfigError
 from mooer.server.captions import AppendOnlyText
 from mooer.text import has_chinese, units
 from mooer.train.corpus import english_sentences, mandarin_pairs
@@ -96,7 +97,7 @@ def test_three_hypotheses_must_agree_when_asked():
         "",
         "one",
     ]
-    with pytest.raises(ValueError, match="agree"):
+    with pytest.raises(ConfigError, match="agree"):
         StableText(agree=1)
 
 

@@ -142,6 +142,9 @@ def test_a_truncated_reply_is_remembered_as_heard(server, model, session_default
                 item_id=item_id, content_index=0, audio_end_ms=10**6, event_id="far"
             )
             await conn.conversation.item.truncate(
+                item_id=item_id, content_index=0, audio_end_ms=-1, event_id="negative"
+            )
+            await conn.conversation.item.truncate(
                 item_id=item_id, content_index=0, audio_end_ms=heard_ms
             )
             await conn.conversation.item.retrieve(item_id=item_id)
@@ -155,9 +158,11 @@ def test_a_truncated_reply_is_remembered_as_heard(server, model, session_default
     said = _text(first[-1])
     assert said == _offline(model, session_defaults, [])  # from the system turn alone
     assert pcm and first[-1].response.output_modalities == ["audio"]
-    error = next(e.error for e in later if e.type == "error")
-    assert error.param == "audio_end_ms" and error.event_id == "far"
-    assert "1000000" in error.message
+    errors = {e.error.event_id: e.error for e in later if e.type == "error"}
+    assert set(errors) == {"far", "negative"}
+    assert all(error.param == "audio_end_ms" for error in errors.values())
+    assert "1000000" in errors["far"].message
+    assert errors["negative"].message == "audio_end_ms=-1: expected an integer >= 0"
     truncated = next(e for e in later if e.type == "conversation.item.truncated")
     assert truncated.audio_end_ms == heard_ms
     retrieved = later[-1].item

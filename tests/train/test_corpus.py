@@ -181,7 +181,7 @@ def test_more_chat_continues_the_corpus_chat_draws(split):
     bigger, _ = build_corpus(3500, 0, seed=7)
     assert dialogues(split[0]) + dialogues(extra) == dialogues(bigger)
     assert more_chat(3000, 0) == []
-    with pytest.raises(ConfigError, match="non-negative"):
+    with pytest.raises(ConfigError, match=r"^n=-1: expected an integer >= 0$"):
         more_chat(3000, -1)
 
 

@@ -155,7 +155,7 @@ def test_text_chat_lines_have_no_audio_and_ride_in_batches_with_empty_rows(tmp_p
         ('{"audio": "a.wav", "task": "tts"}', "m.jsonl:2: task 'tts' is not one of"),
         ('{"audio": "a.wav", "task": "chat", "text": "q"}', "m.jsonl:2: task 'chat' needs"),
         ('{"audio": "a.wav", "history": "hi"}', "m.jsonl:2: 'history' must be"),
-        ('{"audio": "a.wav", "start": "0"}', "m.jsonl:2: field 'start' must be a number"),
+        ('{"audio": "a.wav", "start": "0"}', "m.jsonl:2: start='0': expected a number$"),
     ],
 )
 def test_malformed_manifest_lines_are_named(tmp_path, line, message):
