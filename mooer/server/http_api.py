@@ -242,7 +242,9 @@ class HttpApi:
         finally:
             gone.cancel()
         if not result.done():
-            result.cancel()  # and the engine's future with it
+            # The engine's own future, now: cancelling ``result`` reaches it only a loop turn
+            # later, so the worker could run another step of work whose client is gone.
+            future.cancel()
             raise ProtocolError("client_disconnected", "the client went away")
         try:
             return result.result()
