@@ -80,15 +80,6 @@ def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     return int(found)
 
 
-def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """Rotary positions of a left-padded batch: each item counts from 0 at its first real token.
-
-    (B, L) mask of 0/1 -> (B, L) long; padded slots get 0.
-    """
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 0)
-
-
 def splice(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -165,7 +156,8 @@ def generate_ids(
     if options.hotwords is not None:
         processors.append(HotwordBias(tokenizer, options.hotwords))
     with torch.inference_mode():
-        # generate() derives positions from the attention mask (positions_from_mask).
+        # generate() derives positions from the attention mask: each item counts from 0
+        # at its first real token, so left padding does not shift them.
         output = model.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

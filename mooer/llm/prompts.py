@@ -24,8 +24,6 @@ AUDIO_START = "<|audio_start|>"  # speech models: audio tokens <A_n> follow it
 IM_END = "<|im_end|>"  # end of a turn; the generation's eos
 PAD = "<|endoftext|>"  # pad id of a left-padded batch
 
-_SPECIAL_MARKERS = (IM_END, PAD)
-
 
 def build_prompt(task: str) -> str:
     """The templated prompt of a released task; the audio goes before it, not inside it."""
@@ -48,11 +46,3 @@ def split_mtl(text: str) -> tuple[str, str]:
     """
     transcript, _, translation = text.strip().partition("\n")
     return transcript.strip(), translation.strip()
-
-
-def speech_text(text: str) -> str:
-    """The text part of a speech answer: what precedes ``<|audio_start|>``."""
-    before = text.split(AUDIO_START, 1)[0]
-    for marker in _SPECIAL_MARKERS:
-        before = before.replace(marker, "")
-    return before.strip()

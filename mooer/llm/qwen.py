@@ -91,12 +91,6 @@ def load_llm(
     return model, tokenizer
 
 
-def merge_lora(model: PreTrainedModel, lora_dir: str | Path) -> PreTrainedModel:
-    """Check a PEFT LoRA dir against ``model`` and merge it in (in place); returns the result."""
-    lora_dir = Path(lora_dir)
-    return _merge(model, lora_dir, read_lora_config(lora_dir), read_lora_weights(lora_dir))
-
-
 def attach_lora(
     model: PreTrainedModel, config: LoraConfig, low_cpu_mem_usage: bool = False
 ) -> PeftModel:

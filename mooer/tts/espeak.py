@@ -31,7 +31,6 @@ _CHARS_UTF8 = 1
 _PARAM_RATE = 1
 _PARAM_PITCH = 3
 _EE_OK = 0
-_EE_NOT_FOUND = 2
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events)
 _SynthCallback = ctypes.CFUNCTYPE(

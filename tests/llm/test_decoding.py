@@ -16,7 +16,6 @@ from mooer.llm.decoding import (
     EosBias,
     generate,
     generate_ids,
-    positions_from_mask,
     splice,
 )
 from mooer.llm.prompts import build_prompt
@@ -93,9 +92,10 @@ def test_bad_options_name_the_field(change: dict) -> None:
         dataclasses.replace(OFFLINE, **change)
 
 
-def test_positions_count_from_each_items_first_real_token() -> None:
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) 0/1 mask of a left-padded batch -> (B, L) rotary positions from each item's first
+    real token (padded slots 0), as generate() derives them."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
 def test_splice_puts_audio_before_the_prompt_and_pads_left(merged_llm, batch) -> None:
@@ -165,7 +165,7 @@ def test_greedy_answer_is_the_argmax_of_a_forward_pass(merged_llm, batch) -> Non
     embeds, mask = splice(model, tokenizer, *batch)
     with torch.no_grad():
         logits = model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions_from_mask(mask)
+            inputs_embeds=embeds, attention_mask=mask, position_ids=_positions(mask)
         ).logits
     assert logits[:, -1].argmax(-1).tolist() == first
 

@@ -6,11 +6,9 @@ from transformers import AutoTokenizer
 from mooer.errors import ConfigError
 from mooer.llm.fabricate import qwen_tokenizer_dir
 from mooer.llm.prompts import (
-    AUDIO_START,
     TASK_PROMPTS,
     build_prompt,
     build_prompt_text,
-    speech_text,
     split_mtl,
 )
 
@@ -76,8 +74,3 @@ def test_special_tokens_are_single_ids(qwen_tokenizer) -> None:
 )
 def test_split_mtl(answer: str, expected: tuple[str, str]) -> None:
     assert split_mtl(answer) == expected
-
-
-def test_speech_text_is_what_precedes_audio_start() -> None:
-    assert speech_text(f"Hello there. {AUDIO_START}<A_1><A_0><|im_end|>") == "Hello there."
-    assert speech_text("No audio followed.<|im_end|>") == "No audio followed."
