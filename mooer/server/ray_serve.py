@@ -133,16 +133,23 @@ class SessionsPolicy:
     live sessions the replicas report, plus the connections Serve holds back because every
     replica is at its limit, at ``target_sessions`` each. Serve then applies the replica bounds
     and the delays. HTTP requests and scrapes do not count: an upload is over in seconds, a
-    session holds its replica for as long as it lasts."""
+    session holds its replica for as long as it lasts.
+
+    A replica that reports no sessions (one started before autoscaling was configured: Serve
+    starts a replica's reports at its start only, or one just started) leaves the count to
+    Serve's ongoing requests, where each websocket is one too."""
 
     def __init__(self, target_sessions: int) -> None:
         self.target_sessions = target_sessions
 
     def __call__(self, ctx: Any) -> tuple[float, dict[str, Any]]:
         """``ctx``: Serve's ``AutoscalingContext``; returns (replicas wanted, policy state)."""
-        live = sum((ctx.aggregated_metrics or {}).get(LIVE_SESSIONS, {}).values())
-        waiting = ctx.total_queued_requests or 0.0
-        return (live + waiting) / self.target_sessions, {}
+        live = (ctx.aggregated_metrics or {}).get(LIVE_SESSIONS, {})
+        if set(ctx.running_replicas) <= live.keys():
+            sessions = sum(live.values()) + (ctx.total_queued_requests or 0.0)
+        else:
+            sessions = ctx.total_num_requests
+        return sessions / self.target_sessions, {}
 
 
 class MooerReplica:
@@ -336,9 +343,9 @@ def deploy(app: Any, config: ServerConfig, log_level: str = "info") -> None:
 
 def serve_on_ray(recipe: HubRecipe, options: RayOptions, log_level: str = "info") -> int:
     """``mooer serve --ray``: run the replicas until SIGINT/SIGTERM, then drain them all."""
+    app = application(recipe, options)  # refuses what cannot work (no Ray) before Ray starts
     import ray
 
-    app = application(recipe, options)  # refuses what cannot work before Ray starts
     store = recipe.open_store()  # a store that cannot be opened fails here, not in each replica
     if store is not None:
         store.close()

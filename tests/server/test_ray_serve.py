@@ -257,12 +257,13 @@ def test_the_policy_asks_for_replicas_by_live_and_waiting_sessions():
     scaling = AutoscalingConfig(**options.deployment_options(ServerConfig())["autoscaling_config"])
     policy = _resolve_policy_callable(scaling.policy)
 
-    def wanted(live: dict[str, float], queued: float, requests: float = 0.0) -> float:
+    def wanted(live: dict[str, float | None], queued: float, requests: float = 0.0) -> float:
         ctx = AutoscalingContext(
             deployment_id=None, deployment_name=DEPLOYMENT_NAME, app_name="mooer",
             current_num_replicas=len(live), target_num_replicas=len(live),
             running_replicas=list(live), total_num_requests=requests,
-            total_queued_requests=queued, aggregated_metrics={LIVE_SESSIONS: live},
+            total_queued_requests=queued,
+            aggregated_metrics={LIVE_SESSIONS: {r: n for r, n in live.items() if n is not None}},
             raw_metrics=None, capacity_adjusted_min_replicas=1,
             capacity_adjusted_max_replicas=4, policy_state={}, last_scale_up_time=None,
             last_scale_down_time=None, current_time=0.0, config=scaling,
@@ -274,6 +275,8 @@ def test_the_policy_asks_for_replicas_by_live_and_waiting_sessions():
     assert wanted({"a": 1.0, "b": 0.0}, 0.0) == pytest.approx(1 / 3)
     # HTTP requests in flight are not sessions: they ask for no replica
     assert wanted({"a": 0.0}, 0.0, requests=12.0) == 0
+    # a replica without reports: Serve's ongoing requests (each websocket is one) stand in
+    assert wanted({"a": 3.0, "b": None}, 0.0, requests=9.0) == 3
 
 
 def test_serve_configs_are_checked_before_any_replica_starts():
@@ -465,6 +468,11 @@ def test_autoscaling_follows_live_sessions_and_drains_the_replica_it_removes(clu
     options = RayOptions(replicas=1, max_replicas=2, target_sessions=1,
                          replica_cpus=REPLICA_CPUS, upscale_delay_s=0.0,
                          downscale_delay_s=2.0)  # fmt: skip
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    with contextlib.suppress(RayServeException):  # fresh replicas: they report their sessions
+        serve.delete("mooer")
     deploy(application(cluster.recipe, options), cluster.recipe.config)
     assert _running() == 1
 
