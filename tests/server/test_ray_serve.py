@@ -226,6 +226,19 @@ async def _spread(url: str, want: int = 2, most: int = 6) -> list[Session]:
     return sessions
 
 
+async def _kill_the_busiest_replica(sessions: list[Session]) -> tuple[list[Session], list[Session]]:
+    """Kill the replica holding most of ``sessions``; once its clients are cut, (cut, alive)."""
+    victim, count = max(_open_requests().items(), key=lambda item: item[1])
+    ray.kill(_replicas()[victim], no_restart=True)
+    for _ in range(200):
+        if sum(s.close_code is not None for s in sessions) >= count:
+            break
+        await asyncio.sleep(0.1)
+    return [s for s in sessions if s.close_code is not None], [
+        s for s in sessions if s.close_code is None
+    ]
+
+
 def test_replica_options_autoscale_on_sessions_up_to_the_session_limit():
     config = ServerConfig(max_sessions=16, shutdown_timeout_s=10.0)
     fixed = RayOptions(replicas=3).deployment_options(config)
@@ -380,16 +393,9 @@ def test_normal_closes_leave_no_error_in_ray_logs(cluster):
 def test_a_killed_replica_closes_its_sessions_with_1012_and_others_carry_on(cluster, expected):
     async def run() -> tuple[list[Session], list[Session], Session]:
         sessions = await _spread(cluster.url)
-        victim, count = max(_open_requests().items(), key=lambda item: item[1])
         # Speech without its ending on every session, then the replica holding most is killed.
         await asyncio.gather(*(s.send(_turn("zh_weather.wav", trailing=NOTHING)) for s in sessions))
-        ray.kill(_replicas()[victim], no_restart=True)
-        for _ in range(200):
-            if sum(s.close_code is not None for s in sessions) >= count:
-                break
-            await asyncio.sleep(0.1)
-        lost = [s for s in sessions if s.close_code is not None]
-        alive = [s for s in sessions if s.close_code is None]
+        lost, alive = await _kill_the_busiest_replica(sessions)
         # The others finish their utterance and get its final; a lost client reconnects.
         await asyncio.gather(*(s.send(at_24k(SILENCE)) for s in alive))
         await asyncio.gather(*(s.close() for s in alive))
@@ -519,17 +525,10 @@ def _record_on_two_replicas_and_kill_one(cluster: Cluster, url: str) -> None:
 
     async def run() -> tuple[list[Session], list[Session]]:
         sessions = await _spread(cluster.url)
-        victim, count = max(_open_requests().items(), key=lambda item: item[1])
         await asyncio.gather(*(s.send(_turn("zh_weather.wav")) for s in sessions))
         while not all(s.finals for s in sessions):
             await asyncio.sleep(0.1)
-        ray.kill(_replicas()[victim], no_restart=True)
-        for _ in range(200):
-            if sum(s.close_code is not None for s in sessions) >= count:
-                break
-            await asyncio.sleep(0.1)
-        lost = [s for s in sessions if s.close_code is not None]
-        alive = [s for s in sessions if s.close_code is None]
+        lost, alive = await _kill_the_busiest_replica(sessions)
         await asyncio.gather(*(s.send(_turn("zh_weather.wav")) for s in alive))
         await asyncio.gather(*(s.close() for s in alive))
         return lost, alive
