@@ -350,9 +350,11 @@ def serve_on_ray(recipe: HubRecipe, options: RayOptions, log_level: str = "info"
     if store is not None:
         store.close()
     stop = threading.Event()
+    start_ray(options)
+    # After ``ray.init``: it installs a SIGTERM handler that exits at once, and its core
+    # worker's crash handler aborts the process on SIGTERM; neither would drain anything.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    start_ray(options)
     try:
         cfg = recipe.config
         deploy(app, cfg, log_level)
