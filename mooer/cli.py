@@ -112,7 +112,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         ray = RayOptions(replicas=args.replicas, max_replicas=args.max_replicas,
                          target_sessions=args.target_sessions, address=args.ray_address,
-                         replica_cpus=args.replica_cpus)  # fmt: skip
+                         replica_cpus=args.replica_cpus, upscale_delay_s=args.upscale_delay,
+                         downscale_delay_s=args.downscale_delay)  # fmt: skip
 
     return serve_main(
         model=args.model, llm=args.llm, variant=args.variant, device=args.device,
@@ -285,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "--max-sessions)")  # fmt: skip
     r.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     r.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs per replica")
+    r.add_argument("--upscale-delay", type=float, default=30.0,
+                   help="seconds the live sessions must call for another replica before one "
+                   "is added")  # fmt: skip
+    r.add_argument("--downscale-delay", type=float, default=600.0,
+                   help="seconds they must call for fewer before a replica is drained away")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("meetings", help="kept live transcripts: list, show, export, rename, delete")

@@ -3,8 +3,10 @@
 Each replica is a Ray actor that loads the model, builds its own hub and serves
 ``create_app(hub)``: every protocol on one port (FunASR at ``/funasr``), the page, HTTP. A
 websocket is one long request to Serve, so it stays on the replica that accepted it, and it
-counts as one ongoing request: ``target_ongoing_requests`` autoscales on live sessions, and
-``max_ongoing_requests`` (the server's session limit) is each replica's ceiling.
+counts as one ongoing request: ``max_ongoing_requests`` (the server's session limit) is each
+replica's ceiling. Autoscaling counts live sessions, not requests: each replica reports its hub's
+live sessions (``record_autoscaling_stats``) and ``SessionsPolicy`` asks for enough replicas to
+hold them, and the connections Serve holds back because every replica is full, at the target.
 
 Draining: Serve waits for a removed replica's open requests before it calls the destructor,
 so mooer's drain (finals, then a clean close) cannot wait for the destructor. Ray 2.60 gives
@@ -47,6 +49,8 @@ DEPLOYMENT_NAME = "MooerReplica"
 DRAIN_POLL_S = 0.2
 # Beyond the drain's own timeout, what Serve waits before it kills a stopping replica.
 KILL_MARGIN_S = 10.0
+# The custom autoscaling metric each replica reports: its hub's live websocket sessions.
+LIVE_SESSIONS = "live_sessions"
 # RFC 6455 "service restart": the replica serving this session is gone; reconnect.
 CLOSE_REPLICA_LOST = 1012
 REPLICA_LOST = "the replica serving this session stopped; reconnect"
@@ -54,14 +58,22 @@ PROXY_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_MIDDLEWARES = "mooer.server.ray_serve:proxy_middlewares"
 
 
+# How often each replica reports its live sessions to Serve's controller, and the window Serve
+# averages them over (Serve's defaults, 10 s and 30 s, are for short requests).
+METRICS_INTERVAL_S = 2.0
+LOOK_BACK_S = 10.0
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """How many replicas, and where Ray runs.
 
-    ``max_replicas`` > ``replicas``: Serve autoscales between the two, aiming at
-    ``target_sessions`` live sessions per replica (default: half the server's session limit).
-    ``address``: an existing Ray cluster (``auto``, ``ray://HOST:10001``); None starts a
-    local one with ``num_cpus`` CPUs (None: all) and no dashboard.
+    ``max_replicas`` > ``replicas``: Serve autoscales between the two on live sessions
+    (``SessionsPolicy``), aiming at ``target_sessions`` per replica (default: half the server's
+    session limit), after the count has called for a change for ``upscale_delay_s`` /
+    ``downscale_delay_s`` (Serve's own defaults). ``address``: an existing Ray cluster (``auto``,
+    ``ray://HOST:10001``); None starts a local one with ``num_cpus`` CPUs (None: all) and no
+    dashboard.
     """
 
     replicas: int = 2
@@ -70,6 +82,8 @@ class RayOptions:
     address: str | None = None
     num_cpus: int | None = None
     replica_cpus: float = 1.0  # Ray CPUs reserved by each replica
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
 
     def __post_init__(self) -> None:
         check_number(self.replicas, "RayOptions.replicas", 1, integer=True)
@@ -80,6 +94,8 @@ class RayOptions:
         if self.num_cpus is not None:
             check_number(self.num_cpus, "RayOptions.num_cpus", 1, integer=True)
         check_number(self.replica_cpus, "RayOptions.replica_cpus", 0.0, integer=False)
+        check_number(self.upscale_delay_s, "RayOptions.upscale_delay_s", 0.0, integer=False)
+        check_number(self.downscale_delay_s, "RayOptions.downscale_delay_s", 0.0, integer=False)
 
     def deployment_options(self, config: ServerConfig) -> dict[str, Any]:
         """Serve's ``@serve.deployment`` options for servers of ``config``."""
@@ -94,14 +110,46 @@ class RayOptions:
         if self.max_replicas is None or self.max_replicas == self.replicas:
             options["num_replicas"] = self.replicas
         else:
-            target = self.target_sessions or max(1, config.max_sessions // 2)
+            target = min(self.target_sessions or max(1, config.max_sessions // 2),
+                         config.max_sessions)  # fmt: skip
             options["autoscaling_config"] = {
                 "min_replicas": self.replicas,
                 "initial_replicas": self.replicas,
                 "max_replicas": self.max_replicas,
-                "target_ongoing_requests": min(target, config.max_sessions),
+                "metrics_interval_s": METRICS_INTERVAL_S,
+                "look_back_period_s": LOOK_BACK_S,
+                "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s,
+                "policy": {
+                    "policy_function": f"{__name__}:SessionsPolicy",
+                    "policy_kwargs": {"target_sessions": target},
+                },
             }
         return options
+
+
+class SessionsPolicy:
+    """Serve's autoscaling policy for mooer, run in Serve's controller: enough replicas for the
+    live sessions the replicas report, plus the connections Serve holds back because every
+    replica is at its limit, at ``target_sessions`` each. Serve then applies the replica bounds
+    and the delays. HTTP requests and scrapes do not count: an upload is over in seconds, a
+    session holds its replica for as long as it lasts.
+
+    A replica that reports no sessions (one started before autoscaling was configured: Serve
+    starts a replica's reports at its start only, or one just started) leaves the count to
+    Serve's ongoing requests, where each websocket is one too."""
+
+    def __init__(self, target_sessions: int) -> None:
+        self.target_sessions = target_sessions
+
+    def __call__(self, ctx: Any) -> tuple[float, dict[str, Any]]:
+        """``ctx``: Serve's ``AutoscalingContext``; returns (replicas wanted, policy state)."""
+        live = (ctx.aggregated_metrics or {}).get(LIVE_SESSIONS, {})
+        if set(ctx.running_replicas) <= live.keys():
+            sessions = sum(live.values()) + (ctx.total_queued_requests or 0.0)
+        else:
+            sessions = ctx.total_num_requests
+        return sessions / self.target_sessions, {}
 
 
 class MooerReplica:
@@ -115,6 +163,10 @@ class MooerReplica:
         self._loop = asyncio.get_running_loop()  # the loop Serve runs this replica's app on
         self._drain: concurrent.futures.Future | None = None
         _before_graceful_shutdown(self.start_drain)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """What ``SessionsPolicy`` scales on (Serve asks every ``METRICS_INTERVAL_S``)."""
+        return {LIVE_SESSIONS: len(self.hub.connections)}
 
     def __serve_build_asgi_app__(self):
         from mooer.server.app import create_app
@@ -291,16 +343,18 @@ def deploy(app: Any, config: ServerConfig, log_level: str = "info") -> None:
 
 def serve_on_ray(recipe: HubRecipe, options: RayOptions, log_level: str = "info") -> int:
     """``mooer serve --ray``: run the replicas until SIGINT/SIGTERM, then drain them all."""
+    app = application(recipe, options)  # refuses what cannot work (no Ray) before Ray starts
     import ray
 
-    app = application(recipe, options)  # refuses what cannot work before Ray starts
     store = recipe.open_store()  # a store that cannot be opened fails here, not in each replica
     if store is not None:
         store.close()
     stop = threading.Event()
+    start_ray(options)
+    # After ``ray.init``: it installs a SIGTERM handler that exits at once, and its core
+    # worker's crash handler aborts the process on SIGTERM; neither would drain anything.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    start_ray(options)
     try:
         cfg = recipe.config
         deploy(app, cfg, log_level)

@@ -28,6 +28,7 @@ from mooer.errors import ConfigError
 from mooer.server.config import ServerConfig
 from mooer.text import join_texts
 from mooer.transcribe import transcribe
+from tests.meetings.conftest import empty_store, postgres_url  # noqa: F401  (a fixture)
 from tests.server.wire import CHUNK, at_24k, send_realtime, send_translation
 
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install 'mooer[ray]')")
@@ -37,6 +38,7 @@ from mooer.server.connection import CLOSE_GOING_AWAY  # noqa: E402
 from mooer.server.ray_serve import (  # noqa: E402
     CLOSE_REPLICA_LOST,
     DEPLOYMENT_NAME,
+    LIVE_SESSIONS,
     RayOptions,
     application,
     build_app,
@@ -224,6 +226,19 @@ async def _spread(url: str, want: int = 2, most: int = 6) -> list[Session]:
     return sessions
 
 
+async def _kill_the_busiest_replica(sessions: list[Session]) -> tuple[list[Session], list[Session]]:
+    """Kill the replica holding most of ``sessions``; once its clients are cut, (cut, alive)."""
+    victim, count = max(_open_requests().items(), key=lambda item: item[1])
+    ray.kill(_replicas()[victim], no_restart=True)
+    for _ in range(200):
+        if sum(s.close_code is not None for s in sessions) >= count:
+            break
+        await asyncio.sleep(0.1)
+    return [s for s in sessions if s.close_code is not None], [
+        s for s in sessions if s.close_code is None
+    ]
+
+
 def test_replica_options_autoscale_on_sessions_up_to_the_session_limit():
     config = ServerConfig(max_sessions=16, shutdown_timeout_s=10.0)
     fixed = RayOptions(replicas=3).deployment_options(config)
@@ -233,13 +248,48 @@ def test_replica_options_autoscale_on_sessions_up_to_the_session_limit():
     scaling = RayOptions(replicas=1, max_replicas=5).deployment_options(config)[
         "autoscaling_config"
     ]
-    assert scaling == {
-        "min_replicas": 1, "initial_replicas": 1, "max_replicas": 5, "target_ongoing_requests": 8,
-    }  # fmt: skip
+    assert (scaling["min_replicas"], scaling["initial_replicas"], scaling["max_replicas"]) == (
+        1, 1, 5,
+    )  # fmt: skip
+    assert scaling["policy"]["policy_kwargs"] == {"target_sessions": 8}
     capped = RayOptions(max_replicas=4, target_sessions=40).deployment_options(config)
-    assert capped["autoscaling_config"]["target_ongoing_requests"] == 16
+    assert capped["autoscaling_config"]["policy"]["policy_kwargs"] == {"target_sessions": 16}
     with pytest.raises(ConfigError, match="max_replicas"):
         RayOptions(replicas=3, max_replicas=2)
+    with pytest.raises(ConfigError, match="downscale_delay_s"):
+        RayOptions(downscale_delay_s=-1.0)
+
+
+def test_the_policy_asks_for_replicas_by_live_and_waiting_sessions():
+    """The options as Serve reads them (its own config class), and the policy it builds from
+    them, given Serve's context: live sessions per replica and connections queued."""
+    from ray.serve._private.autoscaling_state import _resolve_policy_callable
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+    options = RayOptions(replicas=1, max_replicas=4, target_sessions=3)
+    scaling = AutoscalingConfig(**options.deployment_options(ServerConfig())["autoscaling_config"])
+    policy = _resolve_policy_callable(scaling.policy)
+
+    def wanted(live: dict[str, float | None], queued: float, requests: float = 0.0) -> float:
+        ctx = AutoscalingContext(
+            deployment_id=None, deployment_name=DEPLOYMENT_NAME, app_name="mooer",
+            current_num_replicas=len(live), target_num_replicas=len(live),
+            running_replicas=list(live), total_num_requests=requests,
+            total_queued_requests=queued,
+            aggregated_metrics={LIVE_SESSIONS: {r: n for r, n in live.items() if n is not None}},
+            raw_metrics=None, capacity_adjusted_min_replicas=1,
+            capacity_adjusted_max_replicas=4, policy_state={}, last_scale_up_time=None,
+            last_scale_down_time=None, current_time=0.0, config=scaling,
+        )  # fmt: skip
+        return policy(ctx)[0]
+
+    assert wanted({"a": 3.0, "b": 3.0}, 0.0) == 2  # at the target
+    assert wanted({"a": 3.0, "b": 3.0}, 3.0) == 3  # three connections wait for a place
+    assert wanted({"a": 1.0, "b": 0.0}, 0.0) == pytest.approx(1 / 3)
+    # HTTP requests in flight are not sessions: they ask for no replica
+    assert wanted({"a": 0.0}, 0.0, requests=12.0) == 0
+    # a replica without reports: Serve's ongoing requests (each websocket is one) stand in
+    assert wanted({"a": 3.0, "b": None}, 0.0, requests=9.0) == 3
 
 
 def test_serve_configs_are_checked_before_any_replica_starts():
@@ -343,16 +393,9 @@ def test_normal_closes_leave_no_error_in_ray_logs(cluster):
 def test_a_killed_replica_closes_its_sessions_with_1012_and_others_carry_on(cluster, expected):
     async def run() -> tuple[list[Session], list[Session], Session]:
         sessions = await _spread(cluster.url)
-        victim, count = max(_open_requests().items(), key=lambda item: item[1])
         # Speech without its ending on every session, then the replica holding most is killed.
         await asyncio.gather(*(s.send(_turn("zh_weather.wav", trailing=NOTHING)) for s in sessions))
-        ray.kill(_replicas()[victim], no_restart=True)
-        for _ in range(200):
-            if sum(s.close_code is not None for s in sessions) >= count:
-                break
-            await asyncio.sleep(0.1)
-        lost = [s for s in sessions if s.close_code is not None]
-        alive = [s for s in sessions if s.close_code is None]
+        lost, alive = await _kill_the_busiest_replica(sessions)
         # The others finish their utterance and get its final; a lost client reconnects.
         await asyncio.gather(*(s.send(at_24k(SILENCE)) for s in alive))
         await asyncio.gather(*(s.close() for s in alive))
@@ -415,3 +458,93 @@ def test_undeploy_drains_every_session_before_serve_stops(cluster, expected):
     sessions = asyncio.run(run())
     assert [s.close_code for s in sessions] == [CLOSE_GOING_AWAY] * 2
     assert [s.finals for s in sessions] == [[expected["zh"]]] * 2
+
+
+def _wait(condition, what: str, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def test_autoscaling_follows_live_sessions_and_drains_the_replica_it_removes(cluster, expected):
+    """One replica, at most two, one session each: two sessions call for a second replica;
+    when one session is left, Serve removes the newer replica, whose session is drained (its
+    final, then 1001) while the other replica's sessions closed normally with theirs."""
+    options = RayOptions(replicas=1, max_replicas=2, target_sessions=1,
+                         replica_cpus=REPLICA_CPUS, upscale_delay_s=0.0,
+                         downscale_delay_s=2.0)  # fmt: skip
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    with contextlib.suppress(RayServeException):  # fresh replicas: they report their sessions
+        serve.delete("mooer")
+    deploy(application(cluster.recipe, options), cluster.recipe.config)
+    assert _running() == 1
+
+    async def run() -> tuple[list[Session], Session]:
+        first = [await Session.open(cluster.url) for _ in range(2)]  # both on the one replica
+        await asyncio.to_thread(
+            _wait, lambda: _running() == 2 and len(_open_requests()) == 2, "no replica was added"
+        )
+        third = await Session.open(cluster.url)  # to the new replica: it holds none
+        assert sorted(_open_requests().values()) == [1, 2], _open_requests()
+        sessions = [*first, third]
+        await asyncio.gather(*(s.send(_turn("zh_weather.wav", trailing=NOTHING)) for s in sessions))
+        await asyncio.gather(*(s.received() for s in sessions))
+        # The first two end normally; one live session is left: one replica is enough.
+        await asyncio.gather(*(s.close() for s in first))
+        await asyncio.wait_for(third.reader, 180)
+        return first, third
+
+    first, third = asyncio.run(run())
+    assert [s.finals for s in first] == [[expected["zh"]]] * 2
+    assert all(s.events[-1]["type"] == "session.closed" for s in first)
+    assert third.close_code == CLOSE_GOING_AWAY and third.finals == [expected["zh"]]
+    _wait(lambda: _running() == 1, "the drained replica was not removed", 60)
+
+
+def test_replicas_record_into_one_postgresql_store_and_a_killed_one_loses_nothing(
+    cluster, expected, request, tmp_path
+):
+    """``--ray --record`` with one PostgreSQL store: sessions on both replicas are kept there;
+    a replica killed after its sessions' first finals leaves those finals in the store, and the
+    other replica's sessions go on recording."""
+    with empty_store("postgresql", tmp_path, request) as url:
+        _record_on_two_replicas_and_kill_one(cluster, url)
+
+
+def _record_on_two_replicas_and_kill_one(cluster: Cluster, url: str) -> None:
+    from dataclasses import replace
+
+    from mooer.meetings.store import MeetingStore
+
+    config = replace(cluster.recipe.config, record=True, meetings_db=url)
+    recipe = replace(cluster.recipe, config=config)
+    deploy(application(recipe, RayOptions(replicas=2, replica_cpus=REPLICA_CPUS)), config)
+
+    async def run() -> tuple[list[Session], list[Session]]:
+        sessions = await _spread(cluster.url)
+        await asyncio.gather(*(s.send(_turn("zh_weather.wav")) for s in sessions))
+        while not all(s.finals for s in sessions):
+            await asyncio.sleep(0.1)
+        lost, alive = await _kill_the_busiest_replica(sessions)
+        await asyncio.gather(*(s.send(_turn("zh_weather.wav")) for s in alive))
+        await asyncio.gather(*(s.close() for s in alive))
+        return lost, alive
+
+    lost, alive = asyncio.run(run())
+    assert lost and alive and {s.close_code for s in lost} == {CLOSE_REPLICA_LOST}
+    store = MeetingStore(url)
+    try:
+        for s, finals in [*((s, 1) for s in lost), *((s, 2) for s in alive)]:
+            meeting_id = s.events[0]["session"]["mooer"]["meeting_id"]
+            heard = [(e["item_id"], e["transcript"]) for e in s.events if e["type"] == FINAL]
+            kept = [(g.item_id, g.transcript) for g in store.get(meeting_id).segments]
+            assert len(heard) == finals and kept == heard, (meeting_id, heard, kept)
+            assert store.get(meeting_id).info.in_progress == (s in lost)
+        assert {m.id for m in store.list()} == {
+            s.events[0]["session"]["mooer"]["meeting_id"] for s in [*lost, *alive]
+        }
+    finally:
+        store.close()
