@@ -552,8 +552,8 @@ def _separate(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str]] 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    separate = _separate(argv)
     try:
+        separate = _separate(argv)  # imports the training modules it parses for
         if separate is not None:
             parser, argv = separate
         else:
