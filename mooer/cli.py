@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -352,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="sounddevice input device (index or name)")
     p.set_defaults(func=cmd_mic)
 
-    for name, (_, summary) in DELEGATED.items():
+    for name, (summary, _) in SEPARATE.items():
         if " " not in name:
             sub.add_parser(name, help=summary, add_help=False)
 
@@ -372,38 +374,197 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands whose module owns its arguments: ``mooer NAME ...`` calls ``module.main(rest)``.
-# ``mooer train`` also takes a sub-command (synth, demo) before falling back to CONFIG.
-DELEGATED = {
-    "train": ("mooer.train.trainer", "train from a YAML config (also: train synth, train demo)"),
-    "train synth": ("mooer.train.synth", "synthesise the template speech corpus"),
-    "train demo": ("mooer.train.demo", "rebuild the bundled demo model"),
-    "eval": ("mooer.train.evaluate", "decode a test set: CER, WER, BLEU, chat accuracy, RTF"),
-    "pseudo-label": (
-        "mooer.train.pseudo_label",
-        "label audio with a model into a training manifest",
-    ),
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """The model flags of ``mooer eval`` and ``mooer pseudo-label``."""
+    p.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
+    p.add_argument("--llm", help="the Qwen2 folder of an MTL-layout checkpoint")
+    p.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
+    add_quantize_arg(p)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from mooer.train.trainer import train_command
+
+    p = argparse.ArgumentParser(prog="mooer train", description=train_command.__doc__)
+    p.add_argument("config", help="a YAML training config")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. optim.lr=1e-4 (repeatable)",
+    )
+    p.set_defaults(func=lambda args: train_command(args.config, args.overrides))
+    return p
+
+
+def _synth_parser() -> argparse.ArgumentParser:
+    from mooer.train.synth import synth_command
+
+    p = argparse.ArgumentParser(
+        prog="mooer train synth",
+        description="Synthesise the template corpus with espeak-ng: training audio from "
+        "TRAIN_VOICES with augmentation, held-out audio (unseen sentences) from voices never "
+        "used in training, clean.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--train", type=int, default=20000, help="training utterances")
+    p.add_argument("--heldout", type=int, default=1000, help="held-out utterances")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+    def run(args: argparse.Namespace) -> int:
+        if args.train < 0 or args.heldout < 0:
+            p.error("--train and --heldout must be non-negative")
+        return synth_command(args.out, args.train, args.heldout, args.seed, args.workers)
+
+    p.set_defaults(func=run)
+    return p
+
+
+# stage 2's count flags (--NAME N) and switches (--no-NAME), each a DemoConfig field
+_DEMO_COUNT_FLAGS = {
+    "chat_repeats": "chat utterances this many times per epoch of stage 2",
+    "main_repeats": "the main training set this many times per epoch of stage 2",
+    "text_chat_repeats": "every training chat dialogue as text, this many times per epoch",
+    "text_chat_draws": "stage 2 also trains on N text chat items drawn as spoken chat is",
+    "extra_chat": "stage 2 also trains on N more spoken chat dialogues (synthesised once)",
+    "openings": "stage 2 also trains the assistant speaking first (a greeting), N times per epoch",
+    "multi_sentence": "stage 2 also trains on N spoken items of 2-3 sentences (asr, ast)",
+}
+_DEMO_SWITCHES = {
+    "chat_transcripts": "do not also train the chat questions' audio as asr items",
+    "extra_chat_transcripts": "train only the main set's chat questions as asr items",
 }
 
 
-def _delegate(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+def _demo_parser() -> argparse.ArgumentParser:
+    from mooer.train.demo import STAGES, DemoConfig, demo_command, field_flag
+
+    defaults = DemoConfig()
+    p = argparse.ArgumentParser(prog="mooer train demo", description=demo_command.__doc__)
+    p.add_argument("--out", default=defaults.out_dir, help="work folder (resumable)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--train", type=int, default=defaults.n_train, help="train utterances")
+    p.add_argument("--heldout", type=int, default=defaults.n_heldout)
+    p.add_argument("--ctc-steps", type=int, default=defaults.ctc_steps)
+    p.add_argument("--llm-steps", type=int, default=defaults.llm_steps)
+    p.add_argument("--llm-lr", type=float, default=defaults.llm_lr)
+    for name, help_text in _DEMO_COUNT_FLAGS.items():
+        p.add_argument(
+            field_flag(name), type=int, default=getattr(defaults, name), metavar="N",
+            help=help_text,
+        )  # fmt: skip
+    for name, help_text in _DEMO_SWITCHES.items():
+        flag = "--no-" + name.replace("_", "-")
+        p.add_argument(flag, dest=name, action="store_false", help=help_text)
+    p.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
+    p.add_argument(
+        "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
+    )
+    p.add_argument(
+        "--average", nargs="+", default=[], metavar="FINAL_PT", help="stage 2: average these legs"
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--workers", type=int, default=defaults.workers)
+    p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--install", type=Path, help="copy the exported model here at the end")
+    p.add_argument(
+        "--write-examples", type=Path, metavar="DIR", help="only speak the example wavs into DIR"
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        cfg = dataclasses.replace(
+            defaults,
+            out_dir=args.out,
+            n_train=args.train,
+            n_heldout=args.heldout,
+            ctc_steps=args.ctc_steps,
+            llm_steps=args.llm_steps,
+            llm_lr=args.llm_lr,
+            **{name: getattr(args, name) for name in (*_DEMO_COUNT_FLAGS, *_DEMO_SWITCHES)},
+            llm_leg=args.llm_leg,
+            llm_init=args.llm_init,
+            llm_average=tuple(args.average),
+            seed=args.seed,
+            workers=args.workers,
+            threads=args.threads,
+        )
+        return demo_command(cfg, args.stages, args.install, args.write_examples)
+
+    p.set_defaults(func=run)
+    return p
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    from mooer.train.evaluate import eval_command
+
+    p = argparse.ArgumentParser(prog="mooer eval", description=eval_command.__doc__)
+    p.add_argument("testset", help="a jsonl manifest (id, audio, task, text, ...)")
+    _add_checkpoint_args(p)
+    p.add_argument("--out", type=Path, help="folder for hyps.jsonl and summary.{json,txt}")
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--beams", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--tasks", nargs="+", help="score only these tasks")
+    p.add_argument("--limit", type=int, help="score only the first N utterances")
+    p.set_defaults(func=lambda args: eval_command(**_keywords(args)))
+    return p
+
+
+def _pseudo_label_parser() -> argparse.ArgumentParser:
+    from mooer.train.pseudo_label import TRANSLATE_MODES, pseudo_label_command
+
+    p = argparse.ArgumentParser(prog="mooer pseudo-label", description=pseudo_label_command.__doc__)
+    p.add_argument("inputs", nargs="+", help="audio files, wav.scp or jsonl lists")
+    p.add_argument("--out", required=True, type=Path, help="the manifest to write (.jsonl)")
+    _add_checkpoint_args(p)
+    p.add_argument(
+        "--translate",
+        choices=TRANSLATE_MODES,
+        help="add ast entries for Mandarin: from the transcript (text) or the audio (speech)",
+    )
+    p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
+    p.set_defaults(func=lambda args: pseudo_label_command(**_keywords(args)))
+    return p
+
+
+def _keywords(args: argparse.Namespace) -> dict:
+    """A command's arguments as the keywords of its entry point (every flag is named for one;
+    a flag left out whose default is ``SUPPRESS`` takes the entry point's default)."""
+    return {name: value for name, value in vars(args).items() if name != "func"}
+
+
+# Commands with a parser of their own, built only when they run: their flags' defaults and
+# choices come from the training modules, which import torch (``mooer --help`` does not wait).
+# ``mooer train`` also takes a sub-command (synth, demo) before falling back to CONFIG.
+SEPARATE: dict[str, tuple[str, Callable[[], argparse.ArgumentParser]]] = {
+    "train": ("train from a YAML config (also: train synth, train demo)", _train_parser),
+    "train synth": ("synthesise the template speech corpus", _synth_parser),
+    "train demo": ("rebuild the bundled demo model", _demo_parser),
+    "eval": ("decode a test set: CER, WER, BLEU, chat accuracy, RTF", _eval_parser),
+    "pseudo-label": ("label audio with a model into a training manifest", _pseudo_label_parser),
+}
+
+
+def _separate(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, list[str]] | None:
+    """The parser of a ``SEPARATE`` command that ``argv`` starts with, and the rest of argv."""
     for words in (2, 1):
         name = " ".join(argv[:words])
-        if len(argv) >= words and name in DELEGATED:
-            return DELEGATED[name][0], list(argv[words:])
+        if len(argv) >= words and name in SEPARATE:
+            return SEPARATE[name][1](), list(argv[words:])
     return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    delegated = _delegate(argv)
     try:
-        if delegated is not None:
-            import importlib
-
-            module, rest = delegated
-            return importlib.import_module(module).main(rest)
-        args = build_parser().parse_args(argv)
+        separate = _separate(argv)  # imports the training modules it parses for
+        if separate is not None:
+            parser, argv = separate
+        else:
+            parser = build_parser()
+        args = parser.parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except MooerError as exc:

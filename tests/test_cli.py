@@ -205,3 +205,27 @@ def test_serve_on_a_port_in_use_says_so_in_one_line():
     assert run.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "--port" in run.stderr
     assert "Traceback" not in run.stderr and "mooer: serving" not in run.stderr
+
+
+def test_only_the_cli_parses_arguments():
+    """argparse lives in mooer/cli.py alone, and nothing below the command line imports it:
+    the training modules expose typed entry points that ``mooer train|eval|pseudo-label`` call."""
+    import ast
+
+    package = Path(__file__).parents[1] / "mooer"
+    argparse_users, cli_users = [], []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            where = str(path.relative_to(package.parent))
+            if any(name.split(".")[0] == "argparse" for name in names):
+                argparse_users.append(where)
+            if "mooer.cli" in names:
+                cli_users.append(where)
+    assert set(argparse_users) == {"mooer/cli.py"}
+    assert set(cli_users) == {"mooer/__main__.py"}  # the top layer: `python -m mooer`

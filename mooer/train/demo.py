@@ -1,4 +1,4 @@
-"""The bundled demo model's recipe: ``python -m mooer.train.demo --out runs/demo``.
+"""The bundled demo model's recipe: ``mooer train demo --out runs/demo``.
 
 Stages, each skipped when its output exists (so a stopped run continues where it was)::
 
@@ -20,7 +20,6 @@ already augmented per utterance, and batches add SpecAugment-style masks on top.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import itertools
@@ -28,7 +27,6 @@ import json
 import logging
 import multiprocessing
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -81,7 +79,7 @@ _LOWEST = {
 _FLAGS = {"n_train": "--train", "n_heldout": "--heldout"}  # flags not named for their field
 
 
-def _flag(name: str) -> str:
+def field_flag(name: str) -> str:
     """The command-line flag that sets DemoConfig field ``name``."""
     return _FLAGS.get(name, "--" + name.replace("_", "-"))
 
@@ -159,11 +157,11 @@ class DemoConfig:
             value = getattr(self, name)
             if value < low:
                 raise ConfigError(
-                    f"{_flag(name)} (DemoConfig.{name}) must be >= {low}, got {value}"
+                    f"{field_flag(name)} (DemoConfig.{name}) must be >= {low}, got {value}"
                 )
         for name in ("ctc_lr", "llm_lr"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"{_flag(name)} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"{field_flag(name)} must be > 0, got {getattr(self, name)}")
 
     @property
     def out(self) -> Path:
@@ -784,7 +782,7 @@ def _stage_eval(cfg: DemoConfig) -> None:
     """Scores on the held-out set and on held-out sentences in twos and threes with 150 ms
     pauses (``synth.CLEAN_PAUSE_S``): one segment of continuous speech, recognised whole?"""
     from mooer.train.corpus import multi_sentence
-    from mooer.train.evaluate import main as eval_main
+    from mooer.train.evaluate import eval_command
     from mooer.train.synth import HELDOUT_VOICES, synthesize_corpus
 
     model = cfg.model_dir
@@ -797,7 +795,7 @@ def _stage_eval(cfg: DemoConfig) -> None:
             synthesize_corpus(items, out, HELDOUT_VOICES, cfg.seed, cfg.workers, False)
         testset = cfg.out / f"{split}_demo_tasks.jsonl"
         write_manifest(demo_tasks(read_manifest(_manifest(cfg, split))), testset)
-        eval_main(["--model", str(model), str(testset), "--out", str(model / scores)])
+        eval_command(testset, model=str(model), out=model / scores)
 
 
 def write_manifest(entries: Sequence[Entry], path: Path) -> Path:
@@ -917,87 +915,24 @@ def run(cfg: DemoConfig, stages: Sequence[str] = STAGES) -> Path:
     return cfg.model_dir
 
 
-# stage 2's count flags (--NAME N) and switches (--no-NAME), each a DemoConfig field
-_COUNT_FLAGS = {
-    "chat_repeats": "chat utterances this many times per epoch of stage 2",
-    "main_repeats": "the main training set this many times per epoch of stage 2",
-    "text_chat_repeats": "every training chat dialogue as text, this many times per epoch",
-    "text_chat_draws": "stage 2 also trains on N text chat items drawn as spoken chat is",
-    "extra_chat": "stage 2 also trains on N more spoken chat dialogues (synthesised once)",
-    "openings": "stage 2 also trains the assistant speaking first (a greeting), N times per epoch",
-    "multi_sentence": "stage 2 also trains on N spoken items of 2-3 sentences (asr, ast)",
-}
-_SWITCHES = {
-    "chat_transcripts": "do not also train the chat questions' audio as asr items",
-    "extra_chat_transcripts": "train only the main set's chat questions as asr items",
-}
-
-
-def _parse(argv: Sequence[str] | None) -> tuple[DemoConfig, argparse.Namespace]:
-    defaults = DemoConfig()
-    parser = argparse.ArgumentParser(prog="mooer train demo", description=main.__doc__)
-    parser.add_argument("--out", default=defaults.out_dir, help="work folder (resumable)")
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--train", type=int, default=defaults.n_train, help="train utterances")
-    parser.add_argument("--heldout", type=int, default=defaults.n_heldout)
-    parser.add_argument("--ctc-steps", type=int, default=defaults.ctc_steps)
-    parser.add_argument("--llm-steps", type=int, default=defaults.llm_steps)
-    parser.add_argument("--llm-lr", type=float, default=defaults.llm_lr)
-    for name, help_text in _COUNT_FLAGS.items():
-        parser.add_argument(
-            _flag(name), type=int, default=getattr(defaults, name), metavar="N", help=help_text
-        )
-    for name, help_text in _SWITCHES.items():
-        flag = "--no-" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, action="store_false", help=help_text)
-    parser.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
-    parser.add_argument(
-        "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
-    )
-    parser.add_argument(
-        "--average", nargs="+", default=[], metavar="FINAL_PT", help="stage 2: average these legs"
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--workers", type=int, default=defaults.workers)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument("--install", type=Path, help="copy the exported model here at the end")
-    parser.add_argument(
-        "--write-examples", type=Path, metavar="DIR", help="only speak the example wavs into DIR"
-    )
-    args = parser.parse_args(argv)
-    cfg = dataclasses.replace(
-        defaults,
-        out_dir=args.out,
-        n_train=args.train,
-        n_heldout=args.heldout,
-        ctc_steps=args.ctc_steps,
-        llm_steps=args.llm_steps,
-        llm_lr=args.llm_lr,
-        **{name: getattr(args, name) for name in (*_COUNT_FLAGS, *_SWITCHES)},
-        llm_leg=args.llm_leg,
-        llm_init=args.llm_init,
-        llm_average=tuple(args.average),
-        seed=args.seed,
-        workers=args.workers,
-        threads=args.threads,
-    )
-    return cfg, args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def demo_command(
+    cfg: DemoConfig,
+    stages: Sequence[str] = STAGES,
+    install: Path | None = None,
+    write_examples_to: Path | None = None,
+) -> int:
     """``mooer train demo``: a demo model from nothing; run whole, one stage-2 leg (about 50 min
     on 2 shared cores; the bundled model took further legs, see docs/demo-model.md)."""
-    cfg, args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.write_examples is not None:
-        for path in write_examples(args.write_examples, args.seed):
+    if write_examples_to is not None:
+        for path in write_examples(write_examples_to, cfg.seed):
             print(path)
         return 0
-    model = run(cfg, args.stages)
-    if args.install is not None:
+    model = run(cfg, stages)
+    if install is not None:
         shutil.copytree(
             model,
-            args.install,
+            install,
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns(*(scores for _, scores in _EVAL_SETS)),
         )
@@ -1006,7 +941,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         if summary.exists():
             print(json.dumps(json.loads(summary.read_text(encoding="utf-8")), indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,6 @@ into ``--out``; the real-time factor is decoding time (features to text) over au
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -220,42 +219,37 @@ def write_report(scored: Sequence[Scored], summary: dict, out_dir: str | Path) -
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def eval_command(
+    testset: str | Path,
+    *,
+    model: str | None = None,
+    llm: str | None = None,
+    device: str | None = None,
+    quantize: str | None = None,
+    out: Path | None = None,
+    batch_size: int = 8,
+    beams: int = OFFLINE.num_beams,
+    tasks: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> int:
     """``mooer eval``: decode a test-set manifest and report WER/CER/BLEU/chat accuracy/RTF."""
     from dataclasses import replace
 
-    from mooer.cli import add_quantize_arg
     from mooer.model import load_model
 
-    parser = argparse.ArgumentParser(prog="mooer eval", description=main.__doc__)
-    parser.add_argument("testset", help="a jsonl manifest (id, audio, task, text, ...)")
-    parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
-    parser.add_argument("--llm", help="the Qwen2 folder of an MTL-layout checkpoint")
-    parser.add_argument("--out", type=Path, help="folder for hyps.jsonl and summary.{json,txt}")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--beams", type=int, default=OFFLINE.num_beams)
-    parser.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
-    add_quantize_arg(parser)
-    parser.add_argument("--tasks", nargs="+", help="score only these tasks")
-    parser.add_argument("--limit", type=int, help="score only the first N utterances")
-    args = parser.parse_args(argv)
     try:
-        entries = read_manifest(args.testset)
-        if args.tasks:
-            entries = [e for e in entries if e.task in args.tasks]
-        entries = entries[: args.limit] if args.limit else entries
-        model = load_model(args.model, llm=args.llm, device=args.device, quantize=args.quantize)
-        options = replace(OFFLINE, num_beams=args.beams)
-        scored, summary = evaluate(model, entries, args.batch_size, options, progress=True)
+        entries = read_manifest(testset)
+        if tasks:
+            entries = [e for e in entries if e.task in tasks]
+        entries = entries[:limit] if limit else entries
+        loaded = load_model(model, llm=llm, device=device, quantize=quantize)
+        options = replace(OFFLINE, num_beams=beams)
+        scored, summary = evaluate(loaded, entries, batch_size, options, progress=True)
     except MooerError as err:
         print(f"mooer eval: {err}", file=sys.stderr)
         return 1
-    if args.out is not None:
-        write_report(scored, summary, args.out)
+    if out is not None:
+        write_report(scored, summary, out)
     print(format_table(summary))
     print(json.dumps(summary))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

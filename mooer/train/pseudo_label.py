@@ -11,7 +11,6 @@ The manifest is the one ``mooer.train.data`` reads: audio paths relative to the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -126,41 +125,27 @@ def pseudo_label(
     return labels
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def pseudo_label_command(
+    inputs: Sequence[str],
+    out: Path,
+    *,
+    model: str | None = None,
+    llm: str | None = None,
+    device: str | None = None,
+    quantize: str | None = None,
+    translate: str | None = None,
+    batch_size: int = 4,
+) -> int:
     """``mooer pseudo-label``: transcribe (and translate) unlabelled audio into a manifest."""
-    from mooer.cli import add_quantize_arg
     from mooer.model import load_model
 
-    parser = argparse.ArgumentParser(prog="mooer pseudo-label", description=main.__doc__)
-    parser.add_argument("inputs", nargs="+", help="audio files, wav.scp or jsonl lists")
-    parser.add_argument("--out", required=True, type=Path, help="the manifest to write (.jsonl)")
-    parser.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
-    parser.add_argument("--llm", help="the Qwen2 folder of an MTL-layout checkpoint")
-    parser.add_argument(
-        "--translate",
-        choices=TRANSLATE_MODES,
-        help="add ast entries for Mandarin: from the transcript (text) or the audio (speech)",
-    )
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
-    add_quantize_arg(parser)
-    args = parser.parse_args(argv)
     try:
-        model = load_model(args.model, llm=args.llm, device=args.device, quantize=args.quantize)
+        loaded = load_model(model, llm=llm, device=device, quantize=quantize)
         labels = pseudo_label(
-            model,
-            read_inputs(args.inputs),
-            args.out,
-            args.translate,
-            args.batch_size,
-            progress=True,
+            loaded, read_inputs(inputs), out, translate, batch_size, progress=True
         )
     except MooerError as err:
         print(f"mooer pseudo-label: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {len(labels)} entries to {args.out}", file=sys.stderr)
+    print(f"wrote {len(labels)} entries to {out}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

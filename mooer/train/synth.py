@@ -12,7 +12,6 @@ call-to-call variation). espeak-ng is one global engine per process, hence a pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -280,36 +279,16 @@ def read_manifest(path: str | Path) -> list[dict]:
     return records
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def synth_command(out: Path, n_train: int, n_heldout: int, seed: int, workers: int) -> int:
     """``mooer train synth``: write ``OUT/train`` and ``OUT/heldout`` corpora with manifests."""
-    parser = argparse.ArgumentParser(
-        prog="mooer train synth",
-        description="Synthesise the template corpus with espeak-ng: training audio from "
-        "TRAIN_VOICES with augmentation, held-out audio (unseen sentences) from voices never "
-        "used in training, clean.",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--train", type=int, default=20000, help="training utterances")
-    parser.add_argument("--heldout", type=int, default=1000, help="held-out utterances")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    args = parser.parse_args(argv)
-    if args.train < 0 or args.heldout < 0:
-        parser.error("--train and --heldout must be non-negative")
     start = time.perf_counter()
-    train, heldout = build_corpus(args.train, args.heldout, args.seed)
+    train, heldout = build_corpus(n_train, n_heldout, seed)
     for name, utterances, voices, vary in (
         ("train", train, TRAIN_VOICES, True),
         ("heldout", heldout, HELDOUT_VOICES, False),
     ):
-        manifest = synthesize_corpus(
-            utterances, args.out / name, voices, args.seed, args.workers, augmented=vary
-        )
+        manifest = synthesize_corpus(utterances, out / name, voices, seed, workers, augmented=vary)
         hours = sum(r["duration"] for r in read_manifest(manifest)) / 3600
         print(f"{manifest}: {len(utterances)} utterances, {hours:.2f} h", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

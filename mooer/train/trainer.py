@@ -6,12 +6,11 @@ Only parameters with ``requires_grad`` reach the optimizer, and only they are ch
 together with the optimizer, scheduler, step and RNG states, so a resumed run continues the same
 trajectory: the data stream is deterministic and skips the batches already used.
 
-``main(argv)`` is ``mooer train CONFIG``: config -> model -> data -> loop -> exported model.
+``train_command`` is ``mooer train CONFIG``: config -> model -> data -> loop -> exported model.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -619,21 +618,11 @@ def _build_on_rank0_first(cfg: TrainConfig, device: torch.device, dist: Distribu
     return objective
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def train_command(config: str | Path, overrides: Sequence[str] = ()) -> int:
     """``mooer train CONFIG [--set key=value ...]``: train, then export to OUTPUT_DIR/final."""
     from mooer.train.config import load_config
 
-    parser = argparse.ArgumentParser(prog="mooer train", description=main.__doc__)
-    parser.add_argument("config", help="a YAML training config")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. optim.lr=1e-4 (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, overrides=args.set)
+    cfg = load_config(config, overrides=overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     exported = train(cfg)
     if exported is not None:

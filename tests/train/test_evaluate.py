@@ -9,11 +9,12 @@ import pytest
 import soundfile as sf
 
 from mooer.audio import SAMPLE_RATE
+from mooer.cli import main
 from mooer.llm.decoding import OFFLINE
 from mooer.llm.prompts import build_prompt
 from mooer.model import load_model
 from mooer.train.data import Entry
-from mooer.train.evaluate import decode, format_table, main, score_entry, summarize
+from mooer.train.evaluate import decode, format_table, score_entry, summarize
 
 GREEDY = replace(OFFLINE, num_beams=1, max_new_tokens=6)
 
@@ -142,7 +143,7 @@ def test_main_writes_hypotheses_and_summary(fabricated, tmp_path, capsys):
     manifest.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "report"
     args = ["--model", str(fabricated("omni")), str(manifest), "--out", str(out), "--beams", "1"]
-    assert main([*args, "--device", "cpu"]) == 0
+    assert main(["eval", *args, "--device", "cpu"]) == 0
     hyps = [json.loads(x) for x in (out / "hyps.jsonl").read_text().splitlines()]
     assert [h["id"] for h in hyps] == ["u1", "u2"]
     assert hyps[1]["ref"] == "hello" and hyps[1]["correct"] in (True, False)
@@ -156,12 +157,12 @@ def test_main_writes_hypotheses_and_summary(fabricated, tmp_path, capsys):
 def test_main_reports_a_bad_test_set_without_a_traceback(tmp_path, capsys):
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text('{"id": "u1", "task": "asr"}\n')
-    assert main([str(manifest)]) == 1
+    assert main(["eval", str(manifest)]) == 1
     assert "bad.jsonl:1" in capsys.readouterr().err
 
 
 def test_main_refuses_text_only_lines_by_name(tmp_path, capsys):
     manifest = tmp_path / "mixed.jsonl"
     manifest.write_text('{"id": "t1", "task": "chat_text", "text": "hi", "target": "hello"}\n')
-    assert main([str(manifest)]) == 1
+    assert main(["eval", str(manifest)]) == 1
     assert "t1: a chat_text item has no audio to score" in capsys.readouterr().err

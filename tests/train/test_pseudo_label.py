@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from mooer.cli import main
 from mooer.llm.decoding import OFFLINE
 from mooer.model import load_model
 from mooer.text import language_of
 from mooer.train.data import read_manifest
-from mooer.train.pseudo_label import main, pseudo_label, translate_text
+from mooer.train.pseudo_label import pseudo_label, translate_text
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "audio"
 GREEDY = replace(OFFLINE, num_beams=1)
@@ -68,7 +69,8 @@ def test_text_mode_translation_gives_one_answer_per_transcript(fabricated):
 
 def test_main_writes_the_manifest(tmp_path):
     out = tmp_path / "out.jsonl"
-    assert main([str(EXAMPLES / "en_directions.wav"), "--out", str(out), "--device", "cpu"]) == 0
+    args = [str(EXAMPLES / "en_directions.wav"), "--out", str(out), "--device", "cpu"]
+    assert main(["pseudo-label", *args]) == 0
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert line["text"] == line["target"] == "the park is to the north"
     assert line["task"] == "asr" and line["lang"] == "en"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mooer.cli import main
 from mooer.errors import AudioError, ConfigError
 from mooer.train.corpus import Utterance, build_corpus
 from mooer.train.synth import (
@@ -19,7 +20,6 @@ from mooer.train.synth import (
     VoiceSpec,
     _pink_noise,
     augment,
-    main,
     read_manifest,
     spoken,
     synthesize_corpus,
@@ -227,7 +227,8 @@ def test_read_manifest_names_the_bad_line(manifest, tmp_path):
 
 
 def test_cli_writes_train_and_heldout(tmp_path):
-    assert main(["--out", str(tmp_path), "--train", "6", "--heldout", "4", "--workers", "1"]) == 0
+    args = ["--out", str(tmp_path), "--train", "6", "--heldout", "4", "--workers", "1"]
+    assert main(["train", "synth", *args]) == 0
     train = read_manifest(tmp_path / "train" / "manifest.jsonl")
     heldout = read_manifest(tmp_path / "heldout" / "manifest.jsonl")
     assert len(train) == 6 and len(heldout) == 4

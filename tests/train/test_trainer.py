@@ -13,6 +13,7 @@ import yaml
 
 from mooer.asr.frontend import Frontend
 from mooer.audio import SAMPLE_RATE
+from mooer.cli import main
 from mooer.errors import CheckpointError, ConfigError
 from mooer.llm.decoding import STREAMING
 from mooer.llm.fabricate import write_tiny_llm
@@ -22,7 +23,7 @@ from mooer.train.data import SpeechDataset, make_loader
 from mooer.train.export import export_model
 from mooer.train.objective import build_objective, training_prompt
 from mooer.train.tokenizer import train_tokenizer
-from mooer.train.trainer import LOG_FILE, Trainer, autocast, lr_factor, main, seed_everything
+from mooer.train.trainer import LOG_FILE, Trainer, autocast, lr_factor, seed_everything
 
 # Three "words", each a tone chord the tiny model can tell apart, each with a fixed answer.
 PHRASES = {"red": (300,), "green light": (500, 1250), "blue sky": (800, 1900, 2700)}
@@ -97,7 +98,7 @@ def test_training_smoke_loss_falls_and_the_export_loads_and_decodes(corpus, tmp_
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(_raw_config(corpus, tmp_path / "run", device)))
     overrides = [f"data.valid=[{corpus['manifest']}]", "data.cache_encoder=true"]
-    assert main([str(path), *(arg for o in overrides for arg in ("--set", o))]) == 0
+    assert main(["train", str(path), *(arg for o in overrides for arg in ("--set", o))]) == 0
 
     losses = _losses(tmp_path / "run")
     assert len(losses) == 60
@@ -135,7 +136,7 @@ def test_text_chat_lines_train_beside_speech(corpus, tmp_path, device, cache_enc
     raw["data"].update(train=[str(manifest)], cache_encoder=cache_encoder, max_frames_in_batch=80)
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
-    assert main([str(path)]) == 0
+    assert main(["train", str(path)]) == 0
     assert all(np.isfinite(v) for v in _losses(tmp_path / "run").values())
 
 
