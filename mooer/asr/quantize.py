@@ -1,10 +1,10 @@
-"""int8 weights for the speech front half (encoder + adapter) on the CPU.
+"""int8 weights for a model on the CPU: the encoder, the adapter and an in-process LLM.
 
 Dynamic quantisation: every ``nn.Linear`` keeps its weight as int8 (one scale per matrix) and
 quantises its input per call, so nothing is calibrated and the released fp32 weights stay the
-source. The Linear layers hold 99 % of the encoder's multiply-adds; the FSMN convolutions and
-layer norms stay fp32. Why torch's own kernels rather than ONNX Runtime: see docs/checkpoints.md
-("int8 on the CPU").
+source. The Linear layers hold 99 % of the encoder's multiply-adds; the FSMN convolutions, layer
+norms and the LLM's embedding table stay fp32. Why torch's own kernels rather than ONNX Runtime:
+see docs/checkpoints.md ("int8 on the CPU").
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ QUANTIZE_MODES = ("int8",)
 _INT8_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")  # torch's int8 CPU kernels, best first
 
 
-def check_quantize(quantize: str | None, device: torch.device) -> None:
-    """Refuse a ``quantize`` value this device or torch build cannot run, naming the alternative."""
+def check_quantize(
+    quantize: str | None, device: torch.device, llm_dtype: torch.dtype | None = None
+) -> None:
+    """Refuse a ``quantize`` value this device, torch build or LLM precision cannot run, naming
+    the alternative; ``llm_dtype``: the precision of an LLM to quantise too (None: none)."""
     if quantize is None:
         return
     if quantize not in QUANTIZE_MODES:
@@ -37,6 +40,12 @@ def check_quantize(quantize: str | None, device: torch.device) -> None:
             f"quantize {quantize}: this torch build ({torch.__version__}) has no int8 CPU kernels "
             f"(supported quantized engines: {list(_supported_engines())}): leave --quantize out "
             "to run in fp32"
+        )
+    if llm_dtype is not None and llm_dtype != torch.float32:
+        raise ConfigError(
+            f"quantize {quantize} makes the LLM's int8 weights from fp32 ones, but dtype is "
+            f"{str(llm_dtype).removeprefix('torch.')}: leave --dtype out (fp32 on the CPU) or "
+            "leave --quantize out"
         )
 
 
@@ -68,6 +77,17 @@ def quantize_int8(module: nn.Module) -> nn.Module:
 def is_quantized(module: nn.Module) -> bool:
     """Whether ``module`` holds int8 layers made by :func:`quantize_int8`."""
     return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
+
+
+def weight_count(module: nn.Module) -> int:
+    """About the weights of ``module``, its int8 Linear layers' matrices included (they hold no
+    parameters; their biases and a head tied to an embedding table are not told apart)."""
+    packed = sum(
+        m.in_features * m.out_features
+        for m in module.modules()
+        if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)
+    )
+    return packed + sum(p.numel() for p in module.parameters())
 
 
 def refuse_quantized(module: nn.Module, action: str) -> None:

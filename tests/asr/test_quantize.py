@@ -1,4 +1,5 @@
-"""int8 encoder + adapter on the CPU: close to fp32 on the demo model, refused where it cannot run."""
+"""int8 encoder, adapter and LLM on the CPU: close to fp32 on the demo model, refused where it
+cannot run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import mooer.asr.quantize as quantize
-from mooer.asr.quantize import check_quantize, is_quantized, quantize_int8
+from mooer.asr.quantize import check_quantize, is_quantized, quantize_int8, weight_count
 from mooer.audio import load_audio
 from mooer.errors import ConfigError
 from mooer.llm.decoding import OFFLINE
@@ -29,12 +30,22 @@ def int8():
     return load_model(device="cpu", quantize="int8")
 
 
-def test_only_the_encoder_and_adapter_are_quantised(fp32, int8):
-    assert is_quantized(int8.encoder) and is_quantized(int8.adapter)
-    assert not is_quantized(int8.llm) and not is_quantized(fp32)
+def test_the_encoder_adapter_and_llm_are_quantised(fp32, int8):
+    assert is_quantized(int8.encoder) and is_quantized(int8.adapter) and is_quantized(int8.llm)
+    assert not is_quantized(fp32)
     linear = int8.encoder.encoders[0].feed_forward.w_1
     assert linear.weight().dtype == torch.qint8
+    assert int8.llm.get_output_embeddings().weight().dtype == torch.qint8
+    assert int8.llm.get_input_embeddings().weight.dtype == torch.float32  # a table, not a Linear
     assert int8.device == torch.device("cpu")
+    # the int8 layers hold no parameters: the engine's thread default still counts their weights
+    assert weight_count(int8) == pytest.approx(weight_count(fp32), rel=0.05)  # (tied head apart)
+    assert sum(p.numel() for p in int8.parameters()) < weight_count(fp32) / 2
+
+
+def test_an_llm_in_bf16_is_refused_with_the_alternative():
+    with pytest.raises(ConfigError, match=r"from fp32 ones, but dtype is bfloat16.*--dtype out"):
+        load_model(device="cpu", dtype="bf16", quantize="int8")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
