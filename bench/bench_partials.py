@@ -33,7 +33,7 @@ from mooer.asr.adapter import LinearAdapter
 from mooer.asr.encoder import EncoderConfig, SANMEncoder
 from mooer.asr.frontend import Cmvn, Frontend
 from mooer.asr.partial_context import Embed, PartialContext, PartialEmbeds
-from mooer.asr.quantize import check_quantize, quantize_int8
+from mooer.asr.quantize import check_quantize, quantize_encoder_int8, quantize_int8
 from mooer.audio import SAMPLE_RATE, ms_to_samples
 from mooer.llm.decoding import OFFLINE, STREAMING
 from mooer.model import load_model
@@ -142,7 +142,7 @@ def cost(args: argparse.Namespace, contexts: Sequence[str]) -> None:
     precision = args.quantize or "fp32"
     if args.quantize:
         check_quantize(args.quantize, torch.device("cpu"))
-        quantize_int8(encoder)
+        quantize_encoder_int8(encoder)
         quantize_int8(adapter)
 
     def embed(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

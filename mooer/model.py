@@ -23,7 +23,7 @@ from mooer import checkpoint
 from mooer.asr.adapter import LinearAdapter, load_adapter
 from mooer.asr.encoder import SANMEncoder, load_encoder
 from mooer.asr.frontend import Cmvn, Frontend
-from mooer.asr.quantize import check_quantize, quantize_int8
+from mooer.asr.quantize import check_quantize, quantize_encoder_int8, quantize_int8
 from mooer.audio import SAMPLE_RATE
 from mooer.devices import resolve_device, resolve_dtype
 from mooer.errors import AudioError, CheckpointError, ConfigError
@@ -238,7 +238,7 @@ def load_model(
     speech_llm.adapter.to(dev)
     speech_llm.eval().requires_grad_(False)
     if quantize is not None:
-        quantize_int8(speech_llm.encoder)
+        quantize_encoder_int8(speech_llm.encoder)
         quantize_int8(speech_llm.adapter)
     if quantize_llm:
         quantize_int8(speech_llm.llm)

@@ -10,10 +10,15 @@ see docs/checkpoints.md ("int8 on the CPU").
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.ao.nn.intrinsic as intrinsic
+import torch.ao.nn.intrinsic.quantized.dynamic as intrinsic_dynamic
 from torch import nn
 
+from mooer.asr.encoder import FeedForward, SANMAttention, SANMEncoder
 from mooer.errors import ConfigError
 
 QUANTIZE_MODES = ("int8",)
@@ -55,28 +60,59 @@ def quantize_int8(module: nn.Module) -> nn.Module:
     In place, one layer at a time, so peak memory stays at the fp32 model's: each fp32 weight is
     freed once its int8 copy exists. Call :func:`check_quantize` first.
     """
+    names = [name for name, m in module.named_modules() if type(m) is nn.Linear]
+    with _int8_kernels():
+        for name in names:  # by name, so that no list keeps the replaced fp32 layers alive
+            parent, _, child = name.rpartition(".")
+            int8 = _int8_linear(module.get_submodule(name))
+            setattr(module.get_submodule(parent) if parent else module, child, int8)
+    return module.eval()
+
+
+def quantize_encoder_int8(encoder: SANMEncoder) -> SANMEncoder:
+    """:func:`quantize_int8` for the SAN-M encoder, with fewer operations per block: each
+    feed-forward's first layer and its ReLU one int8 op, each FSMN memory one conv
+    (``SANMAttention.fold_fsmn``). On a busy CPU every operation's threads wait for one
+    another, so fewer operations are faster; the output stays as close to fp32."""
+    with _int8_kernels():
+        for module in encoder.modules():
+            if isinstance(module, SANMAttention):
+                module.fold_fsmn()
+            elif isinstance(module, FeedForward) and type(module.activation) is nn.ReLU:
+                float_pair = intrinsic.LinearReLU(module.w_1, module.activation)
+                module.w_1 = _int8_linear(float_pair, intrinsic_dynamic.LinearReLU)
+                module.activation = nn.Identity()
+    return quantize_int8(encoder)
+
+
+@contextmanager
+def _int8_kernels() -> Iterator[None]:
+    """torch's int8 CPU engine selected, its deprecation notices silenced."""
     engine = _int8_engine()
     if torch.backends.quantized.engine != engine:
         torch.backends.quantized.engine = engine
-    names = [name for name, m in module.named_modules() if type(m) is nn.Linear]
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao; check_quantize notices its removal.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings(
             "ignore", message=".*quantized tensor creation", category=UserWarning
         )
-        for name in names:  # by name, so that no list keeps the replaced fp32 layers alive
-            parent, _, child = name.rpartition(".")
-            linear = module.get_submodule(name)
-            linear.qconfig = torch.ao.quantization.default_dynamic_qconfig
-            int8 = torch.ao.nn.quantized.dynamic.Linear.from_float(linear)
-            setattr(module.get_submodule(parent) if parent else module, child, int8)
-    return module.eval()
+        yield
+
+
+def _int8_linear(
+    layer: nn.Module, kind: type[nn.Module] = torch.ao.nn.quantized.dynamic.Linear
+) -> nn.Module:
+    """The dynamic int8 ``kind`` of the fp32 Linear ``layer`` (or Linear + ReLU pair)."""
+    layer.qconfig = torch.ao.quantization.default_dynamic_qconfig
+    for part in layer.children():  # a fused pair's Linear is read with the same settings
+        part.qconfig = layer.qconfig
+    return kind.from_float(layer)
 
 
 def is_quantized(module: nn.Module) -> bool:
     """Whether ``module`` holds int8 layers made by :func:`quantize_int8`."""
-    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.modules())
+    return any(".quantized." in type(m).__module__ for m in module.modules())
 
 
 def weight_count(module: nn.Module) -> int:
