@@ -2,9 +2,9 @@
 
 Partials come every ``--interval-ms`` of an utterance, as a live session asks for them. Each is
 encoded either whole (the utterance so far: ``full``) or with ``mooer.asr.partial_context``'s
-bounded window (``LEFT/REDO/LONG`` in ms: that much left context, the tokens before it kept from
-earlier partials; the end of each window encoded again next time; a long utterance's partials
-at least ``LONG`` apart, as ``PartialContext`` says).
+bounded window (``LEFT/REDO[/LONG_AFTER/LONG_INTERVAL]`` in ms: that much left context, the tokens
+before it kept from earlier partials; the end of each window encoded again next time; from
+``LONG_AFTER`` on, partials at least ``LONG_INTERVAL`` apart, as ``PartialContext`` says).
 
 1. Quality, on the demo model, over held-out speech in a held-out voice (several sentences with
    short pauses make one long utterance): per context, how the partial texts compare with the
@@ -14,7 +14,7 @@ at least ``LONG`` apart, as ``PartialContext`` says).
    threads): encoder seconds per second of speech for the partials of a 1 s and a 15 s
    utterance, side by side.
 
-    python bench/bench_partials.py [--contexts full 480/960 480/960/1200] [--utterances 6]
+    python bench/bench_partials.py [--contexts full 480/960 480/960/2880/1440] [--utterances 6]
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ from machine import describe  # noqa: E402  (a sibling script, not a package)
 
 
 def parse_context(text: str) -> PartialContext | None:
-    """``full`` -> None (whole utterance); ``LEFT``, ``LEFT/REDO`` or ``LEFT/REDO/LONG`` in ms ->
-    a PartialContext (``LONG``: ``long_interval_ms``, 0 when left out)."""
+    """``full`` -> None (whole utterance); ``LEFT/REDO[/LONG_AFTER/LONG_INTERVAL]`` in ms -> a
+    PartialContext (without the last two: never spaced further apart)."""
     if text == "full":
         return None
-    left, redo, long = ([int(ms) for ms in text.split("/")] + [0, 0])[:3]
-    return PartialContext(left, redo, long)
+    ms = [int(part) for part in text.split("/")]
+    return PartialContext(*ms) if len(ms) == 4 else PartialContext(*ms[:2], long_interval_ms=0)
 
 
 def partial_embeds(
@@ -177,7 +177,7 @@ def cost(args: argparse.Namespace, contexts: Sequence[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contexts", nargs="+", default=["full", "480/960", "480/960/1200"])
+    parser.add_argument("--contexts", nargs="+", default=["full", "480/960", "480/960/2880/1440"])
     parser.add_argument("--interval-ms", type=int, default=480)
     parser.add_argument("--utterances", type=int, default=6, help="per language")
     parser.add_argument("--sentences", type=int, default=3, help="per utterance")

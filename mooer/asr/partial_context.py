@@ -7,8 +7,8 @@ thrown away) and nothing after; the embeddings of the tokens before the window a
 earlier partials made, kept. The SAN-M encoder is full-context, so a token encoded with little
 context differs from the whole utterance's: ``bench/bench_partials.py`` measures how much that
 changes the partial text; finals still encode the whole utterance. A long utterance's partials
-come further apart (``long_interval_ms``), so that the old audio each window encodes again costs
-no more per second of speech than a short utterance's partials do.
+come further apart (``long_after_ms``, ``long_interval_ms``), so that the old audio each window
+encodes again costs no more per second of speech than a short utterance's partials do.
 
 Windows start on a token boundary (1920 samples, 120 ms): the fbank, LFR and adapter frames
 of the window are then those of the whole utterance, shifted by whole tokens.
@@ -35,19 +35,20 @@ class PartialContext:
 
     ``left_ms``: audio before the new part encoded again as its left context; ``redo_ms``: the
     end of each window, encoded without right context, is encoded again by the next partial
-    (its tokens are not kept). Both are rounded down to whole 120 ms tokens. ``long_interval_ms``:
-    once an utterance is longer than ``left_ms + redo_ms`` (its windows no longer cover it),
-    its partials come at least this far apart: each window then encodes ``left + redo`` ms of
-    old audio for ``long_interval_ms`` of new, so the encoder time per second of speech stays
-    about what a short utterance's partials cost (0: the session's interval throughout).
+    (its tokens are not kept). Both are rounded down to whole 120 ms tokens. Once an utterance
+    is ``long_after_ms`` long, its partials come at least ``long_interval_ms`` apart: each window
+    encodes ``left + redo`` ms of old audio again, and over fewer, longer steps that costs no
+    more encoder time per second of speech than a short utterance's partials do
+    (``long_interval_ms`` 0: the session's interval throughout).
     """
 
     left_ms: int = 480
     redo_ms: int = 960
-    long_interval_ms: int = 1200
+    long_after_ms: int = 2880
+    long_interval_ms: int = 1440
 
     def __post_init__(self) -> None:
-        for name in ("left_ms", "redo_ms", "long_interval_ms"):
+        for name in ("left_ms", "redo_ms", "long_after_ms", "long_interval_ms"):
             check_number(getattr(self, name), f"PartialContext.{name}", 0, 60_000, integer=True)
 
     @property
@@ -61,8 +62,7 @@ class PartialContext:
     def interval_after(self, length: int, interval: int) -> int:
         """Samples from a partial of an utterance ``length`` samples long to its next one;
         ``interval``: the session's partial interval in samples."""
-        context = (self.left_tokens + self.redo_tokens) * SAMPLES_PER_TOKEN
-        if length < context:
+        if length < ms_to_samples(self.long_after_ms):
             return interval
         return max(interval, ms_to_samples(self.long_interval_ms))
 

@@ -82,15 +82,15 @@ def test_a_shorter_audio_starts_again(model, talk):
 
 
 def test_a_long_utterances_partials_come_further_apart():
-    context = PartialContext()  # 480 + 960 ms of context, then every 1200 ms
-    covered = (context.left_tokens + context.redo_tokens) * SAMPLES_PER_TOKEN
-    assert context.interval_after(covered - 1, INTERVAL) == INTERVAL
-    assert context.interval_after(covered, INTERVAL) == ms_to_samples(1200)
-    assert context.interval_after(covered, ms_to_samples(2000)) == ms_to_samples(2000)
+    context = PartialContext()  # every 480 ms up to 2.88 s, then every 1.44 s
+    long = ms_to_samples(2880)
+    assert context.interval_after(long - 1, INTERVAL) == INTERVAL
+    assert context.interval_after(long, INTERVAL) == ms_to_samples(1440)
+    assert context.interval_after(long, ms_to_samples(2000)) == ms_to_samples(2000)
     assert PartialContext(long_interval_ms=0).interval_after(10**6, INTERVAL) == INTERVAL
 
 
-@pytest.mark.parametrize("name", ["left_ms", "redo_ms", "long_interval_ms"])
+@pytest.mark.parametrize("name", ["left_ms", "redo_ms", "long_after_ms", "long_interval_ms"])
 @pytest.mark.parametrize("value", [-1, 0.5, True, 10**6])
 def test_bad_context_names_the_field(name, value):
     with pytest.raises(ConfigError, match=f"PartialContext.{name}"):
