@@ -227,6 +227,11 @@ def main() -> None:
         help="a mooer source tree (an older commit, unpacked) served beside this one, without "
         "--quantize; the two take turns at each session count",
     )
+    parser.add_argument(
+        "--all-levels",
+        action="store_true",
+        help="run every session count, also after one fell behind (figures side by side)",
+    )
     args = parser.parse_args()
 
     clips = example_clips(args.wav)
@@ -271,7 +276,7 @@ def main() -> None:
                 print(table_line(columns), flush=True)
                 for message in sorted(set(errors)):
                     print(f"  server error: {message}")
-                if not ramps[name].take(count, figures) or errors:
+                if (not ramps[name].take(count, figures) or errors) and not args.all_levels:
                     print(f"{name}: {ramps[name].summary()}")
                     ramps[name] = None
             if all(ramp is None for ramp in ramps.values()):
