@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 from mooer.asr.adapter import LinearAdapter
 from mooer.asr.encoder import EncoderConfig, SANMEncoder
 from mooer.asr.frontend import Cmvn, Frontend
-from mooer.asr.partial_context import Embed, PartialContext, PartialEmbeds
+from mooer.asr.partial_context import Embed, PartialContext, PartialEmbeds, token_count
 from mooer.asr.quantize import check_quantize, quantize_encoder_int8, quantize_int8
 from mooer.audio import SAMPLE_RATE, ms_to_samples
 from mooer.llm.decoding import OFFLINE, STREAMING
@@ -42,7 +42,8 @@ from mooer.text import units
 from mooer.train.talk import heldout_sentences, spoken_talk
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402  (a sibling script, not a package)
+from bench_encoder import best_times  # noqa: E402  (sibling scripts, not a package)
+from machine import describe  # noqa: E402
 
 
 def parse_context(text: str) -> PartialContext | None:
@@ -71,6 +72,12 @@ def partial_embeds(
             out.append(state.embed(embed, audio[:end]))
             end += context.interval_after(end, interval)
     return out, encoded if state is None else state.encoded_samples
+
+
+def tokens_only(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """An embed that only counts: zero embeddings (1, T, 1) of the right length."""
+    tokens = token_count(waves[0].size)
+    return torch.zeros(1, tokens, 1), torch.tensor([tokens])
 
 
 def prefix_share(partial: list[str], final: list[str]) -> float:
@@ -156,21 +163,23 @@ def cost(args: argparse.Namespace, contexts: Sequence[str]) -> None:
         f"full-size encoder + adapter (random weights, {precision}, {args.threads} threads): encoder "
         f"seconds per second of speech, partials every {args.interval_ms} ms"
     )
-    print(f"{'context':>10} {'1 s':>7} {'15 s':>7} {'15 s / 1 s':>10}")
+    print(
+        f"{'context':>17} {'1 s':>7} {'15 s':>7} {'15 s / 1 s':>10}  audio encoded per s: "
+        f"{'1 s':>5} {'15 s':>5} {'15 s / 1 s':>10}"
+    )
     with torch.inference_mode():
         for name in contexts:
             context = parse_context(name)
-            per_s = {}
-            for seconds, audio in clips.items():
-                partial_embeds(embed, audio[: interval * 2], interval, context)  # warm-up
-                best = float("inf")
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    partial_embeds(embed, audio, interval, context)
-                    best = min(best, time.perf_counter() - start)
-                per_s[seconds] = best / seconds
+            runs = [partial(partial_embeds, embed, a, interval, context) for a in clips.values()]
+            best = best_times(runs, args.repeats)  # the two lengths take turns: the same load
+            per_s = [t / s for t, s in zip(best, clips)]
+            audio = [
+                partial_embeds(tokens_only, a, interval, context)[1] / SAMPLE_RATE / s
+                for s, a in clips.items()
+            ]
             print(
-                f"{name:>10} {per_s[1]:>7.4f} {per_s[15]:>7.4f} {per_s[15] / per_s[1]:>10.2f}",
+                f"{name:>17} {per_s[0]:>7.4f} {per_s[1]:>7.4f} {per_s[1] / per_s[0]:>10.2f}  "
+                f"{'':>20} {audio[0]:>5.2f} {audio[1]:>5.2f} {audio[1] / audio[0]:>10.2f}",
                 flush=True,
             )
 
