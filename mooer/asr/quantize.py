@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.ao.nn.intrinsic as intrinsic
-import torch.ao.nn.intrinsic.quantized.dynamic as intrinsic_dynamic
 from torch import nn
 
 from mooer.asr.encoder import FeedForward, SANMAttention, SANMEncoder
@@ -74,6 +72,10 @@ def quantize_encoder_int8(encoder: SANMEncoder) -> SANMEncoder:
     feed-forward's first layer and its ReLU one int8 op, each FSMN memory one conv
     (``SANMAttention.fold_fsmn``). On a busy CPU every operation's threads wait for one
     another, so fewer operations are faster; the output stays as close to fp32."""
+    # torch.ao is read only here: a build without it is refused by check_quantize, not at import
+    import torch.ao.nn.intrinsic as intrinsic
+    import torch.ao.nn.intrinsic.quantized.dynamic as intrinsic_dynamic
+
     with _int8_kernels():
         for module in encoder.modules():
             if isinstance(module, SANMAttention):
@@ -100,14 +102,13 @@ def _int8_kernels() -> Iterator[None]:
         yield
 
 
-def _int8_linear(
-    layer: nn.Module, kind: type[nn.Module] = torch.ao.nn.quantized.dynamic.Linear
-) -> nn.Module:
-    """The dynamic int8 ``kind`` of the fp32 Linear ``layer`` (or Linear + ReLU pair)."""
+def _int8_linear(layer: nn.Module, kind: type[nn.Module] | None = None) -> nn.Module:
+    """The dynamic int8 ``kind`` (default: Linear) of the fp32 Linear ``layer`` (or Linear +
+    ReLU pair)."""
     layer.qconfig = torch.ao.quantization.default_dynamic_qconfig
     for part in layer.children():  # a fused pair's Linear is read with the same settings
         part.qconfig = layer.qconfig
-    return kind.from_float(layer)
+    return (kind or torch.ao.nn.quantized.dynamic.Linear).from_float(layer)
 
 
 def is_quantized(module: nn.Module) -> bool:
@@ -121,14 +122,16 @@ def weight_count(module: nn.Module) -> int:
     packed = sum(
         m.in_features * m.out_features
         for m in module.modules()
-        if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)
+        if ".quantized." in type(m).__module__ and hasattr(m, "in_features")
     )
     return packed + sum(p.numel() for p in module.parameters())
 
 
 def refuse_quantized(module: nn.Module, action: str) -> None:
-    """int8 layers have no gradients and no fp32 weights to save: ``action`` needs the fp32 model."""
-    if is_quantized(module):
+    """int8 layers have no gradients and no fp32 weights to save, folded FSMN filters are not the
+    released ones: ``action`` needs the fp32 model as loaded."""
+    folded = any(getattr(m, "fsmn_folded", False) for m in module.modules())
+    if folded or is_quantized(module):
         raise ConfigError(
             f"{action} needs the fp32 model, but this one is quantised to int8: load it again "
             "without quantize"
