@@ -28,7 +28,7 @@ from machine import cpu_model
 from mooer.asr.adapter import LinearAdapter, adapter_state_dict, load_adapter
 from mooer.asr.encoder import EncoderConfig, SANMEncoder, load_encoder
 from mooer.asr.frontend import Cmvn, Frontend
-from mooer.asr.quantize import check_quantize, quantize_int8
+from mooer.asr.quantize import check_quantize, quantize_encoder_int8, quantize_int8
 from mooer.audio import SAMPLE_RATE
 
 
@@ -106,7 +106,7 @@ def rss_child(folder: str, precision: str, seconds: float, threads: int) -> None
     encoder = load_encoder(os.path.join(folder, "paraformer-encoder.pth"), mmap=precision == "fp32")
     adapter = load_adapter(os.path.join(folder, "adapter_project.pt"), encoder.cfg.output_size)
     if precision == "int8":
-        quantize_int8(encoder)
+        quantize_encoder_int8(encoder)
         quantize_int8(adapter)
     samples = np.random.default_rng(0).uniform(-0.3, 0.3, int(seconds * SAMPLE_RATE))
     feats = Frontend(Cmvn.identity())(samples.astype(np.float32))[None]  # (1, T, 560)
@@ -140,23 +140,23 @@ def main() -> None:
         rss = {
             p: child_peak_rss(folder, p, max(args.seconds), args.threads) for p in ("fp32", "int8")
         }
-    # the same weights in int8, as load_model(quantize="int8") makes them
-    int8_encoder, int8_adapter = (
-        quantize_int8(copy.deepcopy(encoder)),
-        quantize_int8(copy.deepcopy(adapter)),
-    )
+    # the same weights in int8, as load_model(quantize="int8") makes them, and with its Linear
+    # layers quantised alone (no fused operations: what --quantize int8 did before)
+    int8_adapter = quantize_int8(copy.deepcopy(adapter))
+    variants = {
+        "fp32": (encoder, adapter),
+        "int8": (quantize_encoder_int8(copy.deepcopy(encoder)), int8_adapter),
+        "int8 Linear only": (quantize_int8(copy.deepcopy(encoder)), int8_adapter),
+    }
     rng = np.random.default_rng(0)
     clips = {
         s: rng.uniform(-0.3, 0.3, int(s * SAMPLE_RATE)).astype(np.float32) for s in args.seconds
     }
 
-    rows = []  # [precision, seconds, frames, front s, encoder s, adapter s, side by side s, funasr s]
+    rows = []  # [variant, seconds, frames, front s, encoder s, adapter s, side by side s, funasr s]
     with torch.inference_mode():
         for seconds, samples in clips.items():
-            for name, enc, adapt in (
-                ("fp32", encoder, adapter),
-                ("int8", int8_encoder, int8_adapter),
-            ):
+            for name, (enc, adapt) in variants.items():
                 rows.append(
                     [name, seconds, *time_stages(frontend, enc, adapt, samples, args.repeats)]
                 )
@@ -164,22 +164,22 @@ def main() -> None:
         for seconds, samples in clips.items():
             feats = frontend(samples)[None]  # (1, T, 560)
             lengths = torch.tensor([feats.shape[1]])
-            encoders = [encoder, int8_encoder] + ([] if reference is None else [reference])
-            # all three take turns within each repeat: the ratios come from one stretch of time
+            encoders = [enc for enc, _ in variants.values()] + [reference] * (reference is not None)
+            # all take turns within each repeat: the ratios come from one stretch of time
             side_by_side = best_times([partial(m, feats, lengths) for m in encoders], args.repeats)
-            t_ref = side_by_side[2] if reference is not None else None
+            t_ref = side_by_side[-1] if reference is not None else None
             for row in rows:
                 if row[1] == seconds:
-                    row += [side_by_side[0 if row[0] == "fp32" else 1], t_ref]
+                    row += [side_by_side[list(variants).index(row[0])], t_ref]
 
     params = sum(p.numel() for p in encoder.parameters()) / 1e6
     print(f"CPU: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
-        f"encoder {params:.2f} M params, adapter 512x2 -> 3584; fp32 and dynamic int8 "
-        f"(--quantize int8); best of {args.repeats} runs"
+        f"encoder {params:.2f} M params, adapter 512x2 -> 3584; fp32, dynamic int8 "
+        f"(--quantize int8: fused, and its Linear layers alone); best of {args.repeats} runs"
     )
     print(
-        f"{'':>4} {'audio s':>7} {'frames':>6} {'front s':>8} {'encoder s':>9} {'adapter s':>9} "
+        f"{'':>16} {'audio s':>7} {'frames':>6} {'front s':>8} {'encoder s':>9} {'adapter s':>9} "
         f"{'RTF':>7} {'side by side: ours':>18} {'funasr':>7} {'speed-up':>8}"
     )
     for name, seconds, frames, t_front, t_enc, t_adapt, t_ours, t_ref in rows:
@@ -190,7 +190,7 @@ def main() -> None:
             else f"{t_ours:>18.3f} {'-':>7} {'-':>8}"
         )
         print(
-            f"{name:>4} {seconds:>7.0f} {frames:>6} {t_front:>8.3f} {t_enc:>9.3f} {t_adapt:>9.4f} "
+            f"{name:>16} {seconds:>7.0f} {frames:>6} {t_front:>8.3f} {t_enc:>9.3f} {t_adapt:>9.4f} "
             f"{rtf:>7.4f} {ref}"
         )
     longest = max(args.seconds)

@@ -2,17 +2,19 @@
 
 Partials come every ``--interval-ms`` of an utterance, as a live session asks for them. Each is
 encoded either whole (the utterance so far: ``full``) or with ``mooer.asr.partial_context``'s
-bounded window (``left=<ms>``: that much left context, the tokens before it kept from earlier
-partials; ``redo=<ms>``: the end of each window encoded again next time).
+bounded window (``LEFT/REDO[/LONG_AFTER/LONG_INTERVAL]`` in ms: that much left context, the tokens
+before it kept from earlier partials; the end of each window encoded again next time; from
+``LONG_AFTER`` on, partials at least ``LONG_INTERVAL`` apart, as ``PartialContext`` says).
 
 1. Quality, on the demo model, over held-out speech in a held-out voice (several sentences with
    short pauses make one long utterance): per context, how the partial texts compare with the
    final (the whole utterance, offline settings): the share of each partial's units that the
    final starts with (``agree``), and the unit error rate of the last partial against the final.
-2. Cost, with the full-size encoder + adapter (random weights, fp32, 2 threads): encoder seconds
-   per second of speech for the partials of a 1 s and a 15 s utterance, side by side.
+2. Cost, with the full-size encoder + adapter (random weights, fp32 or ``--quantize int8``, 2
+   threads): encoder seconds per second of speech for the partials of a 1 s and a 15 s
+   utterance, side by side.
 
-    python bench/bench_partials.py [--contexts full 480 960 1920 960/240] [--utterances 6]
+    python bench/bench_partials.py [--contexts full 480/960 480/960/2880/1440] [--utterances 6]
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,8 @@ import torch
 from mooer.asr.adapter import LinearAdapter
 from mooer.asr.encoder import EncoderConfig, SANMEncoder
 from mooer.asr.frontend import Cmvn, Frontend
-from mooer.asr.partial_context import Embed, PartialContext, PartialEmbeds
+from mooer.asr.partial_context import Embed, PartialContext, PartialEmbeds, token_count
+from mooer.asr.quantize import check_quantize, quantize_encoder_int8, quantize_int8
 from mooer.audio import SAMPLE_RATE, ms_to_samples
 from mooer.llm.decoding import OFFLINE, STREAMING
 from mooer.model import load_model
@@ -39,32 +42,42 @@ from mooer.text import units
 from mooer.train.talk import heldout_sentences, spoken_talk
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe  # noqa: E402  (a sibling script, not a package)
+from bench_encoder import best_times  # noqa: E402  (sibling scripts, not a package)
+from machine import describe  # noqa: E402
 
 
 def parse_context(text: str) -> PartialContext | None:
-    """``full`` -> None (whole utterance); ``LEFT`` or ``LEFT/REDO`` in ms -> a PartialContext."""
+    """``full`` -> None (whole utterance); ``LEFT/REDO[/LONG_AFTER/LONG_INTERVAL]`` in ms -> a
+    PartialContext (without the last two: never spaced further apart)."""
     if text == "full":
         return None
-    left, _, redo = text.partition("/")
-    return PartialContext(int(left), int(redo or 0))
+    ms = [int(part) for part in text.split("/")]
+    return PartialContext(*ms) if len(ms) == 4 else PartialContext(*ms[:2], long_interval_ms=0)
 
 
 def partial_embeds(
     embed: Embed, audio: np.ndarray, interval: int, context: PartialContext | None
 ) -> tuple[list[torch.Tensor], int]:
-    """The (T, H) embeddings of each partial of ``audio``, one every ``interval`` samples, and
-    the samples encoded for them."""
+    """The (T, H) embeddings of each partial of ``audio``, spaced as a live session spaces them
+    (every ``interval`` samples, further apart in a long utterance), and the samples encoded."""
     state = None if context is None else PartialEmbeds(context)
-    out, encoded = [], 0
-    for end in range(interval, audio.size + 1, interval):
+    out, encoded, end = [], 0, interval
+    while end <= audio.size:
         if state is None:
             embeds, lengths = embed([audio[:end]])  # (1, T, H)
             out.append(embeds[0, : int(lengths[0])])
             encoded += end
+            end += interval
         else:
             out.append(state.embed(embed, audio[:end]))
+            end += context.interval_after(end, interval)
     return out, encoded if state is None else state.encoded_samples
+
+
+def tokens_only(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """An embed that only counts: zero embeddings (1, T, 1) of the right length."""
+    tokens = token_count(waves[0].size)
+    return torch.zeros(1, tokens, 1), torch.tensor([tokens])
 
 
 def prefix_share(partial: list[str], final: list[str]) -> float:
@@ -133,6 +146,11 @@ def cost(args: argparse.Namespace, contexts: Sequence[str]) -> None:
     torch.manual_seed(0)
     frontend = Frontend(Cmvn.identity())
     encoder, adapter = SANMEncoder(EncoderConfig()).eval(), LinearAdapter().eval()
+    precision = args.quantize or "fp32"
+    if args.quantize:
+        check_quantize(args.quantize, torch.device("cpu"))
+        quantize_encoder_int8(encoder)
+        quantize_int8(adapter)
 
     def embed(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         feats, lengths = frontend.batch(list(waves))  # (1, T, 560)
@@ -142,35 +160,38 @@ def cost(args: argparse.Namespace, contexts: Sequence[str]) -> None:
     clips = {s: rng.uniform(-0.3, 0.3, int(s * SAMPLE_RATE)).astype(np.float32) for s in (1, 15)}
     interval = ms_to_samples(args.interval_ms)
     print(
-        f"full-size encoder + adapter (random weights, fp32, {args.threads} threads): encoder "
+        f"full-size encoder + adapter (random weights, {precision}, {args.threads} threads): encoder "
         f"seconds per second of speech, partials every {args.interval_ms} ms"
     )
-    print(f"{'context':>10} {'1 s':>7} {'15 s':>7} {'15 s / 1 s':>10}")
+    print(
+        f"{'context':>17} {'1 s':>7} {'15 s':>7} {'15 s / 1 s':>10}  audio encoded per s: "
+        f"{'1 s':>5} {'15 s':>5} {'15 s / 1 s':>10}"
+    )
     with torch.inference_mode():
         for name in contexts:
             context = parse_context(name)
-            per_s = {}
-            for seconds, audio in clips.items():
-                partial_embeds(embed, audio[: interval * 2], interval, context)  # warm-up
-                best = float("inf")
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    partial_embeds(embed, audio, interval, context)
-                    best = min(best, time.perf_counter() - start)
-                per_s[seconds] = best / seconds
+            runs = [partial(partial_embeds, embed, a, interval, context) for a in clips.values()]
+            best = best_times(runs, args.repeats)  # the two lengths take turns: the same load
+            per_s = [t / s for t, s in zip(best, clips)]
+            audio = [
+                partial_embeds(tokens_only, a, interval, context)[1] / SAMPLE_RATE / s
+                for s, a in clips.items()
+            ]
             print(
-                f"{name:>10} {per_s[1]:>7.4f} {per_s[15]:>7.4f} {per_s[15] / per_s[1]:>10.2f}",
+                f"{name:>17} {per_s[0]:>7.4f} {per_s[1]:>7.4f} {per_s[1] / per_s[0]:>10.2f}  "
+                f"{'':>20} {audio[0]:>5.2f} {audio[1]:>5.2f} {audio[1] / audio[0]:>10.2f}",
                 flush=True,
             )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--contexts", nargs="+", default=["full", "480", "960", "1920", "960/240"])
+    parser.add_argument("--contexts", nargs="+", default=["full", "480/960", "480/960/2880/1440"])
     parser.add_argument("--interval-ms", type=int, default=480)
     parser.add_argument("--utterances", type=int, default=6, help="per language")
     parser.add_argument("--sentences", type=int, default=3, help="per utterance")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quantize", choices=("int8",), default=None, help="the cost's encoder")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip", choices=("quality", "cost"), default=None)
     args = parser.parse_args()

@@ -228,7 +228,7 @@ def main() -> None:
                 load.sample()
                 results[name][count] = figures
                 rss = server.rss_mb() if name == "plain" else ray_rss_mb()
-                columns = [("server", f"{name:>7}")] + figures.columns(args.max_latency)
+                columns = [("server", f"{name:>7}")] + figures.columns(args.max_latency, "delta")
                 columns = [c for c in columns if not c[0].startswith("cores")] + [
                     ("RSS MB", f"{rss:.0f}")
                 ]

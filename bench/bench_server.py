@@ -5,10 +5,16 @@
 (see ``bench_session.py``: the example recordings with pauses, each client's stream delayed by a
 random lead) as binary PCM16 frames at the pace of speech, with server VAD. Each client times
 its events as they arrive: end of speech -> ``transcription.completed`` (the VAD's silence
-included), ``speech_stopped`` -> ``completed``, and the time between partial ``delta`` events.
+included), ``speech_stopped`` -> ``completed``, and the time between ``delta`` events (the
+Realtime wire sends one only when a partial grows the stable text, so short utterances get
+one or none: "-").
 Sessions are ramped until finals fall behind real time (``bench_session.Figures.keeps_up``).
 
     python bench/bench_server.py [--sessions 1 2 4 8 16] [--seconds 30] [--threads N]
+    python bench/bench_server.py --quantize int8 --before DIR   # DIR: `git archive` of a commit
+
+With ``--before``, a second server runs from another source tree (fp32) and the two take turns
+at each session count, so that both meet the same load from other work.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -23,6 +30,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from mooer.audio import SAMPLE_RATE
@@ -44,15 +52,20 @@ from machine import CpuWatch, LoadLog, describe, rss_mb  # noqa: E402
 class ServerProcess:
     """``mooer serve`` in a child process on a free loopback port; stopped with SIGINT."""
 
-    def __init__(self, serve_args: Sequence[str] = (), new_session: bool = False) -> None:
+    def __init__(
+        self, serve_args: Sequence[str] = (), new_session: bool = False, source: Path | None = None
+    ) -> None:
+        """``source``: a mooer source tree to serve from (another commit, unpacked) instead of
+        the one this process imports."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         command = [sys.executable, "-m", "mooer.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "warning", *serve_args]
+        env = None if source is None else {**os.environ, "PYTHONPATH": str(source.resolve())}
         # new_session: a scheduling group of its own where the kernel groups by session
         # (autogroup), as Ray's daemons and workers have; else it shares the clients' CPU share.
-        self.process = subprocess.Popen(command, start_new_session=new_session)
+        self.process = subprocess.Popen(command, start_new_session=new_session, env=env)
         self._wait_ready(timeout=180.0)
 
     @property
@@ -177,10 +190,13 @@ def run_level(
     return Figures.of(timelines, lag_s=max(lags)), errors
 
 
-def serve_args(args: argparse.Namespace, max_sessions: int) -> list[str]:
-    """``mooer serve`` options from this script's own."""
+def serve_args(args: argparse.Namespace, max_sessions: int, quantize: bool = True) -> list[str]:
+    """``mooer serve`` options from this script's own (``quantize`` False: without
+    ``--quantize``)."""
     extra = ["--max-sessions", str(max_sessions), "--device", args.device]
-    for flag, value in (("--model", args.model), ("--llm", args.llm), ("--threads", args.threads)):
+    options = [("--model", args.model), ("--llm", args.llm), ("--threads", args.threads)]
+    options.append(("--quantize", args.quantize if quantize else None))
+    for flag, value in options:
         if value is not None:
             extra += [flag, str(value)]
     return extra
@@ -192,6 +208,7 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", help="Qwen2 folder for MTL checkpoints")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the worker")
+    parser.add_argument("--quantize", choices=("int8",), default=None, help="mooer serve's")
     parser.add_argument("--pause", type=float, default=1.0, help="silence after each utterance")
     parser.add_argument("--frame-ms", type=int, default=20, help="audio per websocket frame")
     parser.add_argument("--wav", type=Path, nargs="+", default=[], help="default: examples/audio")
@@ -204,35 +221,74 @@ def main() -> None:
     parser.add_argument("--task", default="asr", choices=("asr", "ast", "asr+ast"))
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16, 24, 32])
     parser.add_argument("--max-latency", type=float, default=1.0, help="endpoint->final p95, s")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a mooer source tree (an older commit, unpacked) served beside this one, without "
+        "--quantize; the two take turns at each session count",
+    )
+    parser.add_argument(
+        "--all-levels",
+        action="store_true",
+        help="run every session count, also after one fell behind (figures side by side)",
+    )
     args = parser.parse_args()
 
     clips = example_clips(args.wav)
-    with ServerProcess(serve_args(args, max(args.sessions))) as server:
-        run_level(server.realtime_url(), session_streams(clips, 1, 4.0, args.pause), args.task, 20)
+    count = max(args.sessions)
+    with ExitStack() as stack:
+        servers = {"now": stack.enter_context(ServerProcess(serve_args(args, count)))}
+        if args.before is not None:
+            before_args = serve_args(args, count, quantize=False)
+            servers["before"] = stack.enter_context(ServerProcess(before_args, source=args.before))
+        for server in servers.values():  # warm-up
+            streams = session_streams(clips, 1, 4.0, args.pause)
+            run_level(server.realtime_url(), streams, args.task, 20)
         print(describe())
+        for name, server in servers.items():
+            source = args.before if name == "before" else "this tree"
+            print(
+                f"{name}: mooer serve (pid {server.pid}, {args.model or 'demo model'}, from "
+                f"{source}) on loopback{'' if name == 'before' else _flags(args)}"
+            )
         print(
-            f"mooer serve (pid {server.pid}, {args.model or 'demo model'}) on loopback; "
-            f"{args.seconds:.0f} s per session ({len(clips)} utterances, {args.pause:.1f} s "
-            f"pauses) in {args.frame_ms} ms binary frames; task {args.task}; cores: the server process's"
+            f"{args.seconds:.0f} s per session ({len(clips)} utterances, {args.pause:.1f} s pauses)"
+            f" in {args.frame_ms} ms binary frames; task {args.task}; cores: the server process's"
+            "; delta every: between a Realtime client's transcription deltas (stable text grown)"
         )
-        load, ramp = LoadLog(), Ramp(args.max_latency)
+        load = LoadLog()
+        ramps = {name: Ramp(args.max_latency) for name in servers}
         for count in args.sessions:
-            load.sample()
-            watch = CpuWatch(server.pid)
-            streams = session_streams(clips, count, args.seconds, args.pause)
-            figures, errors = run_level(server.realtime_url(), streams, args.task, args.frame_ms)
-            figures.cpu = watch.share()
-            load.sample()
-            columns = figures.columns(args.max_latency) + [("RSS MB", f"{server.rss_mb():.0f}")]
-            if count == args.sessions[0]:
-                print(table_line(columns, header=True))
-            print(table_line(columns), flush=True)
-            for message in sorted(set(errors)):
-                print(f"  server error: {message}")
-            if not ramp.take(count, figures) or errors:
+            for name, server in servers.items():
+                if ramps[name] is None:
+                    continue
+                load.sample()
+                watch = CpuWatch(server.pid)
+                streams = session_streams(clips, count, args.seconds, args.pause)
+                url = server.realtime_url()
+                figures, errors = run_level(url, streams, args.task, args.frame_ms)
+                figures.cpu = watch.share()
+                load.sample()
+                columns = [("server", name)] + figures.columns(args.max_latency, "delta")
+                columns.append(("RSS MB", f"{server.rss_mb():.0f}"))
+                if count == args.sessions[0] and name == "now":
+                    print(table_line(columns, header=True))
+                print(table_line(columns), flush=True)
+                for message in sorted(set(errors)):
+                    print(f"  server error: {message}")
+                if (not ramps[name].take(count, figures) or errors) and not args.all_levels:
+                    print(f"{name}: {ramps[name].summary()}")
+                    ramps[name] = None
+            if all(ramp is None for ramp in ramps.values()):
                 break
     print(load.summary())
-    print(ramp.summary())
+    for name, ramp in ramps.items():
+        if ramp is not None:
+            print(f"{name}: {ramp.summary()}")
+
+
+def _flags(args: argparse.Namespace) -> str:
+    return f", --quantize {args.quantize}" if args.quantize else ""
 
 
 if __name__ == "__main__":

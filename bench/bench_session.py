@@ -211,10 +211,13 @@ class Figures:
         }
         return self.keeps_up(math.inf) and all(figures[k] <= v for k, v in TARGETS.items())
 
-    def columns(self, max_latency: float) -> list[tuple[str, str]]:
-        """(title, value) of each column of the report's table."""
+    def columns(self, max_latency: float, updates: str = "partial") -> list[tuple[str, str]]:
+        """(title, value) of each column of the report's table; ``updates``: what the partial
+        events are called (a server's wire may send fewer than the partials decoded)."""
 
         def ms(values: Sequence[float], *qs: float) -> str:
+            if not values:
+                return "-"
             return "/".join(f"{_percentile(values, q) * 1e3:.0f}" for q in qs)
 
         cpu = self.cpu or CpuShare(math.nan, math.nan, math.nan)
@@ -224,8 +227,8 @@ class Figures:
             ("speech end->final p50/p95/max ms", ms(self.end_of_speech, 50, 95, 100)),
             ("VAD wait p50", ms(self.vad_wait, 50)),
             ("endpoint->final p50/p95", ms(self.endpoint, 50, 95)),
-            ("partial every p50/p95", ms(self.intervals, 50, 95)),
-            ("1st partial p50", ms(self.first_partial, 50)),
+            (f"{updates} every p50/p95", ms(self.intervals, 50, 95)),
+            (f"1st {updates} p50", ms(self.first_partial, 50)),
             (
                 "cores all/worker/waiting",
                 f"{cpu.process:.2f}/{cpu.worker:.2f}/{cpu.worker_waiting:.2f}",

@@ -23,7 +23,7 @@ from mooer import checkpoint
 from mooer.asr.adapter import LinearAdapter, load_adapter
 from mooer.asr.encoder import SANMEncoder, load_encoder
 from mooer.asr.frontend import Cmvn, Frontend
-from mooer.asr.quantize import check_quantize, quantize_int8
+from mooer.asr.quantize import check_quantize, quantize_encoder_int8, quantize_int8
 from mooer.audio import SAMPLE_RATE
 from mooer.devices import resolve_device, resolve_dtype
 from mooer.errors import AudioError, CheckpointError, ConfigError
@@ -206,8 +206,9 @@ def load_model(
 ) -> SpeechLLM:
     """Load a MooER checkpoint (a folder in a released layout, or a hub id); default: the demo model.
 
-    ``quantize="int8"`` (CPU only) runs the encoder and adapter with int8 weights, quantised
-    from the fp32 files at load time; the LLM keeps ``dtype``. ``llm_backend``: where the task
+    ``quantize="int8"`` (CPU only) runs the encoder, the adapter and the LLM (with ``llm_backend``
+    ``"hf"``; its ``dtype`` must stay fp32) with int8 weights, quantised from the fp32 files at
+    load time. ``llm_backend``: where the task
     recipe's prompts are decoded, ``"hf"`` (in this process with transformers) or ``"vllm"``
     (on vLLM: in this process, or on the vLLM server at ``llm_url``, ``http://HOST:PORT/v1``);
     see ``mooer.llm.backend``.
@@ -224,7 +225,9 @@ def load_model(
     paths = checkpoint.locate(model, llm=llm, task=task, variant=variant)
     dev = resolve_device(device)
     llm_dtype = resolve_dtype(dtype, dev)
-    check_quantize(quantize, dev)
+    # int8 covers the LLM where it runs in this process (vLLM runs its own copy)
+    quantize_llm = quantize is not None and llm_backend == "hf"
+    check_quantize(quantize, dev, llm_dtype if quantize_llm else None)
     frontend = Frontend(Cmvn.load(paths.cmvn))
     # int8: weights in their own memory, so each fp32 matrix is freed once quantised
     encoder = load_encoder(paths.encoder, attention_heads=attention_heads, mmap=quantize is None)
@@ -235,8 +238,10 @@ def load_model(
     speech_llm.adapter.to(dev)
     speech_llm.eval().requires_grad_(False)
     if quantize is not None:
-        quantize_int8(speech_llm.encoder)
+        quantize_encoder_int8(speech_llm.encoder)
         quantize_int8(speech_llm.adapter)
+    if quantize_llm:
+        quantize_int8(speech_llm.llm)
     if llm_backend == "vllm":
         from mooer.llm.vllm_engine import start_vllm_backend
 

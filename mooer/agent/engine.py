@@ -44,6 +44,7 @@ import torch
 from mooer.agent.encode_batch import Asked, Embeddings, EncodeBatch, EncodeBatchConfig
 from mooer.agent.events import Event
 from mooer.agent.session import Session, SessionConfig
+from mooer.asr.quantize import weight_count
 from mooer.asr.speakers import SpeakerConfig, SpeakerEncoder, SpeakerLabeller
 from mooer.asr.vad import VadModel, shared_vad_model
 from mooer.errors import ConfigError, check_number
@@ -146,8 +147,7 @@ def default_threads(model: SpeechLLM) -> int:
     and on a busy machine they wait for one another (a fabricated model's final decode took
     0.34 s on one thread and 6.3 s on two, on two cores shared with other work).
     """
-    params = sum(p.numel() for p in model.parameters())
-    return 1 if params < SMALL_MODEL_PARAMS else available_cores()
+    return 1 if weight_count(model) < SMALL_MODEL_PARAMS else available_cores()
 
 
 def available_cores() -> int:

@@ -77,8 +77,9 @@ class SessionConfig:
     ``mooer.llm.biasing``).
 
     ``partial_context``: how much audio each partial encodes around the new part (see
-    ``mooer.asr.partial_context``); None encodes the whole utterance so far for every partial,
-    whose cost then grows with the utterance. Finals always encode the whole utterance.
+    ``mooer.asr.partial_context``) and how far apart a long utterance's partials come (at least
+    ``partial_interval_ms``); None encodes the whole utterance so far for every partial, whose
+    cost then grows with the utterance. Finals always encode the whole utterance.
     """
 
     mode: str = "asr"
@@ -493,8 +494,12 @@ class Session:
             response = self._responses.new(self._new_item(), self.config.speech_output)
         self.engine.submit(self, "final", self._work.final(item, audio, endpoint, response))
 
-    def _interval(self) -> int:
-        return ms_to_samples(self.config.partial_interval_ms)
+    def _interval(self, length: int = 0) -> int:
+        """Samples from a partial of an utterance ``length`` samples long to its next one (a
+        long utterance's come further apart: ``PartialContext.long_interval_ms``)."""
+        interval = ms_to_samples(self.config.partial_interval_ms)
+        context = self.config.partial_context
+        return interval if context is None else context.interval_after(length, interval)
 
     def _partial_if_due(self) -> None:
         if self._item is None or not self.config.partial_interval_ms:
@@ -512,7 +517,7 @@ class Session:
             audio = self._buffer[0]
         else:
             audio = self._vad.current_segment()
-        self._next_partial = length + self._interval()
+        self._next_partial = length + self._interval(length)
         item = self._item
         self.engine.submit(self, "partial", self._work.partial(item, audio))
 

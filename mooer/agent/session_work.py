@@ -2,7 +2,8 @@
 
 - partial: decode the growing utterance greedily, token by token; its stable prefix goes out. Its
   audio is encoded in a bounded window (``SessionConfig.partial_context``, see
-  ``mooer.asr.partial_context``), or whole where that is None;
+  ``mooer.asr.partial_context``), or whole where that is None, in the engine's encoder batch
+  as finals are;
 - final: decode the whole utterance with the offline settings (the ``mooer.tasks`` recipe, as
   ``transcribe()`` decodes a segment), and in chat mode go on to the reply, generated one token
   per step so that the worker can serve other sessions between tokens and a barge-in stops it
@@ -230,9 +231,10 @@ class SessionWork:
             texts, _ = yield from self.texts(audio, options, True, ended)
             self.stats.partial_audio_s += audio.size / SAMPLE_RATE
         else:
-            encoded = track.embeds.encoded_samples
-            embeds = track.embeds.embed(self.model.embed, audio)  # (Ta, H)
-            self.stats.partial_audio_s += (track.embeds.encoded_samples - encoded) / SAMPLE_RATE
+            window = track.embeds.window(audio)
+            batch, lengths = yield from self.engine.embed([window])  # (1, Tw, H), (1,), batched
+            embeds = track.embeds.join(audio.size, batch[0], int(lengths[0]))  # (Ta, H)
+            self.stats.partial_audio_s += window.size / SAMPLE_RATE
             texts = yield from self._decode(
                 embeds[None], torch.tensor([len(embeds)]), options, True, ended
             )

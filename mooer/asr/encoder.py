@@ -87,6 +87,7 @@ class SANMAttention(nn.Module):
         )  # depthwise: one temporal filter per channel
         left = (cfg.kernel_size - 1) // 2 + cfg.sanm_shift
         self.fsmn_padding = (left, cfg.kernel_size - 1 - left)
+        self.fsmn_folded = False  # see fold_fsmn
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """x (B, T, in_dim), valid (B, T) bool or None when nothing is padding -> (B, T, D)."""
@@ -105,20 +106,36 @@ class SANMAttention(nn.Module):
         """FSMN: (B, T, D) -> v + depthwise_conv(v), zero at padded frames."""
         if valid is not None:
             v = v * valid[..., None]  # padding must not leak into valid frames through the conv
-        memory = self.fsmn_block(F.pad(v.transpose(1, 2), self.fsmn_padding))  # (B, D, T)
-        memory = memory.transpose(1, 2) + v  # (B, T, D)
+        if self.fsmn_folded:  # the conv pads and adds v itself
+            memory = self.fsmn_block(v.transpose(1, 2)).transpose(1, 2)  # (B, T, D)
+        else:
+            memory = self.fsmn_block(F.pad(v.transpose(1, 2), self.fsmn_padding))  # (B, D, T)
+            memory = memory.transpose(1, 2) + v  # (B, T, D)
         return memory if valid is None else memory * valid[..., None]
+
+    def fold_fsmn(self) -> None:
+        """For inference: make the FSMN memory one operation, ``v`` added through the centre
+        tap of each filter and the zero padding done by the conv (a centred window only; the
+        filters then differ from the released ones, and sums round a little differently)."""
+        left, right = self.fsmn_padding
+        if self.fsmn_folded or left != right:
+            return
+        with torch.no_grad():
+            self.fsmn_block.weight[:, 0, left] += 1.0  # (D, 1, K): the tap that reads frame t
+        self.fsmn_block.padding = (left,)
+        self.fsmn_folded = True
 
 
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.w_1 = nn.Linear(dim, hidden)
+        self.activation: nn.Module = nn.ReLU()  # Identity where w_1 applies it (int8)
         self.w_2 = nn.Linear(hidden, dim)
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.dropout(F.relu(self.w_1(x)), self.dropout, self.training)
+        hidden = F.dropout(self.activation(self.w_1(x)), self.dropout, self.training)
         return self.w_2(hidden)
 
 

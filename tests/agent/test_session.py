@@ -16,18 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mooer.agent import events as ev
 from mooer.agent.engine import Engine
 from mooer.agent.session import SessionConfig
 from mooer.agent.stable_text import StableText
+from mooer.asr.partial_context import PartialEmbeds
 from mooer.asr.vad import SpeechEnded, StreamingVad, VadConfig
-from mooer.audio import SAMPLE_RATE, load_audio
+from mooer.audio import SAMPLE_RATE, load_audio, ms_to_samples
 from mooer.errors import AudioError, ConfigError
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import OFFLINE, STREAMING
 from mooer.model import load_model
 from mooer.speak import text_to_speech
+from mooer.tasks import decode
 from mooer.train.talk import heldout_sentences, spoken_talk
 from mooer.transcribe import transcribe
 from mooer.tts.backend import EspeakBackend
@@ -288,27 +291,62 @@ def test_manual_turns_commit_the_buffer(engine, model, clips):
 
 
 def test_partials_of_a_long_utterance_encode_bounded_windows(engine, model):
-    """A 12 s turn: each partial encodes a window of bounded length (``partial_context``), or
-    with None the whole utterance so far; the final is the offline decode either way."""
+    """A 12 s turn: each partial encodes a window of bounded length (``partial_context``) and,
+    once the utterance is ``long_after_ms`` long, comes ``long_interval_ms`` after the last;
+    with None every 480 ms the whole utterance so far. The final is the offline decode either
+    way."""
     audio = spoken_talk(heldout_sentences(5, "en"), (0.2, 0.3)).audio
-    encoded = {}
-    for context in (ASR.partial_context, None):
+    context = ASR.partial_context
+    encoded, partials = {}, {}
+    for chosen in (context, None):
         recorder = Recorder()
-        config = dataclasses.replace(ASR, turn_detection=False, partial_context=context)
+        config = dataclasses.replace(ASR, turn_detection=False, partial_context=chosen)
         session = engine.open(config, recorder)
         _feed(session, audio, settle=True)
         session.commit()
         assert session.wait_idle(60)
         stats = session.stats
-        assert stats.partials >= 20 and stats.partials_skipped == 0
-        encoded[context] = stats.partial_audio_s
+        assert stats.partials_skipped == 0
+        encoded[chosen], partials[chosen] = stats.partial_audio_s, stats.partials
         assert [e.text for e in recorder.of(ev.Transcript)] == [_offline(model, audio).text]
         session.close(flush=False)
-    interval = ASR.partial_interval_ms / 1000
-    lengths = [k * interval for k in range(1, stats.partials + 1)]  # s, about: chunk boundaries
+    seconds, interval = audio.size / SAMPLE_RATE, ASR.partial_interval_ms / 1000
+    assert partials[None] == pytest.approx(seconds / interval, abs=1)
+    lengths = [k * interval for k in range(1, partials[None] + 1)]  # s, about: chunk boundaries
     assert encoded[None] == pytest.approx(sum(lengths), rel=0.05)
-    window = (ASR.partial_context.left_ms + ASR.partial_context.redo_ms) / 1000 + 2 * interval
-    assert encoded[ASR.partial_context] <= stats.partials * window < encoded[None] / 2
+    short = context.long_after_ms / 1000  # partials every 480 ms up to that
+    spaced = (seconds - short) / (context.long_interval_ms / 1000)
+    assert partials[context] == pytest.approx(short / interval + spaced, abs=1)
+    window = (context.left_ms + context.redo_ms + context.long_interval_ms) / 1000  # at most
+    assert encoded[context] <= partials[context] * (window + 2 * CHUNK / SAMPLE_RATE)
+    assert partials[context] * window < encoded[None] / 3
+
+
+def test_partial_windows_of_sessions_are_encoded_in_one_batch(engine, model):
+    """Bounded-window partials go through the engine's encoder batch, as finals do, and decode
+    as each window encoded alone does (the shorter one padded in the batch)."""
+    audio = spoken_talk(heldout_sentences(2, "en"), (0.2, 0.3)).audio
+    interval = ms_to_samples(ASR.partial_interval_ms)
+    ends = [3 * interval, 2 * interval]  # each session's last partial: 1.44 s, 0.96 s
+    recorders = [Recorder(), Recorder()]
+    manual = dataclasses.replace(ASR, turn_detection=False)
+    sessions = [engine.open(manual, r) for r in recorders]
+    held, release = threading.Event(), threading.Event()
+    engine.submit(engine.open(manual), "control", lambda: held.set() or release.wait(30))
+    assert held.wait(30)  # the worker is busy: each session's latest partial replaces the last
+    for session, end in zip(sessions, ends, strict=True):
+        _feed(session, audio[: end + CHUNK])
+    release.set()
+    assert all(session.wait_idle(60) for session in sessions)
+    assert engine.encode_batches() == [2]  # both sessions' windows in one forward
+    for session, recorder, end in zip(sessions, recorders, ends, strict=True):
+        assert session.stats.partials == 1
+        assert session.stats.partial_audio_s == end / SAMPLE_RATE
+        with torch.inference_mode():
+            embeds = PartialEmbeds(ASR.partial_context).embed(model.embed, audio[:end])
+        lengths = torch.tensor([len(embeds)])
+        alone = decode(model, embeds[None], lengths, "asr", STREAMING, step_by_step=True)
+        assert recorder.of(ev.TranscriptDelta)[-1].text == alone[0].transcript
 
 
 def test_clear_drops_the_utterance_in_progress(engine, model, clips):

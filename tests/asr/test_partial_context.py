@@ -1,5 +1,6 @@
 """Partials in bounded windows: the tokens line up with the whole utterance's, the work per
-partial does not grow with the utterance, and unbounded context gives the whole encoding."""
+partial does not grow with the utterance, unbounded context gives the whole encoding, and a long
+utterance's partials are spaced further apart."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from mooer.asr.partial_context import PartialContext, PartialEmbeds, token_count
-from mooer.audio import SAMPLE_RATE, SAMPLES_PER_TOKEN
+from mooer.audio import SAMPLE_RATE, SAMPLES_PER_TOKEN, ms_to_samples
 from mooer.errors import ConfigError
 from mooer.model import load_model
 from mooer.train.talk import heldout_sentences, spoken_talk
@@ -80,7 +81,16 @@ def test_a_shorter_audio_starts_again(model, talk):
     assert state.encoded_samples == SAMPLE_RATE
 
 
-@pytest.mark.parametrize("name", ["left_ms", "redo_ms"])
+def test_a_long_utterances_partials_come_further_apart():
+    context = PartialContext()  # every 480 ms up to 2.88 s, then every 1.44 s
+    long = ms_to_samples(2880)
+    assert context.interval_after(long - 1, INTERVAL) == INTERVAL
+    assert context.interval_after(long, INTERVAL) == ms_to_samples(1440)
+    assert context.interval_after(long, ms_to_samples(2000)) == ms_to_samples(2000)
+    assert PartialContext(long_interval_ms=0).interval_after(10**6, INTERVAL) == INTERVAL
+
+
+@pytest.mark.parametrize("name", ["left_ms", "redo_ms", "long_after_ms", "long_interval_ms"])
 @pytest.mark.parametrize("value", [-1, 0.5, True, 10**6])
 def test_bad_context_names_the_field(name, value):
     with pytest.raises(ConfigError, match=f"PartialContext.{name}"):

@@ -31,3 +31,10 @@ def test_a_quantised_model_is_refused_for_export(tmp_path):
     with pytest.raises(ConfigError, match="export needs the fp32 model"):
         export_model(objective, tmp_path / "int8")
     assert not (tmp_path / "int8").exists()
+
+
+def test_an_encoder_folded_for_inference_is_refused_for_export(tmp_path):
+    objective = _objective(load_model(device="cpu"))
+    objective.encoder.encoders[0].self_attn.fold_fsmn()  # its filters are no longer the released
+    with pytest.raises(ConfigError, match="export needs the fp32 model"):
+        export_model(objective, tmp_path / "folded")
