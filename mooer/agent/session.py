@@ -28,6 +28,7 @@ import torch
 from mooer.agent import events as ev
 from mooer.agent.session_work import Responses, SessionWork
 from mooer.asr.partial_context import PartialContext
+from mooer.asr.segmenter import MAX_SEGMENT_S
 from mooer.asr.vad import (
     SpeechEnded,
     SpeechStarted,
@@ -42,7 +43,6 @@ from mooer.llm.biasing import Hotwords
 from mooer.llm.conversation import CHAT, ROLES, Conversation, Message
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions
 from mooer.llm.speech import SPOKEN_REPLY
-from mooer.transcribe import MAX_SEGMENT_S
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine

@@ -29,6 +29,7 @@ import torch
 from mooer.agent import events as ev
 from mooer.agent.stable_text import TRANSLATION_AGREE, StableText
 from mooer.asr.partial_context import PartialContext, PartialEmbeds
+from mooer.asr.segmenter import split_long
 from mooer.audio import SAMPLE_RATE
 from mooer.llm.backend import Waiting
 from mooer.llm.conversation import Conversation, Message, Reply, StreamedReply
@@ -38,7 +39,6 @@ from mooer.llm.speech import SpeechGeneration, SpeechReply, spoken_reply
 from mooer.speak import speak_natively, speak_reply, text_to_speech
 from mooer.tasks import Texts, decode_waiting
 from mooer.text import language_of
-from mooer.transcribe import split_long
 from mooer.tts.backend import float_to_pcm16, split_sentences
 from mooer.tts.speaker_encoder import MIN_PROMPT_SECONDS
 
