@@ -481,7 +481,7 @@ class Session:
             elif isinstance(event, SpeechEnded) and self._item is not None:
                 item, self._item = self._item, None
                 self.outbox.emit(ev.SpeechStopped(item, samples_to_ms(self._offset + event.end)))
-                self._commit_audio(item, event.audio)
+                self._commit_audio(item, event.audio, event.waited / SAMPLE_RATE)
 
     def _end_utterance(self) -> str | None:
         """Close the utterance in progress, if any; its id."""
@@ -498,13 +498,15 @@ class Session:
         self._commit_audio(item, audio)
         return item
 
-    def _commit_audio(self, item: str, audio: np.ndarray) -> None:
+    def _commit_audio(self, item: str, audio: np.ndarray, waited: float = 0.0) -> None:
+        """Queue the final of the utterance ``item``; ``waited``: seconds of pause that ended it."""
         self.outbox.emit(ev.Committed(item))
         endpoint = time.perf_counter()
         response = None
         if self.conversation is not None and self.config.auto_response and not self._closed:
             response = self._responses.new(self._new_item(), self.config.speech_output)
-        self.engine.submit(self, "final", self._work.final(item, audio, endpoint, response))
+        work = self._work.final(item, audio, endpoint, response, waited)
+        self.engine.submit(self, "final", work)
 
     def _interval(self) -> int:
         return ms_to_samples(self.config.partial_interval_ms)

@@ -252,14 +252,23 @@ class SessionWork:
                 self.outbox.emit(ev.TranslationDelta(item, delta))
 
     def final(
-        self, item: str, audio: np.ndarray, endpoint: float, response: PendingResponse | None
+        self,
+        item: str,
+        audio: np.ndarray,
+        endpoint: float,
+        response: PendingResponse | None,
+        waited: float = 0.0,
     ) -> Iterator[None]:
+        """The utterance's final results (and its chat reply); ``endpoint``: when it ended
+        (``time.perf_counter``), after ``waited`` seconds of pause."""
         track = self._track_of(item)
         try:
+            began = time.perf_counter()
             # The final goes on from the English already sent: a delta is never taken back.
             texts, audio_embeds = yield from self.texts(
                 audio, self.config.final_options, translation_from=track.translation.stable
             )
+            timing = ev.FinalTiming(waited, began - endpoint, time.perf_counter() - began)
             transcript, translation = texts.transcript, texts.translation
             speaker = None
             if self.session.speakers is not None:
@@ -274,12 +283,12 @@ class SessionWork:
                     stable = track.transcript.stable  # what the deltas add up to
                     self.outbox.emit(ev.TranscriptDelta(item, delta, stable, transcript))
                 language = language_of(transcript) if transcript else None
-                self.outbox.emit(ev.Transcript(item, transcript, language, speaker))
+                self.outbox.emit(ev.Transcript(item, transcript, language, speaker, timing))
             if translation is not None:
                 delta = track.translation.finish(translation)
                 if delta:
                     self.outbox.emit(ev.TranslationDelta(item, delta))
-                self.outbox.emit(ev.Translation(item, translation, speaker))
+                self.outbox.emit(ev.Translation(item, translation, speaker, timing))
             self.stats.finals += 1
             self.stats.final_latency_s.append(time.perf_counter() - endpoint)
             if translation and self.config.speech_output:

@@ -221,13 +221,15 @@ class SpeechEnded:
 
     ``forced`` is True when the segment was closed by ``max_segment_s`` rather than by
     ``min_silence_ms`` of silence: the speaker may still be talking, and when they are a
-    ``SpeechStarted(end)`` follows at once.
+    ``SpeechStarted(end)`` follows at once. ``waited``: samples of the pause that ended it,
+    heard before it was ended (0 for a forced cut or a flush).
     """
 
     start: int
     end: int
     audio: np.ndarray  # float32 (end - start,)
     forced: bool = False
+    waited: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -461,10 +463,12 @@ class StreamingVad:
         elif p < config.off_threshold and s.silence_start is None:
             s.silence_start = start
         if s.silence_start is not None and end - s.silence_start >= self._min_silence:
-            return [self._close(min(s.silence_start + self._pad, end), False)]
+            return [
+                self._close(min(s.silence_start + self._pad, end), False, end - s.silence_start)
+            ]
         if self._shrink is not None and self._pause_ends_turn(p, rms, start, end):
             assert s.pause_start is not None
-            return [self._close(min(s.pause_start + self._pad, end), False)]
+            return [self._close(min(s.pause_start + self._pad, end), False, end - s.pause_start)]
         if self._pause_cut is not None and s.pauses and end - s.segment_start >= self._pause_cut:
             return self._cut_at_pause()
         if end + WINDOW // 2 - s.segment_start > self._max_segment:
@@ -514,10 +518,11 @@ class StreamingVad:
         s.pauses.clear()
         return SpeechStarted(start)
 
-    def _close(self, end: int, forced: bool) -> SpeechEnded:
+    def _close(self, end: int, forced: bool, waited: int = 0) -> SpeechEnded:
         s = self.state
         s.phase, s.silence_start, s.last_end = Phase.SILENCE, None, end
-        return SpeechEnded(s.segment_start, end, s.tape.slice(s.segment_start, end), forced)
+        audio = s.tape.slice(s.segment_start, end)
+        return SpeechEnded(s.segment_start, end, audio, forced, waited)
 
     def _keep_from(self) -> int:
         """First sample a future segment may still need."""

@@ -186,6 +186,11 @@ def test_continuous_speech_gets_a_final_per_sentence(engine):
     transcripts = [e.text for e in recorder.of(ev.Transcript)]
     translations = [e.text for e in recorder.of(ev.Translation)]
     assert len(transcripts) == len(translations) == 8
+    # Each sentence's final says where its wait went: 96 ms of pause at least (three 32 ms
+    # windows) ended it, inside the 150 ms pause; then it queued and was decoded.
+    timings = [e.timing for e in recorder.of(ev.Transcript)]
+    assert all(0.096 <= t.endpoint <= 0.2 for t in timings[:-1]), timings
+    assert all(t.queued >= 0 and t.decode > 0 and not t.early for t in timings)
     assert sum(t == zh for t, (zh, _) in zip(transcripts, talk.sentences)) >= 7
     assert sum(t == en for t, (_, en) in zip(translations, talk.sentences)) >= 6
 

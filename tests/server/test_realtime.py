@@ -368,6 +368,11 @@ def test_concurrent_sessions_all_get_their_finals(server, offline, speech):
     metrics = httpx.get(f"{server.url}/metrics").text
     count = re.search(r'mooer_final_latency_seconds_count\{protocol="realtime"\} (\d+)', metrics)
     assert count and int(count.group(1)) >= n
+    # Each final's wait, by stage: manual commits heard no pause; every one was decoded.
+    stage = r'mooer_final_stage_seconds_{}\{{protocol="realtime",stage="{}"\}} (\S+)'
+    assert float(re.search(stage.format("sum", "endpoint"), metrics)[1]) == 0
+    assert int(re.search(stage.format("count", "decode"), metrics)[1]) == int(count[1])
+    assert float(re.search(stage.format("sum", "decode"), metrics)[1]) > 0
 
 
 def test_abrupt_disconnects_leave_the_server_serving(server, speech):
