@@ -483,6 +483,15 @@ class Session:
                 self.outbox.emit(ev.SpeechStopped(item, samples_to_ms(self._offset + event.end)))
                 self._commit_audio(item, event.audio, event.waited / SAMPLE_RATE)
 
+    def sentence_end_seen(self, item: str) -> None:
+        """A partial transcript of the utterance ``item`` shows a finished sentence with more
+        words after it: the VAD cuts the utterance at its best pause so far (or at the next
+        short one; see ``StreamingVad.hint_sentence_end``). Ignored once ``item`` has ended."""
+        with self._lock:
+            if self._closed or self._vad is None or item != self._item:
+                return
+            self._on_vad(self._vad.hint_sentence_end(self._item_start))
+
     def _end_utterance(self) -> str | None:
         """Close the utterance in progress, if any; its id."""
         if self._vad is not None:

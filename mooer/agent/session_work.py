@@ -240,6 +240,12 @@ class SessionWork:
         self.stats.partials += 1
         if item != self.session.open_item:
             return
+        said = transcript if transcript is not None else translation
+        if self.conversation is None and len(split_sentences(said or "")) > 1:
+            # a sentence ended inside the utterance (a model that punctuates): cut it there
+            self.session.sentence_end_seen(item)
+            if item != self.session.open_item:
+                return  # cut: its final comes, and the words after the cut are the next one's
         if transcript is not None:
             shown = track.transcript.shown
             delta = track.transcript.update(transcript)

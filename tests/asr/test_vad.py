@@ -326,3 +326,55 @@ def test_speech_with_pauses_shorter_than_the_endpoint_wait_is_cut_at_its_pauses(
         assert np.abs(around).max() < peak * 10 ** (-35 / 20)  # a pause
         between += not any(a < segment.end < b for a, b in talk.spans)
     assert between >= len(segments) - 3
+
+
+def _feed_chunks(vad: StreamingVad, stream: np.ndarray, chunk: int = 320) -> list[VadEvent]:
+    return [e for i in range(0, stream.size, chunk) for e in vad.feed(stream[i : i + chunk])]
+
+
+def test_a_sentence_end_in_the_transcript_cuts_at_the_pause_before_it():
+    """Two held-out sentences 70 ms apart (less than any endpoint wait) and half of a third,
+    with no pause cut: one open segment. The session reads a sentence end followed by more
+    words in its partial transcript (a punctuating model's "…。…"): the segment is cut at
+    once, in a pause between two of the sentences, never inside one; a late hint (for a
+    segment that has ended) and one in a chat turn (no shrinking wait) change nothing."""
+    talk = spoken_talk(heldout_sentences(3), 0.07)
+    middle = (talk.spans[2][0] + talk.spans[2][1]) // 2
+    config = VadConfig(pause_cut_s=None)
+    vad = StreamingVad(config)
+    opened = _feed_chunks(vad, talk.audio[:middle])
+    assert [type(e) for e in opened] == [SpeechStarted] and vad.in_speech
+    start = opened[0].sample
+    assert vad.hint_sentence_end(start + 1) == []  # another segment's hint: ignored
+    chat = StreamingVad(VadConfig(pause_cut_s=None, shrink_s=None))
+    _feed_chunks(chat, talk.audio[:middle])
+    assert chat.hint_sentence_end(start) == [] and chat.in_speech
+
+    ended, started = vad.hint_sentence_end(start)
+    assert isinstance(ended, SpeechEnded) and ended.forced and ended.start == start
+    assert isinstance(started, SpeechStarted) and started.sample == ended.end
+    gaps = [(a_end, b_start) for (_, a_end), (b_start, _) in zip(talk.spans, talk.spans[1:])]
+    assert any(a <= ended.end <= b for a, b in gaps), (ended.end, gaps)
+    assert vad.in_speech  # the words after the cut are the next segment's
+
+
+def test_a_sentence_end_without_a_pause_yet_shortens_the_wait_to_its_minimum():
+    """0.6 s of a sentence, then silence: its endpoint wait would still be about 310 ms; hinted
+    before any pause was heard, the next pause ends it after the shortest wait (96 ms)."""
+    talk = spoken_talk(heldout_sentences(1), 0.07)
+    start, _ = talk.spans[0]
+    clip = np.concatenate(
+        [_silence(0.5), talk.audio[start : start + int(0.6 * SECOND)], _silence(1)]
+    )
+
+    def waited(hint: bool) -> float:
+        vad = StreamingVad(VadConfig())
+        opened = _feed_chunks(vad, clip[: int(0.9 * SECOND)])
+        if hint:
+            assert vad.hint_sentence_end(opened[0].sample) == []  # no pause held: no cut
+        events = opened + _feed_chunks(vad, clip[int(0.9 * SECOND) :])
+        [ended] = _segments(events)
+        return ended.waited / SAMPLE_RATE
+
+    assert waited(False) > 0.25
+    assert 0.096 <= waited(True) <= 0.13
