@@ -226,6 +226,7 @@ def server_figures(url: str, protocol: str) -> dict[str, float]:
         text = reply.read().decode()
     wanted = {
         "revised": ("mooer_text_revisions_total", {}),
+        "early": ("mooer_early_finals_total", {"protocol": protocol}),
         "latency_sum": ("mooer_final_latency_seconds_sum", {"protocol": protocol}),
         "latency_count": ("mooer_final_latency_seconds_count", {"protocol": protocol}),
     }
@@ -252,8 +253,9 @@ def server_figures(url: str, protocol: str) -> dict[str, float]:
 
 
 def where_the_time_went(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Mean per final, between two ``server_figures``: its latency and each stage's share."""
-    got = {}
+    """Mean per final, between two ``server_figures``: its latency and each stage's share;
+    the count of finals, of early ones and of revisions."""
+    got = {key: after[key] - before[key] for key in ("revised", "early", "latency_count")}
     for key in ("latency", *STAGES):
         count = after[f"{key}_count"] - before[f"{key}_count"]
         total = after[f"{key}_sum"] - before[f"{key}_sum"]
@@ -298,11 +300,12 @@ def report_translation(
         f"{row['first_audio']:.2f} s after the sentence | BLEU {bleu:.1f} | garbled words "
         f"{len(garbled)} {garbled[:8]} | retractions {revised:.0f}"
     )
-    row.update({key: server[key] for key in ("latency", *STAGES)})
+    row.update({key: server[key] for key in ("latency", "early", *STAGES)})
     print(
         f"  where a final's wait went (server, mean): endpoint {1000 * row['endpoint']:.0f} ms "
         f"of pause heard, then queued {1000 * row['queued']:.0f} ms, decode "
-        f"{1000 * row['decode']:.0f} ms; endpoint to final {1000 * row['latency']:.0f} ms"
+        f"{1000 * row['decode']:.0f} ms; endpoint to final {1000 * row['latency']:.0f} ms; "
+        f"{row['early']:.0f} of {server['latency_count']:.0f} finals decoded early in the pause"
     )
     if verbose:
         for (zh, en), f in zip(talk.sentences, figures):
@@ -394,7 +397,6 @@ def main() -> None:
             got = asyncio.run(translate(url, talk))
             after = server_figures(url, "translation")
             server_side = where_the_time_went(before, after)
-            server_side["revised"] = after["revised"] - before["revised"]
             report_translation(
                 f"pauses {1000 * pause:.0f} ms", talk, got, server_side, args.verbose
             )

@@ -80,6 +80,12 @@ class SessionConfig:
     ``partial_context``: how much audio each partial encodes around the new part (see
     ``mooer.asr.partial_context``); None encodes the whole utterance so far for every partial,
     whose cost then grows with the utterance. Finals always encode the whole utterance.
+
+    ``early_finals``: the final is decoded as soon as a pause begins (one VAD window into it)
+    rather than once the pause has lasted the endpoint wait, and kept if that pause ends the
+    utterance: finals come up to the wait earlier, decoded from the audio up to the start of
+    the pause (instead of ``speech_pad_ms`` past it), at the cost of a decode for each pause
+    that speech goes on after. Not in chat sessions, nor without turn detection.
     """
 
     mode: str = "asr"
@@ -101,6 +107,7 @@ class SessionConfig:
     speech_options: DecodingOptions = SPOKEN_REPLY  # audio tokens of the speech head
     instructions: str = ""
     hotwords: Hotwords | None = None  # favoured in transcripts and translations (partial, final)
+    early_finals: bool = False
 
     @property
     def task(self) -> str:
@@ -110,7 +117,13 @@ class SessionConfig:
     def __post_init__(self) -> None:
         _require("mode", self.mode in MODES, f"one of {', '.join(MODES)}")
         _require("vad", isinstance(self.vad, VadConfig), "a VadConfig")
-        for name in ("turn_detection", "auto_response", "barge_in", "speech_output"):
+        for name in (
+            "turn_detection",
+            "auto_response",
+            "barge_in",
+            "speech_output",
+            "early_finals",
+        ):
             _require(name, isinstance(getattr(self, name), bool), "True or False")
         interval = self.partial_interval_ms
         _require(
@@ -178,6 +191,8 @@ class SessionStats:
     partials_skipped: int = 0  # replaced by a newer one, or made useless by the final, unrun
     partial_audio_s: float = 0.0  # audio the partials encoded (windows, or whole utterances)
     finals: int = 0
+    early_finals: int = 0  # begun in a pause (``early_finals``)
+    early_finals_kept: int = 0  # the pause ended the utterance: the final was the early one
     responses: int = 0
     responses_cancelled: int = 0
     errors: int = 0
@@ -247,6 +262,8 @@ class Session:
         self._item: str | None = None  # the open utterance
         self._item_start = 0  # its first sample, in the VAD's stream
         self._next_partial = 0  # utterance length (samples) at which the next partial is due
+        self._early = config.early_finals and config.mode != "chat" and self._vad is not None
+        self._early_pause: int | None = None  # the pause an early final of _item was begun in
         self._items = itertools.count(1)
         self._responses = Responses(session_id, self.outbox)
         self._closed = False  # no more input accepted
@@ -271,6 +288,7 @@ class Session:
                 with _one_torch_thread():
                     found = self._vad.feed(chunk)
                 self._on_vad(found)
+                self._early_final_if_due()
             self._partial_if_due()
 
     def commit(self) -> str | None:
@@ -292,6 +310,7 @@ class Session:
                 self._offset += self._vad.samples_received
                 self._vad.reset()
             self._buffer, self._buffered, self._item = [], 0, None
+            self._early_pause = None
             self.engine.discard(self, partials_only=True)
 
     def add_message(
@@ -481,7 +500,26 @@ class Session:
             elif isinstance(event, SpeechEnded) and self._item is not None:
                 item, self._item = self._item, None
                 self.outbox.emit(ev.SpeechStopped(item, samples_to_ms(self._offset + event.end)))
-                self._commit_audio(item, event.audio, event.waited / SAMPLE_RATE)
+                early = event.pause if event.pause == self._early_pause else None
+                self._early_pause = None
+                self._commit_audio(item, event.audio, event.waited / SAMPLE_RATE, early)
+
+    def _early_final_if_due(self) -> None:
+        """Begin the open utterance's final in the pause just heard (``early_finals``)."""
+        heard = self._vad.pause_heard if self._early and self._item is not None else None
+        if heard is None or heard[0] == self._early_pause:
+            return
+        self._early_pause = heard[0]
+        self.stats.early_finals += 1
+        work = self._work.early_final(self._item, self._vad.current_segment(), heard[0])
+        self.engine.submit(self, "final", work)
+
+    def speech_resumed(self, item: str, pause: int) -> bool:
+        """Whether speech came back in the utterance ``item`` after the pause from ``pause``
+        (an early final begun in it is not worth decoding)."""
+        with self._lock:
+            heard = self._vad.pause_heard if self._vad is not None else None
+            return item == self._item and (heard is None or heard[0] != pause)
 
     def sentence_end_seen(self, item: str) -> None:
         """A partial transcript of the utterance ``item`` shows a finished sentence with more
@@ -507,14 +545,17 @@ class Session:
         self._commit_audio(item, audio)
         return item
 
-    def _commit_audio(self, item: str, audio: np.ndarray, waited: float = 0.0) -> None:
-        """Queue the final of the utterance ``item``; ``waited``: seconds of pause that ended it."""
+    def _commit_audio(
+        self, item: str, audio: np.ndarray, waited: float = 0.0, early: int | None = None
+    ) -> None:
+        """Queue the final of the utterance ``item``; ``waited``: seconds of pause that ended
+        it; ``early``: that pause's first sample, where an early final was begun in it."""
         self.outbox.emit(ev.Committed(item))
         endpoint = time.perf_counter()
         response = None
         if self.conversation is not None and self.config.auto_response and not self._closed:
             response = self._responses.new(self._new_item(), self.config.speech_output)
-        work = self._work.final(item, audio, endpoint, response, waited)
+        work = self._work.final(item, audio, endpoint, response, waited, early)
         self.engine.submit(self, "final", work)
 
     def _interval(self) -> int:

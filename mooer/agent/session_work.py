@@ -69,6 +69,19 @@ class _Track:
 
 
 @dataclass(eq=False)
+class _Early:
+    """A final decoded in a pause that may end its utterance, from that pause's first sample;
+    ``since``: the English already sent that its translation goes on from."""
+
+    item_id: str
+    pause: int
+    audio: np.ndarray  # (N,) 16 kHz, to the pause
+    texts: Texts
+    audio_embeds: torch.Tensor  # (Ta, H)
+    since: str
+
+
+@dataclass(eq=False)
 class PendingResponse:
     """A chat reply that was asked for; ``cancelled`` is set from any thread.
 
@@ -157,6 +170,7 @@ class SessionWork:
         self._track: _Track | None = None
         self._unanswered: UserTurn | None = None
         self._voice: np.ndarray | None = None  # the last speaker turn's speech (translations)
+        self._early: _Early | None = None  # the last early final decoded
 
     @property
     def config(self) -> SessionConfig:
@@ -257,6 +271,18 @@ class SessionWork:
             if delta:
                 self.outbox.emit(ev.TranslationDelta(item, delta))
 
+    def early_final(self, item: str, audio: np.ndarray, pause: int) -> Waiting[None]:
+        """The final of the open utterance ``item`` decoded from its ``audio`` so far, in the
+        pause from sample ``pause`` (``SessionConfig.early_finals``), for ``final`` to take if
+        that pause ends the utterance; nothing if speech came back before it began."""
+        if self.session.speech_resumed(item, pause):
+            return
+        since = self._track_of(item).translation.stable
+        texts, audio_embeds = yield from self.texts(
+            audio, self.config.final_options, translation_from=since
+        )
+        self._early = _Early(item, pause, audio, texts, audio_embeds, since)
+
     def final(
         self,
         item: str,
@@ -264,17 +290,27 @@ class SessionWork:
         endpoint: float,
         response: PendingResponse | None,
         waited: float = 0.0,
+        early: int | None = None,
     ) -> Iterator[None]:
         """The utterance's final results (and its chat reply); ``endpoint``: when it ended
-        (``time.perf_counter``), after ``waited`` seconds of pause."""
+        (``time.perf_counter``), after ``waited`` seconds of the pause from sample ``early``
+        where an early final was begun in it."""
         track = self._track_of(item)
         try:
             began = time.perf_counter()
-            # The final goes on from the English already sent: a delta is never taken back.
-            texts, audio_embeds = yield from self.texts(
-                audio, self.config.final_options, translation_from=track.translation.stable
-            )
-            timing = ev.FinalTiming(waited, began - endpoint, time.perf_counter() - began)
+            kept, self._early = self._early, None
+            stable = track.translation.stable
+            if kept is not None and (kept.item_id, kept.pause, kept.since) == (item, early, stable):
+                texts, audio_embeds, audio = kept.texts, kept.audio_embeds, kept.audio
+                self.stats.early_finals_kept += 1
+            else:
+                kept = None
+                # The final goes on from the English already sent: a delta is never taken back.
+                texts, audio_embeds = yield from self.texts(
+                    audio, self.config.final_options, translation_from=stable
+                )
+            decoded = time.perf_counter() - began
+            timing = ev.FinalTiming(waited, began - endpoint, decoded, kept is not None)
             transcript, translation = texts.transcript, texts.translation
             speaker = None
             if self.session.speakers is not None:

@@ -272,6 +272,8 @@ class Link:
                         self.hub.metrics.final_stage.observe(
                             getattr(timing, stage), protocol=self.protocol_name, stage=stage
                         )
+                    if timing.early:
+                        self.hub.metrics.early_finals.inc(protocol=self.protocol_name)
 
 
 class WireProtocol(ABC):

@@ -153,6 +153,11 @@ class Metrics:
             lock,
             LATENCY_BUCKETS,
         )
+        self.early_finals = Counter(
+            "mooer_early_finals_total",
+            "Live finals decoded early, in the pause that then ended their utterance, by protocol.",
+            lock,
+        )
         self.request_latency = Histogram(
             "mooer_http_request_seconds",
             "Time to answer an HTTP transcription or translation request.",
@@ -178,6 +183,7 @@ class Metrics:
             self.audio_seconds,
             self.final_latency,
             self.final_stage,
+            self.early_finals,
             self.request_latency,
             self.requests,
             self.errors,
