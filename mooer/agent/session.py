@@ -83,9 +83,10 @@ class SessionConfig:
 
     ``early_finals``: the final is decoded as soon as a pause begins (one VAD window into it)
     rather than once the pause has lasted the endpoint wait, and kept if that pause ends the
-    utterance: finals come up to the wait earlier, decoded from the audio up to the start of
-    the pause (instead of ``speech_pad_ms`` past it), at the cost of a decode for each pause
-    that speech goes on after. Not in chat sessions, nor without turn detection.
+    utterance: finals come up to the wait earlier, decoded from the audio the endpoint would
+    give, its part still to come taken as silence
+    (``StreamingVad.audio_if_pause_ends``), at the cost of a decode for each pause that speech
+    goes on after. Not in chat sessions, nor without turn detection.
     """
 
     mode: str = "asr"
@@ -506,20 +507,20 @@ class Session:
 
     def _early_final_if_due(self) -> None:
         """Begin the open utterance's final in the pause just heard (``early_finals``)."""
-        heard = self._vad.pause_heard if self._early and self._item is not None else None
-        if heard is None or heard[0] == self._early_pause:
+        pause = self._vad.pause_start if self._early and self._item is not None else None
+        if pause is None or pause == self._early_pause:
             return
-        self._early_pause = heard[0]
+        self._early_pause = pause
         self.stats.early_finals += 1
-        work = self._work.early_final(self._item, self._vad.current_segment(), heard[0])
+        work = self._work.early_final(self._item, self._vad.audio_if_pause_ends(), pause)
         self.engine.submit(self, "final", work)
 
     def speech_resumed(self, item: str, pause: int) -> bool:
         """Whether speech came back in the utterance ``item`` after the pause from ``pause``
         (an early final begun in it is not worth decoding)."""
         with self._lock:
-            heard = self._vad.pause_heard if self._vad is not None else None
-            return item == self._item and (heard is None or heard[0] != pause)
+            now = self._vad.pause_start if self._vad is not None else None
+            return item == self._item and now != pause
 
     def sentence_end_seen(self, item: str) -> None:
         """A partial transcript of the utterance ``item`` shows a finished sentence with more

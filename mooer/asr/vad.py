@@ -222,7 +222,7 @@ class SpeechEnded:
     ``forced`` is True when the segment was closed by ``max_segment_s`` rather than by
     ``min_silence_ms`` of silence: the speaker may still be talking, and when they are a
     ``SpeechStarted(end)`` follows at once. ``pause``: the first sample of the pause that
-    ended it (as ``pause_heard`` gave it), and ``waited`` the samples of it heard before it
+    ended it (as ``pause_start`` gave it), and ``waited`` the samples of it heard before it
     was ended (None and 0 for a forced cut or a flush).
     """
 
@@ -373,14 +373,24 @@ class StreamingVad:
         return self.state.tape.end
 
     @property
-    def pause_heard(self) -> tuple[int, int] | None:
-        """(first sample, samples heard) of the pause under way in the open segment, the one
-        a shrinking endpoint wait counts (silent or ``PAUSE_DB`` quiet windows); None outside
-        one."""
+    def pause_start(self) -> int | None:
+        """First sample of the pause under way in the open segment, the one a shrinking
+        endpoint wait counts (silent or ``PAUSE_DB`` quiet windows); None outside one."""
         s = self.state
-        if s.phase is not Phase.SPEECH or s.pause_start is None:
-            return None
-        return s.pause_start, s.analysed - s.pause_start
+        return s.pause_start if s.phase is Phase.SPEECH else None
+
+    def audio_if_pause_ends(self) -> np.ndarray:
+        """The open segment's audio as the pause under way would end it (``SpeechEnded.audio``
+        of that pause; must be under way), the part of it not heard yet taken as silence:
+        (N,) float32."""
+        s = self.state
+        assert s.phase is Phase.SPEECH and s.pause_start is not None
+        wait = (
+            self._short_silence if s.hinted else self.endpoint_wait(s.pause_start - s.segment_start)
+        )
+        end = s.pause_start + min(self._pad, -(-wait // WINDOW) * WINDOW)  # whole windows heard
+        heard = s.tape.slice(s.segment_start, min(end, s.tape.end))
+        return np.pad(heard, (0, end - s.segment_start - heard.size))
 
     def current_segment(self) -> np.ndarray:
         """Samples of the open segment so far (empty outside one), for partial results."""

@@ -378,3 +378,69 @@ def test_a_sentence_end_without_a_pause_yet_shortens_the_wait_to_its_minimum():
 
     assert waited(False) > 0.25
     assert 0.096 <= waited(True) <= 0.13
+
+
+def test_a_speaker_who_never_pauses_gets_segments_all_along_in_bounded_memory():
+    """Two minutes of speech with no pause long enough to end a turn (the AISHELL recordings
+    back to back, hiss between): segments keep coming, none longer than max_segment_s, each
+    starting where the last one was cut, and the detector keeps no more audio than the open
+    segment's."""
+    stream = _noisy(*SPEECH * 20)  # about 124 s
+    config = VadConfig()
+    vad = StreamingVad(config)
+    events: list[VadEvent] = []
+    kept = 0
+    for i in range(0, stream.size, 320):
+        events += vad.feed(stream[i : i + 320])
+        kept = max(kept, vad.state.tape.end - vad.state.tape._first)
+    segments = _segments(events + vad.flush())
+    assert len(segments) >= stream.size / SECOND / config.max_segment_s
+    assert max(s.duration_s for s in segments) <= config.max_segment_s
+    assert all(b.start == a.end for a, b in zip(segments, segments[1:]) if a.forced)
+    assert (
+        segments[-1].end == stream.size and sum(s.audio.size for s in segments) >= stream.size * 0.9
+    )
+    assert kept <= (config.max_segment_s + 1) * SECOND
+
+
+@pytest.mark.parametrize("between", ["noise", "music"])
+def test_noise_or_music_between_sentences_is_no_sentence(between):
+    """Two held-out sentences with a second of loud hiss, or of a synthetic melody (piano-like
+    notes), between them: two segments, one around each sentence."""
+    talk = spoken_talk(heldout_sentences(2), 1.0)
+    (_, end0), (start1, _) = talk.spans
+    rng = np.random.default_rng(3)
+    n = start1 - end0
+    if between == "noise":
+        filler = rng.normal(0, 0.03, n)
+    else:
+        t = np.arange(n) / SAMPLE_RATE
+        notes = [262, 330, 392, 523]  # C major, a quarter second each
+        freq = np.array(notes)[np.minimum((t / 0.25).astype(int), 3)]
+        decay = np.exp(-6 * (t % 0.25))
+        filler = 0.2 * decay * sum(np.sin(2 * np.pi * k * freq * t) / k for k in (1, 2, 3))
+    audio = talk.audio.copy()
+    audio[end0 + 800 : start1 - 800] = filler[1600:].astype(np.float32)  # 50 ms quiet either side
+    segments = _segments(_run(audio, 320))
+    assert len(segments) == 2, [(s.start, s.end) for s in segments]
+    for segment, (start, end) in zip(segments, talk.spans):
+        assert segment.start <= start + 0.25 * SECOND and end - TOLERANCE <= segment.end
+
+
+def test_the_audio_a_pause_would_end_is_what_it_ends():
+    """Read in the first window of each pause, the segment as that pause would end it (the
+    part not heard yet taken as silence) is the audio of the segment it does end, where the
+    pause is silence: the sentences of a talk 150 ms apart."""
+    talk = spoken_talk(heldout_sentences(3), 0.15)
+    vad = StreamingVad()
+    foreseen: dict[int, np.ndarray] = {}
+    ended = []
+    for i in range(0, talk.audio.size, 320):
+        ended += _segments(vad.feed(talk.audio[i : i + 320]))
+        pause = vad.pause_start
+        if pause is not None and pause not in foreseen:
+            foreseen[pause] = vad.audio_if_pause_ends()
+    by_pause = [s for s in ended if s.pause is not None]
+    assert len(by_pause) == 3
+    for segment in by_pause:
+        assert np.array_equal(foreseen[segment.pause], segment.audio)

@@ -396,3 +396,40 @@ def test_abrupt_disconnects_leave_the_server_serving(server, speech):
             break
         asyncio.run(asyncio.sleep(0.05))
     assert httpx.get(f"{server.url}/health").json()["sessions"] == 0
+
+
+def test_a_rate_change_mid_session_keeps_the_timeline(server, speech):
+    """16 kHz audio, then ``session.update`` to 24 kHz and the next utterance at that rate:
+    the session goes on (no error, the VAD's stream continues), and the second utterance's
+    times are in the same 16 kHz timeline (read as 16 kHz, 24 kHz audio would last 1.5x)."""
+
+    def turns(rate: int) -> dict:
+        audio = {
+            "format": {"type": "audio/pcm", "rate": rate},
+            "turn_detection": {"type": "server_vad"},
+        }
+        return {"type": "transcription", "audio": {"input": audio}}
+
+    async def run():
+        client = await _connect(server)
+        await client.configure(**turns(16000))
+        await client.stream(speech[0])
+        first = await client.until(FINAL, timeout=120)
+        await client.configure(**turns(24000))
+        await client.stream(resample(speech[1], SAMPLE_RATE, 24000))
+        second = await client.until(FINAL, timeout=120)
+        await client.ws.close()
+        return first + second
+
+    seen = asyncio.run(run())
+    assert not [e for e in seen if e["type"] == "error"]
+    started = [
+        e["audio_start_ms"] for e in seen if e["type"] == "input_audio_buffer.speech_started"
+    ]
+    stopped = [e["audio_end_ms"] for e in seen if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert len(started) == len(stopped) == len([e for e in seen if e["type"] == FINAL]) == 2
+    first_ms, total_ms = (
+        len(speech[0]) * 1000 // SAMPLE_RATE,
+        sum(map(len, speech)) * 1000 // SAMPLE_RATE,
+    )
+    assert stopped[0] < first_ms <= started[1] < stopped[1] <= total_ms
