@@ -30,6 +30,7 @@ from mooer.agent.session_work import Responses, SessionWork
 from mooer.asr.partial_context import PartialContext
 from mooer.asr.segmenter import MAX_SEGMENT_S
 from mooer.asr.vad import (
+    PauseBegan,
     SpeechEnded,
     SpeechStarted,
     StreamingVad,
@@ -84,8 +85,8 @@ class SessionConfig:
     ``early_finals``: the final is decoded as soon as a pause begins (one VAD window into it)
     rather than once the pause has lasted the endpoint wait, and kept if that pause ends the
     utterance: finals come up to the wait earlier, decoded from the audio the endpoint would
-    give, its part still to come taken as silence
-    (``StreamingVad.audio_if_pause_ends``), at the cost of a decode for each pause that speech
+    give, the pause after its first window taken as silence (``mooer.asr.vad.PauseBegan``),
+    however the client chunks its audio, at the cost of a decode for each pause that speech
     goes on after. Not in chat sessions, nor without turn detection.
     """
 
@@ -253,6 +254,7 @@ class Session:
                     pause_cut_s=None if config.mode == "chat" else config.vad.pause_cut_s,
                 ),
                 engine.vad_model,
+                pauses=config.early_finals,  # an early final in each (none in chat: no shrink)
             )
             if config.turn_detection
             else None
@@ -263,7 +265,6 @@ class Session:
         self._item: str | None = None  # the open utterance
         self._item_start = 0  # its first sample, in the VAD's stream
         self._next_partial = 0  # utterance length (samples) at which the next partial is due
-        self._early = config.early_finals and config.mode != "chat" and self._vad is not None
         self._early_pause: int | None = None  # the pause an early final of _item was begun in
         self._items = itertools.count(1)
         self._responses = Responses(session_id, self.outbox)
@@ -289,7 +290,6 @@ class Session:
                 with _one_torch_thread():
                     found = self._vad.feed(chunk)
                 self._on_vad(found)
-                self._early_final_if_due()
             self._partial_if_due()
 
     def commit(self) -> str | None:
@@ -498,22 +498,17 @@ class Session:
                 )
                 if self.config.barge_in:
                     self._responses.cancel_all()
+            elif isinstance(event, PauseBegan) and self._item is not None:
+                self._early_pause = event.sample
+                self.stats.early_finals += 1
+                work = self._work.early_final(self._item, event.audio, event.sample)
+                self.engine.submit(self, "final", work)
             elif isinstance(event, SpeechEnded) and self._item is not None:
                 item, self._item = self._item, None
                 self.outbox.emit(ev.SpeechStopped(item, samples_to_ms(self._offset + event.end)))
                 early = event.pause if event.pause == self._early_pause else None
                 self._early_pause = None
                 self._commit_audio(item, event.audio, event.waited / SAMPLE_RATE, early)
-
-    def _early_final_if_due(self) -> None:
-        """Begin the open utterance's final in the pause just heard (``early_finals``)."""
-        pause = self._vad.pause_start if self._early and self._item is not None else None
-        if pause is None or pause == self._early_pause:
-            return
-        self._early_pause = pause
-        self.stats.early_finals += 1
-        work = self._work.early_final(self._item, self._vad.audio_if_pause_ends(), pause)
-        self.engine.submit(self, "final", work)
 
     def speech_resumed(self, item: str, pause: int) -> bool:
         """Whether speech came back in the utterance ``item`` after the pause from ``pause``

@@ -249,7 +249,21 @@ class SpeechEnded:
     __hash__ = None  # type: ignore[assignment]  # holds an array
 
 
-VadEvent = SpeechStarted | SpeechEnded
+@dataclass(frozen=True, eq=False)
+class PauseBegan:
+    """A pause began in the open segment at ``sample`` (its first window has just been heard;
+    reported by a ``StreamingVad`` made with ``pauses=True``). ``audio``: the segment as this
+    pause would end it, the pause after its first window taken as silence (the
+    ``SpeechEnded.audio`` of that pause, where it is silence), so that its final can be decoded
+    before the endpoint wait is over; whether it ends the segment is still to be heard."""
+
+    sample: int
+    audio: np.ndarray  # float32 (N,)
+
+    __hash__ = None  # type: ignore[assignment]  # holds an array
+
+
+VadEvent = SpeechStarted | SpeechEnded | PauseBegan
 
 
 class Phase(enum.Enum):
@@ -339,8 +353,12 @@ class StreamingVad:
     it (``SpeechEnded``). Results do not depend on how the stream is chunked.
     """
 
-    def __init__(self, config: VadConfig | None = None, model: VadModel | None = None) -> None:
+    def __init__(
+        self, config: VadConfig | None = None, model: VadModel | None = None, pauses: bool = False
+    ) -> None:
         self.config = config or VadConfig()
+        self.pauses = pauses  # report PauseBegan (where the wait shrinks)
+        self._began: PauseBegan | None = None  # found by the window being scored
         self.model = model or shared_vad_model()
         self.state = VadState()
         self._pad = _ms(self.config.speech_pad_ms)
@@ -379,17 +397,13 @@ class StreamingVad:
         s = self.state
         return s.pause_start if s.phase is Phase.SPEECH else None
 
-    def audio_if_pause_ends(self) -> np.ndarray:
-        """The open segment's audio as the pause under way would end it (``SpeechEnded.audio``
-        of that pause; must be under way), the part of it not heard yet taken as silence:
-        (N,) float32."""
+    def _audio_if_pause_ends(self) -> np.ndarray:
+        """The open segment's audio as the pause from its first window on would end it: see
+        ``PauseBegan``. (N,) float32."""
         s = self.state
         assert s.phase is Phase.SPEECH and s.pause_start is not None
-        wait = (
-            self._short_silence if s.hinted else self.endpoint_wait(s.pause_start - s.segment_start)
-        )
-        end = s.pause_start + min(self._pad, -(-wait // WINDOW) * WINDOW)  # whole windows heard
-        heard = s.tape.slice(s.segment_start, min(end, s.tape.end))
+        end = s.pause_start + min(self._pad, -(-self._wait() // WINDOW) * WINDOW)  # whole windows
+        heard = s.tape.slice(s.segment_start, min(end, s.pause_start + WINDOW))
         return np.pad(heard, (0, end - s.segment_start - heard.size))
 
     def current_segment(self) -> np.ndarray:
@@ -437,6 +451,9 @@ class StreamingVad:
                 s.recent.popleft()
             self._follow_pauses(window, start)
         events = self._advance(p, rms, start, s.analysed)
+        if self._began is not None:  # before what the same window ended
+            events.insert(0, self._began)
+            self._began = None
         if s.phase is Phase.SPEECH:
             s.loudest = max(s.loudest, rms)
         return events
@@ -520,10 +537,18 @@ class StreamingVad:
             return False
         if s.pause_start is None:
             s.pause_start = start
-        wait = (
+            if self.pauses:
+                self._began = PauseBegan(start, self._audio_if_pause_ends())
+        return end - s.pause_start >= self._wait()
+
+    def _wait(self) -> int:
+        """Samples of the pause under way that end the open segment: the wait for its length
+        when the pause began, the shortest once a sentence end was hinted."""
+        s = self.state
+        assert s.pause_start is not None
+        return (
             self._short_silence if s.hinted else self.endpoint_wait(s.pause_start - s.segment_start)
         )
-        return end - s.pause_start >= wait
 
     def _cut(self, end: int) -> list[VadEvent]:
         """Close a segment that reached max_segment_s, at its quietest recent point."""

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from mooer.asr.vad import (
+    PauseBegan,
     SpeechEnded,
     SpeechStarted,
     StreamingVad,
@@ -427,20 +428,27 @@ def test_noise_or_music_between_sentences_is_no_sentence(between):
         assert segment.start <= start + 0.25 * SECOND and end - TOLERANCE <= segment.end
 
 
-def test_the_audio_a_pause_would_end_is_what_it_ends():
-    """Read in the first window of each pause, the segment as that pause would end it (the
-    part not heard yet taken as silence) is the audio of the segment it does end, where the
-    pause is silence: the sentences of a talk 150 ms apart."""
+@pytest.mark.parametrize("chunk", [320, 640, 3200])  # 20, 40 and 200 ms
+def test_a_pause_began_tells_the_audio_it_would_end_the_segment_with(chunk):
+    """``pauses=True``: each pause's first window is reported, with the segment as that pause
+    would end it, which is the audio of the segment it does end with the pause after that
+    window as silence, however the stream is chunked (a 200 ms chunk may hold the whole wait:
+    the report still comes first): a talk 150 ms apart with hiss in its pauses. Without
+    ``pauses``, or where the wait does not shrink (chat), no such report."""
     talk = spoken_talk(heldout_sentences(3), 0.15)
-    vad = StreamingVad()
-    foreseen: dict[int, np.ndarray] = {}
-    ended = []
-    for i in range(0, talk.audio.size, 320):
-        ended += _segments(vad.feed(talk.audio[i : i + 320]))
-        pause = vad.pause_start
-        if pause is not None and pause not in foreseen:
-            foreseen[pause] = vad.audio_if_pause_ends()
-    by_pause = [s for s in ended if s.pause is not None]
-    assert len(by_pause) == 3
-    for segment in by_pause:
-        assert np.array_equal(foreseen[segment.pause], segment.audio)
+    audio = _noisy(talk.audio)
+    vad = StreamingVad(pauses=True)
+    events = [e for i in range(0, audio.size, chunk) for e in vad.feed(audio[i : i + chunk])]
+    began = {e.sample: e for e in events if isinstance(e, PauseBegan)}
+    ended = [e for e in events if isinstance(e, SpeechEnded) and e.pause is not None]
+    assert len(ended) == 3 and len(began) >= 3
+    for segment in ended:
+        first = began[segment.pause]
+        assert events.index(first) < events.index(segment)
+        heard = segment.pause - segment.start + 512  # its first window
+        expected = np.concatenate([segment.audio[:heard], np.zeros(segment.audio.size - heard)])
+        assert np.array_equal(first.audio, expected)
+        assert np.abs(segment.audio[heard:]).max() > 0  # the hiss the endpoint kept
+    assert not any(isinstance(e, PauseBegan) for e in _run(audio, chunk))
+    chat = StreamingVad(VadConfig(shrink_s=None), pauses=True)
+    assert not any(isinstance(e, PauseBegan) for e in chat.feed(audio))
