@@ -274,14 +274,20 @@ class SessionWork:
     def early_final(self, item: str, audio: np.ndarray, pause: int) -> Waiting[None]:
         """The final of the open utterance ``item`` decoded from its ``audio`` so far, in the
         pause from sample ``pause`` (``SessionConfig.early_finals``), for ``final`` to take if
-        that pause ends the utterance; nothing if speech came back before it began."""
-        if self.session.speech_resumed(item, pause):
+        that pause ends the utterance; nothing, and stopped at its next step, once speech
+        came back."""
+
+        def resumed() -> bool:
+            return self.session.speech_resumed(item, pause)
+
+        if resumed():
             return
         since = self._track_of(item).translation.stable
         texts, audio_embeds = yield from self.texts(
-            audio, self.config.final_options, translation_from=since
+            audio, self.config.final_options, should_stop=resumed, translation_from=since
         )
-        self._early = _Early(item, pause, audio, texts, audio_embeds, since)
+        if not resumed():
+            self._early = _Early(item, pause, audio, texts, audio_embeds, since)
 
     def final(
         self,

@@ -59,8 +59,9 @@ class LLMBackend(Protocol):
         """One answer text per item of ``embeds`` (B, Ta, H) with ``lengths`` (B,), all asked
         the templated ``prompt``; ``step_by_step``: the caller wants the token loop's answer
         (live partials), which a batching backend gives anyway. ``should_stop``, asked
-        between the token loop's steps: True ends the answer where it is (a partial whose
-        utterance has ended is not worth finishing: its final waits behind it)."""
+        between the decode's steps (tokens, or beam search steps): True ends the answer where
+        it is (a partial whose utterance has ended is not worth finishing: its final waits
+        behind it; nor an early final whose pause was not the end)."""
 
     def close(self) -> None:
         """Stop the engine, if the backend has one."""
@@ -121,8 +122,9 @@ class HFBackend:
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Future[str]]:
         if not step_by_step:
+            prompts = [prompt] * len(embeds)
             ids = generate_ids(
-                model.llm, model.tokenizer, embeds, lengths, [prompt] * len(embeds), options
+                model.llm, model.tokenizer, embeds, lengths, prompts, options, None, should_stop
             )
             texts = [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
             return [done(text) for text in texts]
