@@ -75,7 +75,7 @@ class _Early:
 
     item_id: str
     pause: int
-    audio: np.ndarray  # (N,) 16 kHz, to the pause
+    audio: np.ndarray  # (N,) 16 kHz, as the pause would end the utterance (PauseBegan.audio)
     texts: Texts
     audio_embeds: torch.Tensor  # (Ta, H)
     since: str
@@ -272,10 +272,10 @@ class SessionWork:
                 self.outbox.emit(ev.TranslationDelta(item, delta))
 
     def early_final(self, item: str, audio: np.ndarray, pause: int) -> Waiting[None]:
-        """The final of the open utterance ``item`` decoded from its ``audio`` so far, in the
-        pause from sample ``pause`` (``SessionConfig.early_finals``), for ``final`` to take if
-        that pause ends the utterance; nothing, and stopped at its next step, once speech
-        came back."""
+        """The final of the open utterance ``item`` decoded from ``audio``, the utterance as the
+        pause from sample ``pause`` would end it (``SessionConfig.early_finals``), for
+        ``final`` to take if that pause does; nothing, and stopped at its next step, once
+        speech came back."""
 
         def resumed() -> bool:
             return self.session.speech_resumed(item, pause)
