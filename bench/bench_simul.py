@@ -31,6 +31,8 @@ import argparse
 import asyncio
 import base64
 import difflib
+import math
+import re
 import statistics
 import sys
 import time
@@ -213,19 +215,60 @@ def _p95(values) -> float:
     return float(np.percentile(values, 95)) if values else float("nan")
 
 
-def revisions(url: str) -> float:
-    """The server's count of finals that contradicted text already sent (NaN: not counted)."""
+STAGES = ("endpoint", "queued", "decode")
+
+
+def server_figures(url: str, protocol: str) -> dict[str, float]:
+    """The server's counts so far, for ``protocol``: ``revised`` (finals that contradicted text
+    already sent), and the sum and count of each final's latency and of its stages
+    (``mooer_final_stage_seconds``; none on a server from before them)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:
         text = reply.read().decode()
+    wanted = {
+        "revised": ("mooer_text_revisions_total", {}),
+        "early": ("mooer_early_finals_total", {"protocol": protocol}),
+        "latency_sum": ("mooer_final_latency_seconds_sum", {"protocol": protocol}),
+        "latency_count": ("mooer_final_latency_seconds_count", {"protocol": protocol}),
+    }
+    for stage in STAGES:
+        for part in ("sum", "count"):
+            name = f"mooer_final_stage_seconds_{part}"
+            wanted[f"{stage}_{part}"] = (name, {"protocol": protocol, "stage": stage})
+    figures = dict.fromkeys(wanted, 0.0)  # a series not yet observed
+    for line in text.splitlines():
+        found = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if found is None:  # a comment
+            continue
+        name, labels, value = (
+            found[1],
+            dict(re.findall(r'(\w+)="([^"]*)"', found[2] or "")),
+            float(found[3]),
+        )
+        for key, (metric, needed) in wanted.items():
+            if name == metric and needed.items() <= labels.items():
+                figures[key] += value
     if "mooer_text_revisions_total" not in text:
-        return float("nan")  # a server from before the count
-    lines = [x for x in text.splitlines() if x.startswith("mooer_text_revisions_total")]
-    return sum(float(x.split()[-1]) for x in lines)
+        figures["revised"] = math.nan  # a server from before the count
+    return figures
+
+
+def where_the_time_went(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean per final, between two ``server_figures``: its latency and each stage's share;
+    the count of finals, of early ones and of revisions."""
+    got = {key: after[key] - before[key] for key in ("revised", "early", "latency_count")}
+    for key in ("latency", *STAGES):
+        count = after[f"{key}_count"] - before[f"{key}_count"]
+        total = after[f"{key}_sum"] - before[f"{key}_sum"]
+        got[key] = total / count if count else float("nan")
+    return got
 
 
 def report_translation(
-    name: str, talk: Talk, got: Received, revised: float, verbose: bool = False
+    name: str, talk: Talk, got: Received, server: dict[str, float], verbose: bool = False
 ) -> dict:
+    """Print and return the talk's figures; ``server``: its ``where_the_time_went`` and
+    ``revised`` (the server's revision count over the talk)."""
+    revised = server["revised"]
     figures = score_sentences(talk, got)
     hyp = " ".join(w for w, _, _ in got.words)
     ref = " ".join(en for _, en in talk.sentences)
@@ -256,6 +299,13 @@ def report_translation(
         f"{row['laal']:.2f} s, CA {row['al_ca']:.2f} / {row['laal_ca']:.2f} s | first audio "
         f"{row['first_audio']:.2f} s after the sentence | BLEU {bleu:.1f} | garbled words "
         f"{len(garbled)} {garbled[:8]} | retractions {revised:.0f}"
+    )
+    row.update({key: server[key] for key in ("latency", "early", *STAGES)})
+    print(
+        f"  where a final's wait went (server, mean): endpoint {1000 * row['endpoint']:.0f} ms "
+        f"of pause heard, then queued {1000 * row['queued']:.0f} ms, decode "
+        f"{1000 * row['decode']:.0f} ms; endpoint to final {1000 * row['latency']:.0f} ms; "
+        f"{row['early']:.0f} of {server['latency_count']:.0f} finals decoded early in the pause"
     )
     if verbose:
         for (zh, en), f in zip(talk.sentences, figures):
@@ -343,10 +393,13 @@ def main() -> None:
         url = args.url.rstrip("/")
     try:
         for pause, talk in talks.items():
-            before = revisions(url)
+            before = server_figures(url, "translation")
             got = asyncio.run(translate(url, talk))
-            revised = revisions(url) - before
-            report_translation(f"pauses {1000 * pause:.0f} ms", talk, got, revised, args.verbose)
+            after = server_figures(url, "translation")
+            server_side = where_the_time_went(before, after)
+            report_translation(
+                f"pauses {1000 * pause:.0f} ms", talk, got, server_side, args.verbose
+            )
         if not args.no_transcription:
             talk = talks[min(talks)]
             report_transcription(talk, asyncio.run(transcribe_live(url, talk)))

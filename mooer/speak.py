@@ -30,6 +30,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from mooer.asr.segmenter import split_long
 from mooer.audio import SAMPLE_RATE, load_audio, to_mono_16k
 from mooer.errors import AudioError, ConfigError, check_number
 from mooer.llm.conversation import CHAT, Conversation
@@ -39,7 +40,6 @@ from mooer.llm.prompts import build_prompt
 from mooer.llm.speech import SpeechGeneration
 from mooer.model import SpeechLLM
 from mooer.text import has_chinese, language_of
-from mooer.transcribe import split_long
 from mooer.tts.backend import (
     EspeakBackend,
     TTSBackend,

@@ -18,7 +18,7 @@ import numpy as np
 from torch import Tensor
 from tqdm import tqdm
 
-from mooer.asr.segmenter import cut_blocks
+from mooer.asr.segmenter import cut_blocks, split_long
 from mooer.asr.vad import VadConfig
 from mooer.audio import SAMPLE_RATE, AudioStream, AudioTooLong, load_audio
 from mooer.errors import ConfigError, MooerError, check_number
@@ -34,9 +34,6 @@ from mooer.text import join_texts
 # around speech kept: offline, context costs no latency, and the demo model misreads some
 # words without it ("the park" in examples/audio/en_directions.wav).
 SEGMENTER = VadConfig(speech_pad_ms=500, short_silence_ms=90, shrink_s=1.0)
-MAX_SEGMENT_S = 30.0  # an utterance given whole (vad=None) longer than this is cut...
-MIN_CUT_S = 20.0  # ... at the quietest 100 ms between 20 s and 30 s
-_WINDOW = SAMPLE_RATE // 10  # 100 ms energy window
 
 
 @dataclass
@@ -58,22 +55,6 @@ class Result:
     def to_json(self) -> str:
         data = {k: v for k, v in asdict(self).items() if v is not None}
         return json.dumps(data, ensure_ascii=False)
-
-
-def split_long(samples: np.ndarray, max_s: float = MAX_SEGMENT_S) -> list[tuple[int, int]]:
-    """Sample ranges covering ``samples``, each at most ``max_s`` long, cut where it is quietest."""
-    max_len = int(max_s * SAMPLE_RATE)
-    min_len = int(min(MIN_CUT_S, max_s * 2 / 3) * SAMPLE_RATE)
-    ranges, start, n = [], 0, len(samples)
-    while n - start > max_len:
-        window = samples[start + min_len : start + max_len]
-        frames = len(window) // _WINDOW
-        energy = (window[: frames * _WINDOW].reshape(frames, _WINDOW) ** 2).sum(axis=1)
-        cut = start + min_len + int(np.argmin(energy)) * _WINDOW + _WINDOW // 2
-        ranges.append((start, cut))
-        start = cut
-    ranges.append((start, n))
-    return ranges
 
 
 def read_inputs(items: Iterable[str]) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from mooer.model import load_model
 from mooer.text import join_texts
 from mooer.train.metrics import word_errors
 from mooer.train.talk import heldout_sentences, spoken_talk
-from mooer.transcribe import SEGMENTER, read_inputs, split_long, transcribe
+from mooer.transcribe import SEGMENTER, read_inputs, transcribe
 
 GREEDY = replace(OFFLINE, num_beams=1, max_new_tokens=8)
 
@@ -35,18 +35,6 @@ def demo_model():
 def mtl_model(fabricated):
     root = fabricated("mtl-5k")
     return load_model(root, llm=root.parent / "llm", task="mtl", device="cpu")
-
-
-def test_split_long_cuts_at_the_quietest_point():
-    rng = np.random.default_rng(0)
-    samples = rng.normal(0, 0.1, 70 * SAMPLE_RATE).astype(np.float32)
-    samples[25 * SAMPLE_RATE : 25 * SAMPLE_RATE + 1600] = 0.0  # a 100 ms silence at 25 s
-    ranges = split_long(samples)
-    assert ranges[0][0] == 0 and ranges[-1][1] == len(samples)
-    assert all(a == b for (_, a), (b, _) in zip(ranges, ranges[1:]))  # contiguous
-    assert all(b - a <= 30 * SAMPLE_RATE for a, b in ranges)
-    assert abs(ranges[0][1] - int(25.05 * SAMPLE_RATE)) <= SAMPLE_RATE // 10
-    assert split_long(samples[: 10 * SAMPLE_RATE]) == [(0, 10 * SAMPLE_RATE)]
 
 
 def test_read_inputs_scp_and_jsonl(tmp_path):

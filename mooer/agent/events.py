@@ -61,15 +61,30 @@ class TranscriptDelta(Event):
 
 
 @dataclass(frozen=True)
+class FinalTiming:
+    """Where the wait for an utterance's final went, in seconds: ``endpoint``, the pause the
+    voice activity detector heard before it ended the utterance (audio time; 0 for a commit or
+    a cut of speech that goes on); ``queued``, from the endpoint to the final's decode starting
+    (behind the session's partial and other clients' work); ``decode``, encoding and decoding
+    it (0 when a decode begun in the pause already had it: ``early``)."""
+
+    endpoint: float
+    queued: float
+    decode: float
+    early: bool = False
+
+
+@dataclass(frozen=True)
 class Transcript(Event):
     """The final transcript of an utterance; ``language`` is "zh" or "en" as guessed from it;
     ``speaker`` who said it (0-based, in order of first appearance) where the session labels
-    speakers (see ``mooer.asr.speakers``), else None."""
+    speakers (see ``mooer.asr.speakers``), else None; ``timing``: where the wait for it went."""
 
     item_id: str
     text: str
     language: str | None = None
     speaker: int | None = None
+    timing: FinalTiming | None = None
 
 
 @dataclass(frozen=True)
@@ -82,11 +97,12 @@ class TranslationDelta(Event):
 
 @dataclass(frozen=True)
 class Translation(Event):
-    """The final translation of an utterance; ``speaker`` as in ``Transcript``."""
+    """The final translation of an utterance; ``speaker`` and ``timing`` as in ``Transcript``."""
 
     item_id: str
     text: str
     speaker: int | None = None
+    timing: FinalTiming | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ import torch
 from mooer.agent import events as ev
 from mooer.agent.session_work import Responses, SessionWork
 from mooer.asr.partial_context import PartialContext
+from mooer.asr.segmenter import MAX_SEGMENT_S
 from mooer.asr.vad import (
+    PauseBegan,
     SpeechEnded,
     SpeechStarted,
     StreamingVad,
@@ -41,7 +43,6 @@ from mooer.llm.biasing import Hotwords
 from mooer.llm.conversation import CHAT, ROLES, Conversation, Message
 from mooer.llm.decoding import OFFLINE, STREAMING, DecodingOptions
 from mooer.llm.speech import SPOKEN_REPLY
-from mooer.transcribe import MAX_SEGMENT_S
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine
@@ -80,6 +81,13 @@ class SessionConfig:
     ``mooer.asr.partial_context``) and how far apart a long utterance's partials come (at least
     ``partial_interval_ms``); None encodes the whole utterance so far for every partial, whose
     cost then grows with the utterance. Finals always encode the whole utterance.
+
+    ``early_finals``: the final is decoded as soon as a pause begins (one VAD window into it)
+    rather than once the pause has lasted the endpoint wait, and kept if that pause ends the
+    utterance: finals come up to the wait earlier, decoded from the audio the endpoint would
+    give, the pause after its first window taken as silence (``mooer.asr.vad.PauseBegan``),
+    however the client chunks its audio, at the cost of a decode for each pause that speech
+    goes on after. Not in chat sessions, nor without turn detection.
     """
 
     mode: str = "asr"
@@ -101,6 +109,7 @@ class SessionConfig:
     speech_options: DecodingOptions = SPOKEN_REPLY  # audio tokens of the speech head
     instructions: str = ""
     hotwords: Hotwords | None = None  # favoured in transcripts and translations (partial, final)
+    early_finals: bool = False
 
     @property
     def task(self) -> str:
@@ -110,7 +119,13 @@ class SessionConfig:
     def __post_init__(self) -> None:
         _require("mode", self.mode in MODES, f"one of {', '.join(MODES)}")
         _require("vad", isinstance(self.vad, VadConfig), "a VadConfig")
-        for name in ("turn_detection", "auto_response", "barge_in", "speech_output"):
+        for name in (
+            "turn_detection",
+            "auto_response",
+            "barge_in",
+            "speech_output",
+            "early_finals",
+        ):
             _require(name, isinstance(getattr(self, name), bool), "True or False")
         interval = check_number(
             self.partial_interval_ms, "SessionConfig.partial_interval_ms", 0, integer=True
@@ -166,6 +181,8 @@ class SessionStats:
     partials_skipped: int = 0  # replaced by a newer one, or made useless by the final, unrun
     partial_audio_s: float = 0.0  # audio the partials encoded (windows, or whole utterances)
     finals: int = 0
+    early_finals: int = 0  # begun in a pause (``early_finals``)
+    early_finals_kept: int = 0  # the pause ended the utterance: the final was the early one
     responses: int = 0
     responses_cancelled: int = 0
     errors: int = 0
@@ -225,6 +242,7 @@ class Session:
                     pause_cut_s=None if config.mode == "chat" else config.vad.pause_cut_s,
                 ),
                 engine.vad_model,
+                pauses=config.early_finals,  # an early final in each (none in chat: no shrink)
             )
             if config.turn_detection
             else None
@@ -235,6 +253,7 @@ class Session:
         self._item: str | None = None  # the open utterance
         self._item_start = 0  # its first sample, in the VAD's stream
         self._next_partial = 0  # utterance length (samples) at which the next partial is due
+        self._early_pause: int | None = None  # the pause an early final of _item was begun in
         self._items = itertools.count(1)
         self._responses = Responses(session_id, self.outbox)
         self._closed = False  # no more input accepted
@@ -280,6 +299,7 @@ class Session:
                 self._offset += self._vad.samples_received
                 self._vad.reset()
             self._buffer, self._buffered, self._item = [], 0, None
+            self._early_pause = None
             self.engine.discard(self, partials_only=True)
 
     def add_message(
@@ -466,10 +486,33 @@ class Session:
                 )
                 if self.config.barge_in:
                     self._responses.cancel_all()
+            elif isinstance(event, PauseBegan) and self._item is not None:
+                self._early_pause = event.sample
+                self.stats.early_finals += 1
+                work = self._work.early_final(self._item, event.audio, event.sample)
+                self.engine.submit(self, "final", work)
             elif isinstance(event, SpeechEnded) and self._item is not None:
                 item, self._item = self._item, None
                 self.outbox.emit(ev.SpeechStopped(item, samples_to_ms(self._offset + event.end)))
-                self._commit_audio(item, event.audio)
+                early = event.pause if event.pause == self._early_pause else None
+                self._early_pause = None
+                self._commit_audio(item, event.audio, event.waited / SAMPLE_RATE, early)
+
+    def speech_resumed(self, item: str, pause: int) -> bool:
+        """Whether speech came back in the utterance ``item`` after the pause from ``pause``
+        (an early final begun in it is not worth decoding)."""
+        with self._lock:
+            now = self._vad.pause_start if self._vad is not None else None
+            return item == self._item and now != pause
+
+    def sentence_end_seen(self, item: str) -> None:
+        """A partial transcript of the utterance ``item`` shows a finished sentence with more
+        words after it: the VAD cuts the utterance at its best pause so far (or at the next
+        short one; see ``StreamingVad.hint_sentence_end``). Ignored once ``item`` has ended."""
+        with self._lock:
+            if self._closed or self._vad is None or item != self._item:
+                return
+            self._on_vad(self._vad.hint_sentence_end(self._item_start))
 
     def _end_utterance(self) -> str | None:
         """Close the utterance in progress, if any; its id."""
@@ -486,13 +529,18 @@ class Session:
         self._commit_audio(item, audio)
         return item
 
-    def _commit_audio(self, item: str, audio: np.ndarray) -> None:
+    def _commit_audio(
+        self, item: str, audio: np.ndarray, waited: float = 0.0, early: int | None = None
+    ) -> None:
+        """Queue the final of the utterance ``item``; ``waited``: seconds of pause that ended
+        it; ``early``: that pause's first sample, where an early final was begun in it."""
         self.outbox.emit(ev.Committed(item))
         endpoint = time.perf_counter()
         response = None
         if self.conversation is not None and self.config.auto_response and not self._closed:
             response = self._responses.new(self._new_item(), self.config.speech_output)
-        self.engine.submit(self, "final", self._work.final(item, audio, endpoint, response))
+        work = self._work.final(item, audio, endpoint, response, waited, early)
+        self.engine.submit(self, "final", work)
 
     def _interval(self, length: int = 0) -> int:
         """Samples from a partial of an utterance ``length`` samples long to its next one (a

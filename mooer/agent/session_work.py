@@ -30,6 +30,7 @@ import torch
 from mooer.agent import events as ev
 from mooer.agent.stable_text import TRANSLATION_AGREE, StableText
 from mooer.asr.partial_context import PartialContext, PartialEmbeds
+from mooer.asr.segmenter import split_long
 from mooer.audio import SAMPLE_RATE
 from mooer.llm.backend import Waiting
 from mooer.llm.conversation import Conversation, Message, Reply, StreamedReply
@@ -39,7 +40,6 @@ from mooer.llm.speech import SpeechGeneration, SpeechReply, spoken_reply
 from mooer.speak import speak_natively, speak_reply, text_to_speech
 from mooer.tasks import Texts, decode_waiting
 from mooer.text import language_of
-from mooer.transcribe import split_long
 from mooer.tts.backend import float_to_pcm16, split_sentences
 from mooer.tts.speaker_encoder import MIN_PROMPT_SECONDS
 
@@ -67,6 +67,19 @@ class _Track:
     def __post_init__(self) -> None:
         if self.context is not None:
             self.embeds = PartialEmbeds(self.context)
+
+
+@dataclass(eq=False)
+class _Early:
+    """A final decoded in a pause that may end its utterance, from that pause's first sample;
+    ``since``: the English already sent that its translation goes on from."""
+
+    item_id: str
+    pause: int
+    audio: np.ndarray  # (N,) 16 kHz, as the pause would end the utterance (PauseBegan.audio)
+    texts: Texts
+    audio_embeds: torch.Tensor  # (Ta, H)
+    since: str
 
 
 @dataclass(eq=False)
@@ -158,6 +171,7 @@ class SessionWork:
         self._track: _Track | None = None
         self._unanswered: UserTurn | None = None
         self._voice: np.ndarray | None = None  # the last speaker turn's speech (translations)
+        self._early: _Early | None = None  # the last early final decoded
 
     @property
     def config(self) -> SessionConfig:
@@ -242,6 +256,12 @@ class SessionWork:
         self.stats.partials += 1
         if item != self.session.open_item:
             return
+        said = transcript if transcript is not None else translation
+        if self.conversation is None and len(split_sentences(said or "")) > 1:
+            # a sentence ended inside the utterance (a model that punctuates): cut it there
+            self.session.sentence_end_seen(item)
+            if item != self.session.open_item:
+                return  # cut: its final comes, and the words after the cut are the next one's
         if transcript is not None:
             shown = track.transcript.shown
             delta = track.transcript.update(transcript)
@@ -253,15 +273,52 @@ class SessionWork:
             if delta:
                 self.outbox.emit(ev.TranslationDelta(item, delta))
 
+    def early_final(self, item: str, audio: np.ndarray, pause: int) -> Waiting[None]:
+        """The final of the open utterance ``item`` decoded from ``audio``, the utterance as the
+        pause from sample ``pause`` would end it (``SessionConfig.early_finals``), for
+        ``final`` to take if that pause does; nothing, and stopped at its next step, once
+        speech came back."""
+
+        def resumed() -> bool:
+            return self.session.speech_resumed(item, pause)
+
+        if resumed():
+            return
+        since = self._track_of(item).translation.stable
+        texts, audio_embeds = yield from self.texts(
+            audio, self.config.final_options, should_stop=resumed, translation_from=since
+        )
+        if not resumed():
+            self._early = _Early(item, pause, audio, texts, audio_embeds, since)
+
     def final(
-        self, item: str, audio: np.ndarray, endpoint: float, response: PendingResponse | None
+        self,
+        item: str,
+        audio: np.ndarray,
+        endpoint: float,
+        response: PendingResponse | None,
+        waited: float = 0.0,
+        early: int | None = None,
     ) -> Iterator[None]:
+        """The utterance's final results (and its chat reply); ``endpoint``: when it ended
+        (``time.perf_counter``), after ``waited`` seconds of the pause from sample ``early``
+        where an early final was begun in it."""
         track = self._track_of(item)
         try:
-            # The final goes on from the English already sent: a delta is never taken back.
-            texts, audio_embeds = yield from self.texts(
-                audio, self.config.final_options, translation_from=track.translation.stable
-            )
+            began = time.perf_counter()
+            kept, self._early = self._early, None
+            stable = track.translation.stable
+            if kept is not None and (kept.item_id, kept.pause, kept.since) == (item, early, stable):
+                texts, audio_embeds, audio = kept.texts, kept.audio_embeds, kept.audio
+                self.stats.early_finals_kept += 1
+            else:
+                kept = None
+                # The final goes on from the English already sent: a delta is never taken back.
+                texts, audio_embeds = yield from self.texts(
+                    audio, self.config.final_options, translation_from=stable
+                )
+            decoded = time.perf_counter() - began
+            timing = ev.FinalTiming(waited, began - endpoint, decoded, kept is not None)
             transcript, translation = texts.transcript, texts.translation
             speaker = None
             if self.session.speakers is not None:
@@ -276,12 +333,12 @@ class SessionWork:
                     stable = track.transcript.stable  # what the deltas add up to
                     self.outbox.emit(ev.TranscriptDelta(item, delta, stable, transcript))
                 language = language_of(transcript) if transcript else None
-                self.outbox.emit(ev.Transcript(item, transcript, language, speaker))
+                self.outbox.emit(ev.Transcript(item, transcript, language, speaker, timing))
             if translation is not None:
                 delta = track.translation.finish(translation)
                 if delta:
                     self.outbox.emit(ev.TranslationDelta(item, delta))
-                self.outbox.emit(ev.Translation(item, translation, speaker))
+                self.outbox.emit(ev.Translation(item, translation, speaker, timing))
             self.stats.finals += 1
             self.stats.final_latency_s.append(time.perf_counter() - endpoint)
             if translation and self.config.speech_output:

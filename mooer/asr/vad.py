@@ -198,13 +198,17 @@ class SpeechEnded:
 
     ``forced`` is True when the segment was closed by ``max_segment_s`` rather than by
     ``min_silence_ms`` of silence: the speaker may still be talking, and when they are a
-    ``SpeechStarted(end)`` follows at once.
+    ``SpeechStarted(end)`` follows at once. ``pause``: the first sample of the pause that
+    ended it (as ``pause_start`` gave it), and ``waited`` the samples of it heard before it
+    was ended (None and 0 for a forced cut or a flush).
     """
 
     start: int
     end: int
     audio: np.ndarray  # float32 (end - start,)
     forced: bool = False
+    waited: int = 0
+    pause: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -222,7 +226,21 @@ class SpeechEnded:
     __hash__ = None  # type: ignore[assignment]  # holds an array
 
 
-VadEvent = SpeechStarted | SpeechEnded
+@dataclass(frozen=True, eq=False)
+class PauseBegan:
+    """A pause began in the open segment at ``sample`` (its first window has just been heard;
+    reported by a ``StreamingVad`` made with ``pauses=True``). ``audio``: the segment as this
+    pause would end it, the pause after its first window taken as silence (the
+    ``SpeechEnded.audio`` of that pause, where it is silence), so that its final can be decoded
+    before the endpoint wait is over; whether it ends the segment is still to be heard."""
+
+    sample: int
+    audio: np.ndarray  # float32 (N,)
+
+    __hash__ = None  # type: ignore[assignment]  # holds an array
+
+
+VadEvent = SpeechStarted | SpeechEnded | PauseBegan
 
 
 class Phase(enum.Enum):
@@ -293,6 +311,7 @@ class VadState:
     pauses: list[tuple[int, int, float]] = field(default_factory=list)
     """(start, end, mean RMS) of the open segment's finished quiet runs of min_pause_ms or more."""
     loudest: float = 0.0  # RMS of the open segment's loudest window
+    hinted: bool = False  # the open segment's transcript showed a sentence end: shortest wait
     last_end: int = 0  # end of the last segment: the next one starts no earlier
     recent: deque[tuple[int, float, float]] = field(default_factory=deque)
     """(centre sample, probability, RMS) of the windows of the open segment, most recent last."""
@@ -311,8 +330,12 @@ class StreamingVad:
     it (``SpeechEnded``). Results do not depend on how the stream is chunked.
     """
 
-    def __init__(self, config: VadConfig | None = None, model: VadModel | None = None) -> None:
+    def __init__(
+        self, config: VadConfig | None = None, model: VadModel | None = None, pauses: bool = False
+    ) -> None:
         self.config = config or VadConfig()
+        self.pauses = pauses  # report PauseBegan (where the wait shrinks)
+        self._began: PauseBegan | None = None  # found by the window being scored
         self.model = model or shared_vad_model()
         self.state = VadState()
         self._pad = _ms(self.config.speech_pad_ms)
@@ -343,6 +366,22 @@ class StreamingVad:
     @property
     def samples_received(self) -> int:
         return self.state.tape.end
+
+    @property
+    def pause_start(self) -> int | None:
+        """First sample of the pause under way in the open segment, the one a shrinking
+        endpoint wait counts (silent or ``PAUSE_DB`` quiet windows); None outside one."""
+        s = self.state
+        return s.pause_start if s.phase is Phase.SPEECH else None
+
+    def _audio_if_pause_ends(self) -> np.ndarray:
+        """The open segment's audio as the pause from its first window on would end it: see
+        ``PauseBegan``. (N,) float32."""
+        s = self.state
+        assert s.phase is Phase.SPEECH and s.pause_start is not None
+        end = s.pause_start + min(self._pad, -(-self._wait() // WINDOW) * WINDOW)  # whole windows
+        heard = s.tape.slice(s.segment_start, min(end, s.pause_start + WINDOW))
+        return np.pad(heard, (0, end - s.segment_start - heard.size))
 
     def current_segment(self) -> np.ndarray:
         """Samples of the open segment so far (empty outside one), for partial results."""
@@ -389,6 +428,9 @@ class StreamingVad:
                 s.recent.popleft()
             self._follow_pauses(window, start)
         events = self._advance(p, rms, start, s.analysed)
+        if self._began is not None:  # before what the same window ended
+            events.insert(0, self._began)
+            self._began = None
         if s.phase is Phase.SPEECH:
             s.loudest = max(s.loudest, rms)
         return events
@@ -411,6 +453,21 @@ class StreamingVad:
                     mean = s.quiet_level * BLOCK / (at - s.quiet_start)
                     s.pauses.append((s.quiet_start, at, mean))
                 s.quiet_start = None
+
+    def hint_sentence_end(self, segment_start: int) -> list[VadEvent]:
+        """The partial transcript of the open segment (the one from ``segment_start``) shows a
+        finished sentence with more words after it (a model that punctuates): the segment is
+        cut now at its best pause so far, as ``pause_cut_s`` would cut it later, or, where it
+        has held none, its endpoint wait drops to ``short_silence_ms`` whatever its length (the
+        next short pause ends it). Ignored for another segment (the hint came late) and where
+        the wait does not shrink (chat turns). Events as ``feed``'s."""
+        s = self.state
+        if s.phase is not Phase.SPEECH or s.segment_start != segment_start or self._shrink is None:
+            return []
+        if s.pauses:
+            return self._cut_at_pause()
+        s.hinted = True
+        return []
 
     def endpoint_wait(self, length: int) -> int:
         """Samples of pause that end a segment ``length`` samples long when the pause began."""
@@ -438,10 +495,10 @@ class StreamingVad:
         elif p < config.off_threshold and s.silence_start is None:
             s.silence_start = start
         if s.silence_start is not None and end - s.silence_start >= self._min_silence:
-            return [self._close(min(s.silence_start + self._pad, end), False)]
+            return [self._close_in_pause(s.silence_start, end)]
         if self._shrink is not None and self._pause_ends_turn(p, rms, start, end):
             assert s.pause_start is not None
-            return [self._close(min(s.pause_start + self._pad, end), False)]
+            return [self._close_in_pause(s.pause_start, end)]
         if self._pause_cut is not None and s.pauses and end - s.segment_start >= self._pause_cut:
             return self._cut_at_pause()
         if end + WINDOW // 2 - s.segment_start > self._max_segment:
@@ -457,7 +514,18 @@ class StreamingVad:
             return False
         if s.pause_start is None:
             s.pause_start = start
-        return end - s.pause_start >= self.endpoint_wait(s.pause_start - s.segment_start)
+            if self.pauses:
+                self._began = PauseBegan(start, self._audio_if_pause_ends())
+        return end - s.pause_start >= self._wait()
+
+    def _wait(self) -> int:
+        """Samples of the pause under way that end the open segment: the wait for its length
+        when the pause began, the shortest once a sentence end was hinted."""
+        s = self.state
+        assert s.pause_start is not None
+        return (
+            self._short_silence if s.hinted else self.endpoint_wait(s.pause_start - s.segment_start)
+        )
 
     def _cut(self, end: int) -> list[VadEvent]:
         """Close a segment that reached max_segment_s, at its quietest recent point."""
@@ -486,15 +554,22 @@ class StreamingVad:
     def _open(self, start: int) -> SpeechStarted:
         s = self.state
         s.phase, s.segment_start, s.silence_start = Phase.SPEECH, start, None
-        s.pause_start, s.quiet_start, s.loudest = None, None, 0.0
+        s.pause_start, s.quiet_start, s.loudest, s.hinted = None, None, 0.0, False
         s.recent.clear()
         s.pauses.clear()
         return SpeechStarted(start)
 
-    def _close(self, end: int, forced: bool) -> SpeechEnded:
+    def _close_in_pause(self, pause: int, end: int) -> SpeechEnded:
+        """Close the segment ended by the pause from ``pause``, heard up to ``end``."""
+        return self._close(min(pause + self._pad, end), False, end - pause, pause)
+
+    def _close(
+        self, end: int, forced: bool, waited: int = 0, pause: int | None = None
+    ) -> SpeechEnded:
         s = self.state
         s.phase, s.silence_start, s.last_end = Phase.SILENCE, None, end
-        return SpeechEnded(s.segment_start, end, s.tape.slice(s.segment_start, end), forced)
+        audio = s.tape.slice(s.segment_start, end)
+        return SpeechEnded(s.segment_start, end, audio, forced, waited, pause)
 
     def _keep_from(self) -> int:
         """First sample a future segment may still need."""

@@ -59,8 +59,9 @@ class LLMBackend(Protocol):
         """One answer text per item of ``embeds`` (B, Ta, H) with ``lengths`` (B,), all asked
         the templated ``prompt``; ``step_by_step``: the caller wants the token loop's answer
         (live partials), which a batching backend gives anyway. ``should_stop``, asked
-        between the token loop's steps: True ends the answer where it is (a partial whose
-        utterance has ended is not worth finishing: its final waits behind it)."""
+        between the decode's steps (tokens, or beam search steps): True ends the answer where
+        it is (a partial whose utterance has ended is not worth finishing: its final waits
+        behind it; nor an early final whose pause was not the end)."""
 
     def close(self) -> None:
         """Stop the engine, if the backend has one."""
@@ -121,8 +122,9 @@ class HFBackend:
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Future[str]]:
         if not step_by_step:
+            prompts = [prompt] * len(embeds)
             ids = generate_ids(
-                model.llm, model.tokenizer, embeds, lengths, [prompt] * len(embeds), options
+                model.llm, model.tokenizer, embeds, lengths, prompts, options, None, should_stop
             )
             texts = [model.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]
             return [done(text) for text in texts]
@@ -142,7 +144,9 @@ class HFBackend:
 class TokenStream:
     """The token ids of one answer as a backend makes them: added by the backend's thread,
     read by another (a chat reply's text streams out as they come). ``done`` holds them all
-    once the answer has ended, or the backend's error; cancelling it stops the request.
+    once the answer has ended, or the backend's error; cancelling it stops the request, and so
+    does a ``stop_when`` condition that comes true (``done`` then holds the ids come so far).
+    A backend reading its request into the stream stops once ``done`` is done.
     ``arrivals``: how many times ids came in (more than one: they streamed)."""
 
     def __init__(self) -> None:
@@ -151,16 +155,24 @@ class TokenStream:
         self._ids: list[int] = []
         self._lock = threading.Lock()
         self._more: Future[None] = Future()  # done at the next arrival or the end
+        self._should_stop: Callable[[], bool] | None = None
+
+    def stop_when(self, should_stop: Callable[[], bool]) -> None:
+        """Ask ``should_stop`` at each arrival from now on (on the backend's thread): True
+        ends the answer where it is (``LLMBackend.answers``' ``should_stop``)."""
+        self._should_stop = should_stop
 
     def add(self, ids: Sequence[int]) -> None:
-        """More ids of the answer (the backend's thread)."""
-        if not ids:
+        """More ids of the answer (the backend's thread); none once it has ended (stopped)."""
+        if not ids or self.done.done():
             return
         with self._lock:
             self._ids += ids
             self.arrivals += 1
             more, self._more = self._more, Future()
         more.set_result(None)
+        if self._should_stop is not None and self._should_stop():
+            self.finish()
 
     def finish(self, error: BaseException | None = None) -> None:
         """The answer has ended, or failed with ``error`` (the backend's thread)."""
@@ -213,10 +225,13 @@ class EmbedsBackend:
     ) -> list[Future[str]]:
         if options.hotwords is not None:
             check_hotwords(self)
-        return [
-            self.text(model, self.stream(inputs[0], options).done)
-            for inputs in one_by_one(model, embeds, lengths, prompt)
-        ]
+        texts = []
+        for inputs in one_by_one(model, embeds, lengths, prompt):
+            stream = self.stream(inputs[0], options)
+            if should_stop is not None:
+                stream.stop_when(should_stop)  # the request is aborted when it answers True
+            texts.append(self.text(model, stream.done))
+        return texts
 
     @staticmethod
     def text(model: SpeechLLM, ids: Future[list[int]]) -> Future[str]:

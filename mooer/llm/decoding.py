@@ -8,6 +8,7 @@ like its items one by one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
 )
 from transformers.generation.streamers import BaseStreamer
 
@@ -69,6 +72,18 @@ class EosBias(LogitsProcessor):
         bias = torch.zeros_like(scores[0])
         bias[self.eos_id] = self.bias
         return scores + bias  # (B * beams, V)
+
+
+class AskedToStop(StoppingCriteria):
+    """Ends the whole search (every beam) at the step where ``should_stop()`` answers True."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_) -> Tensor:
+        return torch.full(
+            (len(input_ids),), self.should_stop(), device=input_ids.device
+        )  # (B * beams,)
 
 
 def token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
@@ -140,10 +155,12 @@ def generate_ids(
     prompts: list[str],
     options: DecodingOptions = OFFLINE,
     streamer: BaseStreamer | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
     """The answer token ids of each item, up to (not including) ``<|im_end|>``.
 
     ``streamer`` receives tokens as they are chosen (greedy or sampling, one item only).
+    ``should_stop``, asked at each step: True ends every answer where it is.
     """
     if streamer is not None and (options.num_beams > 1 or len(prompts) != 1):
         raise ConfigError("a streamer needs one item and num_beams 1")
@@ -162,6 +179,9 @@ def generate_ids(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             logits_processor=processors,
+            stopping_criteria=StoppingCriteriaList(
+                [AskedToStop(should_stop)] if should_stop else []
+            ),
             streamer=streamer,
             **_generation_kwargs(options, eos_id, pad_id),
         )  # (B, N) new tokens only: no input ids were given

@@ -145,14 +145,19 @@ class VllmBackend(EmbedsBackend):
 
     async def _generate(self, request: dict, params, request_id: str, stream: TokenStream) -> None:
         seen = 0
+        outputs = self._engine.generate(request, params, request_id)
         try:
-            async for output in self._engine.generate(request, params, request_id):
+            async for output in outputs:
                 ids = output.outputs[0].token_ids  # all so far
                 stream.add(list(ids[seen:]))
                 seen = len(ids)
+                if stream.done.done():  # stopped by the reader: no more tokens of it
+                    break
         except BaseException as exc:  # cancelled, or vLLM failed: whoever reads is told
             stream.finish(exc)
             raise
+        finally:
+            await outputs.aclose()  # vLLM aborts a request whose output stream is closed early
         stream.finish()
 
     def close(self) -> None:

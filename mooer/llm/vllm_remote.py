@@ -90,8 +90,8 @@ class RemoteBackend(EmbedsBackend):
         return stream
 
     def _stream(self, embeds: str, knobs: dict[str, Any], stream: TokenStream) -> None:
-        """Read the answer's server-sent events into ``stream``; a cancelled stream stops
-        reading (closing the connection aborts the request there)."""
+        """Read the answer's server-sent events into ``stream``; a cancelled or stopped
+        stream stops reading (closing the connection aborts the request there)."""
         body = {
             "model": self.served_model(),
             "prompt_embeds": embeds,
@@ -103,11 +103,10 @@ class RemoteBackend(EmbedsBackend):
         try:
             with self._talking("/completions"), self._open("POST", "/completions", body) as events:
                 for line in events:
-                    if stream.done.cancelled():
+                    if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+                        stream.add(self._token_ids(json.loads(line[len(b"data: ") :])))
+                    if stream.done.done():
                         return
-                    if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-                        continue
-                    stream.add(self._token_ids(json.loads(line[len(b"data: ") :])))
         except BaseException as exc:
             stream.finish(exc)
             raise

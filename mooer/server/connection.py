@@ -268,6 +268,14 @@ class Link:
             if ended is not None:
                 latency = time.monotonic() - ended
                 self.hub.metrics.final_latency.observe(latency, protocol=self.protocol_name)
+                timing = event.timing
+                if timing is not None:  # once per utterance, as the latency
+                    for stage in ("endpoint", "queued", "decode"):
+                        self.hub.metrics.final_stage.observe(
+                            getattr(timing, stage), protocol=self.protocol_name, stage=stage
+                        )
+                    if timing.early:
+                        self.hub.metrics.early_finals.inc(protocol=self.protocol_name)
 
 
 class WireProtocol(ABC):

@@ -146,6 +146,18 @@ class Metrics:
             lock,
             LATENCY_BUCKETS,
         )
+        self.final_stage = Histogram(
+            "mooer_final_stage_seconds",
+            "Where the wait for a live final went, by stage: endpoint (the pause heard before "
+            "the utterance was ended, audio time), queued (to its decode starting), decode.",
+            lock,
+            LATENCY_BUCKETS,
+        )
+        self.early_finals = Counter(
+            "mooer_early_finals_total",
+            "Live finals decoded early, in the pause that then ended their utterance, by protocol.",
+            lock,
+        )
         self.request_latency = Histogram(
             "mooer_http_request_seconds",
             "Time to answer an HTTP transcription or translation request.",
@@ -170,6 +182,8 @@ class Metrics:
             self.sessions_refused,
             self.audio_seconds,
             self.final_latency,
+            self.final_stage,
+            self.early_finals,
             self.request_latency,
             self.requests,
             self.errors,

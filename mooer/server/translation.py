@@ -54,6 +54,7 @@ class TranslationProtocol(OpenAIWire):
         return self.link.hub.session_config(
             mode="asr+ast" if self.transcription else "ast",
             speech_output=True,
+            early_finals=True,  # interpretation: each sentence's English as soon as it can be
             voice=None if self.voice in OPENAI_VOICES else self.voice,
             output_sample_rate=OUTPUT_RATE,
         )

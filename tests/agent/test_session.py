@@ -189,6 +189,11 @@ def test_continuous_speech_gets_a_final_per_sentence(engine):
     transcripts = [e.text for e in recorder.of(ev.Transcript)]
     translations = [e.text for e in recorder.of(ev.Translation)]
     assert len(transcripts) == len(translations) == 8
+    # Each sentence's final says where its wait went: 96 ms of pause at least (three 32 ms
+    # windows) ended it, inside the 150 ms pause; then it queued and was decoded.
+    timings = [e.timing for e in recorder.of(ev.Transcript)]
+    assert all(0.096 <= t.endpoint <= 0.2 for t in timings[:-1]), timings
+    assert all(t.queued >= 0 and t.decode > 0 and not t.early for t in timings)
     assert sum(t == zh for t, (zh, _) in zip(transcripts, talk.sentences)) >= 7
     assert sum(t == en for t, (_, en) in zip(translations, talk.sentences)) >= 6
 
@@ -211,6 +216,33 @@ def test_a_fast_speaker_gets_a_final_per_sentence_not_one_at_20_s(engine):
         assert any(0 <= cut - end <= 0.07 * SAMPLE_RATE for end in ends), (cut, ends)
     said = {zh for zh, _ in talk.sentences}
     assert sum(e.text in said for e in recorder.of(ev.Transcript)) >= len(talk.spans) - 2
+
+
+def test_early_finals_are_decoded_in_the_pause_that_ends_the_sentence(engine):
+    """Interpretation (``early_finals``): each sentence's final is decoded from the first
+    window of the pause after it, and that pause ending the sentence makes it the final: the
+    same English as finals decoded after the endpoint (the audio ends 100 ms earlier in its
+    silence), with no decode left after the endpoint. Chat turns never decode early."""
+    talk = spoken_talk(heldout_sentences(4), pause_s=0.8)
+    got = {}
+    for early in (False, True):
+        recorder = Recorder()
+        config = dataclasses.replace(ASR, mode="ast", partial_interval_ms=0, early_finals=early)
+        session = engine.open(config, recorder)
+        _feed(session, talk.audio)
+        session.close()
+        assert session.wait_closed(60)
+        got[early] = recorder.of(ev.Translation), session.stats
+    (plain, _), (early, stats) = got[False], got[True]
+    assert len(plain) == len(early) == 4
+    assert sum(a.text == b.text for a, b in zip(plain, early)) >= 3
+    assert not any(t.timing.early for t in plain)
+    assert all(t.timing.early for t in early) and stats.early_finals_kept == 4
+    assert stats.early_finals >= 4  # and one for each pause inside a sentence, if any
+    chat = engine.open(dataclasses.replace(CHAT_MODE, auto_response=False, early_finals=True))
+    _feed(chat, talk.audio[: talk.spans[1][0]])
+    chat.close()
+    assert chat.wait_closed(60) and chat.stats.early_finals == 0 and chat.stats.finals == 1
 
 
 @pytest.mark.parametrize(("mode", "turns"), [("asr", 2), ("chat", 1)])

@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from mooer.asr.vad import (
+    PauseBegan,
     SpeechEnded,
     SpeechStarted,
     StreamingVad,
@@ -326,3 +327,128 @@ def test_speech_with_pauses_shorter_than_the_endpoint_wait_is_cut_at_its_pauses(
         assert np.abs(around).max() < peak * 10 ** (-35 / 20)  # a pause
         between += not any(a < segment.end < b for a, b in talk.spans)
     assert between >= len(segments) - 3
+
+
+def _feed_chunks(vad: StreamingVad, stream: np.ndarray, chunk: int = 320) -> list[VadEvent]:
+    return [e for i in range(0, stream.size, chunk) for e in vad.feed(stream[i : i + chunk])]
+
+
+def test_a_sentence_end_in_the_transcript_cuts_at_the_pause_before_it():
+    """Two held-out sentences 70 ms apart (less than any endpoint wait) and half of a third,
+    with no pause cut: one open segment. The session reads a sentence end followed by more
+    words in its partial transcript (a punctuating model's "…。…"): the segment is cut at
+    once, in a pause between two of the sentences, never inside one; a late hint (for a
+    segment that has ended) and one in a chat turn (no shrinking wait) change nothing."""
+    talk = spoken_talk(heldout_sentences(3), 0.07)
+    middle = (talk.spans[2][0] + talk.spans[2][1]) // 2
+    config = VadConfig(pause_cut_s=None)
+    vad = StreamingVad(config)
+    opened = _feed_chunks(vad, talk.audio[:middle])
+    assert [type(e) for e in opened] == [SpeechStarted] and vad.in_speech
+    start = opened[0].sample
+    assert vad.hint_sentence_end(start + 1) == []  # another segment's hint: ignored
+    chat = StreamingVad(VadConfig(pause_cut_s=None, shrink_s=None))
+    _feed_chunks(chat, talk.audio[:middle])
+    assert chat.hint_sentence_end(start) == [] and chat.in_speech
+
+    ended, started = vad.hint_sentence_end(start)
+    assert isinstance(ended, SpeechEnded) and ended.forced and ended.start == start
+    assert isinstance(started, SpeechStarted) and started.sample == ended.end
+    gaps = [(a_end, b_start) for (_, a_end), (b_start, _) in zip(talk.spans, talk.spans[1:])]
+    assert any(a <= ended.end <= b for a, b in gaps), (ended.end, gaps)
+    assert vad.in_speech  # the words after the cut are the next segment's
+
+
+def test_a_sentence_end_without_a_pause_yet_shortens_the_wait_to_its_minimum():
+    """0.6 s of a sentence, then silence: its endpoint wait would still be about 310 ms; hinted
+    before any pause was heard, the next pause ends it after the shortest wait (96 ms)."""
+    talk = spoken_talk(heldout_sentences(1), 0.07)
+    start, _ = talk.spans[0]
+    clip = np.concatenate(
+        [_silence(0.5), talk.audio[start : start + int(0.6 * SECOND)], _silence(1)]
+    )
+
+    def waited(hint: bool) -> float:
+        vad = StreamingVad(VadConfig())
+        opened = _feed_chunks(vad, clip[: int(0.9 * SECOND)])
+        if hint:
+            assert vad.hint_sentence_end(opened[0].sample) == []  # no pause held: no cut
+        events = opened + _feed_chunks(vad, clip[int(0.9 * SECOND) :])
+        [ended] = _segments(events)
+        return ended.waited / SAMPLE_RATE
+
+    assert waited(False) > 0.25
+    assert 0.096 <= waited(True) <= 0.13
+
+
+def test_a_speaker_who_never_pauses_gets_segments_all_along_in_bounded_memory():
+    """Two minutes of speech with no pause long enough to end a turn (the AISHELL recordings
+    back to back, hiss between): segments keep coming, none longer than max_segment_s, each
+    starting where the last one was cut, and the detector keeps no more audio than the open
+    segment's."""
+    stream = _noisy(*SPEECH * 20)  # about 124 s
+    config = VadConfig()
+    vad = StreamingVad(config)
+    events: list[VadEvent] = []
+    kept = 0
+    for i in range(0, stream.size, 320):
+        events += vad.feed(stream[i : i + 320])
+        kept = max(kept, vad.state.tape.end - vad.state.tape._first)
+    segments = _segments(events + vad.flush())
+    assert len(segments) >= stream.size / SECOND / config.max_segment_s
+    assert max(s.duration_s for s in segments) <= config.max_segment_s
+    assert all(b.start == a.end for a, b in zip(segments, segments[1:]) if a.forced)
+    assert (
+        segments[-1].end == stream.size and sum(s.audio.size for s in segments) >= stream.size * 0.9
+    )
+    assert kept <= (config.max_segment_s + 1) * SECOND
+
+
+@pytest.mark.parametrize("between", ["noise", "music"])
+def test_noise_or_music_between_sentences_is_no_sentence(between):
+    """Two held-out sentences with a second of loud hiss, or of a synthetic melody (piano-like
+    notes), between them: two segments, one around each sentence."""
+    talk = spoken_talk(heldout_sentences(2), 1.0)
+    (_, end0), (start1, _) = talk.spans
+    rng = np.random.default_rng(3)
+    n = start1 - end0
+    if between == "noise":
+        filler = rng.normal(0, 0.03, n)
+    else:
+        t = np.arange(n) / SAMPLE_RATE
+        notes = [262, 330, 392, 523]  # C major, a quarter second each
+        freq = np.array(notes)[np.minimum((t / 0.25).astype(int), 3)]
+        decay = np.exp(-6 * (t % 0.25))
+        filler = 0.2 * decay * sum(np.sin(2 * np.pi * k * freq * t) / k for k in (1, 2, 3))
+    audio = talk.audio.copy()
+    audio[end0 + 800 : start1 - 800] = filler[1600:].astype(np.float32)  # 50 ms quiet either side
+    segments = _segments(_run(audio, 320))
+    assert len(segments) == 2, [(s.start, s.end) for s in segments]
+    for segment, (start, end) in zip(segments, talk.spans):
+        assert segment.start <= start + 0.25 * SECOND and end - TOLERANCE <= segment.end
+
+
+@pytest.mark.parametrize("chunk", [320, 640, 3200])  # 20, 40 and 200 ms
+def test_a_pause_began_tells_the_audio_it_would_end_the_segment_with(chunk):
+    """``pauses=True``: each pause's first window is reported, with the segment as that pause
+    would end it, which is the audio of the segment it does end with the pause after that
+    window as silence, however the stream is chunked (a 200 ms chunk may hold the whole wait:
+    the report still comes first): a talk 150 ms apart with hiss in its pauses. Without
+    ``pauses``, or where the wait does not shrink (chat), no such report."""
+    talk = spoken_talk(heldout_sentences(3), 0.15)
+    audio = _noisy(talk.audio)
+    vad = StreamingVad(pauses=True)
+    events = [e for i in range(0, audio.size, chunk) for e in vad.feed(audio[i : i + chunk])]
+    began = {e.sample: e for e in events if isinstance(e, PauseBegan)}
+    ended = [e for e in events if isinstance(e, SpeechEnded) and e.pause is not None]
+    assert len(ended) == 3 and len(began) >= 3
+    for segment in ended:
+        first = began[segment.pause]
+        assert events.index(first) < events.index(segment)
+        heard = segment.pause - segment.start + 512  # its first window
+        expected = np.concatenate([segment.audio[:heard], np.zeros(segment.audio.size - heard)])
+        assert np.array_equal(first.audio, expected)
+        assert np.abs(segment.audio[heard:]).max() > 0  # the hiss the endpoint kept
+    assert not any(isinstance(e, PauseBegan) for e in _run(audio, chunk))
+    chat = StreamingVad(VadConfig(shrink_s=None), pauses=True)
+    assert not any(isinstance(e, PauseBegan) for e in chat.feed(audio))

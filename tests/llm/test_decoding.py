@@ -147,6 +147,23 @@ def test_padded_batch_decodes_like_its_items_alone(merged_llm, batch, options) -
     assert all(len(ids) == 8 for ids in together)
 
 
+@pytest.mark.parametrize("options", [GREEDY, BEAM], ids=["greedy", "beam"])
+def test_should_stop_ends_every_answer_at_the_step_it_answers_true(merged_llm, batch, options):
+    # (an early final whose pause turned out not to end the sentence stops at once)
+    model, tokenizer = merged_llm
+    asked = []
+
+    def after_three() -> bool:
+        asked.append(None)
+        return len(asked) >= 3
+
+    stopped = generate_ids(model, tokenizer, *batch, options, should_stop=after_three)
+    assert [len(ids) for ids in stopped] == [3, 3, 3] and len(asked) == 3  # answers run to 8
+    whole = generate_ids(model, tokenizer, *batch, options)
+    if options.num_beams == 1:  # greedy: the same tokens, cut there
+        assert stopped == [ids[:3] for ids in whole]
+
+
 def test_beam_search_finds_an_answer_at_least_as_likely_as_greedy(merged_llm, batch) -> None:
     model, tokenizer = merged_llm
     never_end = {"eos_bias": -1e4}  # equal lengths: the length penalty cannot reorder

@@ -45,3 +45,16 @@ def test_a_failure_reaches_the_reader_and_a_cancelled_stream_takes_no_end():
     cancelled.add([1])
     cancelled.finish()  # the backend ends late: no error
     assert cancelled.done.cancelled()
+
+
+def test_a_stop_condition_ends_the_answer_with_the_ids_so_far():
+    stream = TokenStream()
+    stream.add([1])
+    stream.stop_when(lambda: len(stream.ids()) >= 3)
+    stream.add([2])
+    assert not stream.done.done()
+    stream.add([3, 4])  # asked at this arrival: true, the answer ends here
+    assert stream.done.result(timeout=0) == [1, 2, 3, 4]
+    stream.add([5])  # a backend that has not seen the stop yet: nothing changes for the reader
+    stream.finish()
+    assert stream.done.result() == [1, 2, 3, 4] and stream.more(4) is None

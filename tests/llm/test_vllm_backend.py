@@ -61,10 +61,21 @@ def hf_answers() -> dict:
 
 
 def _streamed(answers: dict) -> tuple[dict, int | None]:
-    """``answers`` without the chat reply's ``arrivals``, and those."""
+    """``answers`` without the chat reply's ``arrivals`` (and a stopped answer's figures), and
+    those arrivals."""
     chat = dict(answers["chat_session"])
     arrivals = chat.pop("arrivals")
-    return {**answers, "chat_session": chat}, arrivals
+    others = {k: v for k, v in answers.items() if k != "stopped"}
+    return {**others, "chat_session": chat}, arrivals
+
+
+@pytest.mark.parametrize("where", ["in_process", "server"])
+def test_a_stopped_partial_aborts_its_vllm_request(vllm_answers, where):
+    # should_stop came true at the third token of an answer that would run 4000: the answer
+    # ends there and vLLM no longer runs the request (closing its stream aborted it).
+    stopped = vllm_answers[where]["stopped"]
+    assert 3 <= stopped["ids"] < 20
+    assert stopped["running"] == 0
 
 
 def test_vllm_in_process_answers_as_hf_does(vllm_answers, hf_answers):

@@ -5,7 +5,9 @@
 in this process, and with ``--server`` also through
 ``--llm-url`` to a vLLM OpenAI server it starts on the same export (then stops it, records what a decode
 says while the server is gone, and decodes again once it is started anew). It writes what it got to OUT.json for the test to
-compare with the hf backend's answers, which it computes itself.
+compare with the hf backend's answers, which it computes itself, and how a partial's answer
+stopped by its ``should_stop`` ends (the request aborted in vLLM, in the process and on the
+server).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from mooer.agent import events as ev
@@ -26,6 +29,7 @@ from mooer.errors import MooerError
 from mooer.llm.backend import EmbedsBackend, TokenStream
 from mooer.llm.conversation import CHAT, Conversation
 from mooer.llm.decoding import STREAMING
+from mooer.llm.prompts import build_prompt
 from mooer.llm.vllm_export import merged_llm_dir
 from mooer.llm.vllm_remote import server_command
 from mooer.model import DEMO_MODEL_DIR, load_model
@@ -116,6 +120,42 @@ def live(model) -> dict:
     }
 
 
+def stopped(model, running: Callable[[], int]) -> dict:
+    """A partial's answer whose ``should_stop`` comes true at its third token, on a prompt that
+    would otherwise run for 4000 tokens: the ids it holds, and how many requests the engine
+    still ran (``running``) soon after (polled for up to 2 s; the whole answer takes longer)."""
+    embeds, lengths = model.embed([load_audio(EXAMPLES / WAVES[1])])
+    options = replace(GREEDY, max_new_tokens=4000, eos_bias=-100.0)  # never ends by itself
+    backend = model.llm_backend
+    streams: list[TokenStream] = []
+    ask = backend.stream
+
+    def stream(*args) -> TokenStream:
+        streams.append(ask(*args))
+        return streams[-1]
+
+    backend.stream = stream  # type: ignore[method-assign]
+    try:
+        prompt = build_prompt("asr")
+        [answer] = backend.answers(
+            model, embeds, lengths, prompt, options, True, lambda: len(streams[0].ids()) >= 3
+        )
+        answer.result(timeout=120)
+    finally:
+        del backend.stream
+    deadline = time.monotonic() + 2
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"ids": len(streams[0].done.result()), "running": running()}
+
+
+def server_running() -> int:
+    """Requests the vLLM server at ``URL`` is running, from its Prometheus metrics."""
+    text = urllib.request.urlopen(URL.removesuffix("/v1") + "/metrics", timeout=5).read().decode()
+    lines = [x for x in text.splitlines() if x.startswith("vllm:num_requests_running")]
+    return int(sum(float(x.split()[-1]) for x in lines))
+
+
 def start_server(folder: Path) -> subprocess.Popen:
     """A vLLM OpenAI server on ``folder`` at ``PORT``, once it answers."""
     command = [sys.executable, *server_command(folder).split()[1:]]
@@ -145,6 +185,7 @@ def through_server(folder: Path) -> dict:
     try:
         model = load_model(device="cpu", dtype="fp32", llm_backend="vllm", llm_url=URL)
         got = answers(model)
+        got["stopped"] = stopped(model, server_running)
     finally:
         stop_server(server)
     embeds, lengths = model.embed([load_audio(EXAMPLES / WAVES[0])])
@@ -165,6 +206,8 @@ def main() -> None:
     out = Path(sys.argv[1])
     model = load_model(device="cpu", dtype="fp32", llm_backend="vllm")
     result = {"in_process": answers(model)}
+    engine = model.llm_backend._engine
+    result["in_process"]["stopped"] = stopped(model, engine.get_num_unfinished_requests)
     model.llm_backend.close()
     if "--server" in sys.argv:
         result["server"] = through_server(merged_llm_dir(model))

@@ -351,6 +351,7 @@ def test_concurrent_sessions_all_get_their_finals(server, offline, speech):
     n = 8
     waves = [speech[i % 2][: int((2.0 + 0.25 * i) * SAMPLE_RATE)] for i in range(n)]
     expected = [r.text for r in offline(waves)]
+    before = _stages(httpx.get(f"{server.url}/metrics").text)
 
     async def one(wave):
         client = await _connect(server)
@@ -368,6 +369,24 @@ def test_concurrent_sessions_all_get_their_finals(server, offline, speech):
     metrics = httpx.get(f"{server.url}/metrics").text
     count = re.search(r'mooer_final_latency_seconds_count\{protocol="realtime"\} (\d+)', metrics)
     assert count and int(count.group(1)) >= n
+    # Each final's wait, by stage: manual commits heard no pause; every one was decoded.
+    after = _stages(metrics)
+    assert after["sum", "endpoint"] == before["sum", "endpoint"]
+    assert after["count", "decode"] == before["count", "decode"] + n
+    assert after["sum", "decode"] > before["sum", "decode"]
+
+
+def _stages(metrics: str) -> dict[tuple[str, str], float]:
+    """(sum or count, stage) -> value of the realtime series of mooer_final_stage_seconds."""
+    found = re.findall(
+        r'mooer_final_stage_seconds_(sum|count)\{protocol="realtime",stage="(\w+)"\} (\S+)', metrics
+    )
+    values = {(part, stage): float(value) for part, stage, value in found}
+    return {
+        (part, stage): values.get((part, stage), 0.0)
+        for part in ("sum", "count")
+        for stage in ("endpoint", "queued", "decode")
+    }
 
 
 def test_abrupt_disconnects_leave_the_server_serving(server, speech):
@@ -391,3 +410,40 @@ def test_abrupt_disconnects_leave_the_server_serving(server, speech):
             break
         asyncio.run(asyncio.sleep(0.05))
     assert httpx.get(f"{server.url}/health").json()["sessions"] == 0
+
+
+def test_a_rate_change_mid_session_keeps_the_timeline(server, speech):
+    """16 kHz audio, then ``session.update`` to 24 kHz and the next utterance at that rate:
+    the session goes on (no error, the VAD's stream continues), and the second utterance's
+    times are in the same 16 kHz timeline (read as 16 kHz, 24 kHz audio would last 1.5x)."""
+
+    def turns(rate: int) -> dict:
+        audio = {
+            "format": {"type": "audio/pcm", "rate": rate},
+            "turn_detection": {"type": "server_vad"},
+        }
+        return {"type": "transcription", "audio": {"input": audio}}
+
+    async def run():
+        client = await _connect(server)
+        await client.configure(**turns(16000))
+        await client.stream(speech[0])
+        first = await client.until(FINAL, timeout=120)
+        await client.configure(**turns(24000))
+        await client.stream(resample(speech[1], SAMPLE_RATE, 24000))
+        second = await client.until(FINAL, timeout=120)
+        await client.ws.close()
+        return first + second
+
+    seen = asyncio.run(run())
+    assert not [e for e in seen if e["type"] == "error"]
+    started = [
+        e["audio_start_ms"] for e in seen if e["type"] == "input_audio_buffer.speech_started"
+    ]
+    stopped = [e["audio_end_ms"] for e in seen if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert len(started) == len(stopped) == len([e for e in seen if e["type"] == FINAL]) == 2
+    first_ms, total_ms = (
+        len(speech[0]) * 1000 // SAMPLE_RATE,
+        sum(map(len, speech)) * 1000 // SAMPLE_RATE,
+    )
+    assert stopped[0] < first_ms <= started[1] < stopped[1] <= total_ms
