@@ -53,3 +53,21 @@ def test_label_values_are_escaped():
     m = Metrics()
     m.errors.inc(code='bad "quote"\\\n')
     assert 'mooer_errors_total{code="bad \\"quote\\"\\\\\\n"} 1' in m.render()
+
+
+def test_docs_list_every_series_with_its_type():
+    """docs/protocol.md's metrics table is what operators build dashboards from."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`mooer_"):
+            rows[cells[0].strip("`")] = cells[1]
+    kinds = {}
+    for line in Metrics().render().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            kinds[name] = kind
+    assert rows == kinds
