@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # label of a position without loss (torch's cross-entropy ignore_index)
 
 
-def training_prompt(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
+def training_prompt(task: str, history: Sequence[tuple[str | None, str]] = ()) -> str:
     """The text after the audio of a training item of ``task``: its templated prompt."""
     if task == "asr":
         return build_prompt("asr")
@@ -62,7 +62,7 @@ def training_prompt(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
     )
 
 
-def prompt_prefix(task: str, history: Sequence[tuple[str, str]] = (), text: str = "") -> str:
+def prompt_prefix(task: str, history: Sequence[tuple[str | None, str]] = (), text: str = "") -> str:
     """The text before the audio: the system turn and prior turns for chat, nothing otherwise;
     for ``chat_text`` also the question ``text`` itself, in the place of its (absent) audio."""
     if task == "chat_text":

@@ -111,14 +111,17 @@ def test_task_filter_and_derived_targets(tmp_path):
         {"audio": "a.wav", "task": "mtl", "text": "今天", "translation": "today"},
         {"audio": "a.wav", "task": "ast", "text": "今天", "translation": "today"},
         {"audio": "a.wav", "task": "chat", "text": "q", "target": "a", "history": [["x", "y"]]},
+        # the assistant spoke first: a greeting with no question before it
+        {"audio": "a.wav", "task": "chat", "text": "q", "target": "a", "history": [[None, "hi"]]},
     ]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     entries = read_manifest(path)
-    assert [e.target for e in entries] == ["今天\ntoday", "today", "a"]
+    assert [e.target for e in entries] == ["今天\ntoday", "today", "a", "a"]
     assert entries[2].history == [("x", "y")] and entries[0].id == "a"
+    assert entries[3].history == [(None, "hi")]
     batches = list(SpeechDataset([path], FRONTEND, _cfg(tasks=["chat"]), train=False))
-    assert [t for b in batches for t in b.tasks] == ["chat"]
+    assert [t for b in batches for t in b.tasks] == ["chat", "chat"]
 
 
 def test_text_chat_lines_have_no_audio_and_ride_in_batches_with_empty_rows(tmp_path):
@@ -155,6 +158,7 @@ def test_text_chat_lines_have_no_audio_and_ride_in_batches_with_empty_rows(tmp_p
         ('{"audio": "a.wav", "task": "tts"}', "m.jsonl:2: task 'tts' is not one of"),
         ('{"audio": "a.wav", "task": "chat", "text": "q"}', "m.jsonl:2: task 'chat' needs"),
         ('{"audio": "a.wav", "history": "hi"}', "m.jsonl:2: 'history' must be"),
+        ('{"audio": "a.wav", "history": [["q", null]]}', "m.jsonl:2: 'history' must be"),
         ('{"audio": "a.wav", "start": "0"}', "m.jsonl:2: field 'start' must be a number"),
     ],
 )
