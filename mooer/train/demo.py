@@ -76,7 +76,7 @@ class MaskConfig:
 _LOWEST = {
     "n_train": 1, "n_heldout": 1, "workers": 1, "threads": 1, "ctc_steps": 1, "llm_steps": 1,
     "main_repeats": 1, "chat_repeats": 0, "text_chat_repeats": 0, "text_chat_draws": 0,
-    "extra_chat": 0, "openings": 0, "greeted_chat": 0, "multi_sentence": 0,
+    "extra_chat": 0, "openings": 0, "client_openings": 0, "greeted_chat": 0, "multi_sentence": 0,
 }  # fmt: skip
 _FLAGS = {"n_train": "--train", "n_heldout": "--heldout"}  # flags not named for their field
 
@@ -144,6 +144,10 @@ class DemoConfig:
     # epoch whose history begins with the assistant's greeting (without them a greeting in the
     # history reads as a cue to greet again)
     greeted_chat: int = 0
+    # openings as voice-agent clients ask for them: with the reply's own instructions (a system
+    # message just before it) or after a context sent as one user message (none of them
+    # greeted before this: a small model answers that message or the instructions' words)
+    client_openings: int = 0
     # items of two or three training sentences with 100-700 ms pauses (asr en, asr zh, ast),
     # for stage 2 only (data/multi-N, encoded once): a segment of continuous speech holds
     # several sentences, and a model that only saw one answers one
@@ -589,6 +593,64 @@ def opening_set(width: int, count: int, seed: int = 0) -> CachedSet:
     return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * count)
 
 
+# a reply's own instructions when a client asks the assistant to speak first
+OPENING_INSTRUCTIONS = (
+    "Greet the user.",
+    "Greet.",
+    "Say hello.",
+    "Say hello to the user.",
+    "Welcome the user.",
+    "Start the conversation.",
+    "Open the conversation with a short greeting.",
+)
+
+
+def context_message(dialogue: Sequence[tuple[str, str]]) -> str:
+    """A conversation sent as one user message, as some clients send a context they hold
+    before the assistant speaks first: its messages as JSON between two sentences."""
+    messages = [
+        {"role": role, "content": text}
+        for question, answer in dialogue
+        for role, text in (("user", question), ("assistant", answer))
+    ]
+    dumped = json.dumps(messages, indent=2)
+    return f"Our conversation so far:\n\n{dumped}\n\nGo on from here."
+
+
+def client_opening_set(width: int, count: int, seed: int = 0) -> CachedSet:
+    """``count`` openings (``corpus.OPENING``) laid out as voice-agent clients ask for them: in
+    turn after nothing, after a synced training dialogue and after that dialogue sent as one
+    user message (``context_message``); every other one with the reply's own instructions (one
+    of ``OPENING_INSTRUCTIONS``, half of them after the released system prompt's words, as a
+    client that repeats the session's instructions sends them)."""
+    from mooer.llm.conversation import SYSTEM_TURN
+    from mooer.train.corpus import OPENING
+
+    rng = np.random.default_rng([seed, 2])
+    dialogues = _training_dialogues()
+    released = SYSTEM_TURN.split("\n", 1)[1].split("<|", 1)[0]  # "You are a helpful assistant."
+    entries = []
+    for i, d in enumerate(rng.integers(len(dialogues), size=count).tolist()):
+        dialogue = list(dialogues[d])
+        history = ([], dialogue, [(context_message(dialogue), None)])[i % 3]
+        told = ""
+        if i % 2:
+            told = OPENING_INSTRUCTIONS[rng.integers(len(OPENING_INSTRUCTIONS))]
+            told = f"{released}\n{told}" if rng.random() < 0.5 else told
+        entries.append(
+            Entry(
+                id=f"client-opening-{i:06d}",
+                audio="",
+                task="opening",
+                text=told,
+                target=OPENING,
+                history=history,
+                lang="en",
+            )
+        )
+    return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * count)
+
+
 def greeting_heard(rng: np.random.Generator) -> str:
     """The greeting as a client remembers it: ``corpus.OPENING``, or one time in four its
     first one to three words (cut to what was heard when the user spoke over it)."""
@@ -695,6 +757,7 @@ _LEG_FIELDS = (
     "extra_chat",
     "openings",
     "greeted_chat",
+    "client_openings",
     "multi_sentence",
 )
 _LEG_RECORD = "leg.json"
@@ -788,6 +851,8 @@ def _leg_set(cfg: DemoConfig, main_set: CachedSet, extra: CachedSet | None) -> C
         data = data + text_chat_set(width, cfg.text_chat_repeats, drawn[cfg.extra_chat :])
     if cfg.openings:
         data = data + opening_set(data.frames[0].shape[-1], cfg.openings, cfg.seed)
+    if cfg.client_openings:
+        data = data + client_opening_set(data.frames[0].shape[-1], cfg.client_openings, cfg.seed)
     if cfg.greeted_chat:
         data = data + greeted_set(speech, cfg.greeted_chat, cfg.seed)
     return data
@@ -1007,6 +1072,7 @@ _COUNT_FLAGS = {
     "extra_chat": "stage 2 also trains on N more spoken chat dialogues (synthesised once)",
     "openings": "stage 2 also trains the assistant speaking first (a greeting), N times per epoch",
     "greeted_chat": "stage 2 also trains N spoken and N text chat items asked after that greeting",
+    "client_openings": "stage 2 also trains N openings with instructions or a context message",
     "multi_sentence": "stage 2 also trains on N spoken items of 2-3 sentences (asr, ast)",
 }
 _SWITCHES = {

@@ -276,6 +276,29 @@ def test_greeted_chat_is_asked_after_the_assistants_greeting():
     assert len(leg.entries) == len(entries) + 2 + 6  # chat twice (chat_repeats 2), 3 + 3 greeted
 
 
+def test_client_openings_are_told_to_greet_or_follow_a_context_message():
+    from mooer.train.corpus import OPENING
+    from mooer.train.demo import OPENING_INSTRUCTIONS, client_opening_set, context_message
+
+    openings = client_opening_set(8, 12, seed=0).entries
+    assert {(e.task, e.target, e.audio) for e in openings} == {("opening", OPENING, "")}
+    told = [e.text.split("\n")[-1] for e in openings]
+    assert [bool(t) for t in told] == [False, True] * 6  # every other one is told what to do
+    assert set(told[1::2]) <= set(OPENING_INSTRUCTIONS)
+    assert any(e.text.startswith("You are a helpful assistant.\n") for e in openings)
+    for i, e in enumerate(openings):  # after nothing, a synced dialogue, or it as one message
+        if i % 3 == 0:
+            assert e.history == []
+        elif i % 3 == 1:
+            assert e.history and all(q and a for q, a in e.history)
+            assert not is_heldout(e.history[0][0])
+        else:
+            ((message, answer),) = e.history
+            assert answer is None and '"role": "assistant"' in message
+    dialogue = [("what is two plus two", "four")]
+    assert '"content": "what is two plus two"' in context_message(dialogue)
+
+
 def test_after_greeting_asks_the_heldout_chat_after_the_opening():
     from mooer.train.corpus import OPENING
     from mooer.train.data import Entry
