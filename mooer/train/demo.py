@@ -141,8 +141,8 @@ class DemoConfig:
     # epoch, answered with ``corpus.OPENING``
     openings: int = 0
     # chat asked after that greeting: this many spoken chat items and as many text dialogues per
-    # epoch whose history begins with the assistant's greeting (without them a greeting in the
-    # history reads as a cue to greet again)
+    # epoch with the assistant's greeting in their history before their own turns (without them
+    # a greeting in the history reads as a cue to greet again)
     greeted_chat: int = 0
     # openings as voice-agent clients ask for them: with the reply's own instructions (a system
     # message just before it) or after a context sent as one user message (none of them
