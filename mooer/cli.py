@@ -431,6 +431,8 @@ _DEMO_COUNT_FLAGS = {
     "text_chat_draws": "stage 2 also trains on N text chat items drawn as spoken chat is",
     "extra_chat": "stage 2 also trains on N more spoken chat dialogues (synthesised once)",
     "openings": "stage 2 also trains the assistant speaking first (a greeting), N times per epoch",
+    "greeted_chat": "stage 2 also trains N spoken and N text chat items asked after that greeting",
+    "client_openings": "stage 2 also trains N openings with instructions or a context message",
     "multi_sentence": "stage 2 also trains on N spoken items of 2-3 sentences (asr, ast)",
 }
 _DEMO_SWITCHES = {

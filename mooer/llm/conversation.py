@@ -79,13 +79,17 @@ def message_text(role: str, text: str) -> str:
     return f"<|im_start|>{role}\n{text}{IM_END}\n"
 
 
-def text_turn(question: str, answer: str) -> str:
-    """A finished turn as the cached text remembers it."""
-    return message_text("user", question) + message_text("assistant", answer)
+def text_turn(question: str | None, answer: str | None) -> str:
+    """A finished turn as the cached text remembers it; question None: the assistant spoke
+    first (a greeting), no user message before its answer; answer None: a user message not
+    answered (a client's context sent as one message before the assistant speaks)."""
+    asked = "" if question is None else message_text("user", question)
+    return asked + ("" if answer is None else message_text("assistant", answer))
 
 
-def history_prefix(history: Sequence[tuple[str, str]], instructions: str = "") -> str:
-    """The text before the current question's audio: the system turn and past (question, answer)."""
+def history_prefix(history: Sequence[tuple[str | None, str | None]], instructions: str = "") -> str:
+    """The text before the current question's audio: the system turn and past (question, answer)
+    turns (question None: the assistant spoke first, see ``text_turn``)."""
     turns = "".join(text_turn(question, answer) for question, answer in history)
     return system_turn(instructions) + turns
 

@@ -12,10 +12,13 @@ Manifest: a ``.jsonl`` file, one utterance per line: ``id``, ``audio`` (a path r
 manifest), optional ``start``/``end`` (seconds within the file), ``duration``, ``lang``, ``task``
 (asr | ast | mtl | chat | chat_text | opening, default asr), ``text`` (what is spoken),
 ``translation``, ``target`` (the LLM's answer; derived from text/translation for asr, ast and
-mtl) and ``history`` (chat: prior ``[question, answer]`` turns). A ``chat_text`` line has no
+mtl) and ``history`` (chat: prior ``[question, answer]`` turns; a ``null`` question: the
+assistant spoke first, its greeting with no user message before it; a ``null`` answer: a user
+message not answered, such as a client's context sent as one message). A ``chat_text`` line has no
 ``audio``: its question ``text`` stands where the audio would be, so text dialogues keep up what
-the LLM knows while it learns to listen. An ``opening`` line has neither: the assistant speaks
-first, its ``target`` answering the system turn (and ``history``) alone. Manifests are permuted as a whole every epoch.
+the LLM knows while it learns to listen. An ``opening`` line has no audio: the assistant speaks
+first, its ``target`` answering the system turn (and ``history``) alone, or with a ``text``, the
+reply's own instructions (a system message just before it). Manifests are permuted as a whole every epoch.
 
 Shards: a ``.tar`` holding ``{key}.wav`` (or .flac/.mp3/.ogg) + ``{key}.txt`` members, optionally
 ``{key}.json`` with the manifest fields above; data.train names a shard list file (one tar per
@@ -68,7 +71,7 @@ class Entry:
     text: str = ""  # what is spoken (also the CTC target)
     translation: str = ""
     target: str = ""  # the LLM's answer
-    history: list[tuple[str, str]] = field(default_factory=list)
+    history: list[tuple[str | None, str | None]] = field(default_factory=list)
     lang: str = ""
     duration: float | None = None  # seconds, when the manifest says
     start: float = 0.0
@@ -84,7 +87,7 @@ class Batch:
     tasks: list[str]
     texts: list[str]
     targets: list[str]
-    histories: list[list[tuple[str, str]]]
+    histories: list[list[tuple[str | None, str | None]]]
     feats: torch.Tensor | None  # (B, T, 560) normalised LFR features, zero-padded
     feat_lengths: torch.Tensor  # (B,) valid frames
     audio_seconds: float = 0.0
@@ -149,8 +152,8 @@ def parse_entry(record: Any, base: Path, where: str) -> Entry:
         if audio or not record.get("text"):
             raise ConfigError(f"{where}: a chat_text item has a 'text' question and no 'audio'")
     elif task == "opening":
-        if audio or record.get("text"):
-            raise ConfigError(f"{where}: an opening item has neither 'audio' nor 'text'")
+        if audio:
+            raise ConfigError(f"{where}: an opening item has no 'audio'")
     elif not isinstance(audio, str) or not audio:
         raise ConfigError(f"{where}: missing field 'audio' (a path relative to the manifest)")
     strings = {}
@@ -164,10 +167,16 @@ def parse_entry(record: Any, base: Path, where: str) -> Entry:
         raise ConfigError(f"{where}: task {task!r} needs a non-empty 'target' (the answer)")
     history = record.get("history") or []
     if not isinstance(history, list) or not all(
-        isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(s, str) for s in turn)
+        isinstance(turn, (list, tuple))
+        and len(turn) == 2
+        and all(isinstance(s, (str, type(None))) for s in turn)
+        and any(s is not None for s in turn)
         for turn in history
     ):
-        raise ConfigError(f"{where}: 'history' must be a list of [question, answer] strings")
+        raise ConfigError(
+            f"{where}: 'history' must be a list of [question, answer] strings (question null: "
+            "the assistant spoke first; answer null: a user message not answered)"
+        )
     times = {}
     for name in ("duration", "start", "end"):
         value = record.get(name)

@@ -74,7 +74,7 @@ class MaskConfig:
 _LOWEST = {
     "n_train": 1, "n_heldout": 1, "workers": 1, "threads": 1, "ctc_steps": 1, "llm_steps": 1,
     "main_repeats": 1, "chat_repeats": 0, "text_chat_repeats": 0, "text_chat_draws": 0,
-    "extra_chat": 0, "openings": 0, "multi_sentence": 0,
+    "extra_chat": 0, "openings": 0, "client_openings": 0, "greeted_chat": 0, "multi_sentence": 0,
 }  # fmt: skip
 _FLAGS = {"n_train": "--train", "n_heldout": "--heldout"}  # flags not named for their field
 
@@ -138,6 +138,14 @@ class DemoConfig:
     # the assistant speaking first (no user turn: a voice agent's greeting) this many times per
     # epoch, answered with ``corpus.OPENING``
     openings: int = 0
+    # chat asked after that greeting: this many spoken chat items and as many text dialogues per
+    # epoch with the assistant's greeting in their history before their own turns (without them
+    # a greeting in the history reads as a cue to greet again)
+    greeted_chat: int = 0
+    # openings as voice-agent clients ask for them: with the reply's own instructions (a system
+    # message just before it) or after a context sent as one user message (none of them
+    # greeted before this: a small model answers that message or the instructions' words)
+    client_openings: int = 0
     # items of two or three training sentences with 100-700 ms pauses (asr en, asr zh, ast),
     # for stage 2 only (data/multi-N, encoded once): a segment of continuous speech holds
     # several sentences, and a model that only saw one answers one
@@ -536,9 +544,7 @@ def text_chat_set(width: int, repeats: int, drawn: Sequence[Utterance] = ()) -> 
     text. Held-out questions are left out, as text too: the held-out score measures answering
     speech whose words were never trained on in any form.
     """
-    from mooer.train.corpus import chat_dialogues, is_heldout
-
-    dialogues = [d for d in chat_dialogues() if not is_heldout(d[0][0])] * repeats
+    dialogues = _training_dialogues() * repeats
     dialogues += [(*map(tuple, u.history), (u.text, u.target)) for u in drawn]
     entries = [
         Entry(
@@ -555,27 +561,151 @@ def text_chat_set(width: int, repeats: int, drawn: Sequence[Utterance] = ()) -> 
     return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * len(entries))
 
 
+def _synced_histories(count: int, rng: np.random.Generator) -> list[list[tuple[str, str]]]:
+    """``count`` histories before the assistant greets: every other one empty, the others a
+    training chat dialogue (a voice agent's history synced by its client before it speaks)."""
+    dialogues = _training_dialogues()
+    drawn = rng.integers(len(dialogues), size=count)
+    return [list(dialogues[d]) if i % 2 else [] for i, d in enumerate(drawn)]
+
+
+def _training_dialogues() -> list:
+    """Every chat dialogue whose first question is not held out."""
+    from mooer.train.corpus import chat_dialogues, is_heldout
+
+    return [d for d in chat_dialogues() if not is_heldout(d[0][0])]
+
+
 def opening_set(width: int, count: int, seed: int = 0) -> CachedSet:
     """``count`` openings: the assistant speaks first with ``corpus.OPENING``, every other one
     after a training chat dialogue (a voice agent's history synced before it greets). Without
     them a small model's first words are whatever follows a system turn or an answer most often
     in its training: some answer to some question."""
-    from mooer.train.corpus import OPENING, chat_dialogues, is_heldout
+    from mooer.train.corpus import OPENING
 
-    dialogues = [d for d in chat_dialogues() if not is_heldout(d[0][0])]
-    drawn = np.random.default_rng(seed).integers(len(dialogues), size=count)
+    histories = _synced_histories(count, np.random.default_rng(seed))
     entries = [
-        Entry(
-            id=f"opening-{i:06d}",
-            audio="",
-            task="opening",
-            target=OPENING,
-            history=list(dialogues[d]) if i % 2 else [],
-            lang="en",
-        )
-        for i, d in enumerate(drawn)
+        Entry(id=f"opening-{i:06d}", audio="", task="opening", target=OPENING, history=h, lang="en")
+        for i, h in enumerate(histories)
     ]
     return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * count)
+
+
+# a reply's own instructions when a client asks the assistant to speak first
+OPENING_INSTRUCTIONS = (
+    "Greet the user.",
+    "Greet.",
+    "Say hello.",
+    "Say hello to the user.",
+    "Welcome the user.",
+    "Start the conversation.",
+    "Open the conversation with a short greeting.",
+)
+
+
+def context_message(dialogue: Sequence[tuple[str, str]]) -> str:
+    """A conversation sent as one user message, as some clients send a context they hold
+    before the assistant speaks first: its messages as JSON between two sentences."""
+    messages = [
+        {"role": role, "content": text}
+        for question, answer in dialogue
+        for role, text in (("user", question), ("assistant", answer))
+    ]
+    dumped = json.dumps(messages, indent=2)
+    return f"Our conversation so far:\n\n{dumped}\n\nGo on from here."
+
+
+def client_opening_set(width: int, count: int, seed: int = 0) -> CachedSet:
+    """``count`` openings (``corpus.OPENING``) laid out as voice-agent clients ask for them: in
+    turn after nothing, after a synced training dialogue and after that dialogue sent as one
+    user message (``context_message``); every other one with the reply's own instructions (one
+    of ``OPENING_INSTRUCTIONS``, half of them after the released system prompt's words, as a
+    client that repeats the session's instructions sends them)."""
+    from mooer.llm.conversation import SYSTEM_TURN
+    from mooer.train.corpus import OPENING
+
+    rng = np.random.default_rng([seed, 2])
+    dialogues = _training_dialogues()
+    released = SYSTEM_TURN.split("\n", 1)[1].split("<|", 1)[0]  # "You are a helpful assistant."
+    entries = []
+    for i, d in enumerate(rng.integers(len(dialogues), size=count).tolist()):
+        dialogue = list(dialogues[d])
+        history = ([], dialogue, [(context_message(dialogue), None)])[i % 3]
+        told = ""
+        if i % 2:
+            told = OPENING_INSTRUCTIONS[rng.integers(len(OPENING_INSTRUCTIONS))]
+            told = f"{released}\n{told}" if rng.random() < 0.5 else told
+        entries.append(
+            Entry(
+                id=f"client-opening-{i:06d}",
+                audio="",
+                task="opening",
+                text=told,
+                target=OPENING,
+                history=history,
+                lang="en",
+            )
+        )
+    return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * count)
+
+
+def greeting_heard(rng: np.random.Generator) -> str:
+    """The greeting as a client remembers it: ``corpus.OPENING``, or one time in four its
+    first one to three words (cut to what was heard when the user spoke over it)."""
+    from mooer.train.corpus import OPENING
+
+    words = OPENING.split()
+    return OPENING if rng.random() >= 0.25 else " ".join(words[: rng.integers(1, len(words))])
+
+
+def greeted_set(speech: CachedSet, count: int, seed: int = 0) -> CachedSet:
+    """``count`` spoken chat items of ``speech`` and ``count`` training chat dialogues as text,
+    asked after the assistant spoke first: each history begins with its greeting
+    (``greeting_heard``), every other one after a synced training dialogue, as a voice agent's
+    conversation is laid out (``history_prefix``: a turn without a question). A model trained
+    to greet but never asked anything after its greeting answers the next question with
+    pieces of it."""
+    rng = np.random.default_rng([seed, 1])
+    spoken = speech._of("chat")
+    before = _synced_histories(2 * count, rng)
+    greeted = [[*h, (None, greeting_heard(rng))] for h in before]
+    chosen = rng.choice(spoken, size=count).tolist() if spoken else []
+    entries = [
+        dataclasses.replace(
+            speech.entries[j], id=f"greeted-{i:06d}", history=greeted[i] + speech.entries[j].history
+        )
+        for i, j in enumerate(chosen)
+    ]
+    frames = [speech.frames[j] for j in chosen]
+    dialogues = _training_dialogues()
+    for i, d in enumerate(rng.integers(len(dialogues), size=count).tolist(), start=count):
+        *history, (question, answer) = dialogues[d]
+        entries.append(
+            Entry(
+                id=f"greeted-{i:06d}",
+                audio="",
+                task="chat_text",
+                text=question,
+                target=answer,
+                history=greeted[i] + history,
+                lang="en",
+            )
+        )
+    width = speech.frames[0].shape[-1]
+    frames += [torch.zeros(0, width, dtype=torch.float16)] * count
+    return CachedSet(entries, frames)
+
+
+def after_greeting(entries: Sequence[Entry]) -> list[Entry]:
+    """The chat entries asked after the assistant's greeting (``corpus.OPENING`` as the first
+    turn of their history): do questions still get their answers once it greeted?"""
+    from mooer.train.corpus import OPENING
+
+    return [
+        dataclasses.replace(e, history=[(None, OPENING), *e.history])
+        for e in entries
+        if e.task == "chat"
+    ]
 
 
 def _llm_config(cfg: DemoConfig) -> TrainConfig:
@@ -624,6 +754,8 @@ _LEG_FIELDS = (
     "extra_chat_transcripts",
     "extra_chat",
     "openings",
+    "greeted_chat",
+    "client_openings",
     "multi_sentence",
 )
 _LEG_RECORD = "leg.json"
@@ -717,6 +849,10 @@ def _leg_set(cfg: DemoConfig, main_set: CachedSet, extra: CachedSet | None) -> C
         data = data + text_chat_set(width, cfg.text_chat_repeats, drawn[cfg.extra_chat :])
     if cfg.openings:
         data = data + opening_set(data.frames[0].shape[-1], cfg.openings, cfg.seed)
+    if cfg.client_openings:
+        data = data + client_opening_set(data.frames[0].shape[-1], cfg.client_openings, cfg.seed)
+    if cfg.greeted_chat:
+        data = data + greeted_set(speech, cfg.greeted_chat, cfg.seed)
     return data
 
 
@@ -767,8 +903,13 @@ def _stage_export(cfg: DemoConfig) -> None:
     export_model(objective.eval(), cfg.model_dir, train_cfg, extra=recipe)
 
 
-# held-out sets scored by the eval stage: (split, the exported model's subfolder for its scores)
-_EVAL_SETS = (("heldout", "eval"), ("heldout-multi", "eval-multi"))
+# held-out sets scored by the eval stage: (split, the exported model's subfolder for its scores);
+# heldout-greeted: the held-out chat questions asked after the assistant's greeting
+_EVAL_SETS = (
+    ("heldout", "eval"),
+    ("heldout-multi", "eval-multi"),
+    ("heldout-greeted", "eval-greeted"),
+)
 
 
 def _multi_heldout(cfg: DemoConfig) -> int:
@@ -779,8 +920,9 @@ def _multi_heldout(cfg: DemoConfig) -> int:
 
 
 def _stage_eval(cfg: DemoConfig) -> None:
-    """Scores on the held-out set and on held-out sentences in twos and threes with 150 ms
-    pauses (``synth.CLEAN_PAUSE_S``): one segment of continuous speech, recognised whole?"""
+    """Scores on the held-out set, on held-out sentences in twos and threes with 150 ms
+    pauses (``synth.CLEAN_PAUSE_S``: one segment of continuous speech, recognised whole?) and
+    on the held-out chat questions asked after the assistant's greeting."""
     from mooer.train.corpus import multi_sentence
     from mooer.train.evaluate import eval_command
     from mooer.train.synth import HELDOUT_VOICES, synthesize_corpus
@@ -789,12 +931,16 @@ def _stage_eval(cfg: DemoConfig) -> None:
     for split, scores in _EVAL_SETS:
         if (model / scores / "summary.json").exists():
             continue
-        if not _manifest(cfg, split).exists():
-            items = multi_sentence("heldout", _multi_heldout(cfg), cfg.seed)
-            out = cfg.out / "data" / split
-            synthesize_corpus(items, out, HELDOUT_VOICES, cfg.seed, cfg.workers, False)
+        if split == "heldout-greeted":  # the held-out set's own recordings
+            entries = after_greeting(read_manifest(_manifest(cfg, "heldout")))
+        else:
+            if not _manifest(cfg, split).exists():
+                items = multi_sentence("heldout", _multi_heldout(cfg), cfg.seed)
+                out = cfg.out / "data" / split
+                synthesize_corpus(items, out, HELDOUT_VOICES, cfg.seed, cfg.workers, False)
+            entries = read_manifest(_manifest(cfg, split))
         testset = cfg.out / f"{split}_demo_tasks.jsonl"
-        write_manifest(demo_tasks(read_manifest(_manifest(cfg, split))), testset)
+        write_manifest(demo_tasks(entries), testset)
         eval_command(testset, model=str(model), out=model / scores)
 
 

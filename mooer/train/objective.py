@@ -13,7 +13,8 @@ the audio of the current question follows, then the user suffix ``Answer my ques
 ``chat_text`` items are chat items without audio: the question's text stands where its audio would
 be. They teach a small LLM trained from scratch the facts a pretrained LLM would already know.
 ``opening`` items have no question at all: the assistant speaks first (a voice agent's greeting),
-its answer following the system turn and prior turns directly, as ``Conversation.respond`` does.
+its answer following the system turn and prior turns directly, as ``Conversation.respond`` does;
+an opening's text is the reply's own instructions, a system message just before the answer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from mooer.asr.frontend import Cmvn
 from mooer.asr.quantize import refuse_quantized
 from mooer.devices import DTYPES
 from mooer.errors import ConfigError
-from mooer.llm.conversation import REPLY_START, history_prefix, question_suffix
+from mooer.llm.conversation import REPLY_START, history_prefix, message_text, question_suffix
 from mooer.llm.decoding import token_id
 from mooer.llm.prompts import IM_END, PAD, build_prompt
 from mooer.train.config import ModelConfig, TrainConfig
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # label of a position without loss (torch's cross-entropy ignore_index)
 
 
-def training_prompt(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
+def training_prompt(task: str, history: Sequence[tuple[str | None, str | None]] = ()) -> str:
     """The text after the audio of a training item of ``task``: its templated prompt."""
     if task == "asr":
         return build_prompt("asr")
@@ -62,11 +63,17 @@ def training_prompt(task: str, history: Sequence[tuple[str, str]] = ()) -> str:
     )
 
 
-def prompt_prefix(task: str, history: Sequence[tuple[str, str]] = (), text: str = "") -> str:
+def prompt_prefix(
+    task: str, history: Sequence[tuple[str | None, str | None]] = (), text: str = ""
+) -> str:
     """The text before the audio: the system turn and prior turns for chat, nothing otherwise;
-    for ``chat_text`` also the question ``text`` itself, in the place of its (absent) audio."""
+    for ``chat_text`` also the question ``text`` itself, in the place of its (absent) audio; for
+    an ``opening`` with a ``text``, the reply's own instructions as a system message, where
+    ``Conversation.start`` reads them."""
     if task == "chat_text":
         return history_prefix(list(history)) + text
+    if task == "opening" and text.strip():
+        return history_prefix(list(history)) + message_text("system", text.strip())
     return history_prefix(list(history)) if task in ("chat", "opening") else ""
 
 

@@ -2,9 +2,9 @@
 over the bundled demo model.
 
 Driven as an ``AgentSession`` drives it, without a LiveKit room: chat-context sync with system,
-user and assistant messages, ``generate_reply()`` (the agent speaks first), two spoken
-arithmetic turns answered with audio (the second only answerable from the first), the last
-reply truncated as heard; no error on the way.
+user and assistant messages, ``generate_reply()`` (the agent speaks first: it greets), two spoken
+arithmetic turns after the greeting answered with audio (the second only answerable from the
+first), the last reply truncated as heard; no error on the way.
 The frameworks live in their own environment (``scripts/setup.sh --tests`` makes it;
 ``test_frameworks.py`` runs this file there); elsewhere this skips.
 """
@@ -18,6 +18,7 @@ import pytest
 
 from mooer.audio import SAMPLE_RATE
 from mooer.server.pcm import encode_pcm16
+from mooer.train.corpus import OPENING
 from tests.server.test_framework_pipecat import PAUSE, SILENCE, TURNS
 from tests.server.wire import say
 
@@ -95,9 +96,11 @@ def test_a_livekit_realtime_session_runs_its_standard_flows(demo_server):
     for _, text, audio in (opening, *spoken):
         assert text and len(audio) > 0
         assert np.abs(np.frombuffer(audio, "<i2")).max() > 0
+    assert opening[1].split() == OPENING.split()  # the agent greets when it speaks first
     assert [text.split() for _, text, _ in spoken] == [[answer] for _, answer in TURNS]
     roles = [role for role, _ in history]
     assert roles[:4] == ["system", "user", "assistant", "assistant"]
+    assert history[3][1].split() == OPENING.split()  # the greeting, remembered before the turns
     assert roles[4:] == ["user", "assistant"] * len(TURNS)  # the spoken turns and replies
     # The model remembers the last reply as far as it was heard: half of its one word is none
     # of it ("six" of "sixteen" would be another number).

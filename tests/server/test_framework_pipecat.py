@@ -3,8 +3,8 @@ bundled demo model.
 
 A pipeline as a Pipecat bot builds it, without a transport: the context aggregators around the
 service, the bot speaking first (``LLMRunFrame``) from its instructions and a context with user
-and assistant messages, then two spoken arithmetic turns (server VAD) answered with audio, the
-second only answerable from the first; no error frame on the way (Pipecat ends the session at
+and assistant messages (it greets), then two spoken arithmetic turns (server VAD) answered with
+audio after the greeting, the second only answerable from the first; no error frame on the way (Pipecat ends the session at
 the first ``error`` event).
 The frameworks live in their own environment (``scripts/setup.sh --tests`` makes it;
 ``test_frameworks.py`` runs this file there); elsewhere this skips.
@@ -19,6 +19,7 @@ import pytest
 
 from mooer.audio import SAMPLE_RATE
 from mooer.server.pcm import encode_pcm16
+from mooer.train.corpus import OPENING
 from tests.server.wire import say
 
 pytest.importorskip(
@@ -116,6 +117,7 @@ def test_a_pipecat_realtime_bot_runs_its_standard_flows(demo_server):
     said = ["".join(f.text for f in part if isinstance(f, TTSTextFrame)) for part in replies]
     for part, text in zip(replies, said):
         assert any(isinstance(f, TTSAudioRawFrame) for f in part) and text.strip()
+    assert said[0].split() == OPENING.split(), said  # the bot greets when it speaks first
     assert [text.split() for text in said[1:]] == [[answer] for _, answer in TURNS], said
     # The opening was still "playing" (no transport reports its end) when the user spoke:
     # Pipecat truncated it, and the server took that without an error.

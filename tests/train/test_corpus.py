@@ -237,6 +237,81 @@ def test_a_leg_with_openings_trains_the_greeting_without_audio():
     assert len(leg.entries) == len(speech.entries) + 3
 
 
+def test_greeted_chat_is_asked_after_the_assistants_greeting():
+    import torch
+
+    from mooer.train.corpus import OPENING
+    from mooer.train.data import Entry
+    from mooer.train.demo import CachedSet, DemoConfig, _leg_set, greeted_set
+
+    asked = [("what is two plus two", "four")]
+    entries = [
+        Entry("q", "q.wav", "chat", "what is two plus two", target="four", lang="en"),
+        Entry("t", "t.wav", "asr", "hello", target="hello", lang="en"),
+        Entry("f", "f.wav", "chat", "and plus one", target="five", history=asked, lang="en"),
+    ]
+    frames = [torch.full((5 + i, 8), float(i), dtype=torch.float16) for i in range(3)]
+    speech = CachedSet(entries, frames)
+    greeted = greeted_set(speech, 40, seed=0)
+    spoken, text = greeted.entries[:40], greeted.entries[40:]
+    assert {e.task for e in spoken} == {"chat"} and {e.task for e in text} == {"chat_text"}
+    for e, f in zip(spoken, greeted.frames[:40]):  # a chat recording, its own turns kept last
+        (own,) = [i for i, x in enumerate(entries) if x.text == e.text]
+        assert torch.equal(f, frames[own]) and e.target == entries[own].target
+        assert e.history[len(e.history) - len(entries[own].history) :] == entries[own].history
+    assert all(f.shape == (0, 8) for f in greeted.frames[40:])
+    heard = []
+    for e in greeted.entries:
+        (at,) = [i for i, (q, _) in enumerate(e.history) if q is None]  # one greeting each
+        heard.append(e.history[at][1])
+        assert OPENING.startswith(heard[-1]) and heard[-1]  # whole, or cut to what was heard
+        before, own = e.history[:at], e.history[at + 1 :]  # a dialogue synced before it,
+        assert not before or not is_heldout(before[0][0])  # every other time
+        assert not is_heldout(own[0][0] if own else e.text)  # training dialogues only
+    assert [bool(e.history[0][0]) for e in greeted.entries][:6] == [False, True] * 3
+    assert 0.5 < heard.count(OPENING) / len(heard) < 1
+    cfg = DemoConfig(text_chat_repeats=0, chat_transcripts=False, greeted_chat=3)
+    leg = _leg_set(cfg, speech, None)
+    assert [e.id for e in leg.entries].count("greeted-000000") == 1
+    assert len(leg.entries) == len(entries) + 2 + 6  # chat twice (chat_repeats 2), 3 + 3 greeted
+
+
+def test_client_openings_are_told_to_greet_or_follow_a_context_message():
+    from mooer.train.corpus import OPENING
+    from mooer.train.demo import OPENING_INSTRUCTIONS, client_opening_set, context_message
+
+    openings = client_opening_set(8, 12, seed=0).entries
+    assert {(e.task, e.target, e.audio) for e in openings} == {("opening", OPENING, "")}
+    told = [e.text.split("\n")[-1] for e in openings]
+    assert [bool(t) for t in told] == [False, True] * 6  # every other one is told what to do
+    assert set(told[1::2]) <= set(OPENING_INSTRUCTIONS)
+    assert any(e.text.startswith("You are a helpful assistant.\n") for e in openings)
+    for i, e in enumerate(openings):  # after nothing, a synced dialogue, or it as one message
+        if i % 3 == 0:
+            assert e.history == []
+        elif i % 3 == 1:
+            assert e.history and all(q and a for q, a in e.history)
+            assert not is_heldout(e.history[0][0])
+        else:
+            ((message, answer),) = e.history
+            assert answer is None and '"role": "assistant"' in message
+    dialogue = [("what is two plus two", "four")]
+    assert '"content": "what is two plus two"' in context_message(dialogue)
+
+
+def test_after_greeting_asks_the_heldout_chat_after_the_opening():
+    from mooer.train.corpus import OPENING
+    from mooer.train.data import Entry
+    from mooer.train.demo import after_greeting
+
+    entries = [
+        Entry("a", "a.wav", "asr", "hello", target="hello"),
+        Entry("c", "c.wav", "chat", "and plus one", target="five", history=[("q", "four")]),
+    ]
+    (chat,) = after_greeting(entries)
+    assert chat.history == [(None, OPENING), ("q", "four")] and chat.audio == "c.wav"
+
+
 def test_drawn_text_chat_items_keep_spoken_chats_template_mix():
     from mooer.train.demo import text_chat_set
 

@@ -111,14 +111,17 @@ def test_task_filter_and_derived_targets(tmp_path):
         {"audio": "a.wav", "task": "mtl", "text": "今天", "translation": "today"},
         {"audio": "a.wav", "task": "ast", "text": "今天", "translation": "today"},
         {"audio": "a.wav", "task": "chat", "text": "q", "target": "a", "history": [["x", "y"]]},
+        # the assistant spoke first: a greeting with no question before it
+        {"audio": "a.wav", "task": "chat", "text": "q", "target": "a", "history": [[None, "hi"]]},
     ]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     entries = read_manifest(path)
-    assert [e.target for e in entries] == ["今天\ntoday", "today", "a"]
+    assert [e.target for e in entries] == ["今天\ntoday", "today", "a", "a"]
     assert entries[2].history == [("x", "y")] and entries[0].id == "a"
+    assert entries[3].history == [(None, "hi")]
     batches = list(SpeechDataset([path], FRONTEND, _cfg(tasks=["chat"]), train=False))
-    assert [t for b in batches for t in b.tasks] == ["chat"]
+    assert [t for b in batches for t in b.tasks] == ["chat", "chat"]
 
 
 def test_text_chat_lines_have_no_audio_and_ride_in_batches_with_empty_rows(tmp_path):
@@ -127,17 +130,20 @@ def test_text_chat_lines_have_no_audio_and_ride_in_batches_with_empty_rows(tmp_p
         {"audio": "a.wav", "task": "chat", "text": "q", "target": "a"},
         {"task": "chat_text", "text": "what is one plus one", "target": "two"},
         {"task": "opening", "target": "hello"},
+        # told to greet, after a context sent as one user message (not answered)
+        {"task": "opening", "text": "Greet.", "target": "hi", "history": [["context", None]]},
     ]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    spoken, text, opening = read_manifest(path)
+    spoken, text, opening, told = read_manifest(path)
+    assert (told.text, told.history) == ("Greet.", [("context", None)])
     assert (text.id, text.audio, text.target) == (f"{path}:2", "", "two")
     assert (opening.audio, opening.text, opening.target) == ("", "", "hello")
     wide = DataConfig(train=["x"], max_frames_in_batch=200, num_workers=0)  # all in one batch
     (batch,) = SpeechDataset([path], FRONTEND, wide, train=False)
     alone, alone_lengths = FRONTEND.batch([read_audio(spoken)])
-    assert batch.tasks == ["chat", "chat_text", "opening"]
-    assert batch.feat_lengths.tolist() == [alone_lengths.item(), 0, 0]
+    assert batch.tasks == ["chat", "chat_text", "opening", "opening"]
+    assert batch.feat_lengths.tolist() == [alone_lengths.item(), 0, 0, 0]
     assert torch.equal(batch.feats[0], alone[0]) and not batch.feats[1:].any()
     (only_text,) = SpeechDataset([path], FRONTEND, _cfg(tasks=["chat_text"]), train=False)
     assert only_text.feats.shape == (1, 0, 560) and only_text.feat_lengths.tolist() == [0]
@@ -148,13 +154,15 @@ def test_text_chat_lines_have_no_audio_and_ride_in_batches_with_empty_rows(tmp_p
     [
         ('{"task": "chat_text", "audio": "a.wav", "text": "q", "target": "a"}', "no 'audio'"),
         ('{"task": "chat_text", "target": "a"}', "m.jsonl:2: a chat_text item has a 'text'"),
-        ('{"task": "opening", "text": "hi", "target": "a"}', "m.jsonl:2: an opening item has"),
+        ('{"task": "opening", "audio": "a.wav", "target": "a"}', "m.jsonl:2: an opening item"),
         ('{"task": "opening"}', "m.jsonl:2: task 'opening' needs a non-empty 'target'"),
         ("{not json", "m.jsonl:2: not valid JSON"),
         ('{"text": "no audio"}', "m.jsonl:2: missing field 'audio'"),
         ('{"audio": "a.wav", "task": "tts"}', "m.jsonl:2: task 'tts' is not one of"),
         ('{"audio": "a.wav", "task": "chat", "text": "q"}', "m.jsonl:2: task 'chat' needs"),
         ('{"audio": "a.wav", "history": "hi"}', "m.jsonl:2: 'history' must be"),
+        ('{"audio": "a.wav", "history": [[null, null]]}', "m.jsonl:2: 'history' must be"),
+        ('{"audio": "a.wav", "history": [["q", 4]]}', "m.jsonl:2: 'history' must be"),
         ('{"audio": "a.wav", "start": "0"}', "m.jsonl:2: start='0': expected a number$"),
     ],
 )

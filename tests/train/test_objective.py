@@ -88,6 +88,59 @@ def test_openings_answer_the_system_turn_as_a_conversation_does(llm):
     assert inputs.labels[0][inputs.labels[0] != IGNORE].tolist() == answer
 
 
+def test_chat_after_the_greeting_reads_as_the_conversation_where_the_assistant_spoke_first(llm):
+    """A chat item whose history begins with the assistant's turn (no question: it greeted) holds
+    exactly the token ids a live conversation feeds its LLM: the greeting its ``respond`` made,
+    a turn after it, then the audio of the question and the user suffix."""
+    from types import SimpleNamespace
+
+    from mooer.llm.conversation import Conversation
+
+    model, tokenizer = llm
+    conversation = Conversation(SimpleNamespace(llm=model, tokenizer=tokenizer))
+    reply = conversation.respond()  # the assistant speaks first (a random LLM: any words)
+    for _ in reply:
+        pass
+    conversation.append("what is two plus two", "four")
+    greeting = conversation.messages[0].text
+    history = [(None, greeting), ("what is two plus two", "four")]
+    assert conversation.prompt_text() == prompt_prefix("chat", history)
+    audio = torch.randn(1, 4, model.config.hidden_size)  # (B, Ta, H)
+    prefix, prompt = prompt_prefix("chat", history), training_prompt("chat", history)
+    inputs = build_inputs(model, tokenizer, audio, torch.tensor([4]), [prompt], ["x"], [prefix])
+    live = conversation._system_ids + sum(conversation._message_ids, [])  # what sync() feeds
+    assert tokenizer(prefix, add_special_tokens=False)["input_ids"] == live
+    cached = model.get_input_embeddings()(torch.tensor(live))[None]  # (1, F, H)
+    read = torch.cat([cached, conversation.question_inputs(audio[0])], 1)  # (1, F + Ta + S, H)
+    assert torch.equal(inputs.inputs_embeds[:, : read.shape[1]], read)
+    answer = tokenizer("x<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert inputs.labels[0, read.shape[1] :].tolist() == answer  # what follows is the answer
+
+
+def test_openings_a_client_asks_for_read_as_the_conversation_lays_them_out(llm):
+    """An opening told what to do (the reply's own instructions), after a context a client sent
+    as one user message, holds the token ids ``Conversation.respond`` feeds its LLM."""
+    from types import SimpleNamespace
+
+    from mooer.llm.conversation import Conversation, Message
+
+    model, tokenizer = llm
+    conversation = Conversation(SimpleNamespace(llm=model, tokenizer=tokenizer))
+    conversation.add(Message("user", "our conversation so far: two plus two is four"))
+    told = "You are a helpful assistant.\nGreet."
+    reply = conversation.respond(instructions=told, remember=False)
+    fed = reply.input_tokens  # the cached prefix and what followed it, as the LLM read them
+    reply.stop()
+    history = [("our conversation so far: two plus two is four", None)]
+    prefix, prompt = prompt_prefix("opening", history, told), training_prompt("opening", history)
+    live = conversation._system_ids + sum(conversation._message_ids, [])
+    text = f"<|im_start|>system\n{told}<|im_end|>\n" + REPLY_START  # Conversation.start's
+    own = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer(prefix + prompt, add_special_tokens=False)["input_ids"] == live + own
+    assert fed == len(live + own)
+    assert prompt_prefix("opening", history) + prompt == conversation.prompt_text() + REPLY_START
+
+
 def test_tasks_use_the_released_prompts():
     assert training_prompt("asr") == build_prompt("asr")
     assert training_prompt("ast") == training_prompt("mtl") == build_prompt("ast")
