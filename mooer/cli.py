@@ -23,7 +23,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_quantize_arg(p: argparse.ArgumentParser) -> None:
     """``--quantize``, for every command that loads a model to decode with (never to train)."""
-    p.add_argument("--quantize", metavar="int8", help="int8 encoder + adapter on the CPU")
+    p.add_argument(
+        "--quantize", metavar="int8", help="int8 encoder, adapter and in-process LLM on the CPU"
+    )
 
 
 def _add_llm_backend_args(p: argparse.ArgumentParser) -> None:
