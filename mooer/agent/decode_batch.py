@@ -58,14 +58,17 @@ class DecodeBatch(Batch[Row, str]):
 
 
 class BatchedBackend:
-    """The model's LLM backend as the engine's jobs use it: on the hf backend, greedy
-    step-by-step answers wait for the worker's next batched decode (``add``); every other
-    answer goes to the backend itself."""
+    """The model's LLM backend (whichever it holds at the call) as the engine's jobs use it: on
+    the hf backend, greedy step-by-step answers wait for the worker's next batched decode
+    (``add``); every other answer goes to the backend itself."""
 
-    def __init__(self, backend: LLMBackend, add: Callable[[Row], Future[str]]) -> None:
-        self.backend = backend
-        self.name = backend.name
+    def __init__(self, model: SpeechLLM, add: Callable[[Row], Future[str]]) -> None:
+        self.model = model
         self._add = add
+
+    @property
+    def name(self) -> str:
+        return self.model.llm_backend.name
 
     def answers(
         self,
@@ -77,8 +80,9 @@ class BatchedBackend:
         step_by_step: bool,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Future[str]]:
-        if self.name != "hf" or not step_by_step or options.do_sample or options.num_beams != 1:
-            return self.backend.answers(
+        backend: LLMBackend = model.llm_backend
+        if backend.name != "hf" or not step_by_step or options.do_sample or options.num_beams != 1:
+            return backend.answers(
                 model, embeds, lengths, prompt, options, step_by_step, should_stop
             )
         with torch.inference_mode():
@@ -86,4 +90,4 @@ class BatchedBackend:
         return [self._add(Row(one, options, should_stop)) for one in inputs]
 
     def close(self) -> None:
-        self.backend.close()
+        """Nothing to stop: the model's backend is the model's to close."""

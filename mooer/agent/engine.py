@@ -194,7 +194,7 @@ class Engine:
         self._record: deque[StepRecord] = deque(maxlen=RECORD_LENGTH)
         self._encodes = EncodeBatch(model, encode_batch or EncodeBatchConfig())
         self._decodes = DecodeBatch(model, decode_batch or DecodeBatchConfig())
-        self.llm_backend = BatchedBackend(model.llm_backend, self._answer)
+        self.llm_backend = BatchedBackend(model, self._answer)
         self._batch_sizes: dict[Batch, deque[int]] = {
             batch: deque(maxlen=RECORD_LENGTH) for batch in (self._encodes, self._decodes)
         }
