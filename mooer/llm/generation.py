@@ -223,10 +223,7 @@ def greedy_together(
     choosers = [TokenChooser(row.options, eos, tokenizer) for row in rows]
     texts = [TextStream(tokenizer) for _ in rows]
     ids: list[list[int]] = [[] for _ in rows]
-    live = [b for b, row in enumerate(rows) if row.options.max_new_tokens > 0]  # rows in the batch
-    if len(live) < count:
-        cache_rows = torch.tensor(live, dtype=torch.long)
-        pending, mask, positions = pending[cache_rows], mask[cache_rows], positions[cache_rows]
+    live = list(range(count))  # the rows still in the batch (max_new_tokens is at least 1)
     while live:
         out = llm(
             inputs_embeds=pending,
