@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mooer.agent import events as ev
-from mooer.agent.engine import Engine, default_threads
+from mooer.agent.engine import RECORD_LENGTH, Engine, default_threads
 from mooer.agent.session import SessionConfig
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.model import load_model
@@ -339,12 +339,21 @@ def main() -> None:
     load, ramp = LoadLog(), Ramp(args.max_latency)
     for count in args.sessions:
         load.sample()
+        decodes = len(engine.decode_batches())
         figures = run(engine, config, session_streams(clips, count, args.seconds, args.pause))
         load.sample()
         columns = figures.columns(args.max_latency)
         if count == args.sessions[0]:
             print(table_line(columns, header=True))
         print(table_line(columns), flush=True)
+        record = engine.decode_batches()
+        sizes = record[decodes:]
+        if sizes and len(record) < RECORD_LENGTH:  # a full record has dropped the oldest
+            print(
+                f"  batched greedy decodes: {len(sizes)}, {sum(sizes) / len(sizes):.2f} answers "
+                f"each on average, {max(sizes)} at most",
+                flush=True,
+            )
         if not ramp.take(count, figures):
             break
     engine.close()

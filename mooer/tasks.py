@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from mooer.errors import ConfigError
-from mooer.llm.backend import Waiting, run_blocking, waiting
+from mooer.llm.backend import LLMBackend, Waiting, run_blocking, waiting
 from mooer.llm.decoding import OFFLINE, DecodingOptions
 from mooer.llm.prompts import build_prompt, split_mtl
 from mooer.text import join_texts
@@ -115,6 +115,7 @@ def decode_waiting(
     step_by_step: bool = False,
     should_stop: Callable[[], bool] | None = None,
     translation_from: str = "",
+    backend: LLMBackend | None = None,
 ) -> Waiting[list[Texts]]:
     """``decode`` as engine work: every prompt of every item is asked of the model's LLM
     backend at once, then each answer not ready yet is yielded as a future to wait for (the
@@ -123,14 +124,16 @@ def decode_waiting(
     ``should_stop``: see ``LLMBackend.answers``. ``translation_from``: words of the
     translation already sent to a client (a live utterance's committed English): the ``ast``
     answer is made to go on from them, so it never contradicts them (not on an MTL variant,
-    whose translation follows its transcript in one answer).
+    whose translation follows its transcript in one answer). ``backend``: who answers
+    (default: the model's LLM backend; a live session's engine passes its batching one).
     """
     check_task(model, task)
     tasks = prompt_tasks(model, task)
     forced = {p: _forced(model, p, translation_from) for p in tasks}
+    backend = backend or model.llm_backend
     with torch.inference_mode():
         asked = [
-            model.llm_backend.answers(
+            backend.answers(
                 model,
                 embeds,
                 lengths,

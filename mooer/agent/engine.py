@@ -16,7 +16,9 @@ running elsewhere, and the job is parked until the future is done, while the wor
 other clients' steps (which start their decodes too, so that vLLM batches them all). A parked
 job keeps its place: its client's other jobs wait behind it. Audio to encode waits the same way
 (``embed``): the utterances queued at the same moment are encoded as one padded batch
-(``mooer.agent.encode_batch``), a step of the worker's own between the clients' steps.
+(``mooer.agent.encode_batch``), a step of the worker's own between the clients' steps. The greedy
+answers asked of the hf backend through ``llm_backend`` (the partials) are batched the same way
+(``mooer.agent.decode_batch``).
 
 Threads: ``on_event`` runs on the worker thread for results (transcripts, translations,
 replies) and on the caller's thread for what ``feed``/``commit``/``close`` find at once (speech
@@ -41,7 +43,9 @@ from typing import Generic, Literal, Protocol, TypeVar
 import numpy as np
 import torch
 
-from mooer.agent.encode_batch import Asked, Embeddings, EncodeBatch, EncodeBatchConfig
+from mooer.agent.batching import Asked, Batch
+from mooer.agent.decode_batch import BatchedBackend, DecodeBatch, DecodeBatchConfig
+from mooer.agent.encode_batch import Embeddings, EncodeBatch, EncodeBatchConfig
 from mooer.agent.events import Event
 from mooer.agent.session import Session, SessionConfig
 from mooer.asr.quantize import weight_count
@@ -49,7 +53,7 @@ from mooer.asr.speakers import SpeakerConfig, SpeakerEncoder, SpeakerLabeller
 from mooer.asr.vad import VadModel, shared_vad_model
 from mooer.errors import ConfigError, check_number
 from mooer.llm.backend import Waiting
-from mooer.llm.generation import turn_end_id
+from mooer.llm.generation import Row, turn_end_id
 from mooer.model import SpeechLLM
 from mooer.tts.backend import TTSBackend, load_backend
 
@@ -163,7 +167,9 @@ class Engine:
 
     ``threads``: torch intra-op threads of the worker (default: ``default_threads``).
     ``vad_model``: default, the silero model shared by the process, loaded on the first
-    session with turn detection. ``encode_batch``: the bounds of a batched encoder forward.
+    session with turn detection. ``encode_batch``: the bounds of a batched encoder forward;
+    ``decode_batch``: of a batched greedy decode. ``llm_backend``: the model's LLM backend with
+    its greedy answers batched; what the sessions decode with.
     """
 
     def __init__(
@@ -172,6 +178,7 @@ class Engine:
         threads: int | None = None,
         vad_model: VadModel | None = None,
         encode_batch: EncodeBatchConfig | None = None,
+        decode_batch: DecodeBatchConfig | None = None,
     ) -> None:
         if threads is not None:
             check_number(threads, "Engine threads", low=1, integer=True)
@@ -186,8 +193,12 @@ class Engine:
         self._parked: dict[Client, Job] = {}  # jobs waiting for their future (not in _ready)
         self._record: deque[StepRecord] = deque(maxlen=RECORD_LENGTH)
         self._encodes = EncodeBatch(model, encode_batch or EncodeBatchConfig())
-        self._batch_sizes: deque[int] = deque(maxlen=RECORD_LENGTH)
-        self._resumed = 0  # clients the running encoder forward put first in the round
+        self._decodes = DecodeBatch(model, decode_batch or DecodeBatchConfig())
+        self.llm_backend = BatchedBackend(model, self._answer)
+        self._batch_sizes: dict[Batch, deque[int]] = {
+            batch: deque(maxlen=RECORD_LENGTH) for batch in (self._encodes, self._decodes)
+        }
+        self._resumed = 0  # clients the running batch put first in the round
         self._steps_begun = 0
         self._sessions: dict[str, Session] = {}
         self._tts: dict[str, TTSBackend] = {}  # loaded once, shared by the sessions that speak
@@ -304,7 +315,13 @@ class Engine:
         """The item counts of the encoder forwards run, oldest first (the last
         ``RECORD_LENGTH``)."""
         with self._cond:
-            return list(self._batch_sizes)
+            return list(self._batch_sizes[self._encodes])
+
+    def decode_batches(self) -> list[int]:
+        """The answer counts of the batched greedy decodes run, oldest first (the last
+        ``RECORD_LENGTH``)."""
+        with self._cond:
+            return list(self._batch_sizes[self._decodes])
 
     def embed(self, waves: Sequence[np.ndarray]) -> Waiting[Embeddings]:
         """Engine work (call it in a job's step): ``waves`` (16 kHz float32) as LLM input
@@ -318,6 +335,13 @@ class Engine:
         finally:
             future.cancel()  # the job was dropped while waiting; a no-op once encoded
         return future.result()
+
+    def _answer(self, row: Row) -> Future[str]:
+        """Queue ``row`` for the worker's next batched greedy decode (``llm_backend``'s)."""
+        with self._cond:
+            future = self._decodes.add([row], self._steps_begun, len(self._ready))
+            self._cond.notify_all()
+        return future
 
     # -- scheduling, used by Session ---------------------------------------------------------
 
@@ -405,12 +429,13 @@ class Engine:
         torch.set_num_threads(self.threads)  # this thread's own setting
         while True:
             with self._cond:
-                while not self._ready and not self._encodes.pending:
+                while not self._ready and not self._batches_pending():
                     if self._stopped:
                         return
                     self._cond.wait()
-                if self._encodes.due(self._steps_begun, idle=not self._ready):
-                    taken = self._encodes.take()
+                batch = self._due_batch()
+                if batch is not None:
+                    taken = batch.take()
                 else:
                     taken = None
                     client = self._next_client()
@@ -423,8 +448,8 @@ class Engine:
                     )
                     self._record.append(record)
                     self._steps_begun += 1
-            if taken is not None:
-                self._encode(taken)
+            if batch is not None:
+                self._run_batch(batch, taken)
                 continue
             more, waits_for = self._step(job)
             with self._cond:
@@ -442,22 +467,35 @@ class Engine:
             if waits_for is not None:
                 waits_for.add_done_callback(lambda _, c=client, j=job: self._unpark(c, j))
 
-    def _encode(self, taken: list[Asked]) -> None:
-        """Run one batched encoder forward. Its jobs go on first, in their order (``_unpark``):
-        they have waited for a turn of the round already, for the others to join the batch."""
+    def _batches_pending(self) -> bool:
+        return any(batch.pending for batch in self._batch_sizes)
+
+    def _due_batch(self) -> Batch | None:
+        """The batch the worker runs now, if one is due (lock held)."""
+        idle = not self._ready
+        for batch in self._batch_sizes:
+            if batch.due(self._steps_begun, idle=idle):
+                return batch
+        return None
+
+    def _run_batch(self, batch: Batch, taken: list[Asked]) -> None:
+        """Run one batched forward (encoder) or decode. Its jobs go on first, in their order
+        (``_unpark``): they have waited for a turn of the round already, for the others to join
+        the batch."""
         with self._cond:
             self._resumed = 0
-        items = self._encodes.run(taken)
+        with torch.inference_mode():
+            items = batch.run(taken)
         if items:
             with self._cond:
-                self._batch_sizes.append(items)
+                self._batch_sizes[batch].append(items)
 
     def _unpark(self, client: Client, job: Job) -> None:
         """``job``'s future is done: its client rejoins the round (unless the job was dropped)."""
         with self._cond:
             if self._parked.get(client) is job:
                 del self._parked[client]
-                if threading.current_thread() is self._worker:  # encoded by _encode
+                if threading.current_thread() is self._worker:  # by _run_batch
                     self._ready.insert(self._resumed, client)
                     self._resumed += 1
                 else:

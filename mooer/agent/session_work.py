@@ -224,6 +224,7 @@ class SessionWork:
             step,
             should_stop,
             translation_from,
+            self.engine.llm_backend,
         )
         return Texts.join(texts)
 
