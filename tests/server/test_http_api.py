@@ -7,6 +7,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -140,6 +141,22 @@ def test_an_upload_without_speech_gives_empty_text_and_no_segments(server, tmp_p
     assert srt.status_code == 200 and srt.text == ""
 
 
+def _upload_and_leave(server, path, leave: Callable[[], bool]) -> None:
+    """POST ``path`` for transcription from a raw client that goes away once ``leave()``; not
+    an httpx read timeout, which could fire before the server has read the form (a 400)."""
+    request = httpx.Request(
+        "POST",
+        f"{server.url}/v1/audio/transcriptions",
+        files={"file": (path.name, path.read_bytes())},
+        data={"model": "mooer"},
+    )
+    head = [f"POST {request.url.raw_path.decode()} HTTP/1.1"]
+    head += [f"{name}: {value}" for name, value in request.headers.items()]
+    with socket.create_connection((server.host, server.port), timeout=30) as client:
+        client.sendall("\r\n".join([*head, "", ""]).encode() + request.read())
+        _wait_until(leave)
+
+
 def _wait_until(test, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not test():
@@ -222,19 +239,9 @@ def test_an_upload_whose_client_went_away_is_dropped_from_the_engine(start_serve
     holder = engine.open(SessionConfig(turn_detection=False))
     engine.submit(holder, "control", lambda: holding.set() or release.wait(60))
     assert holding.wait(30)
-    request = httpx.Request(
-        "POST",
-        f"{server.url}/v1/audio/transcriptions",
-        files={"file": (two_utterances.name, two_utterances.read_bytes())},
-        data={"model": "mooer"},
+    _upload_and_leave(
+        server, two_utterances, lambda: any(c.startswith("http") for c in engine.backlog())
     )
-    head = [f"POST {request.url.raw_path.decode()} HTTP/1.1"]
-    head += [f"{name}: {value}" for name, value in request.headers.items()]
-    # A raw client, so that it goes away once its upload waits in the engine (a read timeout
-    # could fire before the server has read the form, which is another failure)
-    with socket.create_connection((server.host, server.port), timeout=30) as client:
-        client.sendall("\r\n".join([*head, "", ""]).encode() + request.read())
-        _wait_until(lambda: any(c.startswith("http") for c in engine.backlog()))
     gone = 'mooer_http_requests_total{route="transcriptions",status="499"} 1'
     _wait_until(lambda: gone in server.hub.metrics.render())
     release.set()
