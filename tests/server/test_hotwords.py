@@ -10,13 +10,13 @@ import base64
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 import websockets
 
 from mooer.agent.session import SessionConfig
 from mooer.audio import load_audio
 from mooer.server.pcm import encode_pcm16
+from tests.server.test_http_api import _post
 
 RECORDING = Path(__file__).resolve().parents[1] / "assets" / "hotword_xuexiao.wav"
 SAID = "学校在哪里"
@@ -35,16 +35,6 @@ def demo_server():
     server = start(Hub(demo, Engine(demo, threads=1), ServerConfig(port=0), SessionConfig()))
     yield server
     server.stop()
-
-
-def _upload(server, **form) -> httpx.Response:
-    with open(RECORDING, "rb") as f:
-        return httpx.post(
-            f"{server.url}/v1/audio/transcriptions",
-            files={"file": (RECORDING.name, f)},
-            data={"model": "mooer", **form},
-            timeout=120,
-        )
 
 
 async def _realtime(server, prompt: str) -> str:
@@ -83,7 +73,7 @@ def test_the_realtime_prompt_brings_a_misheard_word_back(demo_server):
 
 
 def test_too_many_prompt_words_are_refused_by_field(demo_server):
-    reply = _upload(demo_server, prompt=" ".join(f"w{i}" for i in range(101)))
+    reply = _post(demo_server, "transcriptions", RECORDING, prompt=" ".join(f"w{i}" for i in range(101)))
     assert reply.status_code == 400
     error = reply.json()["error"]
     assert error["param"] == "prompt" and "101 given, at most 100" in error["message"]
