@@ -546,19 +546,28 @@ def text_chat_set(width: int, repeats: int, drawn: Sequence[Utterance] = ()) -> 
     """
     dialogues = _training_dialogues() * repeats
     dialogues += [(*map(tuple, u.history), (u.text, u.target)) for u in drawn]
-    entries = [
-        Entry(
-            id=f"text-{i:06d}",
-            audio="",
-            task="chat_text",
-            text=dialogue[-1][0],
-            target=dialogue[-1][1],
-            history=list(dialogue[:-1]),
-            lang="en",
-        )
-        for i, dialogue in enumerate(dialogues)
-    ]
-    return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * len(entries))
+    entries = [_text_chat(f"text-{i:06d}", dialogue) for i, dialogue in enumerate(dialogues)]
+    return CachedSet(entries, _no_audio(width, len(entries)))
+
+
+def _text_chat(item_id: str, dialogue: Sequence, before: Sequence = ()) -> Entry:
+    """A dialogue's last turn as a ``chat_text`` item; its earlier turns, after ``before``,
+    are the history."""
+    *history, (question, answer) = dialogue
+    return Entry(
+        id=item_id,
+        audio="",
+        task="chat_text",
+        text=question,
+        target=answer,
+        history=[*before, *history],
+        lang="en",
+    )
+
+
+def _no_audio(width: int, count: int) -> list[torch.Tensor]:
+    """The cached frames of ``count`` items without audio: (0, width) each."""
+    return [torch.zeros(0, width, dtype=torch.float16)] * count
 
 
 def _synced_histories(count: int, rng: np.random.Generator) -> list[list[tuple[str, str]]]:
@@ -588,7 +597,7 @@ def opening_set(width: int, count: int, seed: int = 0) -> CachedSet:
         Entry(id=f"opening-{i:06d}", audio="", task="opening", target=OPENING, history=h, lang="en")
         for i, h in enumerate(histories)
     ]
-    return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * count)
+    return CachedSet(entries, _no_audio(width, count))
 
 
 # a reply's own instructions when a client asks the assistant to speak first
@@ -646,7 +655,7 @@ def client_opening_set(width: int, count: int, seed: int = 0) -> CachedSet:
                 lang="en",
             )
         )
-    return CachedSet(entries, [torch.zeros(0, width, dtype=torch.float16)] * count)
+    return CachedSet(entries, _no_audio(width, count))
 
 
 def greeting_heard(rng: np.random.Generator) -> str:
@@ -679,20 +688,8 @@ def greeted_set(speech: CachedSet, count: int, seed: int = 0) -> CachedSet:
     frames = [speech.frames[j] for j in chosen]
     dialogues = _training_dialogues()
     for i, d in enumerate(rng.integers(len(dialogues), size=count).tolist(), start=count):
-        *history, (question, answer) = dialogues[d]
-        entries.append(
-            Entry(
-                id=f"greeted-{i:06d}",
-                audio="",
-                task="chat_text",
-                text=question,
-                target=answer,
-                history=greeted[i] + history,
-                lang="en",
-            )
-        )
-    width = speech.frames[0].shape[-1]
-    frames += [torch.zeros(0, width, dtype=torch.float16)] * count
+        entries.append(_text_chat(f"greeted-{i:06d}", dialogues[d], greeted[i]))
+    frames += _no_audio(speech.frames[0].shape[-1], count)
     return CachedSet(entries, frames)
 
 
