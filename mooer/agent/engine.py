@@ -195,8 +195,9 @@ class Engine:
         self._encodes = EncodeBatch(model, encode_batch or EncodeBatchConfig())
         self._decodes = DecodeBatch(model, decode_batch or DecodeBatchConfig())
         self.llm_backend = BatchedBackend(model, self._answer)
+        self._batches: tuple[Batch, ...] = (self._encodes, self._decodes)  # due first, run first
         self._batch_sizes: dict[Batch, deque[int]] = {
-            batch: deque(maxlen=RECORD_LENGTH) for batch in (self._encodes, self._decodes)
+            batch: deque(maxlen=RECORD_LENGTH) for batch in self._batches
         }
         self._resumed = 0  # clients the running batch put first in the round
         self._steps_begun = 0
@@ -468,12 +469,12 @@ class Engine:
                 waits_for.add_done_callback(lambda _, c=client, j=job: self._unpark(c, j))
 
     def _batches_pending(self) -> bool:
-        return any(batch.pending for batch in self._batch_sizes)
+        return any(batch.pending for batch in self._batches)
 
     def _due_batch(self) -> Batch | None:
         """The batch the worker runs now, if one is due (lock held)."""
         idle = not self._ready
-        for batch in self._batch_sizes:
+        for batch in self._batches:
             if batch.due(self._steps_begun, idle=idle):
                 return batch
         return None
