@@ -15,7 +15,6 @@ import base64
 import contextlib
 import ipaddress
 import json
-import os
 import re
 import socket
 import time
@@ -303,53 +302,28 @@ def test_serve_configs_are_checked_before_any_replica_starts():
         build_app({"max_sessions": 0})
 
 
-def _descendants(root: int) -> set[int]:
-    """``root`` and every process below it, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError):
-            stat = (entry / "stat").read_text()
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, grown = {root}, True
-    while grown:
-        below = {pid for pid, parent in parents.items() if parent in found}
-        grown = not below <= found
-        found |= below
-    return found
+def _listening() -> list[tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """(program, address, port) of each TCP socket that this process or one below it (the
+    local cluster's) listens on; an IPv6 socket's address as IPv4 where it is one
+    (``::ffff:127.0.0.1``). psutil reads them from /proc; Ray ships it."""
+    import psutil
 
-
-def _listening(
-    pids: set[int],
-) -> list[tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
-    """(program, address, port) of each TCP socket that ``pids`` listen on, from /proc; an IPv6
-    socket's address as IPv4 where it is an IPv4 one (``::ffff:127.0.0.1``)."""
-    owner: dict[str, str] = {}  # socket inode -> the program holding it
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            program = Path(f"/proc/{pid}/cmdline").read_text().split("\0")[0]
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    link = os.readlink(fd)
-                    if link.startswith("socket:["):
-                        owner[link.removeprefix("socket:[")[:-1]] = Path(program).name
     found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state, inode = (line.split()[i] for i in (1, 3, 9))
-            if state != "0A" or inode not in owner:  # 0A: LISTEN
-                continue
-            hex_ip, hex_port = local.split(":")
-            raw = bytes.fromhex(hex_ip)  # 32-bit words in the host's (little-endian) order
-            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            ip = ipaddress.ip_address(raw)
-            found.append((owner[inode], getattr(ip, "ipv4_mapped", None) or ip, int(hex_port, 16)))
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a worker that ended meanwhile
+            for socket_ in process.net_connections("tcp"):
+                if socket_.status == psutil.CONN_LISTEN:
+                    ip = ipaddress.ip_address(socket_.laddr.ip)
+                    ip = getattr(ip, "ipv4_mapped", None) or ip
+                    found.append((process.name(), ip, socket_.laddr.port))
     return found
 
 
 def test_every_port_of_the_local_cluster_listens_on_loopback_only(cluster):
     """The GCS, the raylet, the agents, Serve's controller, proxy and replicas: all on 127.0.0.1
     (Ray's default binds most of them to every interface)."""
-    listening = _listening(_descendants(os.getpid()))
+    listening = _listening()
     programs = {program for program, _, _ in listening}
     assert {"gcs_server", "raylet"} <= programs, listening
     assert cluster.recipe.config.port in {port for _, _, port in listening}  # Serve's proxy
