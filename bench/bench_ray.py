@@ -7,7 +7,10 @@ three idle but up; each round runs every session count through the proxy, straig
 replica and to the plain server, in an order rotated every round, so the machine's load falls
 on all three alike. It prints end of speech -> final and VAD endpoint -> final per route, and
 the p50 differences: proxy - direct (the proxy hop alone, the target: under 20 ms) and
-proxy - plain, pooled over the rounds and as the median of each round's difference.
+proxy - plain, pooled over the rounds and as the median of each round's difference; and the
+cores that the proxy's and the replica's processes used while each route ran (the hop's CPU:
+the proxy's own, and the replica's through the proxy less straight to it), which a loaded
+machine blurs less than it blurs latency.
 
 ``--mode sequential``: the same clients and speech as ``bench_server.py`` (real-time PCM16 streams of the example
 recordings, server VAD), against, one after the other: ``mooer serve`` (plain), ``mooer serve
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -40,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_server import ServerProcess, add_server_args, run_level, serve_args  # noqa: E402
 from bench_session import Figures, example_clips, session_streams, table_line  # noqa: E402
-from machine import LoadLog, describe, rss_mb  # noqa: E402
+from machine import CpuWatch, LoadLog, describe, rss_mb  # noqa: E402
 
 from mooer.server.ray_serve import MooerReplica  # noqa: E402
 
@@ -57,6 +61,18 @@ def ray_rss_mb() -> float:
         if b"ray::" in command or b"/ray/" in command or b"raylet" in command:
             total += rss_mb(int(pid))
     return total
+
+
+def own_ray_process(title: str) -> int:
+    """The pid of this run's Ray worker titled ``title`` (``ray::ProxyActor``: Ray titles a
+    worker by its actor's class), among this process's descendants, not another run's."""
+    import psutil  # Ray ships it
+
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error, IndexError):
+            if process.cmdline()[0].startswith(title):
+                return process.pid
+    raise SystemExit(f"no Ray process {title} below this one")
 
 
 def p50_ms(values: list[float]) -> float:
@@ -101,6 +117,10 @@ def interleaved(args: argparse.Namespace, clips: list) -> None:
     start_ray(options)
     deployment = serve.deployment(**options.deployment_options(config))
     deploy(deployment(serve.ingress()(DirectReplica)).bind(recipe, direct_port), config)
+    # CPU of the proxy's and the replica's processes per level: the hop's own cost, on any load
+    watched = {"proxy": own_ray_process("ray::ProxyActor"),
+               "replica": own_ray_process("ray::ServeReplica")}  # fmt: skip
+    cores: dict[tuple[str, int], list[dict[str, float]]] = {}
     realtime = "/v1/realtime?intent=transcription"
     routes = {
         "proxy": f"ws://127.0.0.1:{config.port}{realtime}",
@@ -121,11 +141,15 @@ def interleaved(args: argparse.Namespace, clips: list) -> None:
                         idle(routes[name])
                         load.sample()
                         streams = session_streams(clips, count, args.seconds, args.pause)
+                        watches = {what: CpuWatch(pid) for what, pid in watched.items()}
                         level, errors = run_level(routes[name], streams, "asr", args.frame_ms)
+                        used = {what: w.share().process for what, w in watches.items()}
                         figures.setdefault((name, count), []).append(level)
+                        cores.setdefault((name, count), []).append(used)
                         speech = p50_ms(level.end_of_speech)
                         print(f"round {round_ + 1} {name:>6} x{count}: finals {level.finals}/"
                               f"{level.utterances}, end of speech->final p50 {speech:.0f} ms, "
+                              f"cores: proxy {used['proxy']:.2f}, replica {used['replica']:.2f}, "
                               f"load {load.samples[-1]:.1f}", flush=True)  # fmt: skip
                         for message in sorted(set(errors)):
                             print(f"  server error: {message}")
@@ -134,6 +158,10 @@ def interleaved(args: argparse.Namespace, clips: list) -> None:
     print(describe())
     print(load.summary())
     report(figures, args.sessions, args.rounds)
+    print("cores used while a route ran (mean of the rounds): proxy's process, replica's process")
+    for (name, count), levels in sorted(cores.items(), key=lambda item: (item[0][1], item[0][0])):
+        proxy, replica = (statistics.mean(used[what] for used in levels) for what in watched)
+        print(f"{name:>6} {count:>8}  {proxy:.2f}  {replica:.2f}")
 
 
 def idle(realtime_url: str, timeout_s: float = 60.0) -> None:

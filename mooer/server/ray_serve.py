@@ -56,6 +56,8 @@ CLOSE_REPLICA_LOST = 1012
 REPLICA_LOST = "the replica serving this session stopped; reconnect"
 PROXY_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_MIDDLEWARES = "mooer.server.ray_serve:proxy_middlewares"
+# "0": Ray's single-machine mode, its ports on loopback; "1": other machines may join.
+SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 # How often each replica reports its live sessions to Serve's controller, and the window Serve
@@ -163,6 +165,7 @@ class MooerReplica:
         self._loop = asyncio.get_running_loop()  # the loop Serve runs this replica's app on
         self._drain: concurrent.futures.Future | None = None
         _before_graceful_shutdown(self.start_drain)
+        _grpc_on_loopback_with_the_node()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """What ``SessionsPolicy`` scales on (Serve asks every ``METRICS_INTERVAL_S``)."""
@@ -199,6 +202,29 @@ def _before_graceful_shutdown(hook: Callable[[], None]) -> None:
         await original(self)
 
     cls.perform_graceful_shutdown = perform_graceful_shutdown
+
+
+def _grpc_on_loopback_with_the_node() -> None:
+    """This process's replica: its gRPC server on 127.0.0.1 where the node's address is a
+    loopback one (``_keep_on_loopback``), as Ray binds its own servers.
+
+    Serve 2.60 binds each replica's server for calls between deployments to every interface
+    (``[::]:0`` in ``Replica._on_initialized``), whatever the node's address; mooer's replicas
+    take no such calls (the proxy calls them as actors), and on a multi-machine cluster the
+    node's address is not loopback, so nothing changes there."""
+    import ray
+    from ray._common.network_utils import build_address, get_localhost_ip, is_localhost
+    from ray.serve._private import replica as serve_replica
+
+    if not is_localhost(ray.util.get_node_ip_address()):
+        return
+    add_port = serve_replica.add_port_to_grpc_server
+    loopback = build_address(get_localhost_ip(), 0)
+
+    def add_port_on_loopback(server: Any, address: str) -> int:
+        return add_port(server, loopback if address == "[::]:0" else address)
+
+    serve_replica.add_port_to_grpc_server = add_port_on_loopback
 
 
 class LostReplicaClose:
@@ -317,14 +343,28 @@ def _take(args: dict[str, Any], cls: type, skip: set[str]) -> dict[str, Any]:
 
 
 def start_ray(options: RayOptions) -> None:
-    """Connect to ``options.address``, or start a local cluster on loopback only."""
+    """Connect to ``options.address``, or start a local cluster with its ports on loopback."""
     import ray
 
     if options.address is not None:
         ray.init(address=options.address, log_to_driver=True)
         return
     os.environ.setdefault(PROXY_CALLBACK, PROXY_MIDDLEWARES)  # inherited by the cluster's proxy
+    _keep_on_loopback()
     ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _keep_on_loopback() -> None:
+    """Every port of the local cluster on 127.0.0.1, unless ``SINGLE_MACHINE`` is set already.
+
+    Ray 2.60 binds its servers (GCS, raylet, workers, agents) to loopback only when the node's
+    address is a loopback one, and to every interface otherwise; and it turns 127.0.0.1 into the
+    machine's address unless its single-machine mode (the default on macOS and Windows) is on.
+    The cluster's processes read the variable; this process read it when ``ray`` was imported."""
+    from ray._private import ray_constants
+
+    os.environ.setdefault(SINGLE_MACHINE, "0")
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.env_bool(SINGLE_MACHINE, True)
 
 
 def deploy(app: Any, config: ServerConfig, log_level: str = "info") -> None:

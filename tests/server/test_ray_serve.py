@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import re
 import socket
@@ -299,6 +300,34 @@ def test_serve_configs_are_checked_before_any_replica_starts():
         build_app({"funasr_port": 10095})
     with pytest.raises(ConfigError, match="max_sessions"):
         build_app({"max_sessions": 0})
+
+
+def _listening() -> list[tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """(program, address, port) of each TCP socket that this process or one below it (the
+    local cluster's) listens on; an IPv6 socket's address as IPv4 where it is one
+    (``::ffff:127.0.0.1``). psutil reads them from /proc; Ray ships it."""
+    import psutil
+
+    found = []
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a worker that ended meanwhile
+            for socket_ in process.net_connections("tcp"):
+                if socket_.status == psutil.CONN_LISTEN:
+                    ip = ipaddress.ip_address(socket_.laddr.ip)
+                    ip = getattr(ip, "ipv4_mapped", None) or ip
+                    found.append((process.name(), ip, socket_.laddr.port))
+    return found
+
+
+def test_every_port_of_the_local_cluster_listens_on_loopback_only(cluster):
+    """The GCS, the raylet, the agents, Serve's controller, proxy and replicas: all on 127.0.0.1
+    (Ray's default binds most of them to every interface)."""
+    listening = _listening()
+    programs = {program for program, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= programs, listening
+    assert cluster.recipe.config.port in {port for _, _, port in listening}  # Serve's proxy
+    assert [(program, str(ip), port) for program, ip, port in listening if not ip.is_loopback] == []
 
 
 def test_every_protocol_through_the_proxy_gives_the_offline_results(cluster, expected):
