@@ -254,6 +254,7 @@ def main() -> None:
         print(
             f"{args.seconds:.0f} s per session ({len(clips)} utterances, {args.pause:.1f} s pauses)"
             f" in {args.frame_ms} ms binary frames; task {args.task}; cores: the server process's"
+            " (main: its event loop)"
             "; delta every: between a Realtime client's transcription deltas (stable text grown)"
         )
         load = LoadLog()
