@@ -2,7 +2,8 @@
 
 The calls (``feed``, ``commit``, ``clear``, ``create_response``...) return at once, on the
 caller's thread: they run the voice activity detector inline (about 0.3 ms of one core per
-32 ms of audio), keep the utterance's audio, and queue the model work for the engine's single
+32 ms of audio; ``hear`` leaves it to ``score_heard``, which scores many sessions' windows in
+one network call), keep the utterance's audio, and queue the model work for the engine's single
 worker thread as jobs, which ``mooer.agent.session_work`` holds: a session's jobs run in order,
 a newer partial replaces one still queued, and the utterance's final drops both.
 
