@@ -63,9 +63,12 @@ class ServerProcess:
         command = [sys.executable, "-m", "mooer.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "warning", *serve_args]
         env = None if source is None else {**os.environ, "PYTHONPATH": str(source.resolve())}
+        # `python -m` puts its working directory first on sys.path, ahead of PYTHONPATH: run
+        # from the source tree, or a server started from a checkout serves the checkout's code.
+        cwd = None if source is None else source.resolve()
         # new_session: a scheduling group of its own where the kernel groups by session
         # (autogroup), as Ray's daemons and workers have; else it shares the clients' CPU share.
-        self.process = subprocess.Popen(command, start_new_session=new_session, env=env)
+        self.process = subprocess.Popen(command, start_new_session=new_session, env=env, cwd=cwd)
         self._wait_ready(timeout=180.0)
 
     @property
@@ -254,6 +257,7 @@ def main() -> None:
         print(
             f"{args.seconds:.0f} s per session ({len(clips)} utterances, {args.pause:.1f} s pauses)"
             f" in {args.frame_ms} ms binary frames; task {args.task}; cores: the server process's"
+            " (main: its event loop)"
             "; delta every: between a Realtime client's transcription deltas (stable text grown)"
         )
         load = LoadLog()

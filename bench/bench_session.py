@@ -3,7 +3,9 @@
 Every session gets real speech (the example recordings, which the demo model understands, each
 trimmed to its speech and followed by a pause) in 20 ms chunks at the pace a microphone sends
 them: one feeder thread for all sessions, each session's stream delayed by a random lead so that
-their utterances do not end together. Per utterance it measures, on one clock:
+their utterances do not end together; the VAD scores each round of chunks of all sessions
+together, as ``mooer serve`` does (``--vad-alone``: each session's by itself). Per utterance
+it measures, on one clock:
 
 - end of speech -> final: from the instant the utterance's last spoken sample was captured (its
   place in the stream is known) to the final transcript; the VAD's silence wait is included;
@@ -36,7 +38,7 @@ import torch
 
 from mooer.agent import events as ev
 from mooer.agent.engine import RECORD_LENGTH, Engine, default_threads
-from mooer.agent.session import SessionConfig
+from mooer.agent.session import SessionConfig, score_heard
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.model import load_model
 
@@ -230,8 +232,8 @@ class Figures:
             (f"{updates} every p50/p95", ms(self.intervals, 50, 95)),
             (f"1st {updates} p50", ms(self.first_partial, 50)),
             (
-                "cores all/worker/waiting",
-                f"{cpu.process:.2f}/{cpu.worker:.2f}/{cpu.worker_waiting:.2f}",
+                "cores all/main/worker/waiting",
+                f"{cpu.process:.2f}/{cpu.main:.2f}/{cpu.worker:.2f}/{cpu.worker_waiting:.2f}",
             ),
             ("lag ms", f"{self.lag_s * 1e3:.0f}"),
             ("keeps up", "yes" if self.keeps_up(max_latency) else "no"),
@@ -279,8 +281,12 @@ def session_streams(
     return [SpeechStream.build(clips, seconds, pause_s, float(lead)) for lead in leads]
 
 
-def run(engine: Engine, config: SessionConfig, streams: Sequence[SpeechStream]) -> Figures:
-    """Feed every stream in real time, close the sessions, and measure what their events say."""
+def run(
+    engine: Engine, config: SessionConfig, streams: Sequence[SpeechStream], vad_alone: bool = False
+) -> Figures:
+    """Feed every stream in real time, close the sessions, and measure what their events say.
+    The sessions hear each round of chunks and the VAD scores them together, as in a server
+    (``vad_alone``: each session's chunk is fed and scored by itself)."""
     timelines = [Timeline(s) for s in streams]
     sessions = [engine.open(config, t.on_event) for t in timelines]
     longest = max(s.samples.size for s in streams)
@@ -294,7 +300,11 @@ def run(engine: Engine, config: SessionConfig, streams: Sequence[SpeechStream]) 
             time.sleep(wait)
         lag = max(lag, -wait)
         for session, stream in zip(sessions, streams):
-            session.feed(stream.samples[at : at + CHUNK])
+            if vad_alone:
+                session.feed(stream.samples[at : at + CHUNK])
+            elif at < stream.samples.size:
+                session.hear(stream.samples[at : at + CHUNK])
+        score_heard(sessions)
     for session in sessions:
         session.close()
     for session in sessions:
@@ -318,6 +328,9 @@ def main() -> None:
     parser.add_argument("--max-latency", type=float, default=1.0, help="endpoint->final p95, s")
     parser.add_argument("--wav", type=Path, nargs="+", default=[], help="default: examples/audio")
     parser.add_argument("--llm-backend", default="hf", choices=("hf", "vllm"))
+    parser.add_argument(
+        "--vad-alone", action="store_true", help="score each session's VAD by itself (not batched)"
+    )
     args = parser.parse_args()
 
     model = load_model(args.model, llm=args.llm, device=args.device, llm_backend=args.llm_backend)
@@ -334,13 +347,15 @@ def main() -> None:
         f"model: {name}, LLM on {args.llm_backend}; mode {args.mode}; engine threads {threads}; {args.seconds:.0f} s per "
         f"session ({len(clips)} utterances of {min(c.size for c in clips) / SAMPLE_RATE:.1f}-"
         f"{max(c.size for c in clips) / SAMPLE_RATE:.1f} s, {args.pause:.1f} s pauses) in 20 ms "
-        f"chunks; VAD silence {config.vad.min_silence_ms} ms; partials every {args.partial_ms} ms"
+        f"chunks; VAD silence {config.vad.min_silence_ms} ms; partials every {args.partial_ms} ms; "
+        f"VAD {'alone' if args.vad_alone else 'of all sessions together'}; cores: main is the feeder"
     )
     load, ramp = LoadLog(), Ramp(args.max_latency)
     for count in args.sessions:
         load.sample()
         decodes = len(engine.decode_batches())
-        figures = run(engine, config, session_streams(clips, count, args.seconds, args.pause))
+        streams = session_streams(clips, count, args.seconds, args.pause)
+        figures = run(engine, config, streams, args.vad_alone)
         load.sample()
         columns = figures.columns(args.max_latency)
         if count == args.sessions[0]:

@@ -6,6 +6,7 @@ benchmarks) take CPU time too, so each report carries the load average, sampled 
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -73,8 +74,9 @@ class CpuShare:
     """How much CPU a process got over an interval, in cores (1.0: one core all the time)."""
 
     process: float  # all its threads
-    worker: float  # its busiest thread (a mooer server's or engine's model worker)
+    worker: float  # its busiest thread but the main one (a mooer server's or engine's model worker)
     worker_waiting: float  # that thread runnable but waiting for a CPU other work held
+    main: float = math.nan  # its main thread (a mooer server's event loop)
 
 
 class CpuWatch:
@@ -109,9 +111,10 @@ class CpuWatch:
             for tid, (run, wait) in times.items()
         }
         self._start, self._times = now, times
-        busiest = max(deltas.values(), default=(0, 0))
+        busiest = max((d for tid, d in deltas.items() if tid != self.pid), default=(0, 0))
         return CpuShare(
             process=sum(run for run, _ in deltas.values()) / wall_ns,
             worker=busiest[0] / wall_ns,
             worker_waiting=busiest[1] / wall_ns,
+            main=deltas.get(self.pid, (0, 0))[0] / wall_ns,
         )

@@ -24,7 +24,8 @@ Threads: ``on_event`` runs on the worker thread for results (transcripts, transl
 replies) and on the caller's thread for what ``feed``/``commit``/``close`` find at once (speech
 started/stopped, committed), never concurrently for one session; a server bridges both to its
 event loop with ``loop.call_soon_threadsafe``. The worker uses ``threads`` torch threads; the
-VAD inside ``Session.feed`` runs on one torch thread of the caller's (see ``VadModel``).
+VAD inside ``Session.feed`` (and ``score_heard``, which scores many sessions' heard audio
+together) runs on one torch thread of the caller's (see ``VadModel``).
 """
 
 from __future__ import annotations

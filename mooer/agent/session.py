@@ -2,7 +2,8 @@
 
 The calls (``feed``, ``commit``, ``clear``, ``create_response``...) return at once, on the
 caller's thread: they run the voice activity detector inline (about 0.3 ms of one core per
-32 ms of audio), keep the utterance's audio, and queue the model work for the engine's single
+32 ms of audio; ``hear`` leaves it to ``score_heard``, which scores many sessions' windows in
+one network call), keep the utterance's audio, and queue the model work for the engine's single
 worker thread as jobs, which ``mooer.agent.session_work`` holds: a session's jobs run in order,
 a newer partial replaces one still queued, and the utterance's final drops both.
 
@@ -36,6 +37,7 @@ from mooer.asr.vad import (
     VadConfig,
     VadEvent,
     check_chunk,
+    score_due,
 )
 from mooer.audio import SAMPLE_RATE, ms_to_samples, samples_to_ms
 from mooer.errors import ConfigError, check_number
@@ -268,17 +270,23 @@ class Session:
         Raises AudioError for a chunk that is not (N,) floats or holds NaN/inf; the chunk is
         dropped and the session goes on.
         """
+        self.hear(samples)
+        score_heard([self])
+
+    def hear(self, samples: np.ndarray) -> None:
+        """Take samples as ``feed`` does, but leave the VAD's scoring of them to the next
+        ``score_heard`` that names this session: a server scores the audio of all its sessions
+        together, in one network call per round of windows (``mooer.asr.vad.score_due``).
+        The session's ``commit``, ``clear`` and ``close`` score what it heard first."""
         chunk = check_chunk(samples)
         with self._lock:
             self._check_open("feed")
             self.stats.audio_s += chunk.size / SAMPLE_RATE
             if self._vad is None:
                 self._buffer_audio(chunk)
+                self._partial_if_due()
             else:
-                with _one_torch_thread():
-                    found = self._vad.feed(chunk)
-                self._on_vad(found)
-            self._partial_if_due()
+                self._vad.hear(chunk)
 
     def commit(self) -> str | None:
         """End the current utterance now; its id, or None (and an Error) if there is none."""
@@ -296,6 +304,7 @@ class Session:
         with self._lock:
             self._check_open("clear")
             if self._vad is not None:
+                _score_vads([self])  # what it heard came before the clear
                 self._offset += self._vad.samples_received
                 self._vad.reset()
             self._buffer, self._buffered, self._item = [], 0, None
@@ -517,6 +526,7 @@ class Session:
     def _end_utterance(self) -> str | None:
         """Close the utterance in progress, if any; its id."""
         if self._vad is not None:
+            _score_vads([self])  # what it heard, even while closing
             item = self._item
             self._on_vad(self._vad.flush())
             return item if item is not None and self._item is None else None
@@ -582,3 +592,22 @@ class Session:
         self.stats.errors += 1
         log.warning("session %s: %s", self.id, exc, exc_info=exc)
         self.outbox.emit(ev.Error("model_error", f"{type(exc).__name__}: {exc}"))
+
+
+def score_heard(sessions: Sequence[Session]) -> None:
+    """Run the VAD over the audio the ``sessions`` heard (``Session.hear``), all of them
+    together, then do with what it found what each one's ``feed`` would have done: turns,
+    finals and partials. Closed sessions are skipped (their ``close`` scored what they heard)."""
+    with contextlib.ExitStack() as held:
+        for session in sessions:
+            held.enter_context(session._lock)
+        _score_vads([s for s in sessions if s._vad is not None and not s._closed])
+
+
+def _score_vads(sessions: Sequence[Session]) -> None:
+    """``score_heard``'s work, for sessions with a VAD whose locks are held."""
+    with _one_torch_thread():
+        found = score_due([s._vad for s in sessions])  # type: ignore[misc]  # not None
+    for session, events in zip(sessions, found):
+        session._on_vad(events)
+        session._partial_if_due()

@@ -225,7 +225,7 @@ class FunasrProtocol(WireProtocol):
             return
         samples = self.decoder.decode(data)
         if samples.size and self.admit_audio(samples):
-            self.session.feed(samples)
+            self.link.hub.vad_clock.hear(self.session, samples)
 
     def _ensure_session(self) -> None:
         if self.session is None:

@@ -16,6 +16,7 @@ from mooer.agent.session import SessionConfig
 from mooer.server.config import ServerConfig
 from mooer.server.connection import ProtocolError
 from mooer.server.metrics import Metrics
+from mooer.server.vad_clock import VadClock
 
 if TYPE_CHECKING:
     from mooer.agent.engine import Engine
@@ -67,6 +68,7 @@ class Hub:
         self.replica = replica
         self.metrics = metrics or Metrics({"replica": replica} if replica else None)
         self.connections: set[WireProtocol] = set()
+        self.vad_clock = VadClock()  # the live sessions' VAD, scored together
         self.draining = False
         self._closed = False
         # An HTTP request's light pre- and post-processing (VAD pass, audio encoding), one at a

@@ -142,7 +142,7 @@ class OpenAIWire(WireProtocol):
         if self.ending or samples.size == 0 or not self.admit_audio(samples):
             return
         self.samples_fed += samples.size
-        self.session.feed(samples)
+        self.link.hub.vad_clock.hear(self.session, samples)
 
     def reopen(self, config) -> None:
         """Replace the engine session (its config is fixed): the old one still sends its finals."""

@@ -20,7 +20,7 @@ import torch
 
 from mooer.agent import events as ev
 from mooer.agent.engine import Engine
-from mooer.agent.session import SessionConfig
+from mooer.agent.session import SessionConfig, score_heard
 from mooer.agent.stable_text import StableText
 from mooer.asr.partial_context import PartialEmbeds
 from mooer.asr.vad import SpeechEnded, StreamingVad, VadConfig
@@ -543,6 +543,47 @@ def test_eight_interleaved_sessions_all_get_their_finals(engine, clips):
         assert [e.text for e in finals] == ["星期一会下雨"]
         assert all(e.item_id.startswith(f"item_{session.id}_") for e in finals)
     assert sum(s.stats.partials for s in sessions) > 0
+
+
+def test_sessions_heard_then_scored_together_get_what_feeding_gives(engine, clips):
+    """A server's sessions ``hear`` frames as they come and the VAD scores them together
+    (``score_heard``, a round of windows per network call): each gets the turns at the same
+    offsets and the same finals as ``feed`` gives it alone; what a session heard after the
+    last scoring is scored by its ``close``."""
+    said = ["星期一会下雨", "the park is to the north", "我想要一个蓝色的包"]
+    streams = [np.concatenate([np.zeros(k * 2900, np.float32), _turn(clips[t])]) for k, t in
+               enumerate(said)]  # fmt: skip
+
+    def turns(recorder: Recorder) -> list[tuple]:
+        kinds = (ev.SpeechStarted, ev.SpeechStopped, ev.Transcript)
+        return [
+            (type(e).__name__, getattr(e, "audio_start_ms", getattr(e, "audio_end_ms", None)),
+             getattr(e, "text", None))
+            for e in recorder.events if isinstance(e, kinds)
+        ]  # fmt: skip
+
+    alone = []
+    for stream in streams:
+        recorder = Recorder()
+        session = engine.open(ASR, recorder)
+        _feed(session, stream)
+        session.close()
+        assert session.wait_closed(60)
+        alone.append(turns(recorder))
+    recorders = [Recorder() for _ in streams]
+    sessions = [engine.open(ASR, r) for r in recorders]
+    unscored = min(s.size for s in streams) - int(1.2 * SAMPLE_RATE)  # ends of speech among it
+    for k, start in enumerate(range(0, max(s.size for s in streams), CHUNK)):
+        for session, stream in zip(sessions, streams):
+            if start < stream.size:
+                session.hear(stream[start : start + CHUNK])
+        if k % 5 == 4 and start < unscored:  # every 100 ms, not in the last 1.2 s
+            score_heard(sessions)
+    for session in sessions:
+        session.close()
+    assert all(session.wait_closed(60) for session in sessions)
+    assert [turns(r) for r in recorders] == alone
+    assert [[e[2] for e in a if e[0] == "Transcript"] for a in alone] == [[t] for t in said]
 
 
 def test_finals_queued_together_are_encoded_in_one_batch(engine, clips):

@@ -18,6 +18,7 @@ from mooer.asr.vad import (
     VadConfig,
     VadEvent,
     VadModel,
+    score_due,
     shared_vad_model,
     silero_model_path,
 )
@@ -129,6 +130,57 @@ def test_interleaved_sessions_match_sessions_run_alone():
     assert together == alone
     assert all(len(_segments(events)) == 2 for events in alone)
     assert sessions[0].model is sessions[7].model is shared_vad_model()
+
+
+def _described(events: list[VadEvent]) -> list[tuple]:
+    """Events as comparable tuples: kind, sample offsets, the audio they carry."""
+    out: list[tuple] = []
+    for e in events:
+        if isinstance(e, SpeechEnded):
+            out.append(("ended", e.start, e.end, e.forced, e.waited, e.pause, e.audio.tobytes()))
+        elif isinstance(e, PauseBegan):
+            out.append(("pause", e.sample, e.audio.tobytes()))
+        else:
+            out.append(("started", e.sample))
+    return out
+
+
+def test_streams_scored_together_match_streams_run_alone():
+    """``score_due`` scores the windows of many streams in one network call per round: each
+    stream's events and sample offsets are those it gets fed alone, whatever each stream's
+    chunking, however many windows wait per stream, with and without early-final pauses, and
+    with a stream on a network of its own (scored in a call of its own)."""
+    gaps = [0.3 + 0.13 * k for k in range(6)]
+    streams = [
+        _noisy(_silence(gap), SPEECH[k % 2], _silence(0.4), SPEECH[1 - k % 2], seed=k)
+        for k, gap in enumerate(gaps)
+    ]
+    configs = [VadConfig(), VadConfig(), VadConfig(shrink_s=None), VadConfig()] * 2
+    made = [(configs[k], None, k % 2 == 0) for k in range(len(streams))]
+    made[5] = (VadConfig(), VadModel.load(), False)
+
+    def vads() -> list[StreamingVad]:
+        return [StreamingVad(config, model, pauses) for config, model, pauses in made]
+
+    alone = []
+    for vad, stream in zip(vads(), streams):
+        alone.append(_described(vad.feed(stream) + vad.flush()))
+    together = vads()
+    found: list[list[VadEvent]] = [[] for _ in streams]
+    chunks = [320, 160, 1600, 512, 4000, 700]  # 20 ms frames, and several windows per round
+    for start in range(0, max(s.size for s in streams), 1600):  # a round every 100 ms
+        for vad, stream, chunk in zip(together, streams, chunks):
+            for i in range(start, min(start + 1600, stream.size), chunk):
+                vad.hear(stream[i : min(i + chunk, start + 1600)])
+        for events, new in zip(found, score_due(together)):
+            events += new
+    for events, vad in zip(found, together):
+        assert not vad.window_due
+        events += vad.flush()
+    assert [_described(events) for events in found] == alone
+    ended = [sum(e[0] == "ended" for e in events) for events in alone]
+    assert ended == [2, 2, 1, 2, 2, 2]  # the chat-like stream (no shrinking wait) holds one turn
+    assert any(e[0] == "pause" for e in alone[0])
 
 
 @pytest.mark.parametrize(
