@@ -46,7 +46,11 @@ class VadConfig:
     network's probability lags the end of speech by a window or two). So with the defaults a
     1.5 s sentence is ended by a 100 ms pause (three silent 32 ms windows), while a 0.5 s "hello"
     still waits 370 ms and a stop closure (one or two windows) does not end it. (Live chat
-    sessions set ``shrink_s=None``: a turn there is a whole question.)
+    sessions set ``shrink_s=None``: a turn there is a whole question.) With ``quiet_pauses``
+    only ``PAUSE_DB`` quiet windows make such a pause: silero scores some unvoiced sounds (the
+    s of "sixteen") below ``off_threshold`` for up to 190 ms, 20-30 dB below the loudest window,
+    and those are inside a word. Offline files take it; live sessions do not, so that speech
+    over noise, where no window is that quiet, still gets a wait that shrinks.
 
     Speech whose pauses are all shorter than that wait (a fast speaker) is cut once the segment
     is ``pause_cut_s`` long, at the best pause it has held so far: the longest run of at least
@@ -64,6 +68,7 @@ class VadConfig:
     speech_pad_ms: int = 100  # kept either side of the speech in a segment's audio
     pause_cut_s: float | None = 3.0  # a segment this long is cut at its best pause so far
     min_pause_ms: int = 48  # the shortest pause such a cut may take
+    quiet_pauses: bool = False  # only PAUSE_DB quiet windows (not unvoiced ones) end a turn early
     max_segment_s: float = 20.0  # longer speech is cut at its quietest point
     cut_search_s: float = 3.0  # how far back from max_segment_s that point is looked for
 
@@ -509,7 +514,7 @@ class StreamingVad:
         """Follow the run of pause windows; whether it is long enough for the segment's length."""
         s = self.state
         quiet = rms * 10 ** (PAUSE_DB / 20) < s.loudest
-        if p >= self.config.off_threshold and not quiet:
+        if not quiet and (self.config.quiet_pauses or p >= self.config.off_threshold):
             s.pause_start = None
             return False
         if s.pause_start is None:
