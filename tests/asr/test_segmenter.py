@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from mooer.asr.segmenter import cut, split_long
+from mooer.asr.vad import BLOCK
 from mooer.audio import SAMPLE_RATE
 from mooer.train.talk import spoken_talk
 from mooer.transcribe import SEGMENTER
@@ -41,8 +42,10 @@ WORD_GAPS = [
 
 def test_a_file_is_cut_at_its_sentence_gaps_and_never_between_two_words():
     """``mooer transcribe``'s segmenter gives one segment per sentence, each ending in the
-    pause after it; with the live detector's looser pauses (a window silero scores as silence
-    is a pause, loud or not) the same file is cut between two words."""
+    pause after it and starting no more than ``quiet_lead_ms`` before it (not the whole 500 ms
+    pad). With the settings it had before (any window silero scores as silence was a pause,
+    loud or not, and the whole pad counted in the shrinking wait) the same file is cut between
+    two words."""
     talks = [spoken_talk([(said, said)], 0.0, lead_s=lead, tail_s=0.0) for lead, said in WORD_GAPS]
     audio = np.concatenate([talk.audio for talk in talks] + [np.zeros(SAMPLE_RATE, np.float32)])
     spans, at = [], 0
@@ -53,8 +56,9 @@ def test_a_file_is_cut_at_its_sentence_gaps_and_never_between_two_words():
     segments = cut(audio, SEGMENTER)
     assert len(segments) == len(spans)
     after = [a for a, _ in spans[1:]] + [audio.size]
+    lead = int(SEGMENTER.quiet_lead_ms * SAMPLE_RATE / 1000) + BLOCK  # silence kept before
     for segment, (start, end), next_start in zip(segments, spans, after):
-        assert segment.start < start and end < segment.end <= next_start
-    loose = replace(SEGMENTER, quiet_pauses=False)
+        assert start - lead <= segment.start < start and end < segment.end <= next_start
+    loose = replace(SEGMENTER, quiet_pauses=False, quiet_lead_ms=None)
     inside = [s.end for s in cut(audio, loose) if any(a < s.end < b for a, b in spans)]
     assert inside  # what the rule is for
