@@ -3,8 +3,6 @@ cut is tested with the VAD, tests/asr/test_vad.py, and through files in tests/te
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from mooer.asr.segmenter import cut, split_long
@@ -43,9 +41,9 @@ WORD_GAPS = [
 def test_a_file_is_cut_at_its_sentence_gaps_and_never_between_two_words():
     """``mooer transcribe``'s segmenter gives one segment per sentence, each ending in the
     pause after it and starting no more than ``quiet_lead_ms`` before it (not the whole 500 ms
-    pad). With the settings it had before (any window silero scores as silence was a pause,
-    loud or not, and the whole pad counted in the shrinking wait) the same file is cut between
-    two words."""
+    pad). (Whether the live rule, any window silero scores as silence being a pause, cuts
+    this file after "box" depends on espeak-ng's small variations with its earlier calls:
+    alone it does, after the other tests of tests/asr it did not.)"""
     talks = [spoken_talk([(said, said)], 0.0, lead_s=lead, tail_s=0.0) for lead, said in WORD_GAPS]
     audio = np.concatenate([talk.audio for talk in talks] + [np.zeros(SAMPLE_RATE, np.float32)])
     spans, at = [], 0
@@ -59,6 +57,3 @@ def test_a_file_is_cut_at_its_sentence_gaps_and_never_between_two_words():
     lead = int(SEGMENTER.quiet_lead_ms * SAMPLE_RATE / 1000) + BLOCK  # silence kept before
     for segment, (start, end), next_start in zip(segments, spans, after):
         assert start - lead <= segment.start < start and end < segment.end <= next_start
-    loose = replace(SEGMENTER, quiet_pauses=False, quiet_lead_ms=None)
-    inside = [s.end for s in cut(audio, loose) if any(a < s.end < b for a, b in spans)]
-    assert inside  # what the rule is for
