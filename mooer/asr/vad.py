@@ -48,7 +48,7 @@ class VadConfig:
     still waits 370 ms and a stop closure (one or two windows) does not end it. (Live chat
     sessions set ``shrink_s=None``: a turn there is a whole question.) With ``quiet_pauses``
     only ``PAUSE_DB`` quiet windows make such a pause: silero scores some unvoiced sounds (the
-    s of "sixteen") below ``off_threshold`` for up to 190 ms, 20-30 dB below the loudest window,
+    s of "sixteen") below ``off_threshold`` for up to 190 ms, 17-28 dB below the loudest window,
     and those are inside a word. Offline files take it; live sessions do not, so that speech
     over noise, where no window is that quiet, still gets a wait that shrinks.
 
