@@ -32,8 +32,19 @@ from mooer.text import join_texts
 # 90 ms over an utterance's first second (sentences joined by pauses of 150 ms are cut one by
 # one; docs/server.md has the figures on a 48-sentence file) and up to 0.5 s of the silence
 # around speech kept: offline, context costs no latency, and the demo model misreads some
-# words without it ("the park" in examples/audio/en_directions.wav).
-SEGMENTER = VadConfig(speech_pad_ms=500, short_silence_ms=90, shrink_s=1.0)
+# words without it ("the park" in examples/audio/en_directions.wav), but of silence before
+# the first sound no more than 250 ms, the most it heard in training (0.5 s of it cost 3.4 points of
+# the words right in bench_long's seed 2). Only quiet windows make a pause that ends an utterance,
+# and the 3 s pause cut takes pauses of 96 ms or more: silero hears an s as silence for up to
+# 190 ms, and words are up to 70 ms apart.
+SEGMENTER = VadConfig(
+    speech_pad_ms=500,
+    quiet_lead_ms=250,
+    short_silence_ms=90,
+    shrink_s=1.0,
+    quiet_pauses=True,
+    min_pause_ms=96,
+)
 
 
 @dataclass

@@ -47,7 +47,16 @@ class VadConfig:
     network's probability lags the end of speech by a window or two). So with the defaults a
     1.5 s sentence is ended by a 100 ms pause (three silent 32 ms windows), while a 0.5 s "hello"
     still waits 370 ms and a stop closure (one or two windows) does not end it. (Live chat
-    sessions set ``shrink_s=None``: a turn there is a whole question.)
+    sessions set ``shrink_s=None``: a turn there is a whole question.) With ``quiet_pauses``
+    only ``PAUSE_DB`` quiet windows make such a pause: silero scores some unvoiced sounds (the
+    s of "sixteen") below ``off_threshold`` for up to 190 ms, 17-28 dB below the loudest window,
+    and those are inside a word. Offline files take it; live sessions do not, so that speech
+    over noise, where no window is that quiet, still gets a wait that shrinks.
+
+    A segment starts ``speech_pad_ms`` before the first window the network scored as speech
+    (it hears a soft onset late), no earlier than the last segment's end; ``quiet_lead_ms``
+    keeps of that no more than so much silence before the first sound (a model may read a
+    sentence after half a second of silence as another one).
 
     Speech whose pauses are all shorter than that wait (a fast speaker) is cut once the segment
     is ``pause_cut_s`` long, at the best pause it has held so far: the longest run of at least
@@ -63,8 +72,10 @@ class VadConfig:
     short_silence_ms: int = 96  # the wait once the segment is shrink_s long (3 windows)
     shrink_s: float | None = 1.5  # segment length over which the wait shrinks; None: it does not
     speech_pad_ms: int = 100  # kept either side of the speech in a segment's audio
+    quiet_lead_ms: int | None = None  # of that pad, at most this much quiet before the first sound
     pause_cut_s: float | None = 3.0  # a segment this long is cut at its best pause so far
     min_pause_ms: int = 48  # the shortest pause such a cut may take
+    quiet_pauses: bool = False  # only PAUSE_DB quiet windows (not unvoiced ones) end a turn early
     max_segment_s: float = 20.0  # longer speech is cut at its quietest point
     cut_search_s: float = 3.0  # how far back from max_segment_s that point is looked for
 
@@ -81,6 +92,8 @@ class VadConfig:
         )
         for name in ("min_speech_ms", "short_silence_ms", "speech_pad_ms", "min_pause_ms"):
             check_number(getattr(self, name), f"VadConfig.{name}", 0, integer=True)
+        if self.quiet_lead_ms is not None:
+            check_number(self.quiet_lead_ms, "VadConfig.quiet_lead_ms", 0, integer=True)
         check_number(self.min_silence_ms, "VadConfig.min_silence_ms", 1, integer=True)
         if self.shrink_s is not None:
             check_number(self.shrink_s, "VadConfig.shrink_s", above=0)
@@ -340,6 +353,8 @@ class StreamingVad:
         self.model = model or shared_vad_model()
         self.state = VadState()
         self._pad = _ms(self.config.speech_pad_ms)
+        lead = self.config.quiet_lead_ms
+        self._quiet_lead = None if lead is None else _ms(lead)
         self._min_speech = _ms(self.config.min_speech_ms)
         self._min_silence = _ms(self.config.min_silence_ms)
         self._short_silence = min(_ms(self.config.short_silence_ms), self._min_silence)
@@ -506,7 +521,7 @@ class StreamingVad:
             if p < config.off_threshold:
                 s.phase = Phase.SILENCE
             elif end - s.onset >= self._min_speech:
-                return [self._open(max(s.onset - self._pad, s.last_end))]
+                return [self._open(self._start_before(s.onset, end))]
             return []
         if s.phase is Phase.SILENCE:
             return []
@@ -529,7 +544,7 @@ class StreamingVad:
         """Follow the run of pause windows; whether it is long enough for the segment's length."""
         s = self.state
         quiet = rms * 10 ** (PAUSE_DB / 20) < s.loudest
-        if p >= self.config.off_threshold and not quiet:
+        if not quiet and (self.config.quiet_pauses or p >= self.config.off_threshold):
             s.pause_start = None
             return False
         if s.pause_start is None:
@@ -570,6 +585,21 @@ class StreamingVad:
         events: list[VadEvent] = [self._close(cut, True), self._open(cut)]
         s.pauses += later  # the new segment's own
         return events
+
+    def _start_before(self, onset: int, end: int) -> int:
+        """Where a segment whose voice the network heard from ``onset`` (scored up to ``end``)
+        starts: ``speech_pad_ms`` before it (the network hears a soft onset late), no earlier
+        than the last segment's end, and with ``quiet_lead_ms`` no more than that before the
+        first sound (an 8 ms block within ``PAUSE_DB`` of the loudest one heard since)."""
+        s = self.state
+        start = max(onset - self._pad, s.last_end)
+        if self._quiet_lead is None:
+            return start
+        heard = s.tape.slice(start, end)
+        blocks = heard[: heard.size // BLOCK * BLOCK].reshape(-1, BLOCK)  # (K, 128)
+        level = np.sqrt((blocks**2).mean(axis=1))  # (K,) RMS
+        sound = int(np.argmax(level * 10 ** (PAUSE_DB / 20) >= level.max()))
+        return max(start, start + sound * BLOCK - self._quiet_lead)
 
     def _open(self, start: int) -> SpeechStarted:
         s = self.state

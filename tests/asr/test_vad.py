@@ -287,6 +287,7 @@ def test_bad_input_raises_audio_error(chunk, message):
         ({"shrink_s": "soon"}, "shrink_s"),
         ({"pause_cut_s": 0.5}, "pause_cut_s"),
         ({"min_pause_ms": 2.5}, "min_pause_ms"),
+        ({"quiet_lead_ms": -100}, "quiet_lead_ms"),
         ({"threshold": "high"}, "threshold"),
     ],
 )
