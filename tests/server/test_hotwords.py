@@ -73,7 +73,9 @@ def test_the_realtime_prompt_brings_a_misheard_word_back(demo_server):
 
 
 def test_too_many_prompt_words_are_refused_by_field(demo_server):
-    reply = _post(demo_server, "transcriptions", RECORDING, prompt=" ".join(f"w{i}" for i in range(101)))
+    reply = _post(
+        demo_server, "transcriptions", RECORDING, prompt=" ".join(f"w{i}" for i in range(101))
+    )
     assert reply.status_code == 400
     error = reply.json()["error"]
     assert error["param"] == "prompt" and "101 given, at most 100" in error["message"]
