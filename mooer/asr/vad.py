@@ -28,6 +28,7 @@ WINDOW = 512  # samples the network scores at once: 32 ms at 16 kHz
 CONTEXT = 64  # samples of the previous window prepended to each window: 4 ms
 STATE_SHAPE = (2, 1, 128)  # LSTM (h, c) x batch x hidden
 PAUSE_DB = 35.0  # a window this far below the segment's loudest one is a pause, whatever p says
+QUIET = 10 ** (-PAUSE_DB / 20)  # the level of such a window over the loudest one's
 BLOCK = 128  # samples whose level finds a short pause to cut at: 8 ms, a quarter of a window
 
 
@@ -475,9 +476,8 @@ class StreamingVad:
         that are long enough to cut at: finer than a window, so a 70 ms pause between two
         sentences is seen whole."""
         s = self.state
-        level = s.loudest * 10 ** (-PAUSE_DB / 20)
-        blocks = np.sqrt((window.reshape(-1, BLOCK) ** 2).mean(axis=1))  # (4,) RMS
-        for k, rms in enumerate(blocks.tolist()):
+        level = s.loudest * QUIET
+        for k, rms in enumerate(_block_rms(window).tolist()):  # (4,)
             at = start + k * BLOCK
             if rms < level:
                 if s.quiet_start is None:
@@ -543,7 +543,7 @@ class StreamingVad:
     def _pause_ends_turn(self, p: float, rms: float, start: int, end: int) -> bool:
         """Follow the run of pause windows; whether it is long enough for the segment's length."""
         s = self.state
-        quiet = rms * 10 ** (PAUSE_DB / 20) < s.loudest
+        quiet = rms < s.loudest * QUIET
         if not quiet and (self.config.quiet_pauses or p >= self.config.off_threshold):
             s.pause_start = None
             return False
@@ -595,10 +595,8 @@ class StreamingVad:
         start = max(onset - self._pad, s.last_end)
         if self._quiet_lead is None:
             return start
-        heard = s.tape.slice(start, end)
-        blocks = heard[: heard.size // BLOCK * BLOCK].reshape(-1, BLOCK)  # (K, 128)
-        level = np.sqrt((blocks**2).mean(axis=1))  # (K,) RMS
-        sound = int(np.argmax(level * 10 ** (PAUSE_DB / 20) >= level.max()))
+        level = _block_rms(s.tape.slice(start, end))  # (K,)
+        sound = int(np.argmax(level >= level.max() * QUIET))
         return max(start, start + sound * BLOCK - self._quiet_lead)
 
     def _open(self, start: int) -> SpeechStarted:
@@ -628,6 +626,12 @@ class StreamingVad:
             return s.segment_start
         first = s.onset if s.phase is Phase.ONSET else s.analysed
         return min(max(first - self._pad, s.last_end), s.analysed)
+
+
+def _block_rms(samples: np.ndarray) -> np.ndarray:
+    """Root-mean-square level of each whole 8 ms block of (N,) ``samples``: (N // BLOCK,)."""
+    blocks = samples[: samples.size // BLOCK * BLOCK].reshape(-1, BLOCK)  # (K, 128)
+    return np.sqrt((blocks**2).mean(axis=1))
 
 
 def score_due(vads: Sequence[StreamingVad]) -> list[list[VadEvent]]:
