@@ -97,6 +97,8 @@ def test_the_page_lists_shows_searches_renames_exports_and_plays(review_server, 
         )
         try:
             page = browser.new_page(accept_downloads=True)
+            listings = []  # the page's requests for the list, in order
+            page.on("request", lambda r: "/v1/meetings?" in r.url and listings.append(r.url))
             page.goto(f"{review_server.url}/meetings")
             page.fill("#key", KEY)
             page.dispatch_event("#key", "change")
@@ -104,10 +106,14 @@ def test_the_page_lists_shows_searches_renames_exports_and_plays(review_server, 
             items.first.wait_for()
             assert items.evaluate_all("l => l.map(e => e.dataset.id)") == [meeting_id, other]
 
-            # a meeting: its segments in order, times, speakers, transcript beside translation
+            # a meeting: its segments in order, times, speakers, transcript beside translation;
+            # the click, which leaves the key's field, does not list again (a list that came
+            # back between mouse down and up would replace the entry and lose the click)
+            listed = len(listings)
             page.click(f"#meetings li[data-id='{meeting_id}']")
             rows = page.locator("#segments tr")
             rows.first.wait_for()
+            assert len(listings) == listed
             assert rows.count() == len(meeting.segments)
             for i, s in enumerate(meeting.segments):
                 cells = rows.nth(i).locator("td").all_text_contents()

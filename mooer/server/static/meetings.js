@@ -16,7 +16,14 @@ let current = null; // the meeting shown, as GET /v1/meetings/{id} returns it
 let playing = null; // { audio, url }
 
 ui.key.value = localStorage.getItem("mooer.key") || "";
-ui.key.addEventListener("change", () => { localStorage.setItem("mooer.key", ui.key.value.trim()); list(); });
+// A key typed in and then left (the click on a meeting blurs the field) fires "change" again:
+// listing again then would replace the entry under the pointer and lose the click.
+ui.key.addEventListener("change", () => {
+  const key = ui.key.value.trim();
+  if (key === (localStorage.getItem("mooer.key") || "")) return;
+  localStorage.setItem("mooer.key", key);
+  list();
+});
 ui.searchForm.addEventListener("submit", (e) => { e.preventDefault(); list(); });
 ui.exportButton.addEventListener("click", () => download(ui.format.value));
 ui.renameForm.addEventListener("submit", (e) => { e.preventDefault(); rename(); });
