@@ -15,6 +15,7 @@ This module only finds files and says precisely what is missing; loading is done
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,18 @@ VARIANT_FOR_TASK = {
     "ast": ("ast", "asr_ast_mtl"),
     "mtl": ("asr_ast_mtl",),
 }
+
+
+def task_serving(tasks: Iterable[str]) -> str:
+    """The task whose variant folder serves every task in ``tasks`` (a test set's, say): one of
+    asr or ast alone, or mtl (asr_ast_mtl/) for asr and ast together; other tasks (chat) pick
+    no variant, so a set of them alone gets asr, the default."""
+    wanted = {t for t in tasks if t in VARIANT_FOR_TASK}
+    if len(wanted) == 1:
+        return wanted.pop()
+    return "mtl" if wanted else "asr"
+
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -89,7 +102,8 @@ def resolve_variant(root: Path, task: str, variant: str | None) -> str:
             return candidate
     raise CheckpointError(
         f"no variant of {root} serves task {task!r}: it has {', '.join(present)} "
-        f"(task asr uses asr/ or asr_ast_mtl/, ast uses ast/ or asr_ast_mtl/, mtl uses asr_ast_mtl/)"
+        f"(task asr uses asr/ or asr_ast_mtl/, ast uses ast/ or asr_ast_mtl/, mtl or asr and ast "
+        "together use asr_ast_mtl/; --variant picks one)"
     )
 
 

@@ -376,14 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    """The model flags of ``mooer eval`` and ``mooer pseudo-label``."""
-    p.add_argument("--model", help="checkpoint folder (default: the bundled demo model)")
-    p.add_argument("--llm", help="the Qwen2 folder of an MTL-layout checkpoint")
-    p.add_argument("--device", help="cpu, cuda, musa (default: the best available)")
-    add_quantize_arg(p)
-
-
 def _train_parser() -> argparse.ArgumentParser:
     from mooer.train.trainer import train_command
 
@@ -506,7 +498,8 @@ def _eval_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="mooer eval", description=eval_command.__doc__)
     p.add_argument("testset", help="a jsonl manifest (id, audio, task, text, ...)")
-    _add_checkpoint_args(p)
+    _add_model_args(p)
+    add_quantize_arg(p)
     p.add_argument("--out", type=Path, help="folder for hyps.jsonl and summary.{json,txt}")
     p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
     p.add_argument("--beams", type=int, default=argparse.SUPPRESS)
@@ -522,7 +515,8 @@ def _pseudo_label_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mooer pseudo-label", description=pseudo_label_command.__doc__)
     p.add_argument("inputs", nargs="+", help="audio files, wav.scp or jsonl lists")
     p.add_argument("--out", required=True, type=Path, help="the manifest to write (.jsonl)")
-    _add_checkpoint_args(p)
+    _add_model_args(p)
+    add_quantize_arg(p)
     p.add_argument(
         "--translate",
         choices=TRANSLATE_MODES,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,17 @@ def fabricated(tmp_path_factory):
         return made[layout]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mtl_asr_ast(fabricated, tmp_path_factory) -> Path:
+    """The fabricated MTL-5K checkpoint with asr/ and ast/ only (no asr_ast_mtl/, so no variant
+    serves both tasks); its base LLM is at ``root.parent / "llm"`` too."""
+    full = fabricated("mtl-5k")
+    out = tmp_path_factory.mktemp("mtl-asr-ast")
+    root = shutil.copytree(full, out / full.name, ignore=shutil.ignore_patterns("asr_ast_mtl"))
+    (out / "llm").symlink_to(full.parent / "llm")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,19 @@ def test_mtl5k_variant_follows_task(fabricated):
     assert checkpoint.locate(root, llm=llm, task="asr", variant="ast").variant == "ast"
 
 
+def test_a_set_of_tasks_takes_the_variant_serving_them_all(fabricated, mtl_asr_ast):
+    assert checkpoint.task_serving(["asr", "asr"]) == "asr"
+    assert checkpoint.task_serving(["ast", "chat"]) == "ast"
+    assert checkpoint.task_serving(["asr", "ast"]) == checkpoint.task_serving(["mtl"]) == "mtl"
+    assert checkpoint.task_serving(["chat"]) == checkpoint.task_serving([]) == "asr"
+    both = checkpoint.task_serving(["ast", "asr"])
+    root = fabricated("mtl-5k")
+    assert checkpoint.locate(root, llm=root.parent / "llm", task=both).variant == "asr_ast_mtl"
+    with pytest.raises(CheckpointError, match="serves task 'mtl': it has asr, ast") as err:
+        checkpoint.locate(mtl_asr_ast, llm=root.parent / "llm", task=both)
+    assert str(mtl_asr_ast) in str(err.value) and "--variant" in str(err.value)
+
+
 def test_mtl80k_has_asr_only(fabricated):
     root = fabricated("mtl-80k")
     llm = root.parent / "llm"

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from mooer import tasks
 from mooer.audio import SAMPLE_RATE
+from mooer.checkpoint import task_serving
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
 from mooer.llm.prompts import split_mtl
@@ -224,7 +225,10 @@ def eval_command(
     *,
     model: str | None = None,
     llm: str | None = None,
+    variant: str | None = None,
     device: str | None = None,
+    dtype: str | None = None,
+    heads: int = 4,
     quantize: str | None = None,
     out: Path | None = None,
     batch_size: int = 8,
@@ -232,7 +236,11 @@ def eval_command(
     tasks: Sequence[str] | None = None,
     limit: int | None = None,
 ) -> int:
-    """``mooer eval``: decode a test-set manifest and report WER/CER/BLEU/chat accuracy/RTF."""
+    """``mooer eval``: decode a test-set manifest and report WER/CER/BLEU/chat accuracy/RTF.
+
+    Without ``variant``, an MTL checkpoint's variant folder is the one serving every task of the
+    set (``checkpoint.task_serving``): none decodes an item with another task's LoRA.
+    """
     from dataclasses import replace
 
     from mooer.model import load_model
@@ -242,7 +250,10 @@ def eval_command(
         if tasks:
             entries = [e for e in entries if e.task in tasks]
         entries = entries[:limit] if limit else entries
-        loaded = load_model(model, llm=llm, device=device, quantize=quantize)
+        loaded = load_model(
+            model, llm=llm, task=task_serving(e.task for e in entries), variant=variant,
+            device=device, dtype=dtype, attention_heads=heads, quantize=quantize,
+        )  # fmt: skip
         options = replace(OFFLINE, num_beams=beams)
         scored, summary = evaluate(loaded, entries, batch_size, options, progress=True)
     except MooerError as err:

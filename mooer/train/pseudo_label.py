@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mooer.checkpoint import task_serving
 from mooer.errors import ConfigError, MooerError
 from mooer.llm.decoding import OFFLINE, DecodingOptions, generate_ids
 from mooer.llm.prompts import build_prompt_text
@@ -131,16 +132,27 @@ def pseudo_label_command(
     *,
     model: str | None = None,
     llm: str | None = None,
+    variant: str | None = None,
     device: str | None = None,
+    dtype: str | None = None,
+    heads: int = 4,
     quantize: str | None = None,
     translate: str | None = None,
     batch_size: int = 4,
 ) -> int:
-    """``mooer pseudo-label``: transcribe (and translate) unlabelled audio into a manifest."""
+    """``mooer pseudo-label``: transcribe (and translate) unlabelled audio into a manifest.
+
+    Without ``variant``, an MTL checkpoint's variant folder is asr/, or with ``translate``
+    ``speech`` (asr and ast from the audio) asr_ast_mtl/.
+    """
     from mooer.model import load_model
 
+    tasks = ("asr", "ast") if translate == "speech" else ("asr",)
     try:
-        loaded = load_model(model, llm=llm, device=device, quantize=quantize)
+        loaded = load_model(
+            model, llm=llm, task=task_serving(tasks), variant=variant,
+            device=device, dtype=dtype, attention_heads=heads, quantize=quantize,
+        )  # fmt: skip
         labels = pseudo_label(
             loaded, read_inputs(inputs), out, translate, batch_size, progress=True
         )

@@ -38,3 +38,20 @@ def release_zero2(tmp_path) -> Path:
     }
     path.write_text(json.dumps(settings, indent=2))
     return path
+
+
+@pytest.fixture()
+def loaded_variants(monkeypatch) -> list[str | None]:
+    """The variant folder of every model a command loads (the real loader, watched)."""
+    import mooer.model
+
+    variants: list[str | None] = []
+    real = mooer.model.load_model
+
+    def watched(*args, **kwargs):
+        model = real(*args, **kwargs)
+        variants.append(model.paths.variant)
+        return model
+
+    monkeypatch.setattr(mooer.model, "load_model", watched)
+    return variants

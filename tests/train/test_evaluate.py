@@ -166,3 +166,52 @@ def test_main_refuses_text_only_lines_by_name(tmp_path, capsys):
     manifest.write_text('{"id": "t1", "task": "chat_text", "text": "hi", "target": "hello"}\n')
     assert main(["eval", str(manifest)]) == 1
     assert "t1: a chat_text item has no audio to score" in capsys.readouterr().err
+
+
+def _asr_and_ast_set(folder) -> str:
+    """A one-second wav and a test set asking it for a transcript and a translation."""
+    sf.write(folder / "a.wav", np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    lines = [
+        {"id": "t", "audio": "a.wav", "task": "asr", "lang": "zh", "text": "你好"},
+        {"id": "s", "audio": "a.wav", "task": "ast", "lang": "zh", "text": "你好",
+         "translation": "hello"},
+    ]  # fmt: skip
+    (folder / "test.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return str(folder / "test.jsonl")
+
+
+def _eval_args(root, testset: str) -> list[str]:
+    return ["eval", testset, "--model", str(root), "--llm", str(root.parent / "llm"),
+            "--device", "cpu", "--beams", "1"]  # fmt: skip
+
+
+def test_an_asr_and_ast_set_is_refused_by_a_folder_without_a_variant_for_both(
+    mtl_asr_ast, tmp_path, capsys, loaded_variants
+):
+    assert main(_eval_args(mtl_asr_ast, _asr_and_ast_set(tmp_path))) == 1
+    err = capsys.readouterr().err
+    assert f"no variant of {mtl_asr_ast} serves task 'mtl': it has asr, ast" in err
+    assert loaded_variants == []
+
+
+def test_variant_asr_decodes_the_whole_set(mtl_asr_ast, tmp_path, capsys, loaded_variants):
+    args = [*_eval_args(mtl_asr_ast, _asr_and_ast_set(tmp_path)), "--variant", "asr"]
+    assert main([*args, "--out", str(tmp_path / "report")]) == 0
+    assert loaded_variants == ["asr"]
+    hyps = (tmp_path / "report" / "hyps.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["id"] for x in hyps) == ["s", "t"]
+
+
+def test_an_asr_and_ast_set_loads_the_mtl_variant(fabricated, tmp_path, loaded_variants):
+    assert main(_eval_args(fabricated("mtl-5k"), _asr_and_ast_set(tmp_path))) == 0
+    assert loaded_variants == ["asr_ast_mtl"]
+
+
+@pytest.mark.parametrize("command", ["eval", "pseudo-label"])
+def test_help_lists_the_model_flags(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    usage = capsys.readouterr().out
+    for flag in ("--model", "--llm", "--variant", "--device", "--dtype", "--heads", "--quantize"):
+        assert flag in usage

@@ -74,3 +74,20 @@ def test_main_writes_the_manifest(tmp_path):
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert line["text"] == line["target"] == "the park is to the north"
     assert line["task"] == "asr" and line["lang"] == "en"
+
+
+def _label_args(root, out: Path) -> list[str]:
+    wav = str(EXAMPLES / "en_directions.wav")
+    return ["pseudo-label", wav, "--out", str(out), "--model", str(root),
+            "--llm", str(root.parent / "llm"), "--device", "cpu"]  # fmt: skip
+
+
+def test_translating_from_speech_loads_a_variant_for_asr_and_ast(
+    fabricated, mtl_asr_ast, tmp_path, capsys, loaded_variants
+):
+    speech = ["--translate", "speech", "--batch-size", "1"]
+    assert main([*_label_args(mtl_asr_ast, tmp_path / "a.jsonl"), *speech]) == 1
+    assert f"no variant of {mtl_asr_ast} serves task 'mtl'" in capsys.readouterr().err
+    assert main([*_label_args(fabricated("mtl-5k"), tmp_path / "b.jsonl"), *speech]) == 0
+    assert main(_label_args(mtl_asr_ast, tmp_path / "c.jsonl")) == 0
+    assert loaded_variants == ["asr_ast_mtl", "asr"]
