@@ -29,6 +29,8 @@ VARIANT_FOR_TASK = {
     "mtl": ("asr_ast_mtl",),
 }
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
 
 def task_serving(tasks: Iterable[str]) -> str:
     """The task whose variant folder serves every task in ``tasks`` (a test set's, say): one of
@@ -38,9 +40,6 @@ def task_serving(tasks: Iterable[str]) -> str:
     if len(wanted) == 1:
         return wanted.pop()
     return "mtl" if wanted else "asr"
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)

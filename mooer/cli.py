@@ -9,13 +9,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mooer.checkpoint import MTL_VARIANTS
 from mooer.errors import MooerError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint folder or hub id (default: the bundled demo model)")
     p.add_argument("--llm", help="Qwen2 base model folder (MooER-MTL checkpoints ship without it)")
-    p.add_argument("--variant", choices=["asr", "ast", "asr_ast_mtl"], help="MTL checkpoint folder")
+    p.add_argument("--variant", choices=MTL_VARIANTS, help="MTL checkpoint folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, musa, mps or auto")
     p.add_argument("--dtype", default="auto", help="LLM precision: fp32, bf16, fp16 or auto")
     p.add_argument("--heads", type=int, default=4, help="encoder attention heads (Paraformer: 4)")
