@@ -8,6 +8,12 @@ The chat format (the training objective matches it)::
     [audio embeddings]<|im_start|>user\\nAnswer my question. <|im_end|>\\n<|im_start|>assistant\\n
                                                      the current question + question_suffix()
 
+A typed question (the last message, a user one of one line) is read as a spoken one is, its
+words where the audio would be (``typed_question``), as the trainer lays out ``chat_text``
+items; once answered it is remembered as a user message like any past turn. A reply with no
+question (the assistant speaks first, or answers a context a client packed into one message of
+several lines) reads ``<|im_start|>assistant\\n`` right after the remembered messages.
+
 Past turns are remembered as text (the question's transcript and the answer), not as audio: a
 turn's text costs a few dozen tokens where its audio costs one per 120 ms. After each answer the
 cache is cropped back to the remembered prefix and the new turn's text is appended, so each
@@ -99,6 +105,12 @@ def question_suffix(instruction: str = CHAT_INSTRUCTION) -> str:
     return message_text("user", instruction) + REPLY_START
 
 
+def typed_question(text: str) -> str:
+    """A typed question as the LLM reads it after the prefix: its words where a spoken
+    question's audio goes, then ``question_suffix()`` (the trainer's ``chat_text`` layout)."""
+    return text + question_suffix()
+
+
 @dataclass
 class Turn:
     """One question and its answer; ``interrupted`` when the answer was cut short (barge-in)."""
@@ -117,6 +129,13 @@ class Message:
     text: str
     id: str | None = None
     interrupted: bool = False
+
+
+def is_typed_question(message: Message) -> bool:
+    """Whether ``message``, last in the memory, is a question a reply answers in the
+    ``typed_question`` layout: a user message of one line. Several lines are a context a client
+    packed into one message (Pipecat sends its history so), after which the assistant speaks."""
+    return message.role == "user" and "\n" not in message.text.strip()
 
 
 class Conversation:
@@ -234,7 +253,11 @@ class Conversation:
     @property
     def context_tokens(self) -> int:
         """Tokens of the remembered prefix (system turn and every message's text)."""
-        return len(self._system_ids) + sum(len(ids) for ids in self._message_ids)
+        return self._prefix_tokens(len(self.messages))
+
+    def _prefix_tokens(self, count: int) -> int:
+        """Tokens of the system turn and the first ``count`` messages' text."""
+        return len(self._system_ids) + sum(len(ids) for ids in self._message_ids[:count])
 
     @property
     def cache(self) -> DynamicCache | None:
@@ -247,33 +270,38 @@ class Conversation:
         return 0 if self._cache is None else self._cache.get_seq_length()
 
     @torch.inference_mode()
-    def sync(self, incoming: int = 0) -> None:
-        """Bring the cache up to date with ``messages``, keeping room for ``incoming`` more
-        tokens.
+    def sync(self, incoming: int = 0, held: int = 0) -> None:
+        """Bring the cache up to date with ``messages`` but the last ``held`` (a typed question
+        the reply reads in its own layout, within ``incoming``), keeping room for ``incoming``
+        more tokens.
 
         The oldest messages are dropped while the prefix plus ``incoming`` exceeds the budget; a
         question too long for the budget even alone still runs, with nothing remembered.
         """
         dropped = 0
-        while self.messages and self.context_tokens + incoming > self.max_context_tokens:
+        while len(self.messages) > held and (
+            self._prefix_tokens(len(self.messages) - held) + incoming > self.max_context_tokens
+        ):
             self.messages.pop(0)
             self._message_ids.pop(0)
             dropped += 1
         if dropped and self._cached:  # cached keys carry their positions: rebuild
             self._cache = None
+        end = len(self.messages) - held
+        self._uncache_from(end)
         if self.backend is not None:  # the prefix is re-sent with each question
-            self._cached = len(self.messages)
+            self._cached = end
             return
         ids: list[int] = []
         if self._cache is None:
             self._cache = DynamicCache(config=self.model.llm.config)
             self._cached = 0
             ids = list(self._system_ids)
-        for message_ids in self._message_ids[self._cached :]:
+        for message_ids in self._message_ids[self._cached : end]:
             ids += message_ids
         if ids:
             self._forward(self._embed_ids(ids))
-        self._cached = len(self.messages)
+        self._cached = end
 
     # -- answering --------------------------------------------------------------------------
 
@@ -317,9 +345,12 @@ class Conversation:
         answer_id: str | None = None,
         remember: bool = True,
     ) -> Reply:
-        """Start an answer to the remembered messages alone (a typed question, or none: the
+        """Start an answer to the remembered messages alone: the typed question last among
+        them (``is_typed_question``) read in the ``typed_question`` layout, or none (the
         assistant speaks first); the arguments as for ``start``."""
-        inputs = self._embed_ids(self._ids(REPLY_START))  # (1, S, H)
+        typed = bool(self.messages) and is_typed_question(self.messages[-1])
+        text = typed_question(self.messages[-1].text) if typed else REPLY_START
+        inputs = self._embed_ids(self._ids(text))  # (1, S, H)
         return self.start(
             inputs,
             None,
@@ -327,6 +358,7 @@ class Conversation:
             answer_id=answer_id,
             remember=remember,
             instructions=instructions,
+            held=int(typed),
         )
 
     def question_inputs(self, audio_embeds: Tensor, instruction: str = CHAT_INSTRUCTION) -> Tensor:
@@ -354,6 +386,7 @@ class Conversation:
         answer_id: str | None = None,
         remember: bool = True,
         instructions: str = "",
+        held: int = 0,
         **generation: Any,
     ) -> R:
         """Start a reply to ``inputs_embeds`` (1, N, H) after the remembered prefix.
@@ -362,7 +395,8 @@ class Conversation:
         is already remembered or there is none); ``question_id`` and ``answer_id`` name the two
         messages; ``remember`` False: neither is remembered (the cache is only cropped back).
         ``instructions``: this reply's own, read as a system message just before
-        ``inputs_embeds`` and not remembered (the system turn stays).
+        ``inputs_embeds`` and not remembered (the system turn stays). ``held``: the last
+        messages ``inputs_embeds`` holds (a typed question), left out of the cached prefix.
         ``kind``: a ``Reply`` subclass (default ``Reply``), made with ``generation`` as its
         further arguments (``mooer.llm.speech.SpeechReply`` speaks). ``new_tokens``: the most
         tokens it may add (default ``options.max_new_tokens``), for which the token budget
@@ -379,9 +413,10 @@ class Conversation:
             system = self._embed_ids(self._ids(message_text("system", instructions.strip())))
             inputs_embeds = torch.cat([system.to(inputs_embeds.dtype), inputs_embeds], dim=1)
         room = options.max_new_tokens if new_tokens is None else new_tokens
-        self.sync(incoming=inputs_embeds.shape[1] + room)
+        self.sync(incoming=inputs_embeds.shape[1] + room, held=held)
         if self.backend is not None:
-            prefix = self._embed_ids(self._system_ids + sum(self._message_ids, []))  # (1, P, H)
+            cached = sum(self._message_ids[: self._cached], [])
+            prefix = self._embed_ids(self._system_ids + cached)  # (1, P, H)
             whole = torch.cat([prefix, inputs_embeds.to(prefix.dtype)], dim=1)  # (1, P + N, H)
             asked = self.backend.stream(whole[0], options)
             reply: Reply | StreamedReply = StreamedReply(
@@ -445,7 +480,8 @@ class Conversation:
         """Crop the cache back to the remembered prefix and remember the reply's messages."""
         if self._cache is not None:
             with torch.inference_mode():
-                self._cache.crop(self.context_tokens - self._cache.get_seq_length())
+                kept = self._prefix_tokens(self._cached)  # a typed question's text goes too
+                self._cache.crop(kept - self._cache.get_seq_length())
         self._active = None
         question, answer_id, remember = reply.memo
         if remember:

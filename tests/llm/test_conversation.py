@@ -25,6 +25,7 @@ from mooer.llm.conversation import (
     question_suffix,
     system_turn,
     text_turn,
+    typed_question,
 )
 from mooer.llm.decoding import STREAMING, generate_ids, splice, token_id
 from mooer.llm.generation import Generation, TextStream
@@ -203,16 +204,34 @@ def test_a_reply_stepped_by_hand_and_stopped(model, questions):
     assert [t.question for t in conversation.turns] == ["step", "a"]
 
 
-def test_a_typed_question(model, questions):
+def test_a_typed_question_is_read_where_a_spoken_ones_audio_would_be(model, questions):
+    """As the trainer lays out ``chat_text`` items: the words, then the user suffix; once
+    answered, remembered as a user message like a spoken turn's transcript."""
     conversation = Conversation(model)
     _answer(conversation, questions[0], "spoken")
     history = [(t.question, t.answer) for t in conversation.turns]
     reply = conversation.reply_text("typed", SHORT)
     tokens = [token for token, _ in reply]
     no_audio = questions[0][:0]  # (0, H)
-    expected = _greedy_without_cache(model, history, no_audio, 10, question_suffix("typed"))
+    expected = _greedy_without_cache(model, history, no_audio, 10, typed_question("typed"))
     assert tokens == expected
+    assert tokens != _greedy_without_cache(model, history, no_audio, 10, question_suffix("typed"))
     assert conversation.turns[-1].question == "typed"
+    # The cache was cropped to before the typed words: the next turn reads the memory as text.
+    history.append(("typed", conversation.turns[-1].answer))
+    _, after, _ = _answer(conversation, questions[1], "next")
+    assert after == _greedy_without_cache(model, history, questions[1], SHORT.max_new_tokens)
+
+
+def test_a_context_packed_into_one_message_is_answered_by_the_assistants_turn(model):
+    """Several lines (a client's history sent as one message) are no question: the reply
+    reads the assistant's opening right after them, as the trainer's client openings do."""
+    conversation = Conversation(model)
+    packed = "Our conversation so far:\n\nwhat is two plus two\nfour\n\nGo on from here."
+    conversation.add(Message("user", packed))
+    prefix = conversation.prompt_text()
+    tokens = [token for token, _ in conversation.respond(SHORT)]
+    assert tokens == _greedy_after_text(model, prefix, SHORT.max_new_tokens)
 
 
 def test_a_generation_without_memory_equals_greedy_generate(model, questions):
@@ -328,12 +347,14 @@ def test_bad_input_is_refused(model, questions):
         conversation.reply(questions[0], question="x", options=replace(SHORT, num_beams=2))
 
 
-def _greedy_after_text(model, prefix: str, max_new_tokens: int) -> list[int]:
-    """Greedy answer ids after ``prefix`` (the system turn and messages) and the assistant's
-    opening, from full forward passes."""
+def _greedy_after_text(
+    model, prefix: str, max_new_tokens: int, opening: str = REPLY_START
+) -> list[int]:
+    """Greedy answer ids after ``prefix`` (the system turn and messages) and ``opening`` (the
+    assistant's, or a typed question), from full forward passes."""
     assert prefix.startswith(SYSTEM_TURN)
     no_audio = torch.zeros(0, model.llm.config.hidden_size)  # (0, H)
-    suffix = prefix.removeprefix(SYSTEM_TURN) + REPLY_START
+    suffix = prefix.removeprefix(SYSTEM_TURN) + opening
     return _greedy_without_cache(model, [], no_audio, max_new_tokens, suffix)
 
 
@@ -364,7 +385,8 @@ def test_messages_added_removed_and_rewritten_keep_the_cache_true(model, questio
     assert conversation.prompt_text() == expected
     reply = conversation.respond(SHORT, answer_id="a1")
     tokens = [token for token, _ in reply]
-    assert tokens == _greedy_after_text(model, expected, SHORT.max_new_tokens)
+    asked = expected.removesuffix(message_text("user", "typed"))
+    assert tokens == _greedy_after_text(model, asked, SHORT.max_new_tokens, typed_question("typed"))
     assert conversation.messages[-1].id == "a1" and conversation.turns[-1].question == "typed"
 
     # Cutting the answer, dropping the typed question: the cache recomputes from the first
@@ -389,10 +411,12 @@ def test_an_out_of_band_answer_with_its_own_instructions_is_not_remembered(model
     before = conversation.prompt_text()
     reply = conversation.respond(SHORT, instructions="Say goodbye.", remember=False)
     tokens = [token for token, _ in reply]
-    prefix = before + message_text("system", "Say goodbye.")
-    assert tokens == _greedy_after_text(model, prefix, SHORT.max_new_tokens)
-    assert tokens != _greedy_after_text(model, before, SHORT.max_new_tokens)
+    prefix = SYSTEM_TURN + message_text("system", "Say goodbye.")  # before the typed question
+    hello = typed_question("hello")
+    assert tokens == _greedy_after_text(model, prefix, SHORT.max_new_tokens, hello)
+    assert tokens != _greedy_after_text(model, SYSTEM_TURN, SHORT.max_new_tokens, hello)
     assert conversation.prompt_text() == before and len(conversation.messages) == 1
+    conversation.sync()
     assert conversation.cached_tokens == conversation.context_tokens
     with pytest.raises(ConfigError, match="role"):
         conversation.add(Message("tool", "x"))

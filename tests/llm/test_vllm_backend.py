@@ -88,6 +88,7 @@ def test_vllm_in_process_answers_as_hf_does(vllm_answers, hf_answers):
     assert hf["chat_session"]["errors"] == []
     assert hf_answers["asr"][0]["transcript"] == "星期一会下雨"
     assert len(hf_answers["chat"]) == 2
+    assert hf_answers["typed"] == ["fifteen", "sixteen"]
     assert hf_answers["live"]["errors"] == []
     assert hf_answers["live"]["finals"][0] == ["星期一会下雨", "it will rain on monday"]
 

@@ -1,7 +1,7 @@
 """The vLLM side of tests/llm/test_vllm_backend.py, run by the python that has vLLM.
 
 ``python vllm_side.py OUT.json [--server]`` decodes the example recordings on the demo model
-(fp32, greedy: the tasks, a two-turn chat, live sessions on one engine) with the vllm backend
+(fp32, greedy: the tasks, a two-turn chat spoken and one typed, live sessions on one engine) with the vllm backend
 in this process, and with ``--server`` also through
 ``--llm-url`` to a vLLM OpenAI server it starts on the same export (then stops it, records what a decode
 says while the server is gone, and decodes again once it is started anew). It writes what it got to OUT.json for the test to
@@ -39,6 +39,7 @@ from tests.agent.recorder import Recorder
 EXAMPLES = DEMO_MODEL_DIR.parent.parent / "examples" / "audio"
 WAVES = ("zh_weather.wav", "en_directions.wav", "zh_translate.wav")
 CHAT_QUESTIONS = ("en_chat.wav", "zh_weather.wav")
+TYPED_QUESTIONS = ("what is seven plus eight", "and plus one")  # the second needs the first
 GREEDY = STREAMING
 PORT = 18931
 URL = f"http://127.0.0.1:{PORT}/v1"
@@ -57,6 +58,8 @@ def answers(model) -> dict:
         audio = q_embeds[0, : int(q_lengths[0])]  # (Ta, H)
         turns.append(conversation.answer(audio, CHAT, question=name).answer)
     got["chat"] = turns
+    typed = Conversation(model)  # the prefix without the typed words, then the words
+    got["typed"] = ["".join(t for _, t in typed.reply_text(q, CHAT)) for q in TYPED_QUESTIONS]
     got["live"] = live(model)
     got["chat_session"] = chat_session(model)
     return got

@@ -154,3 +154,35 @@ def test_a_file_gives_the_same_segments_and_text_through_transcribe_and_http(dem
     assert reply.status_code == 200
     assert reply.json()["text"] == offline.text
     assert [(s["start"], s["end"]) for s in reply.json()["segments"]] == offline.segments
+
+
+def test_typed_questions_get_their_answers(demo_server):
+    """A user message typed (``input_text``) then ``response.create``, as Pipecat and LiveKit
+    send a text turn: the demo model answers it as it answers the question spoken, the next
+    typed turn from the first's answer, and after its own greeting too."""
+    from openai import AsyncOpenAI
+
+    async def ask(conn, question: str | None) -> str:
+        if question is not None:
+            content = [{"type": "input_text", "text": question}]
+            await conn.conversation.item.create(
+                item={"type": "message", "role": "user", "content": content}
+            )
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "response.done":
+                assert event.response.status == "completed"
+                return event.response.output[0].content[0].text
+        raise AssertionError("the connection ended before response.done")
+
+    async def run(questions) -> list[str]:
+        client = AsyncOpenAI(base_url=f"{demo_server.url}/v1", api_key="unused")
+        async with client.realtime.connect(model="mooer") as conn:
+            session = {"type": "realtime", "output_modalities": ["text"], "mooer": {"task": "chat"}}
+            await conn.session.update(session=session)  # type: ignore[arg-type]
+            return [await ask(conn, q) for q in questions]
+
+    answers = asyncio.run(run(["what is seven plus eight", "and plus one"]))
+    assert answers == ["fifteen", "sixteen"]
+    greeted = asyncio.run(run([None, "what is ten plus five"]))  # the bot speaks first
+    assert greeted == ["hello how are you", "fifteen"]

@@ -117,21 +117,55 @@ def test_chat_after_the_greeting_reads_as_the_conversation_where_the_assistant_s
     assert inputs.labels[0, read.shape[1] :].tolist() == answer  # what follows is the answer
 
 
-def test_openings_a_client_asks_for_read_as_the_conversation_lays_them_out(llm):
-    """An opening told what to do (the reply's own instructions), after a context a client sent
-    as one user message, holds the token ids ``Conversation.respond`` feeds its LLM."""
+def test_text_chat_reads_as_the_conversation_answering_a_typed_question(llm):
+    """A ``chat_text`` item after the greeting and a turn holds exactly the token ids a live
+    conversation feeds its LLM when a typed question (a user message, then a reply) comes
+    next: the cached prefix without the question, then its words and the user suffix."""
     from types import SimpleNamespace
 
     from mooer.llm.conversation import Conversation, Message
 
     model, tokenizer = llm
     conversation = Conversation(SimpleNamespace(llm=model, tokenizer=tokenizer))
-    conversation.add(Message("user", "our conversation so far: two plus two is four"))
+    conversation.respond().stop()  # the assistant spoke first (cut short: any words)
+    conversation.append("what is two plus two", "four")
+    question = "what is seven plus eight"
+    conversation.add(Message("user", question))
+    history = [(None, conversation.messages[0].text), ("what is two plus two", "four")]
+    prefix = prompt_prefix("chat_text", history, question)
+    prompt = training_prompt("chat_text", history)
+    live = conversation._system_ids + sum(conversation._message_ids[:-1], [])  # for sync()
+    reply = conversation.respond()
+    fed, cached = reply.input_tokens, reply.cached_tokens
+    reply.stop()
+    trained = tokenizer(prefix + prompt, add_special_tokens=False)["input_ids"]
+    own = tokenizer(question + question_suffix(), add_special_tokens=False)["input_ids"]
+    assert trained == live + own and (cached, fed) == (len(live), len(trained))
+    no_audio = torch.zeros(1, 0, model.config.hidden_size)  # (B, 0, H): text-only batch
+    inputs = build_inputs(model, tokenizer, no_audio, torch.tensor([0]), [prompt], ["x"], [prefix])
+    table = model.get_input_embeddings()
+    assert torch.equal(inputs.inputs_embeds[0, :fed], table(torch.tensor(trained)))
+    answer = tokenizer("x<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert inputs.labels[0, fed:].tolist() == answer  # what follows is the answer
+
+
+def test_openings_a_client_asks_for_read_as_the_conversation_lays_them_out(llm):
+    """An opening told what to do (the reply's own instructions), after a context a client sent
+    as one user message, holds the token ids ``Conversation.respond`` feeds its LLM."""
+    from types import SimpleNamespace
+
+    from mooer.llm.conversation import Conversation, Message
+    from mooer.train.demo import context_message
+
+    model, tokenizer = llm
+    conversation = Conversation(SimpleNamespace(llm=model, tokenizer=tokenizer))
+    context = context_message([("what is two plus two", "four")])
+    conversation.add(Message("user", context))
     told = "You are a helpful assistant.\nGreet."
     reply = conversation.respond(instructions=told, remember=False)
     fed = reply.input_tokens  # the cached prefix and what followed it, as the LLM read them
     reply.stop()
-    history = [("our conversation so far: two plus two is four", None)]
+    history = [(context, None)]
     prefix, prompt = prompt_prefix("opening", history, told), training_prompt("opening", history)
     live = conversation._system_ids + sum(conversation._message_ids, [])
     text = f"<|im_start|>system\n{told}<|im_end|>\n" + REPLY_START  # Conversation.start's
