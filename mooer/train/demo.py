@@ -531,6 +531,15 @@ _LAYER = re.compile(r"^llm\.model\.layers\.(\d+)\.(.+)$")
 _LAYER_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 
 
+def _depth(state: dict[str, torch.Tensor]) -> int:
+    """How many LLM layers a stage-2 state holds."""
+    return 1 + max((int(m[1]) for key in state if (m := _LAYER.match(key))), default=-1)
+
+
+def _depth_mismatch(what: str, layers: int) -> str:
+    return f"{what}: an LLM of {layers} layers; give {field_flag('llm_layers')} {layers}"
+
+
 def grow_layers(
     trained: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
@@ -541,11 +550,10 @@ def grow_layers(
     Trained layer i becomes layer i * k (k: the depths' ratio, a whole number); each layer in
     between keeps its fresh weights except the two output projections, which start at zero, so
     it adds nothing to the residual stream and the grown model computes what ``trained`` did."""
-    depth = {
-        name: 1 + max((int(m[1]) for k in state if (m := _LAYER.match(k))), default=-1)
-        for name, state in (("trained", trained), ("fresh", fresh))
-    }
-    if not depth["trained"] or depth["fresh"] % depth["trained"]:
+    depth = {"trained": _depth(trained), "fresh": _depth(fresh)}
+    if depth["fresh"] < depth["trained"]:
+        raise ConfigError(_depth_mismatch("the weights the leg starts from", depth["trained"]))
+    if depth["fresh"] % depth["trained"]:
         raise ConfigError(
             f"{field_flag('llm_layers')} {depth['fresh']}: must be a multiple of the "
             f"{depth['trained']} layers of the weights the leg starts from"
@@ -979,7 +987,10 @@ def _stage_export(cfg: DemoConfig) -> None:
 
     train_cfg = _llm_config(cfg)
     objective = build_objective(train_cfg, torch.device("cpu"))
-    objective.load_state_dict(torch.load(cfg.out / cfg.llm_leg / "final.pt"))
+    weights = torch.load(cfg.out / cfg.llm_leg / "final.pt")
+    if _depth(weights) != _depth(objective.state_dict()):
+        raise ConfigError(_depth_mismatch(f"{cfg.out / cfg.llm_leg / 'final.pt'}", _depth(weights)))
+    objective.load_state_dict(weights)
     # stage 2 as its legs record it, not as this (perhaps averaging) invocation's flags say
     recipe = {
         k: v

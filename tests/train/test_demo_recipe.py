@@ -154,6 +154,25 @@ def test_a_leg_can_grow_the_llm_and_train_only_its_new_layers(run_dir, capsys):
     refused(
         capsys, ["--out", str(run_dir), *TINY, *odd], r"--llm-layers 6: must be a multiple of the 4"
     )
+    grown = [
+        "--stages",
+        "llm",
+        "export",
+        "--llm-leg",
+        "again",
+        "--llm-init",
+        str(run_dir / "new-only" / "final.pt"),
+    ]
+    refused(
+        capsys,
+        ["--out", str(run_dir), *TINY, *grown],
+        r"starts from: an LLM of 8 layers; give --llm-layers 8",
+    )
+    refused(
+        capsys,
+        ["--out", str(run_dir), *TINY, "--stages", "export", "--llm-leg", "new-only"],
+        r"new-only/final.pt: an LLM of 8 layers; give --llm-layers 8",
+    )
     frozen = ["--stages", "llm", "--llm-leg", "frozen", "--new-layers-only"]
     refused(
         capsys, ["--out", str(run_dir), *TINY, *frozen], r"--new-layers-only needs --llm-layers"
