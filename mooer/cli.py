@@ -429,6 +429,7 @@ _DEMO_COUNT_FLAGS = {
     "greeted_chat": "stage 2 also trains N spoken and N text chat items asked after that greeting",
     "client_openings": "stage 2 also trains N openings with instructions or a context message",
     "multi_sentence": "stage 2 also trains on N spoken items of 2-3 sentences (asr, ast)",
+    "llm_layers": "stage 2's LLM has N layers: the starting weights' and new ones between",
 }
 _DEMO_SWITCHES = {
     "chat_transcripts": "do not also train the chat questions' audio as asr items",
@@ -456,6 +457,9 @@ def _demo_parser() -> argparse.ArgumentParser:
     for name, help_text in _DEMO_SWITCHES.items():
         flag = "--no-" + name.replace("_", "-")
         p.add_argument(flag, dest=name, action="store_false", help=help_text)
+    p.add_argument(
+        "--new-layers-only", action="store_true", help="stage 2 trains only --llm-layers' new ones"
+    )
     p.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
     p.add_argument(
         "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
@@ -481,6 +485,7 @@ def _demo_parser() -> argparse.ArgumentParser:
             llm_steps=args.llm_steps,
             llm_lr=args.llm_lr,
             **{name: getattr(args, name) for name in (*_DEMO_COUNT_FLAGS, *_DEMO_SWITCHES)},
+            new_layers_only=args.new_layers_only,
             llm_leg=args.llm_leg,
             llm_init=args.llm_init,
             llm_average=tuple(args.average),

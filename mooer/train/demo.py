@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+import re
 import shutil
 import tempfile
 import time
@@ -75,6 +76,7 @@ _LOWEST = {
     "n_train": 1, "n_heldout": 1, "workers": 1, "threads": 1, "ctc_steps": 1, "llm_steps": 1,
     "main_repeats": 1, "chat_repeats": 0, "text_chat_repeats": 0, "text_chat_draws": 0,
     "extra_chat": 0, "openings": 0, "client_openings": 0, "greeted_chat": 0, "multi_sentence": 0,
+    "llm_layers": 0,
 }  # fmt: skip
 _FLAGS = {"n_train": "--train", "n_heldout": "--heldout"}  # flags not named for their field
 
@@ -150,6 +152,11 @@ class DemoConfig:
     # for stage 2 only (data/multi-N, encoded once): a segment of continuous speech holds
     # several sentences, and a model that only saw one answers one
     multi_sentence: int = 0
+    # stage 2's LLM depth, when deeper than the weights it starts from (0: theirs): see
+    # ``grow_layers``; a leg from a grown leg, and its export, give the same depth
+    llm_layers: int = 0
+    # train only the layers ``llm_layers`` added; everything the leg started from stays frozen
+    new_layers_only: bool = False
     llm_leg: str = "llm"  # stage 2's folder under out_dir (a later leg gets its own)
     # an earlier leg's final.pt whose weights this leg starts from, or an exported demo model's
     # folder (which also seeds a new work folder: see ``_seed_work_folder``)
@@ -170,6 +177,8 @@ class DemoConfig:
         for name in ("ctc_lr", "llm_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{field_flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.new_layers_only and not self.llm_layers:
+            raise ConfigError(f"{field_flag('new_layers_only')} needs {field_flag('llm_layers')}")
 
     @property
     def out(self) -> Path:
@@ -472,7 +481,7 @@ def _init_llm(cfg: DemoConfig, out: Path) -> Path:
     from mooer.llm.fabricate import write_tiny_llm
 
     if (out / "config.json").exists():
-        return out
+        return out if not cfg.llm_layers else _deeper_llm(cfg, out)
     s = cfg.llm
     write_tiny_llm(
         out,
@@ -489,7 +498,80 @@ def _init_llm(cfg: DemoConfig, out: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    return out if not cfg.llm_layers else _deeper_llm(cfg, out)
+
+
+def _deeper_llm(cfg: DemoConfig, llm: Path) -> Path:
+    """``llm`` with ``cfg.llm_layers`` layers, freshly initialised (``grow_layers`` keeps the
+    trained layers' weights and takes the new layers' from here)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(llm)
+    if config.num_hidden_layers == cfg.llm_layers:
+        return llm
+    out = llm.parent / f"{llm.name}-{cfg.llm_layers}-layers"
+    if not (out / "config.json").exists():
+        shutil.copytree(
+            llm, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors")
+        )
+        old, config.num_hidden_layers = config.num_hidden_layers, cfg.llm_layers
+        if getattr(config, "layer_types", None):  # one per layer, as grow_layers places them
+            config.layer_types = [
+                config.layer_types[i * old // cfg.llm_layers] for i in range(cfg.llm_layers)
+            ]
+        config.initializer_range = cfg.llm_init_std
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            AutoModelForCausalLM.from_config(config).save_pretrained(out)
     return out
+
+
+_LAYER = re.compile(r"^llm\.model\.layers\.(\d+)\.(.+)$")
+# the projections that write a layer's attention and MLP outputs into the residual stream
+_LAYER_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+
+
+def _depth(state: dict[str, torch.Tensor]) -> int:
+    """How many LLM layers a stage-2 state holds."""
+    return 1 + max((int(m[1]) for key in state if (m := _LAYER.match(key))), default=-1)
+
+
+def _depth_mismatch(what: str, layers: int) -> str:
+    return f"{what}: an LLM of {layers} layers; give {field_flag('llm_layers')} {layers}"
+
+
+def grow_layers(
+    trained: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """``trained``'s weights in the deeper model whose fresh state is ``fresh``, and the names of
+    the weights new to it (block expansion: a small LLM gets room for a new skill without first
+    losing what it knows).
+
+    Trained layer i becomes layer i * k (k: the depths' ratio, a whole number); each layer in
+    between keeps its fresh weights except the two output projections, which start at zero, so
+    it adds nothing to the residual stream and the grown model computes what ``trained`` did."""
+    depth = {"trained": _depth(trained), "fresh": _depth(fresh)}
+    if depth["fresh"] < depth["trained"]:
+        raise ConfigError(_depth_mismatch("the weights the leg starts from", depth["trained"]))
+    if depth["fresh"] % depth["trained"]:
+        raise ConfigError(
+            f"{field_flag('llm_layers')} {depth['fresh']}: must be a multiple of the "
+            f"{depth['trained']} layers of the weights the leg starts from"
+        )
+    k = depth["fresh"] // depth["trained"]
+    grown = {key: value for key, value in trained.items() if not _LAYER.match(key)}
+    new: set[str] = set()
+    for key, value in fresh.items():
+        m = _LAYER.match(key)
+        if not m:
+            continue
+        layer, rest = int(m[1]), m[2]
+        if layer % k == 0:
+            grown[key] = trained[f"llm.model.layers.{layer // k}.{rest}"]
+        else:
+            grown[key] = torch.zeros_like(value) if rest in _LAYER_OUTPUTS else value
+            new.add(key)
+    return grown, new
 
 
 @torch.no_grad()
@@ -754,6 +836,8 @@ _LEG_FIELDS = (
     "greeted_chat",
     "client_openings",
     "multi_sentence",
+    "llm_layers",
+    "new_layers_only",
 )
 _LEG_RECORD = "leg.json"
 
@@ -872,7 +956,7 @@ def _stage_llm(cfg: DemoConfig) -> None:
     main_set = _load_set(cfg, "train", "encoded")
     extra = _extra_speech(cfg, objective)
     if cfg.llm_init:
-        objective.load_state_dict(_weights(cfg.llm_init))
+        _start_from(cfg, objective, _weights(cfg.llm_init))
     data = _leg_set(cfg, main_set, extra)
     _fit(
         train_cfg,
@@ -882,13 +966,31 @@ def _stage_llm(cfg: DemoConfig) -> None:
     torch.save(objective.state_dict(), cfg.out / cfg.llm_leg / "final.pt")
 
 
+def _start_from(cfg: DemoConfig, objective, weights: dict[str, torch.Tensor]) -> None:
+    """Stage 2's starting weights, grown to ``cfg.llm_layers`` (and the rest frozen, for
+    ``cfg.new_layers_only``)."""
+    fresh = objective.state_dict()
+    new: set[str] = set()
+    if weights.keys() != fresh.keys():
+        weights, new = grow_layers(weights, fresh)
+    objective.load_state_dict(weights)
+    if cfg.new_layers_only:
+        for name, param in objective.named_parameters():
+            param.requires_grad_(name in new)
+        if not new:
+            raise ConfigError(f"{field_flag('new_layers_only')}: the leg adds no layers")
+
+
 def _stage_export(cfg: DemoConfig) -> None:
     from mooer.train.export import export_model
     from mooer.train.objective import build_objective
 
     train_cfg = _llm_config(cfg)
     objective = build_objective(train_cfg, torch.device("cpu"))
-    objective.load_state_dict(torch.load(cfg.out / cfg.llm_leg / "final.pt"))
+    weights = torch.load(cfg.out / cfg.llm_leg / "final.pt")
+    if _depth(weights) != _depth(objective.state_dict()):
+        raise ConfigError(_depth_mismatch(f"{cfg.out / cfg.llm_leg / 'final.pt'}", _depth(weights)))
+    objective.load_state_dict(weights)
     # stage 2 as its legs record it, not as this (perhaps averaging) invocation's flags say
     recipe = {
         k: v

@@ -181,6 +181,8 @@ def evaluate(
     unknown = [e for e in entries if e.task != "chat" and e.task not in TASKS]
     if unknown:
         raise ConfigError(f"{unknown[0].id}: unknown task {unknown[0].task!r}")
+    for task in {e.task for e in entries} - {"chat"}:
+        tasks.check_task(model, task)  # before any decoding: mtl on another variant
     # One task per batch, similar lengths together: less padding, prefixes of similar size
     answers: dict[int, str | Texts] = {}
     started = time.perf_counter()
@@ -205,7 +207,10 @@ def evaluate(
     bar.close()
     decode_s = time.perf_counter() - started
     scored = [score_entry(e, answers[i]) for i, e in enumerate(entries)]
-    return scored, summarize(scored, audio_s, decode_s)
+    summary = summarize(scored, audio_s, decode_s)
+    if model.paths is not None and model.paths.variant:  # which MTL folder gave these scores
+        summary["variant"] = model.paths.variant
+    return scored, summary
 
 
 def write_report(scored: Sequence[Scored], summary: dict, out_dir: str | Path) -> Path:

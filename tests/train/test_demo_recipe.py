@@ -125,6 +125,60 @@ def test_a_later_leg_starts_from_the_earlier_legs_weights(run_dir):
     assert record["legs"]["llm"]["settings"]["llm_lr"] == DemoConfig().llm_lr
 
 
+def test_a_leg_can_grow_the_llm_and_train_only_its_new_layers(run_dir, capsys):
+    first = run_dir / "llm" / "final.pt"
+    # at a vanishing rate the grown model computes what the 4-layer one did
+    leg = ["--stages", "llm", "export", "--llm-leg", "deeper", "--llm-layers", "8"]
+    assert (
+        demo(["--out", str(run_dir), *TINY, *leg, "--llm-lr", "1e-12", "--llm-init", str(first)])
+        == 0
+    )
+    shallow, deep = load_model(run_dir / "model"), load_model(run_dir / "model-deeper")
+    assert (shallow.llm.config.num_hidden_layers, deep.llm.config.num_hidden_layers) == (4, 8)
+    ids = torch.arange(3, 40).view(1, -1)  # (1, 37) token ids
+    with torch.no_grad():
+        assert torch.allclose(shallow.llm(ids).logits, deep.llm(ids).logits, atol=1e-5)
+    # only the new layers learn; a later leg from the grown one gives the same depth
+    leg = ["--stages", "llm", "--llm-leg", "new-only", "--llm-layers", "8", "--new-layers-only"]
+    assert demo(["--out", str(run_dir), *TINY, *leg, "--llm-init", str(first)]) == 0
+    before, after = torch.load(first), torch.load(run_dir / "new-only" / "final.pt")
+    for name in ("adapter.linear1.weight", "llm.model.embed_tokens.weight"):
+        assert torch.equal(before[name], after[name])
+    for i in range(4):  # trained layer i is layer 2 i, frozen; the layers between have learnt
+        old = f"llm.model.layers.{i}.mlp.down_proj.weight"
+        assert torch.equal(before[old], after[f"llm.model.layers.{2 * i}.mlp.down_proj.weight"])
+        assert after[f"llm.model.layers.{2 * i + 1}.mlp.down_proj.weight"].abs().max() > 1e-4
+    settings = leg_record(run_dir / "new-only" / "final.pt")["legs"]["new-only"]["settings"]
+    assert (settings["llm_layers"], settings["new_layers_only"]) == (8, True)
+    odd = ["--stages", "llm", "--llm-leg", "odd", "--llm-layers", "6", "--llm-init", str(first)]
+    refused(
+        capsys, ["--out", str(run_dir), *TINY, *odd], r"--llm-layers 6: must be a multiple of the 4"
+    )
+    grown = [
+        "--stages",
+        "llm",
+        "export",
+        "--llm-leg",
+        "again",
+        "--llm-init",
+        str(run_dir / "new-only" / "final.pt"),
+    ]
+    refused(
+        capsys,
+        ["--out", str(run_dir), *TINY, *grown],
+        r"starts from: an LLM of 8 layers; give --llm-layers 8",
+    )
+    refused(
+        capsys,
+        ["--out", str(run_dir), *TINY, "--stages", "export", "--llm-leg", "new-only"],
+        r"new-only/final.pt: an LLM of 8 layers; give --llm-layers 8",
+    )
+    frozen = ["--stages", "llm", "--llm-leg", "frozen", "--new-layers-only"]
+    refused(
+        capsys, ["--out", str(run_dir), *TINY, *frozen], r"--new-layers-only needs --llm-layers"
+    )
+
+
 def test_chat_questions_are_also_transcribed():
     from mooer.train.data import Entry
     from mooer.train.demo import CachedSet

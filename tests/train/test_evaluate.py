@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mooer import tasks
 from mooer.audio import SAMPLE_RATE
 from mooer.cli import main
 from mooer.llm.decoding import OFFLINE
@@ -200,6 +201,23 @@ def test_variant_asr_decodes_the_whole_set(mtl_asr_ast, tmp_path, capsys, loaded
     assert loaded_variants == ["asr"]
     hyps = (tmp_path / "report" / "hyps.jsonl").read_text().splitlines()
     assert sorted(json.loads(x)["id"] for x in hyps) == ["s", "t"]
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["variant"] == "asr"
+
+
+def test_mtl_items_on_another_variant_are_refused_before_any_decoding(
+    fabricated, tmp_path, capsys, monkeypatch
+):
+    decoded = []
+    monkeypatch.setattr(tasks, "decode", lambda *a, **k: decoded.append(a) or [])
+    testset = _asr_and_ast_set(tmp_path)
+    line = {"id": "m", "audio": "a.wav", "task": "mtl", "lang": "zh", "text": "你好",
+            "translation": "hello"}  # fmt: skip
+    with open(testset, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    args = [*_eval_args(fabricated("mtl-5k"), testset), "--variant", "ast"]
+    assert main([*args, "--out", str(tmp_path / "report")]) == 1
+    assert "task mtl needs the asr_ast_mtl variant" in capsys.readouterr().err
+    assert decoded == [] and not (tmp_path / "report").exists()
 
 
 def test_an_asr_and_ast_set_loads_the_mtl_variant(fabricated, tmp_path, loaded_variants):
