@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -58,6 +59,9 @@ PROXY_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_MIDDLEWARES = "mooer.server.ray_serve:proxy_middlewares"
 # "0": Ray's single-machine mode, its ports on loopback; "1": other machines may join.
 SINGLE_MACHINE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray's autoscaler and dashboard serve their metrics on fixed ports (44217, 44227 in Ray 2.60):
+# a second local cluster on the machine cannot bind them and logs an error for each
+METRICS_PORTS = ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")
 
 
 # How often each replica reports its live sessions to Serve's controller, and the window Serve
@@ -351,7 +355,15 @@ def start_ray(options: RayOptions) -> None:
         return
     os.environ.setdefault(PROXY_CALLBACK, PROXY_MIDDLEWARES)  # inherited by the cluster's proxy
     _keep_on_loopback()
+    for name in METRICS_PORTS:  # free ones instead, unless the environment names them
+        os.environ.setdefault(name, str(_free_port()))
     ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _keep_on_loopback() -> None:

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import ipaddress
 import json
+import os
 import re
 import socket
 import time
@@ -40,6 +41,7 @@ from mooer.server.ray_serve import (  # noqa: E402
     CLOSE_REPLICA_LOST,
     DEPLOYMENT_NAME,
     LIVE_SESSIONS,
+    METRICS_PORTS,
     RayOptions,
     application,
     build_app,
@@ -83,11 +85,19 @@ def expected(demo) -> dict[str, str]:
     }
 
 
+# Ray's fixed metrics ports, held through the module as another local cluster would hold them
+RAY_METRICS_PORTS = (44217, 44227)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    held = contextlib.ExitStack()
+    for taken in RAY_METRICS_PORTS:
+        with contextlib.suppress(OSError):  # already held: by another cluster, as intended
+            held.enter_context(socket.create_server(("127.0.0.1", taken)))
     try:
         start_ray(RayOptions(num_cpus=2))
     except Exception as exc:  # noqa: BLE001 - whatever stops Ray here stops the module
@@ -105,6 +115,7 @@ def cluster():
         with contextlib.suppress(ValueError, RayServeException):  # the last test undeployed
             undeploy()
         ray.shutdown()
+        held.close()
 
 
 def _turn(wav: str, trailing: np.ndarray = SILENCE) -> bytes:
@@ -328,6 +339,23 @@ def test_every_port_of_the_local_cluster_listens_on_loopback_only(cluster):
     assert {"gcs_server", "raylet"} <= programs, listening
     assert cluster.recipe.config.port in {port for _, _, port in listening}  # Serve's proxy
     assert [(program, str(ip), port) for program, ip, port in listening if not ip.is_loopback] == []
+
+
+def test_a_second_cluster_on_the_machine_serves_its_metrics_on_free_ports(cluster):
+    """Ray's autoscaler and dashboard metrics ports are held (the fixture): the cluster takes
+    others, and its logs carry no bind error."""
+    from ray._private.worker import global_worker
+
+    ports = {int(os.environ[name]) for name in METRICS_PORTS}
+    assert len(ports) == 2 and ports.isdisjoint(RAY_METRICS_PORTS)
+    deadline = time.monotonic() + 30
+    while not ports <= {port for _, _, port in _listening()} and time.monotonic() < deadline:
+        time.sleep(0.5)  # the dashboard's metrics server starts a little after ray.init
+    assert ports <= {port for _, _, port in _listening()}
+    logs = Path(global_worker.node.get_session_dir_path()) / "logs"
+    for name in ("monitor.log", "dashboard.log"):
+        text = (logs / name).read_text(errors="replace")
+        assert "Starting" in text and "Address already in use" not in text, text[-2000:]
 
 
 def test_every_protocol_through_the_proxy_gives_the_offline_results(cluster, expected):
