@@ -153,7 +153,7 @@ class DemoConfig:
     # several sentences, and a model that only saw one answers one
     multi_sentence: int = 0
     # stage 2's LLM depth, when deeper than the weights it starts from (0: theirs): see
-    # ``grow_layers``; a leg from a grown leg, and its export, give the same depth
+    # ``_grow_layers``; a leg from a grown leg, and its export, give the same depth
     llm_layers: int = 0
     # train only the layers ``llm_layers`` added; everything the leg started from stays frozen
     new_layers_only: bool = False
@@ -481,7 +481,7 @@ def _init_llm(cfg: DemoConfig, out: Path) -> Path:
     from mooer.llm.fabricate import write_tiny_llm
 
     if (out / "config.json").exists():
-        return out if not cfg.llm_layers else _deeper_llm(cfg, out)
+        return out
     s = cfg.llm
     write_tiny_llm(
         out,
@@ -498,11 +498,11 @@ def _init_llm(cfg: DemoConfig, out: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    return out if not cfg.llm_layers else _deeper_llm(cfg, out)
+    return out
 
 
 def _deeper_llm(cfg: DemoConfig, llm: Path) -> Path:
-    """``llm`` with ``cfg.llm_layers`` layers, freshly initialised (``grow_layers`` keeps the
+    """``llm`` with ``cfg.llm_layers`` layers, freshly initialised (``_grow_layers`` keeps the
     trained layers' weights and takes the new layers' from here)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -515,7 +515,7 @@ def _deeper_llm(cfg: DemoConfig, llm: Path) -> Path:
             llm, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors")
         )
         old, config.num_hidden_layers = config.num_hidden_layers, cfg.llm_layers
-        if getattr(config, "layer_types", None):  # one per layer, as grow_layers places them
+        if getattr(config, "layer_types", None):  # one per layer, as _grow_layers places them
             config.layer_types = [
                 config.layer_types[i * old // cfg.llm_layers] for i in range(cfg.llm_layers)
             ]
@@ -540,7 +540,7 @@ def _depth_mismatch(what: str, layers: int) -> str:
     return f"{what}: an LLM of {layers} layers; give {field_flag('llm_layers')} {layers}"
 
 
-def grow_layers(
+def _grow_layers(
     trained: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """``trained``'s weights in the deeper model whose fresh state is ``fresh``, and the names of
@@ -788,8 +788,9 @@ def after_greeting(entries: Sequence[Entry]) -> list[Entry]:
 
 
 def _llm_config(cfg: DemoConfig) -> TrainConfig:
+    llm = _init_llm(cfg, cfg.out / "init_llm")
     model = ModelConfig(
-        llm=str(_init_llm(cfg, cfg.out / "init_llm")),
+        llm=str(_deeper_llm(cfg, llm) if cfg.llm_layers else llm),
         encoder_init=str(cfg.out / "ctc" / "final" / "paraformer-encoder.pth"),
         cmvn=str(cfg.out / "am.mvn"),
         adapter_hidden=cfg.adapter_hidden,
@@ -972,13 +973,13 @@ def _start_from(cfg: DemoConfig, objective, weights: dict[str, torch.Tensor]) ->
     fresh = objective.state_dict()
     new: set[str] = set()
     if weights.keys() != fresh.keys():
-        weights, new = grow_layers(weights, fresh)
+        weights, new = _grow_layers(weights, fresh)
+    if cfg.new_layers_only and not new:
+        raise ConfigError(f"{field_flag('new_layers_only')}: the leg adds no layers")
     objective.load_state_dict(weights)
     if cfg.new_layers_only:
         for name, param in objective.named_parameters():
             param.requires_grad_(name in new)
-        if not new:
-            raise ConfigError(f"{field_flag('new_layers_only')}: the leg adds no layers")
 
 
 def _stage_export(cfg: DemoConfig) -> None:
