@@ -138,7 +138,7 @@ def test_a_leg_can_grow_the_llm_and_train_only_its_new_layers(run_dir, capsys):
     ids = torch.arange(3, 40).view(1, -1)  # (1, 37) token ids
     with torch.no_grad():
         assert torch.allclose(shallow.llm(ids).logits, deep.llm(ids).logits, atol=1e-5)
-    # only the new layers learn; a later leg from the grown one gives the same depth
+    # --new-layers-only: the embeddings, adapter and trained layers stay, the new layers learn
     leg = ["--stages", "llm", "--llm-leg", "new-only", "--llm-layers", "8", "--new-layers-only"]
     assert demo(["--out", str(run_dir), *TINY, *leg, "--llm-init", str(first)]) == 0
     before, after = torch.load(first), torch.load(run_dir / "new-only" / "final.pt")
