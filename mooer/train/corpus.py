@@ -718,13 +718,13 @@ MULTI_SIZES = (2, 3)  # sentences per item
 
 def sentences_in_a_row(sentences: Sequence[str]) -> str:
     """Sentences as one text, each but the last ended by its full stop ("。" after Mandarin,
-    "." after English). The stop cues that a sentence ended and another follows; the last one
+    "." after English; empty ones left out). The stop cues that a sentence ended and another follows; the last one
     has none, as a single sentence's target has none, so the answer ends where the speech does.
     """
     from mooer.text import join_texts, language_of
 
-    marked = [s.strip() + ("。" if language_of(s) == "zh" else ".") for s in sentences[:-1]]
-    return join_texts([*marked, sentences[-1]]) if sentences else ""
+    *before, last = [s.strip() for s in sentences if s.strip()] or [""]
+    return join_texts([*(s + ("。" if language_of(s) == "zh" else ".") for s in before), last])
 
 
 def multi_sentence(split: str, n: int, seed: int = 0, marks: bool = False) -> list[Utterance]:

@@ -363,7 +363,7 @@ def test_sentence_marks_end_each_sentence_in_a_row_but_the_last():
 
     assert sentences_in_a_row(["明天见", "现在八点半"]) == "明天见。现在八点半"
     assert sentences_in_a_row(["go north", "it rains", "hi"]) == "go north. it rains. hi"
-    assert sentences_in_a_row(["one"]) == "one" and sentences_in_a_row([]) == ""
+    assert sentences_in_a_row(["one", " "]) == "one" and sentences_in_a_row(["", ""]) == ""
     english_of = dict(mandarin_pairs())
     plain, marked = multi_sentence("train", 30, seed=0), multi_sentence("train", 30, 0, True)
     for p, m in zip(plain, marked, strict=True):
@@ -372,5 +372,7 @@ def test_sentence_marks_end_each_sentence_in_a_row_but_the_last():
         if m.lang == "zh":
             assert m.text.count("。") == len(m.parts) - 1 and normalize_zh(m.text) == p.text
             assert m.translation == sentences_in_a_row([english_of[s] for s in m.parts])
+        else:  # English: no translation, not even a mark
+            assert m.translation == ""
         assert normalize_en(m.translation) == p.translation  # scored alike: marks only differ
         assert m.target == (m.translation if m.task == "ast" else m.text)
