@@ -14,6 +14,8 @@ start:
   (length-adaptive: at the rate of the longer of reference and output);
 * computation-aware (CA) figures time words by their arrival at the client; the others by the
   audio the server had received when it sent them (``elapsed_ms``, in 200 ms steps);
+* words scored as ``mooer eval`` scores them (case and punctuation never count: a model that
+  punctuates, as the released ones do, writes "yuan." for "yuan");
 * BLEU of the whole talk (sacrebleu 13a), sentences with no English, and garbled words: words
   the client assembled that are in no sentence of the corpus (fragments such as "rteen"; the
   demo model's vocabulary is the corpus's), and retractions (sentences whose output ran on from
@@ -46,7 +48,7 @@ import sacrebleu
 from mooer.audio import SAMPLE_RATE, resample
 from mooer.server.pcm import encode_pcm16
 from mooer.train.corpus import english_sentences
-from mooer.train.metrics import cer
+from mooer.train.metrics import cer, normalize_en
 from mooer.train.talk import Talk, heldout_sentences, spoken_talk
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -154,7 +156,7 @@ def score_sentences(talk: Talk, got: Received) -> list[SentenceFigures]:
     refs = [en.split() for _, en in talk.sentences]
     ref_words = [w for r in refs for w in r]
     owner = [i for i, r in enumerate(refs) for _ in r]
-    hyp = [w for w, _, _ in got.words]
+    hyp = [normalize_en(w) for w, _, _ in got.words]
     sentence_of = [None] * len(hyp)
     matcher = difflib.SequenceMatcher(None, ref_words, hyp, autojunk=False)
     for a, b, size in matcher.get_matching_blocks():
@@ -270,7 +272,7 @@ def report_translation(
     ``revised`` (the server's revision count over the talk)."""
     revised = server["revised"]
     figures = score_sentences(talk, got)
-    hyp = " ".join(w for w, _, _ in got.words)
+    hyp = normalize_en(" ".join(w for w, _, _ in got.words))
     ref = " ".join(en for _, en in talk.sentences)
     bleu = sacrebleu.corpus_bleu([hyp], [[ref]]).score
     garbled = [w for w in hyp.split() if w not in VOCABULARY]

@@ -460,6 +460,10 @@ def _demo_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--new-layers-only", action="store_true", help="stage 2 trains only --llm-layers' new ones"
     )
+    p.add_argument(
+        "--sentence-marks", action="store_true",
+        help="--multi-sentence targets end each sentence but the last with its full stop",
+    )  # fmt: skip
     p.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
     p.add_argument(
         "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
@@ -486,6 +490,7 @@ def _demo_parser() -> argparse.ArgumentParser:
             llm_lr=args.llm_lr,
             **{name: getattr(args, name) for name in (*_DEMO_COUNT_FLAGS, *_DEMO_SWITCHES)},
             new_layers_only=args.new_layers_only,
+            sentence_marks=args.sentence_marks,
             llm_leg=args.llm_leg,
             llm_init=args.llm_init,
             llm_average=tuple(args.average),

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mooer.audio import SAMPLE_RATE
+from mooer.audio import SAMPLE_RATE, ms_to_samples
 from mooer.errors import AudioError, CheckpointError, ConfigError, check_number
 
 WINDOW = 512  # samples the network scores at once: 32 ms at 16 kHz
@@ -114,10 +114,6 @@ class VadConfig:
 def _require(name: str, value: object, ok: bool, expected: str) -> None:
     if not ok:
         raise ConfigError(f"VadConfig.{name}={value!r}: expected {expected}")
-
-
-def _ms(milliseconds: float) -> int:
-    return int(round(milliseconds * SAMPLE_RATE / 1000))
 
 
 class VadModel:
@@ -353,19 +349,19 @@ class StreamingVad:
         self._began: PauseBegan | None = None  # found by the window being scored
         self.model = model or shared_vad_model()
         self.state = VadState()
-        self._pad = _ms(self.config.speech_pad_ms)
+        self._pad = ms_to_samples(self.config.speech_pad_ms)
         lead = self.config.quiet_lead_ms
-        self._quiet_lead = None if lead is None else _ms(lead)
-        self._min_speech = _ms(self.config.min_speech_ms)
-        self._min_silence = _ms(self.config.min_silence_ms)
-        self._short_silence = min(_ms(self.config.short_silence_ms), self._min_silence)
+        self._quiet_lead = None if lead is None else ms_to_samples(lead)
+        self._min_speech = ms_to_samples(self.config.min_speech_ms)
+        self._min_silence = ms_to_samples(self.config.min_silence_ms)
+        self._short_silence = min(ms_to_samples(self.config.short_silence_ms), self._min_silence)
         shrink = self.config.shrink_s
-        self._shrink = None if shrink is None else max(_ms(shrink * 1000), 1)
-        self._max_segment = _ms(self.config.max_segment_s * 1000)
-        self._cut_search = max(_ms(self.config.cut_search_s * 1000), WINDOW)
+        self._shrink = None if shrink is None else max(ms_to_samples(shrink * 1000), 1)
+        self._max_segment = ms_to_samples(self.config.max_segment_s * 1000)
+        self._cut_search = max(ms_to_samples(self.config.cut_search_s * 1000), WINDOW)
         pause_cut = self.config.pause_cut_s
-        self._pause_cut = None if pause_cut is None else _ms(pause_cut * 1000)
-        self._min_pause = max(_ms(self.config.min_pause_ms), BLOCK)
+        self._pause_cut = None if pause_cut is None else ms_to_samples(pause_cut * 1000)
+        self._min_pause = max(ms_to_samples(self.config.min_pause_ms), BLOCK)
 
     def reset(self) -> None:
         """Forget the stream: the next sample fed is sample 0 of a new one."""

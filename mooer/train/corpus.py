@@ -37,7 +37,7 @@ import functools
 import hashlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from mooer.errors import ConfigError, check_number
@@ -716,16 +716,29 @@ MULTI_KINDS = (("asr", "en"), ("asr", "zh"), ("ast", "zh"))
 MULTI_SIZES = (2, 3)  # sentences per item
 
 
-def multi_sentence(split: str, n: int, seed: int = 0) -> list[Utterance]:
+def sentences_in_a_row(sentences: Sequence[str]) -> str:
+    """Sentences as one text, each but the last ended by its full stop ("。" after Mandarin,
+    "." after English; empty ones left out). The stop cues that a sentence ended and another follows; the last one
+    has none, as a single sentence's target has none, so the answer ends where the speech does.
+    """
+    from mooer.text import join_texts, language_of
+
+    *before, last = [s.strip() for s in sentences if s.strip()] or [""]
+    return join_texts([*(s + ("。" if language_of(s) == "zh" else ".") for s in before), last])
+
+
+def multi_sentence(split: str, n: int, seed: int = 0, marks: bool = False) -> list[Utterance]:
     """``n`` items of two or three sentences of ``split``, one task and language each (asr
     English, asr Mandarin, ast zh->en in turn), ids ``multi-000000``...: ``parts`` holds the
-    sentences, ``text``/``translation``/``target`` their joined texts.
+    sentences, ``text``/``translation``/``target`` their joined texts (with ``marks``, each
+    sentence but the last ends with its full stop: see ``sentences_in_a_row``).
 
     Drawn as ``build_corpus`` draws single sentences (its split, its samplers), so a held-out
     sentence is never part of a training item.
     """
     from mooer.text import join_texts
 
+    join = sentences_in_a_row if marks else join_texts
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     check_number(n, "n", 0, integer=True)
@@ -739,8 +752,8 @@ def multi_sentence(split: str, n: int, seed: int = 0) -> list[Utterance]:
         task, lang = MULTI_KINDS[i % len(MULTI_KINDS)]
         sampler = samplers[i % len(MULTI_KINDS)]
         parts = [sampler.draw() for _ in range(rng.choice(MULTI_SIZES))]
-        text = join_texts(u.text for u in parts)
-        translation = join_texts(u.translation for u in parts)
+        text = join([u.text for u in parts])
+        translation = join([u.translation for u in parts])
         target = translation if task == "ast" else text
         parts_text = [u.text for u in parts]
         items.append(

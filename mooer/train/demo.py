@@ -152,6 +152,9 @@ class DemoConfig:
     # for stage 2 only (data/multi-N, encoded once): a segment of continuous speech holds
     # several sentences, and a model that only saw one answers one
     multi_sentence: int = 0
+    # their targets end each sentence but the last with its full stop (``sentences_in_a_row``):
+    # the cue that one sentence ended and another follows (single sentences keep none)
+    sentence_marks: bool = False
     # stage 2's LLM depth, when deeper than the weights it starts from (0: theirs): see
     # ``_grow_layers``; a leg from a grown leg, and its export, give the same depth
     llm_layers: int = 0
@@ -612,9 +615,25 @@ def _extra_speech(cfg: DemoConfig, objective) -> CachedSet | None:
         chat = functools.partial(more_chat, cfg.n_train, cfg.extra_chat, cfg.seed)
         extras.append(_extra_set(cfg, objective, f"chat-{cfg.extra_chat}", chat))
     if cfg.multi_sentence:
-        multi = functools.partial(multi_sentence, "train", cfg.multi_sentence, cfg.seed)
-        extras.append(_extra_set(cfg, objective, f"multi-{cfg.multi_sentence}", multi))
+        multi = functools.partial(
+            multi_sentence, "train", cfg.multi_sentence, cfg.seed, cfg.sentence_marks
+        )
+        spoken = _extra_set(cfg, objective, f"multi-{cfg.multi_sentence}", multi)
+        extras.append(_with_texts(spoken, multi()))
     return sum(extras[1:], extras[0]) if extras else None
+
+
+def _with_texts(data: CachedSet, items: Sequence[Utterance]) -> CachedSet:
+    """``data`` with its items' texts and targets as ``items`` give them now: the audio and
+    frames kept under data/ serve every leg, with or without ``sentence_marks``."""
+    texts = {u.id: u for u in items}
+    entries = [
+        dataclasses.replace(
+            e, text=texts[e.id].text, translation=texts[e.id].translation, target=texts[e.id].target
+        )
+        for e in data.entries
+    ]
+    return CachedSet(entries, data.frames)
 
 
 def text_chat_set(width: int, repeats: int, drawn: Sequence[Utterance] = ()) -> CachedSet:
@@ -837,6 +856,7 @@ _LEG_FIELDS = (
     "greeted_chat",
     "client_openings",
     "multi_sentence",
+    "sentence_marks",
     "llm_layers",
     "new_layers_only",
 )

@@ -19,6 +19,7 @@ from mooer.train.corpus import (
     mandarin_pairs,
     more_chat,
     multi_sentence,
+    sentences_in_a_row,
 )
 
 WORD_VALUE = {english_number(n): n for n in range(100)}
@@ -355,3 +356,23 @@ def test_multi_sentence_items_join_sentences_of_their_split(split_name):
     assert multi_sentence(split_name, 60, seed=1) != items
     with pytest.raises(ConfigError, match="split must be one of train, heldout"):
         multi_sentence("valid", 3)
+
+
+def test_sentence_marks_end_each_sentence_in_a_row_but_the_last():
+    from mooer.train.metrics import normalize_en, normalize_zh
+
+    assert sentences_in_a_row(["明天见", "现在八点半"]) == "明天见。现在八点半"
+    assert sentences_in_a_row(["go north", "it rains", "hi"]) == "go north. it rains. hi"
+    assert sentences_in_a_row(["one", " "]) == "one" and sentences_in_a_row(["", ""]) == ""
+    english_of = dict(mandarin_pairs())
+    plain, marked = multi_sentence("train", 30, seed=0), multi_sentence("train", 30, 0, True)
+    for p, m in zip(plain, marked, strict=True):
+        assert (m.id, m.task, m.parts) == (p.id, p.task, p.parts)  # the same speech
+        assert m.text == sentences_in_a_row(m.parts)
+        if m.lang == "zh":
+            assert m.text.count("。") == len(m.parts) - 1 and normalize_zh(m.text) == p.text
+            assert m.translation == sentences_in_a_row([english_of[s] for s in m.parts])
+        else:  # English: no translation, not even a mark
+            assert m.translation == ""
+        assert normalize_en(m.translation) == p.translation  # scored alike: marks only differ
+        assert m.target == (m.translation if m.task == "ast" else m.text)

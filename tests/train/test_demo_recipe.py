@@ -277,7 +277,9 @@ def test_a_leg_can_add_spoken_chat_dialogues(run_dir):
 def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(
     run_dir, tmp_path, capsys
 ):
+    from mooer.train.corpus import multi_sentence
     from mooer.train.data import read_manifest
+    from mooer.train.demo import _extra_speech
 
     # a new work folder, seeded from the exported model: its CMVN, encoder and LLM
     out = tmp_path / "from-model"
@@ -300,6 +302,24 @@ def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(
     encoded = torch.load(out / "encoded_multi-4.pt")
     for entry, hidden in zip(entries, encoded, strict=True):
         assert abs(hidden.shape[0] * 0.06 - entry.duration) < 0.12  # one frame per 60 ms
+    # a leg with sentence marks trains the same audio on marked targets: nothing is spoken again
+    spoken = sorted((out / "data" / "multi-4").rglob("*.wav"))
+    before = [p.stat().st_mtime_ns for p in spoken]
+    marked = [
+        "--stages",
+        "llm",
+        "--llm-leg",
+        "marked",
+        "--llm-init",
+        str(out / "more" / "final.pt"),
+    ]
+    assert demo(["--out", str(out), *TINY, *marked, *flags[2:], "--sentence-marks"]) == 0
+    assert [p.stat().st_mtime_ns for p in spoken] == before
+    assert leg_record(out / "marked" / "final.pt")["legs"]["marked"]["settings"]["sentence_marks"]
+    cfg = DemoConfig(out_dir=str(out), multi_sentence=4, sentence_marks=True)
+    targets = [e.target for e in _extra_speech(cfg, objective=None).entries]  # cached frames
+    assert targets == [u.target for u in multi_sentence("train", 4, cfg.seed, marks=True)]
+    assert "。" in targets[1] and targets[1] != entries[1].target  # the manifest's, unmarked
     not_demo = ["--llm-init", str(run_dir / "ctc" / "final")]
     refused(capsys, ["--out", str(tmp_path / "bad"), *TINY, *leg, *not_demo], "not a demo model")
 
