@@ -718,9 +718,9 @@ MULTI_SIZES = (2, 3)  # sentences per item
 
 def sentences_in_a_row(sentences: Sequence[str]) -> str:
     """Sentences as one text, each but the last ended by its full stop ("。" after Mandarin,
-    "." after English; empty ones left out). The stop cues that a sentence ended and another follows; the last one
-    has none, as a single sentence's target has none, so the answer ends where the speech does.
-    """
+    "." after English; empty ones left out). The stop cues that a sentence ended and another
+    follows; the last has none, as a single sentence's target has none, so the answer ends where
+    the speech does."""
     from mooer.text import join_texts, language_of
 
     *before, last = [s.strip() for s in sentences if s.strip()] or [""]

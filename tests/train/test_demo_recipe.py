@@ -305,15 +305,9 @@ def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(
     # a leg with sentence marks trains the same audio on marked targets: nothing is spoken again
     spoken = sorted((out / "data" / "multi-4").rglob("*.wav"))
     before = [p.stat().st_mtime_ns for p in spoken]
-    marked = [
-        "--stages",
-        "llm",
-        "--llm-leg",
-        "marked",
-        "--llm-init",
-        str(out / "more" / "final.pt"),
-    ]
-    assert demo(["--out", str(out), *TINY, *marked, *flags[2:], "--sentence-marks"]) == 0
+    marked = ["--stages", "llm", "--llm-leg", "marked", "--sentence-marks"]
+    init = ["--llm-init", str(out / "more" / "final.pt")]
+    assert demo(["--out", str(out), *TINY, *marked, *init, *flags[2:]]) == 0
     assert [p.stat().st_mtime_ns for p in spoken] == before
     assert leg_record(out / "marked" / "final.pt")["legs"]["marked"]["settings"]["sentence_marks"]
     cfg = DemoConfig(out_dir=str(out), multi_sentence=4, sentence_marks=True)
