@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_server import ServerProcess, add_server_args, run_level, serve_args  # noqa: E402
+from bench_server import ServerProcess, add_server_args, free_port, run_level, serve_args  # noqa: E402
 from bench_session import Figures, example_clips, session_streams, table_line  # noqa: E402
 from machine import CpuWatch, LoadLog, describe, rss_mb  # noqa: E402
 
@@ -77,12 +76,6 @@ def own_ray_process(title: str) -> int:
 
 def p50_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000 if values else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class DirectReplica(MooerReplica):

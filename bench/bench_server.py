@@ -49,6 +49,13 @@ from bench_session import (  # noqa: E402  (sibling scripts, not a package)
 from machine import CpuWatch, LoadLog, describe, rss_mb  # noqa: E402
 
 
+def free_port() -> int:
+    """A loopback port free now (another process may still take it before it is used)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class ServerProcess:
     """``mooer serve`` in a child process on a free loopback port; stopped with SIGINT."""
 
@@ -57,9 +64,7 @@ class ServerProcess:
     ) -> None:
         """``source``: a mooer source tree to serve from (another commit, unpacked) instead of
         the one this process imports."""
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         command = [sys.executable, "-m", "mooer.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--log-level", "warning", *serve_args]
         env = None if source is None else {**os.environ, "PYTHONPATH": str(source.resolve())}

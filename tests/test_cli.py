@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from tests.ports import free_port
+
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -116,14 +118,11 @@ def test_s2st_quantize_int8_on_the_demo_model(tmp_path):
 
 def test_serve_quantize_int8_answers_over_http(tmp_path):
     import signal
-    import socket
     import time
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mooer.cli", "serve", "--quantize", "int8", "--device", "cpu",
          "--port", str(port), "--threads", "1", "--log-level", "warning"],

@@ -12,6 +12,7 @@ from mooer.audio import load_audio
 from mooer.errors import ConfigError, MooerError
 from mooer.server.client import realtime_url
 from mooer.server.commands import mic_main, stream_main
+from tests.ports import free_port
 
 
 @pytest.mark.parametrize("mode", ["asr", "asr+ast"])
@@ -53,15 +54,12 @@ def test_mic_without_sounddevice_says_what_to_install(monkeypatch):
 def test_serve_main_serves_until_sigterm(fabricated, tmp_path):
     import os
     import signal
-    import socket
     import subprocess
     import time
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     code = (
         "import sys; from mooer.server.commands import serve_main; "
         f"sys.exit(serve_main(model={str(fabricated('omni'))!r}, device='cpu', port={port}, "

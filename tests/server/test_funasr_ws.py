@@ -17,6 +17,7 @@ from mooer.server.funasr_ws import FunasrSettings, apply_frame
 from mooer.server.pcm import encode_pcm16
 from mooer.text import join_texts
 from mooer.transcribe import SEGMENTER, transcribe
+from tests.ports import free_port
 
 CONFIG = {
     "chunk_size": [5, 10, 5],
@@ -33,20 +34,12 @@ STRIDE = 2 * 600 * SAMPLE_RATE // 1000  # 600 ms of PCM16, FunASR's client chunk
 
 @pytest.fixture(scope="module")
 def funasr_server(start_server):
-    return start_server(funasr_port=_free_port())
+    return start_server(funasr_port=free_port())
 
 
 @pytest.fixture(scope="module")
 def finals_only(start_server, session_defaults):
     return start_server(defaults=replace(session_defaults, partial_interval_ms=0))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _send_file(ws, pcm: bytes, pace_s: float = 0.0, **config) -> list[dict]:

@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 from mooer.asr.speakers import SpeakerEncoder
+from tests.ports import free_port
 from tests.server.wire import at_24k, closed_transcription
 
 sa = pytest.importorskip("sqlalchemy", reason="the meetings extra (SQLAlchemy) is not installed")
@@ -168,11 +169,7 @@ def test_translation_sessions_ask_with_the_query_and_learn_the_id(recording_serv
 
 
 def test_a_failing_store_stops_recording_and_the_session_goes_on(start_server, speech, offline):
-    import socket
-
-    with socket.socket() as s:  # a port where nothing listens: the store is unreachable
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port where nothing listens: the store is unreachable
     server = start_server(meetings_db=f"postgresql+psycopg://mooer:pw@127.0.0.1:{port}/m")
     session = {
         "type": "transcription",
@@ -207,7 +204,6 @@ def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path
     """``mooer serve --record`` (the demo model) killed with SIGKILL while three sessions stream:
     every final the clients received is in the store, which opens cleanly afterwards."""
     import signal
-    import socket
     import sqlite3
     import subprocess
     import sys
@@ -220,9 +216,7 @@ def test_kill_9_during_a_recorded_meeting_loses_no_final_a_client_heard(tmp_path
     pause = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
     clips = [load_audio(examples / n) for n in ("zh_weather.wav", "en_directions.wav")]
     talk = at_24k(np.concatenate([part for c in clips * 3 for part in (pause, c, pause, pause)]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     db = tmp_path / "meetings.db"
     command = [
         sys.executable,

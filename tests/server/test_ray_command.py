@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,9 +49,7 @@ def test_sigterm_to_serve_ray_drains_every_session_before_it_exits(tmp_path):
     from tests.server.test_ray_serve import EXAMPLES, NOTHING, Session, _turn
 
     expected = transcribe(load_model(), [EXAMPLES / "zh_weather.wav"])[0].text
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path / "serve.log"
     command = _serve_command(port, "--replicas", "1", "--replica-cpus", "0.5", "--threads", "1")
     with open(log, "wb") as err:

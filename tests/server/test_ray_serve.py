@@ -31,6 +31,7 @@ from mooer.server.config import ServerConfig
 from mooer.text import join_texts
 from mooer.transcribe import transcribe
 from tests.meetings.conftest import empty_store, postgres_url  # noqa: F401  (a fixture)
+from tests.ports import free_port
 from tests.server.wire import CHUNK, at_24k, send_realtime, send_translation
 
 ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install 'mooer[ray]')")
@@ -91,9 +92,7 @@ RAY_METRICS_PORTS = (44217, 44227)
 
 @pytest.fixture(scope="module")
 def cluster():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     held = contextlib.ExitStack()
     for taken in RAY_METRICS_PORTS:
         with contextlib.suppress(OSError):  # already held: by another cluster, as intended
