@@ -464,6 +464,10 @@ def _demo_parser() -> argparse.ArgumentParser:
         "--sentence-marks", action="store_true",
         help="--multi-sentence targets end each sentence but the last with its full stop",
     )  # fmt: skip
+    p.add_argument(
+        "--sentences-alone", action="store_true",
+        help="the sentences of the --multi-sentence items are also trained one by one",
+    )  # fmt: skip
     p.add_argument("--llm-leg", default=defaults.llm_leg, help="stage 2's folder name")
     p.add_argument(
         "--llm-init", default=defaults.llm_init, metavar="FINAL_PT", help="start stage 2 here"
@@ -491,6 +495,7 @@ def _demo_parser() -> argparse.ArgumentParser:
             **{name: getattr(args, name) for name in (*_DEMO_COUNT_FLAGS, *_DEMO_SWITCHES)},
             new_layers_only=args.new_layers_only,
             sentence_marks=args.sentence_marks,
+            sentences_alone=args.sentences_alone,
             llm_leg=args.llm_leg,
             llm_init=args.llm_init,
             llm_average=tuple(args.average),

@@ -727,6 +727,25 @@ def sentences_in_a_row(sentences: Sequence[str]) -> str:
     return join_texts([*(s + ("。" if language_of(s) == "zh" else ".") for s in before), last])
 
 
+def _drawn_in_a_row(split: str, n: int, seed: int) -> list[tuple[str, list[Utterance]]]:
+    """The task and the sentences of ``multi_sentence``'s ``n`` items, in order."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    check_number(n, "n", 0, integer=True)
+    rng = random.Random(f"mooer-corpus/{seed}/{split}/multi")
+    samplers = [
+        _Sampler(_pools(kind)[split], random.Random(f"mooer-corpus/{seed}/{split}/multi/{kind}"))
+        for kind in MULTI_KINDS
+    ]
+    return [
+        (
+            MULTI_KINDS[i % len(MULTI_KINDS)][0],
+            [samplers[i % len(MULTI_KINDS)].draw() for _ in range(rng.choice(MULTI_SIZES))],
+        )
+        for i in range(n)
+    ]
+
+
 def multi_sentence(split: str, n: int, seed: int = 0, marks: bool = False) -> list[Utterance]:
     """``n`` items of two or three sentences of ``split``, one task and language each (asr
     English, asr Mandarin, ast zh->en in turn), ids ``multi-000000``...: ``parts`` holds the
@@ -739,24 +758,26 @@ def multi_sentence(split: str, n: int, seed: int = 0, marks: bool = False) -> li
     from mooer.text import join_texts
 
     join = sentences_in_a_row if marks else join_texts
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    check_number(n, "n", 0, integer=True)
-    rng = random.Random(f"mooer-corpus/{seed}/{split}/multi")
-    samplers = [
-        _Sampler(_pools(kind)[split], random.Random(f"mooer-corpus/{seed}/{split}/multi/{kind}"))
-        for kind in MULTI_KINDS
-    ]
     items = []
-    for i in range(n):
-        task, lang = MULTI_KINDS[i % len(MULTI_KINDS)]
-        sampler = samplers[i % len(MULTI_KINDS)]
-        parts = [sampler.draw() for _ in range(rng.choice(MULTI_SIZES))]
+    for i, (task, parts) in enumerate(_drawn_in_a_row(split, n, seed)):
         text = join([u.text for u in parts])
         translation = join([u.translation for u in parts])
         target = translation if task == "ast" else text
         parts_text = [u.text for u in parts]
         items.append(
-            Utterance(f"multi-{i:06d}", lang, text, translation, task, target, [], parts_text)
+            Utterance(
+                f"multi-{i:06d}", parts[0].lang, text, translation, task, target, [], parts_text
+            )
         )
     return items
+
+
+def multi_sentence_alone(split: str, n: int, seed: int = 0) -> list[Utterance]:
+    """The sentences of ``multi_sentence(split, n, seed)``'s items one by one, each with its
+    item's task, ids ``multi-000000-0``...: the same sentences heard alone end where they end,
+    which a model taught to go on after a sentence must still tell apart."""
+    return [
+        replace(u, id=f"multi-{i:06d}-{j}", history=[])
+        for i, (_, parts) in enumerate(_drawn_in_a_row(split, n, seed))
+        for j, u in enumerate(parts)
+    ]

@@ -155,6 +155,9 @@ class DemoConfig:
     # their targets end each sentence but the last with its full stop (``sentences_in_a_row``):
     # the cue that one sentence ended and another follows (single sentences keep none)
     sentence_marks: bool = False
+    # their sentences also one by one, each spoken alone once (data/multi-N-alone): what a
+    # sentence sounds like when nothing follows it, beside the items where another does
+    sentences_alone: bool = False
     # stage 2's LLM depth, when deeper than the weights it starts from (0: theirs): see
     # ``_grow_layers``; a leg from a grown leg, and its export, give the same depth
     llm_layers: int = 0
@@ -182,6 +185,10 @@ class DemoConfig:
                 raise ConfigError(f"{field_flag(name)} must be > 0, got {getattr(self, name)}")
         if self.new_layers_only and not self.llm_layers:
             raise ConfigError(f"{field_flag('new_layers_only')} needs {field_flag('llm_layers')}")
+        if self.sentences_alone and not self.multi_sentence:
+            raise ConfigError(
+                f"{field_flag('sentences_alone')} needs {field_flag('multi_sentence')} N > 0"
+            )
 
     @property
     def out(self) -> Path:
@@ -607,8 +614,9 @@ def _extra_set(
 
 
 def _extra_speech(cfg: DemoConfig, objective) -> CachedSet | None:
-    """The leg's spoken items beyond the main set: ``extra_chat`` and ``multi_sentence``."""
-    from mooer.train.corpus import more_chat, multi_sentence
+    """The leg's spoken items beyond the main set: ``extra_chat``, ``multi_sentence`` (and its
+    ``sentences_alone``)."""
+    from mooer.train.corpus import more_chat, multi_sentence, multi_sentence_alone
 
     extras = []
     if cfg.extra_chat:
@@ -620,6 +628,9 @@ def _extra_speech(cfg: DemoConfig, objective) -> CachedSet | None:
         )
         spoken = _extra_set(cfg, objective, f"multi-{cfg.multi_sentence}", multi)
         extras.append(_with_texts(spoken, multi()))
+    if cfg.sentences_alone:
+        alone = functools.partial(multi_sentence_alone, "train", cfg.multi_sentence, cfg.seed)
+        extras.append(_extra_set(cfg, objective, f"multi-{cfg.multi_sentence}-alone", alone))
     return sum(extras[1:], extras[0]) if extras else None
 
 
@@ -857,6 +868,7 @@ _LEG_FIELDS = (
     "client_openings",
     "multi_sentence",
     "sentence_marks",
+    "sentences_alone",
     "llm_layers",
     "new_layers_only",
 )

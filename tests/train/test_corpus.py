@@ -19,6 +19,7 @@ from mooer.train.corpus import (
     mandarin_pairs,
     more_chat,
     multi_sentence,
+    multi_sentence_alone,
     sentences_in_a_row,
 )
 
@@ -356,6 +357,24 @@ def test_multi_sentence_items_join_sentences_of_their_split(split_name):
     assert multi_sentence(split_name, 60, seed=1) != items
     with pytest.raises(ConfigError, match="split must be one of train, heldout"):
         multi_sentence("valid", 3)
+
+
+def test_the_sentences_in_a_row_can_be_heard_alone():
+    items = multi_sentence("train", 30, seed=0)
+    alone = multi_sentence_alone("train", 30, seed=0)
+    assert len(alone) == sum(len(u.parts) for u in items)
+    by_item = {}
+    for u in alone:
+        by_item.setdefault(u.id.rsplit("-", 1)[0], []).append(u)
+    for item in items:
+        sentences = by_item[item.id]
+        assert [u.id for u in sentences] == [f"{item.id}-{j}" for j in range(len(item.parts))]
+        assert [u.text for u in sentences] == item.parts  # the same sentences, one each
+        for u in sentences:
+            assert (u.task, u.lang, u.parts, u.history) == (item.task, item.lang, [], [])
+            assert u.target == (u.translation if u.task == "ast" else u.text)
+            assert u.target and u.target in item.target  # a sentence of the item's answer
+    assert multi_sentence_alone("train", 30, seed=1) != alone
 
 
 def test_sentence_marks_end_each_sentence_in_a_row_but_the_last():

@@ -277,7 +277,7 @@ def test_a_leg_can_add_spoken_chat_dialogues(run_dir):
 def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(
     run_dir, tmp_path, capsys
 ):
-    from mooer.train.corpus import multi_sentence
+    from mooer.train.corpus import multi_sentence, multi_sentence_alone
     from mooer.train.data import read_manifest
     from mooer.train.demo import _extra_speech
 
@@ -314,6 +314,17 @@ def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(
     targets = [e.target for e in _extra_speech(cfg, objective=None).entries]  # cached frames
     assert targets == [u.target for u in multi_sentence("train", 4, cfg.seed, marks=True)]
     assert "。" in targets[1] and targets[1] != entries[1].target  # the manifest's, unmarked
+    # its sentences also alone: the items' sentences, spoken once more each, one per item
+    alone = ["--stages", "llm", "--llm-leg", "alone", "--sentences-alone", *init, *flags[2:]]
+    assert demo(["--out", str(out), *TINY, *alone]) == 0
+    assert [p.stat().st_mtime_ns for p in spoken] == before
+    heard = read_manifest(out / "data" / "multi-4-alone" / "manifest.jsonl")
+    assert [e.text for e in heard] == [s for u in multi_sentence("train", 4) for s in u.parts]
+    assert [e.target for e in heard if e.task == "ast"] == [
+        u.target for u in multi_sentence_alone("train", 4) if u.task == "ast"
+    ]
+    assert leg_record(out / "alone" / "final.pt")["legs"]["alone"]["settings"]["sentences_alone"]
+    refused(capsys, ["--out", str(out), *TINY, "--sentences-alone"], "needs --multi-sentence")
     not_demo = ["--llm-init", str(run_dir / "ctc" / "final")]
     refused(capsys, ["--out", str(tmp_path / "bad"), *TINY, *leg, *not_demo], "not a demo model")
 
