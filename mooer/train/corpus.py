@@ -727,8 +727,8 @@ def sentences_in_a_row(sentences: Sequence[str]) -> str:
     return join_texts([*(s + ("。" if language_of(s) == "zh" else ".") for s in before), last])
 
 
-def _drawn_in_a_row(split: str, n: int, seed: int) -> list[tuple[str, list[Utterance]]]:
-    """The task and the sentences of ``multi_sentence``'s ``n`` items, in order."""
+def _drawn_in_a_row(split: str, n: int, seed: int) -> list[tuple[tuple[str, str], list[Utterance]]]:
+    """The (task, language) and the sentences of ``multi_sentence``'s ``n`` items, in order."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     check_number(n, "n", 0, integer=True)
@@ -739,7 +739,7 @@ def _drawn_in_a_row(split: str, n: int, seed: int) -> list[tuple[str, list[Utter
     ]
     return [
         (
-            MULTI_KINDS[i % len(MULTI_KINDS)][0],
+            MULTI_KINDS[i % len(MULTI_KINDS)],
             [samplers[i % len(MULTI_KINDS)].draw() for _ in range(rng.choice(MULTI_SIZES))],
         )
         for i in range(n)
@@ -759,15 +759,13 @@ def multi_sentence(split: str, n: int, seed: int = 0, marks: bool = False) -> li
 
     join = sentences_in_a_row if marks else join_texts
     items = []
-    for i, (task, parts) in enumerate(_drawn_in_a_row(split, n, seed)):
+    for i, ((task, lang), parts) in enumerate(_drawn_in_a_row(split, n, seed)):
         text = join([u.text for u in parts])
         translation = join([u.translation for u in parts])
         target = translation if task == "ast" else text
         parts_text = [u.text for u in parts]
         items.append(
-            Utterance(
-                f"multi-{i:06d}", parts[0].lang, text, translation, task, target, [], parts_text
-            )
+            Utterance(f"multi-{i:06d}", lang, text, translation, task, target, [], parts_text)
         )
     return items
 

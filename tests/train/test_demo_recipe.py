@@ -314,7 +314,7 @@ def test_a_leg_can_start_from_an_exported_model_and_add_multi_sentence_items(
     targets = [e.target for e in _extra_speech(cfg, objective=None).entries]  # cached frames
     assert targets == [u.target for u in multi_sentence("train", 4, cfg.seed, marks=True)]
     assert "。" in targets[1] and targets[1] != entries[1].target  # the manifest's, unmarked
-    # its sentences also alone: the items' sentences, spoken once more each, one per item
+    # its sentences also alone: each sentence of the items spoken once more, on its own
     alone = ["--stages", "llm", "--llm-leg", "alone", "--sentences-alone", *init, *flags[2:]]
     assert demo(["--out", str(out), *TINY, *alone]) == 0
     assert [p.stat().st_mtime_ns for p in spoken] == before
