@@ -27,6 +27,7 @@ from websockets.sync.client import connect
 
 from mooer.audio import SAMPLE_RATE, load_audio
 from mooer.server.pcm import encode_pcm16
+from tests.ports import free_port
 from tests.server.conftest import (  # noqa: F401  (fixtures reused from tests/server)
     model,
     offline,
@@ -34,7 +35,6 @@ from tests.server.conftest import (  # noqa: F401  (fixtures reused from tests/s
     speech,
     start_server,
 )
-from tests.server.test_funasr_ws import _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "abuse-suite-key-7f3a9c51"
@@ -97,7 +97,7 @@ class Served:
 def serve(folder: Path, *flags: str) -> Served:
     """``mooer serve`` (the demo model) on free loopback ports, at log level info; starting
     (see ``Served.ready``)."""
-    port, funasr_port = _free_port(), _free_port()
+    port, funasr_port = free_port(), free_port()
     log = folder / "server.log"
     env = {
         **os.environ,

@@ -17,7 +17,8 @@ from mooer.server.config import ServerConfig
 from mooer.server.pcm import encode_pcm16
 from mooer.transcribe import SEGMENTER
 from tests.abuse.conftest import KEY
-from tests.server.test_funasr_ws import CONFIG, _expected, _free_port, _send_file
+from tests.ports import free_port
+from tests.server.test_funasr_ws import CONFIG, _expected, _send_file
 
 
 async def _refusal(url: str, **config) -> tuple[dict, int | None]:
@@ -56,7 +57,7 @@ def test_a_key_in_the_first_message_or_a_clear_refusal(demo_server, demo_expecte
 
 
 def test_funasr_open_opens_only_the_funasr_port(start_server, speech, offline):
-    server = start_server(funasr_port=_free_port(), api_key=KEY, funasr_open=True)
+    server = start_server(funasr_port=free_port(), api_key=KEY, funasr_open=True)
     wave = speech[1]
 
     async def stock_client() -> list[dict]:  # no key anywhere

@@ -8,7 +8,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -17,11 +16,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 def _postgres_bin() -> Path | None:
@@ -49,7 +44,7 @@ def postgres_url() -> Iterator[str]:
         print("PostgreSQL tests skipped: no initdb (apt-get install postgresql)")
         pytest.skip("PostgreSQL is not installed (no initdb): apt-get install postgresql")
     root = Path(tempfile.mkdtemp(prefix="mooer-pg-"))
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     started = False
     try:
         user = _as_user()
